@@ -1,0 +1,3 @@
+"""digest: the week's posts from RSS/Atom feeds, as an edited email newsletter."""
+
+__version__ = "0.1.0"

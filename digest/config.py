@@ -1,0 +1,390 @@
+"""Reading and validating feeds.yaml, subscribers.csv and the environment.
+
+Every problem is raised as a ConfigError whose message names the file, the
+line and the field, so that the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from datetime import date
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+DEFAULT_SECTIONS = ("News", "Articles", "Videos", "Projects", "Jobs")
+DEFAULT_SUBJECT = "{title}: {start:%b %-d} – {end:%b %-d, %Y}"
+
+
+class ConfigError(Exception):
+    """Bad input in a file the user wrote: the message is one line for the user."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = Path(path), line, field, problem
+        where = f"{path}:{line}" if line else str(path)
+        what = f"{field}: {problem}" if field else problem
+        super().__init__(f"{where}: {what}")
+
+
+@dataclass(frozen=True)
+class Newsletter:
+    title: str = "Weekly Digest"
+    from_address: str = "Weekly Digest <digest@example.com>"
+    reply_to: str | None = None
+    timezone: str = "UTC"
+    subject: str = DEFAULT_SUBJECT
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
+    language: str = "en"
+    site_url: str | None = None
+    archive_url: str | None = None  # may hold {issue}, e.g. https://example.com/archive/{issue}/
+    unsubscribe_url: str | None = None  # may hold {token} and {email}
+    postal_address: str | None = None
+    reason: str = "You are receiving this email because you subscribed to this newsletter."
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    name: str
+    url: str
+    section: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    line: int | None = None  # where the feed is declared in feeds.yaml
+
+    def wants(self, title: str, summary: str) -> bool:
+        """Include/exclude keywords, matched case-insensitively against title and summary."""
+        haystack = f"{title}\n{summary}".casefold()
+        if self.include and not any(word.casefold() in haystack for word in self.include):
+            return False
+        return not any(word.casefold() in haystack for word in self.exclude)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "localhost"
+    port: int = 587
+    security: str = "starttls"  # starttls | ssl | none
+    username: str | None = None
+    connections: int = 4
+    timeout: float = 30.0
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class ButtondownSettings:
+    api_url: str = "https://api.buttondown.com/v1"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    newsletter: Newsletter
+    feeds: tuple[FeedConfig, ...]
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    buttondown: ButtondownSettings = field(default_factory=ButtondownSettings)
+    drafts_dir: Path = Path("drafts")
+    subscribers_path: Path = Path("subscribers.csv")
+
+    @cached_property
+    def _feeds_by_url(self) -> dict[str, FeedConfig]:
+        return {feed.url: feed for feed in self.feeds}
+
+    def feed(self, url: str) -> FeedConfig | None:
+        return self._feeds_by_url.get(url)
+
+
+# --- YAML with line numbers -------------------------------------------------
+
+
+class YamlNode:
+    """A YAML value with the line it starts on (1-based)."""
+
+    __slots__ = ("value", "line")
+
+    def __init__(self, value: Any, line: int):
+        self.value, self.line = value, line
+
+
+def _construct(node: yaml.Node, path: Path) -> YamlNode:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        mapping: dict[str, YamlNode] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in mapping:
+                raise ConfigError(path, key_node.start_mark.line + 1, key, "duplicate key")
+            value = _construct(value_node, path)
+            value.line = key_node.start_mark.line + 1
+            mapping[key] = value
+        return YamlNode(mapping, line)
+    if isinstance(node, yaml.SequenceNode):
+        return YamlNode([_construct(item, path) for item in node.value], line)
+    return YamlNode(_scalar(node), line)
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def load_yaml_with_lines(path: Path, text: str) -> YamlNode | None:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(path, line, None, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, None, None, f"not valid YAML: {exc}") from None
+    return _construct(root, path) if root is not None else None
+
+
+class MappingReader:
+    """Typed access to a mapping of _Nodes, raising ConfigError with file, line and field."""
+
+    def __init__(self, path: Path, node: YamlNode, where: str):
+        if not isinstance(node.value, dict):
+            raise ConfigError(path, node.line, where or None, "must be a mapping of key: value")
+        self.path, self.node, self.where = path, node, where
+        self.mapping: dict[str, YamlNode] = node.value
+
+    def field_name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key, value in self.mapping.items():
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise ConfigError(self.path, value.line, self.field_name(key), f"unknown key (known: {known})")
+
+    def line(self, key: str) -> int:
+        return self.mapping[key].line if key in self.mapping else self.node.line
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.line(key), self.field_name(key), problem)
+
+    def get(self, key: str, kind: type, default: Any = None, required: bool = False) -> Any:
+        if key not in self.mapping or self.mapping[key].value is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        value = self.mapping[key].value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be a {kind.__name__}")
+        if kind is str and required and not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def words(self, key: str) -> tuple[str, ...]:
+        if key not in self.mapping or self.mapping[key].value is None:
+            return ()
+        value = self.mapping[key].value
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and all(isinstance(item.value, str) for item in value):
+            return tuple(item.value for item in value)
+        raise self.error(key, "must be a word or a list of words")
+
+    def sub(self, key: str) -> MappingReader | None:
+        if key not in self.mapping or self.mapping[key].value is None:
+            return None
+        return MappingReader(self.path, self.mapping[key], self.field_name(key))
+
+
+def _check_url(reader: MappingReader, key: str, url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise reader.error(key, f"must be an http(s) URL, got {url!r}")
+
+
+def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
+    if reader is None:
+        return Newsletter()
+    fields = {
+        "title": "title", "from": "from_address", "reply_to": "reply_to", "timezone": "timezone",
+        "subject": "subject", "language": "language", "site_url": "site_url",
+        "archive_url": "archive_url", "unsubscribe_url": "unsubscribe_url",
+        "postal_address": "postal_address", "reason": "reason",
+    }
+    reader.check_keys(set(fields) | {"sections"})
+    values: dict[str, Any] = {}
+    for key, attr in fields.items():
+        value = reader.get(key, str)
+        if value is not None:
+            values[attr] = value
+    for key in ("site_url", "archive_url", "unsubscribe_url"):
+        _check_url(reader, key, values.get(key))
+    timezone = values.get("timezone", "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise reader.error("timezone", f"unknown time zone {timezone!r}") from None
+    sections = reader.words("sections")
+    if sections:
+        if len(set(sections)) != len(sections):
+            raise reader.error("sections", "lists a section twice")
+        values["sections"] = sections
+    newsletter = Newsletter(**values)
+    try:
+        newsletter.subject.format(title="t", issue="2026-W01", start=date(2026, 1, 5), end=date(2026, 1, 11))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise reader.error("subject", f"bad pattern ({exc}); use {{title}}, {{issue}}, {{start}}, {{end}}") from None
+    return newsletter
+
+
+def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: int) -> tuple[FeedConfig, ...]:
+    if node is None or node.value is None:
+        raise ConfigError(path, line, "feeds", "is required: a list of feeds with name, url and section")
+    if not isinstance(node.value, list):
+        raise ConfigError(path, node.line, "feeds", "must be a list")
+    feeds: list[FeedConfig] = []
+    seen: set[str] = set()
+    for index, item in enumerate(node.value):
+        reader = MappingReader(path, item, f"feeds[{index}]")
+        reader.check_keys({"name", "url", "section", "include", "exclude"})
+        url = reader.get("url", str, required=True).strip()
+        _check_url(reader, "url", url)
+        if url in seen:
+            raise reader.error("url", "is listed twice")
+        seen.add(url)
+        section = reader.get("section", str, default=sections[0])
+        if section not in sections:
+            raise reader.error("section", f"unknown section {section!r} (sections: {', '.join(sections)})")
+        name = reader.get("name", str) or urlsplit(url).netloc
+        feeds.append(FeedConfig(name=name, url=url, section=section, include=reader.words("include"),
+                                exclude=reader.words("exclude"), line=item.line))
+    return tuple(feeds)
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "not found (run `digest init` to write a starter file)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, None, f"cannot be read: {exc}") from None
+    root = load_yaml_with_lines(path, text)
+    if root is None:
+        raise ConfigError(path, 1, "feeds", "is required: the file is empty")
+    top = MappingReader(path, root, "")
+    top.check_keys({"newsletter", "feeds", "smtp", "buttondown", "drafts_dir", "subscribers"})
+    newsletter = _newsletter(path, top.sub("newsletter"))
+    feeds = _feeds(path, top.mapping.get("feeds"), newsletter.sections, root.line)
+
+    smtp = SmtpSettings()
+    smtp_reader = top.sub("smtp")
+    if smtp_reader is not None:
+        smtp_reader.check_keys({"host", "port", "security", "username", "connections", "timeout", "max_attempts"})
+        security = smtp_reader.get("security", str, smtp.security)
+        if security not in ("starttls", "ssl", "none"):
+            raise smtp_reader.error("security", "must be starttls, ssl or none")
+        smtp = SmtpSettings(
+            host=smtp_reader.get("host", str, smtp.host),
+            port=smtp_reader.get("port", int, smtp.port),
+            security=security,
+            username=smtp_reader.get("username", str),
+            connections=max(1, smtp_reader.get("connections", int, smtp.connections)),
+            timeout=smtp_reader.get("timeout", float, smtp.timeout),
+            max_attempts=max(1, smtp_reader.get("max_attempts", int, smtp.max_attempts)),
+        )
+    buttondown = ButtondownSettings()
+    bd_reader = top.sub("buttondown")
+    if bd_reader is not None:
+        bd_reader.check_keys({"api_url"})
+        api_url = bd_reader.get("api_url", str, buttondown.api_url)
+        _check_url(bd_reader, "api_url", api_url)
+        buttondown = ButtondownSettings(api_url=api_url)
+    env_api_url = os.environ.get("BUTTONDOWN_API_URL")
+    if env_api_url:
+        buttondown = ButtondownSettings(api_url=env_api_url)
+
+    base = path.resolve().parent
+    drafts_dir = base / top.get("drafts_dir", str, "drafts")
+    subscribers_path = base / top.get("subscribers", str, "subscribers.csv")
+    return Config(path=path, newsletter=newsletter, feeds=feeds, smtp=smtp, buttondown=buttondown,
+                  drafts_dir=drafts_dir, subscribers_path=subscribers_path)
+
+
+# --- subscribers.csv ----------------------------------------------------------
+
+SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced")
+_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    email: str
+    name: str = ""
+    status: str = "active"
+    line: int | None = None
+
+
+def is_valid_email(address: str) -> bool:
+    return bool(_EMAIL.match(address)) and len(address) <= 254
+
+
+def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:
+    """Subscribers from the CSV (columns email, name, status), merged case-insensitively.
+
+    Rows with a bad address are returned as problems (or raised when strict), never silently dropped.
+    """
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "not found (run `digest init` to write a starter file)") from None
+    problems: list[ConfigError] = []
+    by_email: dict[str, Subscriber] = {}
+    with handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "email" not in [name.strip().lower() for name in reader.fieldnames]:
+            raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
+        try:
+            for row in reader:
+                line = reader.line_num
+                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                email = row.get("email", "")
+                status = (row.get("status") or "active").lower()
+                if not email and not any(row.values()):
+                    continue
+                problem = None
+                if not is_valid_email(email):
+                    problem = ConfigError(path, line, "email", f"not a valid address: {email!r}")
+                elif status not in SUBSCRIBER_STATUSES:
+                    problem = ConfigError(path, line, "status", f"must be one of {', '.join(SUBSCRIBER_STATUSES)}")
+                if problem:
+                    if strict:
+                        raise problem
+                    problems.append(problem)
+                    continue
+                key = email.casefold()
+                previous = by_email.get(key)
+                if previous is not None and previous.status != "active":
+                    continue  # an unsubscribe or bounce anywhere in the file wins
+                by_email[key] = Subscriber(email=email, name=row.get("name", ""), status=status, line=line)
+        except csv.Error as exc:
+            raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(path, None, None, "not UTF-8 text") from None
+    return list(by_email.values()), problems

@@ -1,0 +1,49 @@
+"""ISO weeks in the newsletter's time zone: the id and the span of an issue."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+_WEEK_ID = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+class BadWeek(ValueError):
+    pass
+
+
+def parse_week(issue_id: str) -> date:
+    """The Monday of an ISO week id such as 2026-W14."""
+    match = _WEEK_ID.match(issue_id.strip())
+    if not match:
+        raise BadWeek(f"{issue_id!r} is not an ISO week like 2026-W14")
+    year, week = int(match[1]), int(match[2])
+    try:
+        monday = date.fromisocalendar(year, week, 1)
+    except ValueError:
+        raise BadWeek(f"{issue_id!r}: {year} has no week {week}") from None
+    return monday
+
+
+def week_id(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def current_week(now: datetime, tz: ZoneInfo) -> str:
+    return week_id(now.astimezone(tz).date())
+
+
+def week_span(issue_id: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) of the week in UTC: Monday 00:00 to the next Monday 00:00, local time."""
+    monday = parse_week(issue_id)
+    start = datetime.combine(monday, time(), tzinfo=tz)
+    end = datetime.combine(monday + timedelta(days=7), time(), tzinfo=tz)
+    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+
+
+def week_dates(issue_id: str) -> tuple[date, date]:
+    """Monday and Sunday of the week, for display."""
+    monday = parse_week(issue_id)
+    return monday, monday + timedelta(days=6)

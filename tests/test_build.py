@@ -1,0 +1,231 @@
+"""Selection by week, carry-forward, never-resent posts, and the draft that keeps the editor's edits."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from freezegun import freeze_time
+
+from conftest import write_config
+from digest import jobs, store
+from digest.config import ConfigError, load_config
+from digest.draft import read_draft
+from digest.models import Post
+from digest.select import select_posts
+from digest.weeks import current_week, week_span
+
+LONDON = ZoneInfo("Europe/London")
+NOW = datetime(2026, 4, 10, 12, 0, tzinfo=timezone.utc)
+WEBLOG = "https://www.djangoproject.com/rss/weblog/"
+BLOGS = "https://www.djangoproject.com/rss/community/blogs/"
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_config(write_config(tmp_path, [
+        {"name": "Weblog", "url": WEBLOG, "section": "News"},
+        {"name": "Blogs", "url": BLOGS, "section": "Articles", "exclude": ["casino"]},
+    ]))
+
+
+@pytest.fixture
+def db(tmp_path):
+    return store.open_db(tmp_path / "digest.db")
+
+
+def post(slug: str, when: datetime | None, feed: str = BLOGS, url: str | None = None, **fields) -> Post:
+    return Post(id=f"{feed}#{slug}", feed_url=feed, canonical_url=url or f"https://blog.example.com/{slug}/",
+                title=fields.get("title", slug.replace("-", " ").title()), author=fields.get("author"),
+                summary=fields.get("summary", f"All about {slug}."), content_html=f"<p>All about {slug}.</p>",
+                published_at=when)
+
+
+def add(db, *posts: Post, feed: str = BLOGS, now: datetime = NOW) -> int:
+    return store.record_fetch(db, url=feed, name=feed, section="Articles", outcome=store.FetchOutcome(status=200),
+                              posts=posts, now=now)
+
+
+def local(*args) -> datetime:
+    return datetime(*args, tzinfo=LONDON)
+
+
+def titles(db, config, week, now=NOW) -> list[str]:
+    return [p.row["title"] for p in select_posts(db, config, week, now)]
+
+
+def mark_sent(db, issue_id):
+    db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", [store.iso(NOW), issue_id])
+
+
+# --- weeks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment, week", [
+    ("2026-04-05 22:59:00", "2026-W14"),  # Sunday 23:59 in London (BST, UTC+1)
+    ("2026-04-05 23:00:00", "2026-W15"),  # Monday 00:00 in London
+    ("2026-12-31 12:00:00", "2026-W53"),
+    ("2027-01-04 00:00:00", "2027-W01"),
+])
+def test_current_week_turns_at_monday_midnight_local_time(moment, week):
+    with freeze_time(moment):
+        assert current_week(datetime.now(timezone.utc), LONDON) == week
+
+
+def test_post_at_sunday_2359_is_in_that_week_and_monday_0000_in_the_next(db, config):
+    add(db, post("sunday-night", local(2026, 4, 5, 23, 59)), post("monday-morning", local(2026, 4, 6, 0, 0)))
+    assert titles(db, config, "2026-W14") == ["Sunday Night"]
+    assert titles(db, config, "2026-W15") == ["Monday Morning"]
+    start, end = week_span("2026-W14", LONDON)
+    assert start == datetime(2026, 3, 29, 23, 0, tzinfo=timezone.utc)  # Monday 00:00 BST
+    assert end == datetime(2026, 4, 5, 23, 0, tzinfo=timezone.utc)
+
+
+# --- selection ------------------------------------------------------------------------
+
+
+def test_sections_follow_the_config_order_and_posts_their_date(db, config):
+    add(db, post("b-article", local(2026, 4, 2)), post("a-article", local(2026, 4, 1)))
+    add(db, post("release", local(2026, 4, 3), feed=WEBLOG), feed=WEBLOG)
+    selected = select_posts(db, config, "2026-W14", NOW)
+    assert [(p.section, p.row["title"]) for p in selected] == [
+        ("News", "Release"), ("Articles", "A Article"), ("Articles", "B Article")]
+
+
+def test_exclude_keywords_drop_posts(db, config):
+    add(db, post("casino-bonus", local(2026, 4, 2), title="Best Casino bonus"), post("orm", local(2026, 4, 2)))
+    assert titles(db, config, "2026-W14") == ["Orm"]
+
+
+def test_same_article_from_two_feeds_is_one_post(db, config):
+    url = "https://adamj.eu/tech/2026/04/01/django-tip/"
+    assert add(db, post("tip", local(2026, 4, 1), url=url)) == 1
+    assert add(db, post("tip", local(2026, 4, 1), feed=WEBLOG, url=url), feed=WEBLOG) == 0
+    assert titles(db, config, "2026-W14") == ["Tip"]
+
+
+def test_first_seen_and_dates_are_never_rewritten(db, config):
+    first = datetime(2026, 4, 1, 9, 0, tzinfo=timezone.utc)
+    add(db, post("undated", None), now=first)
+    add(db, post("undated", None, title="Undated, edited"), now=datetime(2026, 4, 8, 9, 0, tzinfo=timezone.utc))
+    row = next(db.query("SELECT * FROM posts"))
+    assert row["first_seen_at"] == row["published_at"] == store.iso(first)
+    assert row["title"] == "Undated, edited"  # content of an unsent post is refreshed
+    assert titles(db, config, "2026-W14") == ["Undated, edited"]
+
+
+def test_future_posts_wait_for_their_time(db, config):
+    add(db, post("tomorrow", local(2026, 4, 4, 12)))
+    assert titles(db, config, "2026-W14", now=local(2026, 4, 3, 12)) == []
+    assert titles(db, config, "2026-W14", now=local(2026, 4, 4, 13)) == ["Tomorrow"]
+
+
+def test_with_no_issue_sent_an_issue_holds_only_its_own_week(db, config):
+    add(db, post("old", local(2026, 3, 25)), post("current", local(2026, 4, 1)))
+    assert titles(db, config, "2026-W14") == ["Current"]
+
+
+def test_unsent_posts_since_the_last_sent_issue_are_carried_forward(db, config, tmp_path):
+    add(db, post("w12", local(2026, 3, 18)), post("w13", local(2026, 3, 25)), post("w14", local(2026, 4, 1)))
+    jobs.build(config, db, "2026-W12", now=NOW)
+    mark_sent(db, "2026-W12")
+    # W13 was skipped: its post is carried into W14; W12's post went out and never comes back.
+    assert titles(db, config, "2026-W14") == ["W13", "W14"]
+
+
+def test_a_sent_post_is_never_chosen_again(db, config):
+    add(db, post("once", local(2026, 4, 1)))
+    jobs.build(config, db, "2026-W14", now=NOW)
+    mark_sent(db, "2026-W14")
+    assert titles(db, config, "2026-W14") == []
+    assert titles(db, config, "2026-W15", now=local(2026, 4, 12)) == []
+
+
+# --- build and the draft ----------------------------------------------------------------
+
+
+def test_empty_week_writes_no_draft(db, config):
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    assert report.outcome == "empty"
+    assert not config.drafts_dir.exists()
+
+
+def test_build_writes_draft_html_and_text(db, config):
+    add(db, post("first", local(2026, 4, 1), author="Ada"), post("second", local(2026, 4, 2)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    assert report.outcome == "built" and report.items == 2
+    draft = yaml.safe_load(report.draft.read_text())
+    assert draft["issue"] == "2026-W14"
+    articles = next(s for s in draft["sections"] if s["title"] == "Articles")
+    assert articles["items"][0] == {"title": "First", "url": "https://blog.example.com/first/",
+                                    "summary": "All about first.", "source": "blog.example.com",
+                                    "author": "Ada", "published": datetime(2026, 4, 1).date()}
+    assert "https://blog.example.com/second/" in report.text.read_text()
+    assert 'href="https://blog.example.com/second/"' in report.html.read_text()
+
+
+def test_rebuild_keeps_the_editors_edits_and_appends_only_new_posts(db, config):
+    add(db, post("one", local(2026, 3, 30)), post("two", local(2026, 3, 31)), post("three", local(2026, 4, 1)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    data = yaml.safe_load(report.draft.read_text())
+    articles = next(s for s in data["sections"] if s["title"] == "Articles")
+    one, two, three = articles["items"]
+    two["summary"] = "Rewritten by the editor."
+    articles["items"] = [three, two]  # "one" deleted, order changed
+    data["intro"] = "Hello readers."
+    report.draft.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+    add(db, post("four", local(2026, 4, 2)))
+    again = jobs.build(config, db, "2026-W14", now=NOW)
+    assert again.new_items == 1
+    draft = read_draft(again.draft)
+    assert draft.intro == "Hello readers."
+    assert [(i.title, i.summary) for i in draft.items] == [
+        ("Three", "All about three."), ("Two", "Rewritten by the editor."), ("Four", "All about four.")]
+    assert "Rewritten by the editor." in again.html.read_text()
+
+    third = jobs.build(config, db, "2026-W14", now=NOW)
+    assert third.new_items == 0 and [i.title for i in read_draft(third.draft).items] == ["Three", "Two", "Four"]
+
+
+def test_a_post_for_a_section_the_editor_removed_brings_the_section_back_in_place(db, config):
+    add(db, post("article", local(2026, 4, 1)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    data = yaml.safe_load(report.draft.read_text())
+    data["sections"] = [s for s in data["sections"] if s["title"] == "Articles"]
+    report.draft.write_text(yaml.safe_dump(data, sort_keys=False))
+    add(db, post("release", local(2026, 4, 2), feed=WEBLOG), feed=WEBLOG)
+    jobs.build(config, db, "2026-W14", now=NOW)
+    assert [s.title for s in read_draft(report.draft).sections] == ["News", "Articles"]
+
+
+@pytest.mark.parametrize("damage, line, words", [
+    (lambda text: text.replace("sections:", "sections: [", 1), None, "not valid YAML"),
+    (lambda text: text.replace("    url: https://blog.example.com/one/\n", "", 1), None, "url: is required"),
+    (lambda text: text.replace("https://blog.example.com/one/", "javascript:alert(1)", 1), None, "http(s) URL"),
+])
+def test_broken_draft_names_file_and_line_and_keeps_the_last_rendering(db, config, damage, line, words):
+    add(db, post("one", local(2026, 3, 30)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    html_before = report.html.read_text()
+    report.draft.write_text(damage(report.draft.read_text()))
+    add(db, post("two", local(2026, 3, 31)))
+    with pytest.raises(ConfigError) as caught:
+        jobs.build(config, db, "2026-W14", now=NOW)
+    message = str(caught.value)
+    assert message.startswith(f"{report.draft}:") and words in message
+    assert caught.value.line is not None
+    assert report.html.read_text() == html_before
+    assert f"{BLOGS}#two" not in store.offered_post_ids(db, "2026-W14")
+
+
+def test_build_of_a_sent_issue_leaves_it_alone(db, config):
+    add(db, post("one", local(2026, 3, 30)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    mark_sent(db, "2026-W14")
+    before = report.draft.read_text()
+    add(db, post("late", local(2026, 4, 1)))
+    assert jobs.build(config, db, "2026-W14", now=NOW).outcome == "sent"
+    assert report.draft.read_text() == before

@@ -1,0 +1,113 @@
+"""The `digest` command through its real entry point: exit codes, one-line errors, JSON, the demo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conftest import write_config
+from feedserver import Route, rss
+
+
+def digest_of(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_init_writes_starter_files_and_never_overwrites(tmp_path, run_cli):
+    code, out, _ = run_cli("init", cwd=tmp_path)
+    assert code == 0 and "feeds.yaml: written" in out
+    config = yaml.safe_load((tmp_path / "feeds.yaml").read_text())
+    assert any("djangoproject.com" in feed["url"] for feed in config["feeds"])
+    (tmp_path / "subscribers.csv").write_text("email\nmine@example.com\n")
+    code, out, _ = run_cli("init", cwd=tmp_path)
+    assert code == 0 and "exists, left as it is" in out
+    assert (tmp_path / "subscribers.csv").read_text() == "email\nmine@example.com\n"
+
+
+def test_starter_config_is_valid(tmp_path, run_cli):
+    run_cli("init", cwd=tmp_path)
+    from digest.config import load_config
+
+    config = load_config(tmp_path / "feeds.yaml")
+    assert len(config.feeds) >= 6 and "News" in config.newsletter.sections
+
+
+def test_bad_config_is_one_line_exit_2_and_the_database_untouched(tmp_path, run_cli, feed_server):
+    feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
+    write_config(tmp_path, [{"url": feed_server.url("/a.xml"), "section": "News"}])
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    before = digest_of(tmp_path / "digest.db")
+    (tmp_path / "feeds.yaml").write_text("feeds:\n  - url: https://e.example/feed\n    section: Sports\n")
+    for command in (["collect"], ["build", "--week", "2026-W14"], ["feeds"]):
+        code, out, err = run_cli(*command, cwd=tmp_path)
+        assert code == 2, command
+        assert err.strip().count("\n") == 0 and "Traceback" not in err
+        assert "feeds.yaml:3: feeds[0].section: unknown section 'Sports'" in err
+    assert digest_of(tmp_path / "digest.db") == before
+
+
+def test_unknown_week_is_refused(tmp_path, run_cli):
+    write_config(tmp_path, [])
+    code, _, err = run_cli("build", "--week", "2026-W60", cwd=tmp_path)
+    assert code == 2 and err.strip() == "error: --week: '2026-W60': 2026 has no week 60"
+    assert not (tmp_path / "digest.db").exists()
+
+
+def test_config_and_db_come_from_options_or_environment(tmp_path, run_cli, monkeypatch, feed_server):
+    feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
+    elsewhere = tmp_path / "conf"
+    elsewhere.mkdir()
+    write_config(elsewhere, [{"url": feed_server.url("/a.xml"), "section": "News"}])
+    monkeypatch.setenv("DIGEST_CONFIG", str(elsewhere / "feeds.yaml"))
+    monkeypatch.setenv("DIGEST_DB", str(tmp_path / "state.db"))
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    assert (tmp_path / "state.db").exists()
+    assert run_cli("--db", str(tmp_path / "other.db"), "collect", cwd=tmp_path)[0] == 0
+    assert (tmp_path / "other.db").exists()
+
+
+def test_collect_json_and_plain_lines_when_not_a_terminal(tmp_path, run_cli, feed_server):
+    feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
+    write_config(tmp_path, [{"name": "A", "url": feed_server.url("/a.xml"), "section": "News"},
+                            {"name": "Gone", "url": feed_server.url("/gone.xml"), "section": "News"}])
+    code, out, _ = run_cli("collect", "--json", cwd=tmp_path)
+    summary = json.loads(out)
+    assert code == 0 and summary["new_posts"] == 1 and summary["failed"] == 1
+    code, out, _ = run_cli("collect", cwd=tmp_path)
+    assert "ok      A: unchanged" in out and "FAILED  Gone: HTTP 404 Not Found" in out
+    assert "2 feeds in" in out
+    code, out, _ = run_cli("feeds", cwd=tmp_path)
+    assert "FAILING x2: HTTP 404 Not Found" in out
+    rows = json.loads(run_cli("feeds", "--json", cwd=tmp_path)[1])
+    assert {row["name"]: row["posts"] for row in rows} == {"A": 1, "Gone": 0}
+
+
+def test_build_json_reports_the_files(tmp_path, run_cli, feed_server):
+    feed_server.routes["/a.xml"] = Route(rss([{"title": "Hello", "link": "https://e.example/1", "guid": "1",
+                                               "date": "Wed, 01 Apr 2026 10:00:00 +0000"}]))
+    write_config(tmp_path, [{"url": feed_server.url("/a.xml"), "section": "News"}])
+    run_cli("collect", cwd=tmp_path)
+    code, out, _ = run_cli("build", "--week", "2026-W14", "--json", cwd=tmp_path)
+    report = json.loads(out)
+    assert code == 0 and report["outcome"] == "built" and report["items"] == 1
+    assert report["draft"].endswith("drafts/2026-W14.yaml")
+    code, out, _ = run_cli("build", "--week", "2026-W15", cwd=tmp_path)
+    assert code == 0 and "nothing new this week, no draft written" in out
+
+
+def test_demo_runs_offline_end_to_end(tmp_path):
+    """The README's first command, as a user runs it: a real process, no network but loopback."""
+    result = subprocess.run([sys.executable, "-m", "digest", "demo", "--dir", str(tmp_path / "demo")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "FAILED" in result.stdout  # the bundled broken feed is reported, the others go on
+    draft = yaml.safe_load((tmp_path / "demo" / "drafts" / "2026-W14.yaml").read_text())
+    titles = [item["title"] for section in draft["sections"] for item in section.get("items", [])]
+    assert len(titles) >= 10 and not any("casino" in title.lower() for title in titles)
+    html = (tmp_path / "demo" / "drafts" / "2026-W14.html").read_text()
+    assert "<script" not in html.lower() and len(html.encode()) < 100_000
+    assert (tmp_path / "demo" / "drafts" / "2026-W14.txt").exists()

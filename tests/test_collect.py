@@ -1,0 +1,145 @@
+"""Collect against a real HTTP server on loopback: conditional GET, redirects, failures that stop nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from conftest import write_config
+from digest import jobs, store
+from digest.collect import USER_AGENT, FetchSettings
+from digest.config import load_config
+from feedserver import Route, rss
+
+NOW = datetime(2026, 4, 3, 12, 0, tzinfo=timezone.utc)
+FAST = FetchSettings(timeout=2.0, retries=1, backoff=0.0)
+
+
+def items(prefix: str, count: int = 3) -> list[dict]:
+    return [{"title": f"{prefix} post {n}", "link": f"https://{prefix}.example.com/{n}/?utm_source=rss",
+             "guid": f"{prefix}-{n}", "description": f"<p>Post {n} of {prefix}.</p>",
+             "date": f"Wed, 0{n % 5 + 1} Apr 2026 10:00:00 +0000"} for n in range(count)]
+
+
+@pytest.fixture
+def setup(tmp_path, feed_server):
+    def make(routes: dict[str, Route]):
+        feed_server.routes.update(routes)
+        feeds = [{"name": path.strip("/"), "url": feed_server.url(path), "section": "Articles"} for path in routes]
+        config = load_config(write_config(tmp_path, feeds))
+        return config, store.open_db(tmp_path / "digest.db")
+    return make
+
+
+def by_name(report: jobs.CollectReport) -> dict[str, jobs.FeedReport]:
+    return {feed.name: feed for feed in report.feeds}
+
+
+def test_collect_stores_posts_with_clean_urls_and_sends_our_user_agent(setup, feed_server):
+    config, db = setup({"/a.xml": Route(rss(items("a")))})
+    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    assert report.new_posts == 3
+    urls = sorted(row["canonical_url"] for row in db["posts"].rows)
+    assert urls == ["https://a.example.com/0/", "https://a.example.com/1/", "https://a.example.com/2/"]
+    assert feed_server.hits("/a.xml")[0]["User-Agent"] == USER_AGENT
+
+
+def test_second_collect_sends_etag_back_and_stores_nothing_new(setup, feed_server):
+    config, db = setup({"/a.xml": Route(rss(items("a")), etag='"v1"',
+                                        headers={"Content-Type": "application/rss+xml",
+                                                 "Last-Modified": "Fri, 03 Apr 2026 10:00:00 GMT"})})
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    second = feed_server.hits("/a.xml")[1]
+    assert second["If-None-Match"] == '"v1"'
+    assert second["If-Modified-Since"] == "Fri, 03 Apr 2026 10:00:00 GMT"
+    assert by_name(report)["a.xml"].outcome == "unchanged" and by_name(report)["a.xml"].http_status == 304
+    assert db["posts"].count == 3
+    assert db["feeds"].get(config.feeds[0].url)["etag"] == '"v1"'  # a 304 keeps the validators
+
+
+def test_unchanged_feed_without_validators_adds_nothing_twice(setup):
+    config, db = setup({"/a.xml": Route(rss(items("a")))})
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    assert report.new_posts == 0 and db["posts"].count == 3
+
+
+def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_server):
+    config, db = setup({
+        "/moved.xml": Route(status=301, headers={"Location": "/new-home.xml"}),
+        "/temp.xml": Route(status=302, headers={"Location": "/elsewhere.xml"}),
+    })
+    feed_server.routes["/new-home.xml"] = Route(rss(items("moved")))
+    feed_server.routes["/elsewhere.xml"] = Route(rss(items("temp")))
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    feeds = {row["name"]: row for row in db["feeds"].rows}
+    assert feeds["moved.xml"]["redirect_url"] == feed_server.url("/new-home.xml")
+    assert feeds["temp.xml"]["redirect_url"] is None
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    assert len(feed_server.hits("/moved.xml")) == 1  # the second run went straight to the new home
+    assert len(feed_server.hits("/temp.xml")) == 2
+    assert db["posts"].count == 6
+
+
+def test_one_broken_feed_never_stops_the_others(setup, feed_server):
+    config, db = setup({
+        "/good.xml": Route(rss(items("good"))),
+        "/missing.xml": Route(status=404, body=b"not here"),
+        "/error.xml": Route(status=500, body=b"oops"),
+        "/html.xml": Route(b"<!doctype html><html><head><title>Blog</title></head><body><p>Hi</p></body></html>",
+                           headers={"Content-Type": "text/html; charset=utf-8"}),
+        "/broken.xml": Route(b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title><item><title>a &'),
+        "/slow.xml": Route(rss(items("slow")), delay=3.0),
+        "/dropped.xml": Route(drop=True),
+    })
+    report = by_name(jobs.collect(config, db, now=NOW, settings=FAST))
+    assert report["good.xml"].outcome == "new" and report["good.xml"].new_posts == 3
+    assert report["missing.xml"].error == "HTTP 404 Not Found"
+    assert report["error.xml"].error == "HTTP 500 Internal Server Error"
+    assert len(feed_server.hits("/error.xml")) == 2  # retried once
+    assert "HTML" in report["html.xml"].error
+    assert "well-formed" in report["broken.xml"].error
+    assert "timed out" in report["slow.xml"].error
+    assert report["dropped.xml"].outcome == "failed"
+    health = {row["name"]: row for row in store.feed_health(db)}
+    assert health["missing.xml"]["consecutive_failures"] == 1
+    assert health["missing.xml"]["last_error"] == "HTTP 404 Not Found"
+    assert health["good.xml"]["posts"] == 3 and health["good.xml"]["consecutive_failures"] == 0
+
+
+def test_failures_count_up_and_reset_on_success(setup, feed_server):
+    config, db = setup({"/flaky.xml": Route(status=404)})
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    assert db["feeds"].get(config.feeds[0].url)["consecutive_failures"] == 2
+    feed_server.routes["/flaky.xml"] = Route(rss(items("flaky")))
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    row = db["feeds"].get(config.feeds[0].url)
+    assert row["consecutive_failures"] == 0 and row["last_error"] is None
+
+
+def test_response_over_the_size_cap_is_refused(setup):
+    config, db = setup({"/huge.xml": Route(rss(items("huge", 200)))})
+    report = jobs.collect(config, db, now=NOW, settings=FetchSettings(max_bytes=10_000, retries=0))
+    assert "larger than" in report.feeds[0].error and db["posts"].count == 0
+
+
+def test_many_feeds_are_fetched_concurrently_and_parsed_in_a_pool(setup):
+    routes = {f"/f{n}.xml": Route(rss(items(f"f{n}")), delay=0.3) for n in range(12)}
+    config, db = setup(routes)
+    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    assert report.new_posts == 36 and not report.failed
+    assert report.seconds < 12 * 0.3  # one after another would take 3.6 s
+
+
+def test_feed_server_cannot_make_feedparser_read_local_files(setup, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    body = (f'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY x SYSTEM "file://{secret}">]>'
+            '<rss version="2.0"><channel><title>t</title><item><title>&x;</title><link>https://e.example/1</link>'
+            '<description>d</description></item></channel></rss>').encode()
+    config, db = setup({"/xxe.xml": Route(body)})
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    assert all("TOP-SECRET" not in str(row) for row in db["posts"].rows)
