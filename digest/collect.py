@@ -13,6 +13,7 @@ from typing import AsyncIterator, Iterable
 import httpx
 
 from . import __version__
+from .config import CollectSettings
 
 USER_AGENT = f"digest/{__version__} (RSS/Atom to newsletter; +https://pypi.org/project/digest/)"
 ACCEPT = "application/atom+xml, application/rss+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
@@ -45,15 +46,6 @@ class FetchResult:
         return self.status == 304
 
 
-@dataclass(frozen=True)
-class FetchSettings:
-    concurrency: int = 64
-    timeout: float = 20.0  # seconds for connect, each read, and the whole body
-    max_bytes: int = 10 * 1024 * 1024
-    retries: int = 2  # extra attempts after a timeout, a dropped connection or a 5xx
-    backoff: float = 0.5  # seconds before the first retry, doubled each time (with jitter)
-
-
 class _TooLarge(Exception):
     pass
 
@@ -62,7 +54,7 @@ class _Retryable(Exception):
     pass
 
 
-async def fetch_all(requests: Iterable[FetchRequest], settings: FetchSettings = FetchSettings(),
+async def fetch_all(requests: Iterable[FetchRequest], settings: CollectSettings = CollectSettings(),
                     transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[FetchResult]:
     """Fetch every feed with bounded concurrency, yielding each result as soon as it is in."""
     requests = list(requests)
@@ -81,7 +73,7 @@ async def fetch_all(requests: Iterable[FetchRequest], settings: FetchSettings = 
             yield await finished
 
 
-async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: FetchSettings) -> FetchResult:
+async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: CollectSettings) -> FetchResult:
     """One feed, with retries; never raises for network or HTTP trouble: the result says what went wrong."""
     result = FetchResult(key=request.key, url=request.url)
     headers = {}
@@ -112,7 +104,7 @@ async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: 
     return result
 
 
-async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], settings: FetchSettings,
+async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], settings: CollectSettings,
                result: FetchResult) -> None:
     async with client.stream("GET", url, headers=headers) as response:
         result.status = response.status_code
@@ -146,7 +138,7 @@ def _permanent_target(response: httpx.Response) -> str | None:
     return None
 
 
-def _describe(exc: Exception, settings: FetchSettings) -> str:
+def _describe(exc: Exception, settings: CollectSettings) -> str:
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return f"timed out after {settings.timeout:g} s"
     if isinstance(exc, _Retryable):

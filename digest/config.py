@@ -10,7 +10,7 @@ import csv
 import os
 import re
 from datetime import date
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,15 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class CollectSettings:
+    concurrency: int = 64  # feeds fetched at once
+    timeout: float = 20.0  # seconds for connect, each read, and (doubled) the whole answer
+    max_bytes: int = 10 * 1024 * 1024  # a larger answer is refused
+    retries: int = 2  # extra attempts after a timeout, a dropped connection, a 429 or a 5xx
+    backoff: float = 0.5  # seconds before the first retry, doubled each time
+
+
+@dataclass(frozen=True)
 class SmtpSettings:
     host: str = "localhost"
     port: int = 587
@@ -79,11 +88,15 @@ class SmtpSettings:
     connections: int = 4
     timeout: float = 30.0
     max_attempts: int = 5
+    backoff: float = 1.0  # seconds before the first retry of a 4xx or dropped connection, doubled each time
 
 
 @dataclass(frozen=True)
 class ButtondownSettings:
     api_url: str = "https://api.buttondown.com/v1"
+    timeout: float = 30.0
+    max_attempts: int = 5  # for 429, 5xx and timeouts
+    backoff: float = 1.0  # seconds before the first retry of a 5xx or timeout, doubled each time
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,7 @@ class Config:
     path: Path
     newsletter: Newsletter
     feeds: tuple[FeedConfig, ...]
+    collect: CollectSettings = field(default_factory=CollectSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     buttondown: ButtondownSettings = field(default_factory=ButtondownSettings)
     drafts_dir: Path = Path("drafts")
@@ -288,14 +302,26 @@ def load_config(path: Path | str) -> Config:
     if root is None:
         raise ConfigError(path, 1, "feeds", "is required: the file is empty")
     top = MappingReader(path, root, "")
-    top.check_keys({"newsletter", "feeds", "smtp", "buttondown", "drafts_dir", "subscribers"})
+    top.check_keys({"newsletter", "feeds", "collect", "smtp", "buttondown", "drafts_dir", "subscribers"})
     newsletter = _newsletter(path, top.sub("newsletter"))
     feeds = _feeds(path, top.mapping.get("feeds"), newsletter.sections, root.line)
+
+    collect = CollectSettings()
+    collect_reader = top.sub("collect")
+    if collect_reader is not None:
+        collect_reader.check_keys({"concurrency", "timeout", "max_megabytes", "retries"})
+        collect = CollectSettings(
+            concurrency=max(1, collect_reader.get("concurrency", int, collect.concurrency)),
+            timeout=collect_reader.get("timeout", float, collect.timeout),
+            max_bytes=int(collect_reader.get("max_megabytes", float, collect.max_bytes / 2**20) * 2**20),
+            retries=max(0, collect_reader.get("retries", int, collect.retries)),
+        )
 
     smtp = SmtpSettings()
     smtp_reader = top.sub("smtp")
     if smtp_reader is not None:
-        smtp_reader.check_keys({"host", "port", "security", "username", "connections", "timeout", "max_attempts"})
+        smtp_reader.check_keys({"host", "port", "security", "username", "connections", "timeout", "max_attempts",
+                                "backoff"})
         security = smtp_reader.get("security", str, smtp.security)
         if security not in ("starttls", "ssl", "none"):
             raise smtp_reader.error("security", "must be starttls, ssl or none")
@@ -307,22 +333,28 @@ def load_config(path: Path | str) -> Config:
             connections=max(1, smtp_reader.get("connections", int, smtp.connections)),
             timeout=smtp_reader.get("timeout", float, smtp.timeout),
             max_attempts=max(1, smtp_reader.get("max_attempts", int, smtp.max_attempts)),
+            backoff=max(0.0, smtp_reader.get("backoff", float, smtp.backoff)),
         )
     buttondown = ButtondownSettings()
     bd_reader = top.sub("buttondown")
     if bd_reader is not None:
-        bd_reader.check_keys({"api_url"})
+        bd_reader.check_keys({"api_url", "timeout", "max_attempts", "backoff"})
         api_url = bd_reader.get("api_url", str, buttondown.api_url)
         _check_url(bd_reader, "api_url", api_url)
-        buttondown = ButtondownSettings(api_url=api_url)
+        buttondown = ButtondownSettings(
+            api_url=api_url,
+            timeout=bd_reader.get("timeout", float, buttondown.timeout),
+            max_attempts=max(1, bd_reader.get("max_attempts", int, buttondown.max_attempts)),
+            backoff=max(0.0, bd_reader.get("backoff", float, buttondown.backoff)),
+        )
     env_api_url = os.environ.get("BUTTONDOWN_API_URL")
     if env_api_url:
-        buttondown = ButtondownSettings(api_url=env_api_url)
+        buttondown = replace(buttondown, api_url=env_api_url)
 
     base = path.resolve().parent
     drafts_dir = base / top.get("drafts_dir", str, "drafts")
     subscribers_path = base / top.get("subscribers", str, "subscribers.csv")
-    return Config(path=path, newsletter=newsletter, feeds=feeds, smtp=smtp, buttondown=buttondown,
+    return Config(path=path, newsletter=newsletter, feeds=feeds, collect=collect, smtp=smtp, buttondown=buttondown,
                   drafts_dir=drafts_dir, subscribers_path=subscribers_path)
 
 

@@ -8,12 +8,13 @@ import pytest
 
 from conftest import write_config
 from digest import jobs, store
-from digest.collect import USER_AGENT, FetchSettings
+from digest.collect import USER_AGENT
+from digest.config import CollectSettings
 from digest.config import load_config
 from feedserver import Route, rss
 
 NOW = datetime(2026, 4, 3, 12, 0, tzinfo=timezone.utc)
-FAST = FetchSettings(timeout=2.0, retries=1, backoff=0.0)
+FAST = CollectSettings(timeout=2.0, retries=1, backoff=0.0)
 
 
 def items(prefix: str, count: int = 3) -> list[dict]:
@@ -122,7 +123,7 @@ def test_failures_count_up_and_reset_on_success(setup, feed_server):
 
 def test_response_over_the_size_cap_is_refused(setup):
     config, db = setup({"/huge.xml": Route(rss(items("huge", 200)))})
-    report = jobs.collect(config, db, now=NOW, settings=FetchSettings(max_bytes=10_000, retries=0))
+    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(max_bytes=10_000, retries=0))
     assert "larger than" in report.feeds[0].error and db["posts"].count == 0
 
 
