@@ -1,0 +1,233 @@
+"""The editor's live preview: a local web page that re-renders the draft whenever it or a template changes.
+
+The page shows the email at desktop width, at 375 px and inverted as a dark-mode
+client would show it, the text version, the inbox line (subject and preheader),
+the HTML size against Gmail's clipping limit and the list of links. A watcher
+thread polls the files' modification times; the page listens on Server-Sent
+Events and swaps in the new rendering without a reload. A broken draft shows
+its error on the page and the last good rendering stays.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .draft import draft_path, read_draft
+from .jobs import preview_unsubscribe_url
+from .render import personalize, render_issue
+
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HTML
+TARGET_BYTES = 100_000
+POLL_SECONDS = 0.2
+TEMPLATES = Path(str(files("digest") / "templates"))
+
+
+@dataclass
+class PreviewState:
+    version: int = 0
+    html: str = ""
+    text: str = ""
+    subject: str = ""
+    preheader: str = ""
+    links: list[dict] = field(default_factory=list)
+    error: str | None = None
+    rendered_at: float = 0.0
+
+    def as_json(self) -> dict:
+        size = len(self.html.encode("utf-8"))
+        return {"version": self.version, "text": self.text, "subject": self.subject, "preheader": self.preheader,
+                "links": self.links, "error": self.error, "html_bytes": size, "target_bytes": TARGET_BYTES,
+                "clip_bytes": GMAIL_CLIP_BYTES, "clipped": size > GMAIL_CLIP_BYTES, "has_email": bool(self.html)}
+
+
+class _LinkCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[dict] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href, self._text = dict(attrs).get("href"), []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append({"url": self._href, "text": " ".join("".join(self._text).split())})
+            self._href = None
+
+
+def links_of(html: str) -> list[dict]:
+    collector = _LinkCollector()
+    collector.feed(html)
+    return collector.links
+
+
+class Preview:
+    """Renders one week's draft and keeps the result current while the files change."""
+
+    def __init__(self, config_path: Path, issue_id: str):
+        self.config_path, self.issue_id = config_path, issue_id
+        self.state = PreviewState()
+        self.changed = threading.Condition()
+        self._stamp: tuple = ()
+        self._config: Config | None = None
+        self._config_mtime: int | None = -1
+
+    def watched(self, config: Config | None) -> list[Path]:
+        paths = [self.config_path, *sorted(TEMPLATES.glob("*"))]
+        if config is not None:
+            paths.append(draft_path(config.drafts_dir, self.issue_id))
+        return paths
+
+    def refresh(self) -> bool:
+        """Re-render when any watched file changed since the last look; returns whether it did."""
+        config_mtime = _mtime(self.config_path)
+        if config_mtime != self._config_mtime:
+            self._config_mtime = config_mtime
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError:
+                self._config = None  # _render reports the error
+        stamp = tuple((str(path), _mtime(path)) for path in self.watched(self._config))
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        self._render()
+        return True
+
+    def _render(self) -> None:
+        previous = self.state
+        state = PreviewState(version=previous.version + 1, rendered_at=time.time())
+        try:
+            config = self._config or load_config(self.config_path)
+            draft = read_draft(draft_path(config.drafts_dir, self.issue_id))
+            rendered = render_issue(draft, config.newsletter)
+        except ConfigError as exc:
+            state.error = str(exc)
+        except Exception as exc:  # a template error must show on the page, not stop the preview
+            state.error = f"cannot render: {type(exc).__name__}: {exc}"
+        else:
+            unsubscribe = preview_unsubscribe_url(config)
+            state.html = personalize(rendered.html, unsubscribe_url=unsubscribe, name="Ada", html=True)
+            state.text = personalize(rendered.text, unsubscribe_url=unsubscribe, name="Ada", html=False)
+            state.subject, state.preheader = rendered.subject, rendered.preheader
+            state.links = links_of(state.html)
+        if state.error:  # keep showing the last good rendering under the error
+            state.html, state.text, state.subject = previous.html, previous.text, previous.subject
+            state.preheader, state.links = previous.preheader, previous.links
+        with self.changed:
+            self.state = state
+            self.changed.notify_all()
+
+    def wait_for_change(self, version: int, timeout: float) -> PreviewState:
+        with self.changed:
+            self.changed.wait_for(lambda: self.state.version != version, timeout=timeout)
+            return self.state
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+class PreviewServer:
+    """The preview on 127.0.0.1, in background threads: start(), url, stop()."""
+
+    def __init__(self, config_path: Path, issue_id: str, port: int = 8000, host: str = "127.0.0.1"):
+        self.preview = Preview(config_path, issue_id)
+        self.preview.refresh()
+        self._stopping = threading.Event()
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self.preview, self._stopping))
+        self.httpd.daemon_threads = True
+        self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
+                         threading.Thread(target=self._watch, daemon=True)]
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> PreviewServer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self.preview.changed:
+            self.preview.changed.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(POLL_SECONDS):
+            self.preview.refresh()
+
+
+def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
+    page = (files("digest") / "templates" / "preview.html").read_text(encoding="utf-8")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/":
+                self._send(200, "text/html; charset=utf-8", page.encode("utf-8"))
+            elif path == "/email.html":
+                self._send(200, "text/html; charset=utf-8", preview.state.html.encode("utf-8"))
+            elif path == "/state.json":
+                self._send(200, "application/json", json.dumps(preview.state.as_json()).encode("utf-8"))
+            elif path == "/events":
+                self._events()
+            elif path == "/favicon.ico":
+                self._send(204, "image/x-icon", b"")
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _events(self) -> None:
+            """Server-Sent Events: one `update` event per new rendering, a comment every 15 s to keep alive."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            version = preview.state.version
+            try:
+                self.wfile.write(f"event: update\ndata: {version}\n\n".encode())
+                self.wfile.flush()
+                while not stopping.is_set():
+                    state = preview.wait_for_change(version, timeout=15)
+                    if state.version == version:
+                        self.wfile.write(b": keep-alive\n\n")
+                    else:
+                        version = state.version
+                        self.wfile.write(f"event: update\ndata: {version}\n\n".encode())
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            pass
+
+    return Handler

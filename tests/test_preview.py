@@ -1,0 +1,151 @@
+"""The live preview in a real Chromium (Debian's /usr/bin/chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from digest import preview as preview_module
+from digest.config import load_config
+from digest.draft import draft_path, read_draft, write_draft
+from digest.models import Draft, DraftItem, DraftSection
+from digest.preview import GMAIL_CLIP_BYTES, Preview, PreviewServer
+
+CHROMIUM = "/usr/bin/chromium"
+WEEK = "2026-W14"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not os.path.exists(CHROMIUM):  # .ci/run installs it; a developer machine may not have it
+    pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver", pytrace=False)
+
+
+def make_draft(items: int = 6) -> Draft:
+    sections = [DraftSection(title="News"), DraftSection(title="Articles")]
+    for n in range(items):
+        sections[n % 2].items.append(DraftItem(
+            title=f"Item {n}: what is new in Django",
+            url=f"https://blog.example.com/2026/04/a-very-long-slug-that-should-wrap-nicely-on-a-phone-{n}/",
+            summary="A short summary of the post, one or two sentences long, as an editor would keep it.",
+            source="blog.example.com", author="Ada", published=date(2026, 4, 1)))
+    return Draft(issue=WEEK, week_start=date(2026, 3, 30), week_end=date(2026, 4, 5),
+                 subject="Django Digest – Mar 30 to Apr 5", intro="Hello, readers.", sections=sections)
+
+
+@pytest.fixture
+def site(tmp_path):
+    config_path = write_config(tmp_path, [], archive_url="https://digest.example.com/issues/{issue}/")
+    config = load_config(config_path)
+    path = draft_path(config.drafts_dir, WEEK)
+    write_draft(path, make_draft())
+    server = PreviewServer(config_path, WEEK, port=0).start()
+    yield server, path
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    page.console_errors = []
+    page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
+    page.on("pageerror", lambda error: page.console_errors.append(str(error)))
+    yield page
+    context.close()
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_preview_loads_with_no_console_errors(site, page, tmp_path):
+    server, _ = site
+    page.goto(server.url)
+    page.wait_for_function("document.getElementById('subject').textContent.includes('Django Digest')")
+    page.wait_for_function("document.getElementById('desktop').contentDocument?.body?.innerText.includes('Item 5')")
+    assert "Item 0" in page.locator("#text").text_content()
+    assert "https://digest.example.com/issues/2026-W14/" in page.locator("#links").text_content()
+    assert "of Gmail's 102.0 KB clipping limit" in page.locator("#size").text_content()
+    page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
+    assert page.console_errors == []
+
+
+def test_email_has_no_horizontal_overflow_at_375px(site, browser):
+    server, _ = site
+    context = browser.new_context(viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    page.goto(server.url + "email.html")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.evaluate("document.body.scrollWidth") <= 375
+    context.close()
+
+
+def test_editing_the_draft_updates_the_page_without_a_reload(site, page):
+    server, path = site
+    page.goto(server.url)
+    page.wait_for_function("document.getElementById('subject').textContent.includes('Django Digest')")
+    page.evaluate("window.notReloaded = true")
+    started = time.monotonic()
+    edit(path, "Item 3: what is new in Django", "Item 3: rewritten by the editor")
+    page.wait_for_function(
+        "document.getElementById('mobile').contentDocument?.body?.innerText.includes('rewritten by the editor')",
+        timeout=5000)
+    elapsed = time.monotonic() - started
+    assert page.evaluate("window.notReloaded") is True
+    assert "rewritten by the editor" in page.locator("#text").text_content()
+    assert elapsed < 2.0, f"the page took {elapsed:.2f} s to follow the edit"
+
+
+def test_a_broken_draft_shows_its_error_and_keeps_the_last_rendering(site, page):
+    server, path = site
+    page.goto(server.url)
+    page.wait_for_function("document.getElementById('desktop').contentDocument?.body?.innerText.includes('Item 5')")
+    edit(path, "sections:", "sections: [")
+    page.wait_for_function("document.getElementById('error').textContent.includes('not valid YAML')")
+    assert f"{path}:" in page.locator("#error").text_content()
+    assert "Item 5" in page.locator("#text").text_content()
+    assert page.console_errors == []
+    edit(path, "sections: [", "sections:")
+    page.wait_for_function("document.getElementById('error').textContent === ''")
+
+
+def test_size_meter_warns_past_gmails_clipping_limit(site, page):
+    server, path = site
+    write_draft(path, make_draft(items=200))
+    page.goto(server.url)
+    page.wait_for_function("document.getElementById('meter').classList.contains('clipped')")
+    assert server.preview.state.as_json()["html_bytes"] > GMAIL_CLIP_BYTES
+    assert "Gmail will clip this email" in page.locator("#size").text_content()
+
+
+def test_a_template_change_re_renders(tmp_path, monkeypatch):
+    config_path = write_config(tmp_path, [])
+    write_draft(draft_path(load_config(config_path).drafts_dir, WEEK), make_draft())
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    template = templates / "email.mjml.j2"
+    template.write_text("v1")
+    monkeypatch.setattr(preview_module, "TEMPLATES", templates)
+    preview = Preview(config_path, WEEK)
+    assert preview.refresh() is True and preview.state.error is None
+    assert preview.refresh() is False
+    os.utime(template, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert preview.refresh() is True and preview.state.version == 2
+    assert read_draft(draft_path(load_config(config_path).drafts_dir, WEEK)).issue == WEEK
