@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import click
 import typer
 
 from . import jobs, store
 from .config import Config, ConfigError, load_config
+from .lock import Busy, hold
+from .send import SendError, SendReport, SetupError
 from .weeks import BadWeek, current_week, parse_week
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -177,11 +181,212 @@ def feeds(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 
 
 @app.command()
+def preview(ctx: typer.Context,
+            week: Optional[str] = typer.Option(None, "--week", help="ISO week such as 2026-W14 (default: this week)."),
+            port: int = typer.Option(8000, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
+            open_browser: bool = typer.Option(False, "--open", help="Open the preview in the default browser.")) -> None:
+    """Serve the week's draft on 127.0.0.1; the page refreshes itself as the draft or a template changes."""
+    from .preview import PreviewServer
+
+    config = _config(ctx)
+    issue_id = _week(config, week)
+    try:
+        server = PreviewServer(_paths(ctx)["config"], issue_id, port=port).start()
+    except OSError as exc:
+        raise UserError(f"--port: cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    _say(f"previewing {issue_id} at {server.url} (Ctrl-C to stop)")
+    if server.preview.state.error:
+        _say(f"  {server.preview.state.error}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        _say("stopped")
+    finally:
+        server.stop()
+
+
+@app.command()
 def demo(directory: Optional[Path] = typer.Option(None, "--dir", help="Where to write (default: a new temp dir).")) -> None:
     """The whole weekly job, offline, on bundled sample feeds served from a loopback server."""
     from .sample import run_demo
 
     run_demo(directory, say=_say)
+
+
+# --- send, run, unsubscribe -------------------------------------------------------------
+
+EXIT_FAILED = 1  # the backend could not do its job: login or sender refused, an API error
+EXIT_TEMPFAIL = 75  # try again later: another run holds the lock, or deliveries are still pending
+NO_TERMINAL = "no terminal to ask for confirmation: add --yes to send without asking"
+
+
+@contextmanager
+def _send_errors() -> Iterator[None]:
+    """Sending's failures as one line each: bad input exits 2, a backend failure 1, a held lock 75."""
+    try:
+        yield
+    except SetupError as exc:
+        raise UserError(str(exc)) from None
+    except Busy as exc:
+        _fail(str(exc), EXIT_TEMPFAIL)
+    except SendError as exc:
+        _fail(str(exc), EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _backend(name: str, send_now: bool) -> str:
+    if name not in jobs.BACKENDS:
+        raise UserError(f"--backend: {name!r} is not one of {', '.join(jobs.BACKENDS)}")
+    if send_now and name != "buttondown":
+        raise UserError("--send-now is for --backend buttondown (smtp always sends)")
+    return name
+
+
+BACKEND = typer.Option("smtp", "--backend", help="smtp, or buttondown (creates the email there).")
+SEND_NOW = typer.Option(False, "--send-now", help="buttondown: send the email, not just create a draft.")
+YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (required without a terminal).")
+
+
+@app.command("send")
+def send_command(
+    ctx: typer.Context,
+    week: Optional[str] = typer.Option(None, "--week", help="ISO week such as 2026-W14 (default: this week)."),
+    backend: str = BACKEND,
+    to: Optional[str] = typer.Option(None, "--to", help="Send one test copy to this address (smtp); records nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Write sample .eml files (or the Buttondown request) "
+                                                          "to drafts/<week>.dry-run/; send nothing."),
+    send_now: bool = SEND_NOW,
+    yes: bool = YES,
+) -> None:
+    """Send exactly what drafts/<week>.yaml says. A re-run resumes; an issue already sent is not sent again."""
+    config = _config(ctx)
+    issue_id = _week(config, week)
+    backend = _backend(backend, send_now)
+    if to and (dry_run or backend != "smtp"):
+        raise UserError("--to sends one test copy over smtp; it goes with neither --dry-run nor --backend buttondown")
+    with _send_errors():
+        if to:
+            reply = jobs.send_test(config, issue_id, to)
+            _say(f"{issue_id}: test copy sent to {to} ({reply}); nothing recorded")
+            return
+        db = _db(ctx)
+        if dry_run:
+            plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now)
+            _warn_problems(plan)
+            if plan.done:
+                _say(plan.done)
+                return
+            paths = jobs.dry_run(config, plan, send_now=send_now)
+            _say(f"{issue_id}: dry run, nothing sent; wrote {len(paths)} file(s) to {paths[0].parent}")
+            for path in paths:
+                _say(f"  {path.name}")
+            return
+        with hold(_paths(ctx)["db"]):
+            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, yes: bool = YES) -> None:
+    """The weekly job (cron, a systemd timer, CI): collect, build and send this week's issue.
+
+    Safe to run twice (an issue already sent is left alone) and never twice at once (exit 75).
+    Exit codes: 0 done or nothing to do, 1 the backend failed, 2 bad input, 75 try again later.
+    """
+    config = _config(ctx)
+    issue_id = _week(config, None)
+    backend = _backend(backend, send_now)
+    if not yes and not sys.stdin.isatty():
+        raise UserError(NO_TERMINAL)
+    db = _db(ctx)
+    with _send_errors():
+        with hold(_paths(ctx)["db"]):
+            done = jobs.issue_done(db, issue_id, backend, send_now=send_now)
+            if done:
+                _say(done)
+                return
+            if jobs.sending_began(db, issue_id):
+                _say(f"{issue_id}: an earlier run began sending it; resuming, without collecting or building")
+            else:
+                _print_collect_summary(_collect_with_progress(config, db, quiet=not sys.stdout.isatty()))
+                built = jobs.build(config, db, issue_id)
+                if built.outcome == "empty":
+                    _say(f"build {issue_id}: nothing new this week, nothing sent")
+                    return
+                _say(f"build {issue_id}: {built.items} items ({built.new_items} new since the last build)")
+            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now)
+    if code:
+        raise typer.Exit(code)
+
+
+def _send(config: Config, db, issue_id: str, backend: str, *, yes: bool, send_now: bool) -> int:
+    """Plan, confirm, send, summarize; returns the exit code."""
+    plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now)
+    _warn_problems(plan)
+    if plan.done:
+        _say(plan.done)
+        return 0
+    bar = None
+    if backend == "smtp" and sys.stdout.isatty() and plan.recipients:
+        bar = typer.progressbar(length=len(plan.recipients), label="Sending")
+    chosen = jobs.backend_for(config, plan, send_now=send_now, on_result=bar and (lambda *_: bar.update(1)))
+    if not yes:
+        _confirm(plan, send_now)
+    with bar or nullcontext():
+        report = jobs.send(config, db, plan, chosen)
+    _print_send(plan, report)
+    return EXIT_TEMPFAIL if report.pending else 0
+
+
+def _confirm(plan: jobs.SendPlan, send_now: bool) -> None:
+    if not sys.stdin.isatty():
+        raise UserError(NO_TERMINAL)
+    if plan.backend == "smtp":
+        whom = f"{len(plan.recipients):,} subscribers"
+    else:
+        whom = "every Buttondown subscriber (sent now)" if send_now else "Buttondown (as a draft)"
+    if not typer.confirm(f"Send {plan.issue} “{plan.draft.subject}” to {whom}?"):
+        raise click.exceptions.Abort()
+
+
+def _warn_problems(plan: jobs.SendPlan) -> None:
+    for problem in plan.problems:
+        typer.echo(f"warning: {problem} (not mailed)", err=True)
+
+
+def _print_send(plan: jobs.SendPlan, report: SendReport) -> None:
+    if report.backend == "buttondown":
+        state = "handed over for sending" if report.complete else "created as a draft"
+        _say(f"send {report.issue} via buttondown: {state}, id {report.remote_id}")
+        return
+    notes = [f"{plan.already:,} had it already"] if plan.already else []
+    notes += [f"{count:,} {reason}" for reason, count in sorted(plan.not_mailed.items())]
+    if report.resent:
+        notes.append(f"{report.resent} in flight when the last run stopped, sent again")
+    _say(f"send {report.issue} via smtp: {report.sent:,} sent, {report.failed:,} failed, {report.pending:,} pending "
+         f"in {report.seconds:.1f} s" + (f" ({'; '.join(notes)})" if notes else ""))
+    for address, reply in report.failures:
+        _say(f"  failed: {address}: {reply}")
+    if report.pending:
+        _say(f"  still pending, last error: {report.last_error}; run again later to resume")
+
+
+@app.command()
+def unsubscribe(ctx: typer.Context, address: str = typer.Argument(
+        ..., metavar="ADDRESS", help="The address, or the token of an unsubscribe link.")) -> None:
+    """Never mail an address again; this wins over subscribers.csv."""
+    with _send_errors():
+        email, new = jobs.unsubscribe(_db(ctx), address)
+    _say(f"{email}: unsubscribed" if new else f"{email}: already unsubscribed or bounced, nothing to do")
 
 
 def main() -> None:

@@ -6,8 +6,10 @@ The CLI is a thin layer over these; tests and the demo call them directly.
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
+import re
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -20,13 +22,18 @@ import httpx
 import sqlite_utils
 
 from . import store
-from .collect import FetchRequest, FetchResult, FetchSettings, fetch_all
-from .config import Config, FeedConfig
+from .collect import FetchRequest, FetchResult, fetch_all
+from .config import CollectSettings, Config, ConfigError, FeedConfig, Subscriber, is_valid_email, read_subscribers
 from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
-from .models import ParsedFeed
+from .models import Draft, ParsedFeed
 from .parse import parse_feed
 from .render import personalize, render_issue
 from .select import select_posts
+from .send import Backend, SendReport, SetupError, env_secret
+from .send.buttondown import ButtondownBackend, request_body
+from .send.message import MessageFactory
+from .send.smtp import SmtpBackend
+from .send.unsubscribe import SECRET_ENV, UnsubscribeLinks, verify_token
 from .weeks import week_dates
 
 
@@ -55,13 +62,14 @@ class CollectReport:
 
 
 def collect(config: Config, db: sqlite_utils.Database, *, now: datetime | None = None,
-            settings: FetchSettings = FetchSettings(), on_feed: Callable[[FeedReport], None] | None = None,
+            settings: CollectSettings | None = None, on_feed: Callable[[FeedReport], None] | None = None,
             transport: httpx.AsyncBaseTransport | None = None) -> CollectReport:
     """Fetch every feed concurrently, parse the changed ones on all cores, store new posts.
 
     One failing feed never stops the others: its error is in the report and in the feeds table.
     """
     now = now or datetime.now(timezone.utc)
+    settings = settings or config.collect
     started = time.perf_counter()
     states = store.feed_states(db)
     requests = []
@@ -216,3 +224,144 @@ def preview_unsubscribe_url(config: Config) -> str:
 
 def _address_of(mailbox: str) -> str:
     return parseaddr(mailbox)[1]
+
+
+# --- send and run --------------------------------------------------------------------
+
+BACKENDS = ("smtp", "buttondown")
+DRY_RUN_SAMPLES = 3
+
+
+@dataclass
+class SendPlan:
+    """What a send would do, for the confirmation question; nothing is written until `send`."""
+
+    issue: str
+    backend: str
+    draft: Draft | None = None
+    done: str | None = None  # why there is nothing to do
+    recipients: list[Subscriber] = field(default_factory=list)  # smtp: still to be mailed
+    already: int = 0  # subscribers an earlier, interrupted run already mailed
+    not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
+    problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
+
+
+def issue_done(db: sqlite_utils.Database, issue_id: str, backend: str, *, send_now: bool = False) -> str | None:
+    """Why the issue needs no sending (already sent, or already a Buttondown draft), or None.
+
+    Raises SetupError when the issue was started with the other backend: finishing it elsewhere could mail
+    people twice.
+    """
+    issue = store.get_issue(db, issue_id) or {}
+    if issue.get("backend") not in (None, backend):
+        raise SetupError(f"{issue_id} was handed to {issue['backend']}; finish it with --backend {issue['backend']}")
+    if issue.get("status") == "sent":
+        return f"{issue_id}: already sent ({issue['backend']}, {issue['sent_at']}), nothing to do"
+    if issue.get("remote_id") and not send_now:
+        return (f"{issue_id}: already a draft at Buttondown (id {issue['remote_id']}), nothing to do; "
+                f"--send-now sends it")
+    return None
+
+
+def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
+    """Whether an earlier run began sending (smtp rows, or a Buttondown draft): the draft must not change now."""
+    issue = store.get_issue(db, issue_id) or {}
+    return issue.get("status") == "sending" or issue.get("remote_id") is not None
+
+
+def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend: str, *,
+              send_now: bool = False) -> SendPlan:
+    """Read the draft and, for smtp, who is still to be mailed: active, not suppressed, not yet done."""
+    plan = SendPlan(issue=issue_id, backend=backend, done=issue_done(db, issue_id, backend, send_now=send_now))
+    if plan.done:
+        return plan
+    path = draft_path(config.drafts_dir, issue_id)
+    plan.draft = read_draft(path)
+    if not plan.draft.items:
+        plan.done = f"{issue_id}: {path} has no items, nothing to send"
+    if plan.done or backend != "smtp":
+        return plan
+    subscribers, plan.problems = read_subscribers(config.subscribers_path)
+    suppressed = store.suppressions(db)
+    sent = store.delivery_keys(db, issue_id, "sent")
+    failed = store.delivery_keys(db, issue_id, "failed")
+    for subscriber in subscribers:
+        key = subscriber.email.casefold()
+        reason = suppressed.get(key) or (subscriber.status if subscriber.status != "active" else None)
+        if reason is None and key in failed:
+            reason = "failed"
+        if reason:
+            plan.not_mailed[reason] = plan.not_mailed.get(reason, 0) + 1
+        elif key in sent:
+            plan.already += 1
+        else:
+            plan.recipients.append(subscriber)
+    return plan
+
+
+def backend_for(config: Config, plan: SendPlan, *, send_now: bool = False,
+                on_result: Callable[[str, str], None] | None = None) -> Backend:
+    """The backend, with its secrets read now, so that a missing one stops us before any question or write."""
+    if plan.backend == "smtp":
+        return SmtpBackend(config.smtp, config.newsletter, plan.recipients, on_result=on_result)
+    return ButtondownBackend(config.buttondown, send_now=send_now)
+
+
+def send(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, *,
+         now: datetime | None = None) -> SendReport:
+    """Render the issue once and deliver it; the database records each step so that a re-run resumes."""
+    rendered = render_issue(plan.draft, config.newsletter)
+    store.ensure_issue(db, plan.issue, plan.draft.subject, now or datetime.now(timezone.utc))
+    return backend.deliver(db, plan.issue, rendered)
+
+
+def send_test(config: Config, issue_id: str, address: str) -> str:
+    """One copy of the issue to one address over SMTP, recording nothing; returns the server's reply."""
+    if not is_valid_email(address):
+        raise SetupError(f"--to: not a valid address: {address!r}")
+    draft = read_draft(draft_path(config.drafts_dir, issue_id))
+    backend = SmtpBackend(config.smtp, config.newsletter, [])
+    return backend.send_test(render_issue(draft, config.newsletter), issue_id, address)
+
+
+def dry_run(config: Config, plan: SendPlan, *, send_now: bool = False) -> list[Path]:
+    """Write what would be sent, sending nothing: a few complete .eml files (smtp) or the API request (buttondown).
+
+    They go to drafts/<issue>.dry-run/; the samples are the first subscribers still to be mailed.
+    """
+    rendered = render_issue(plan.draft, config.newsletter)
+    directory = draft_path(config.drafts_dir, plan.issue, ".dry-run")
+    directory.mkdir(parents=True, exist_ok=True)
+    if plan.backend == "buttondown":
+        path = directory / "buttondown-request.json"
+        body = request_body(rendered, plan.issue, send_now=send_now)
+        write_atomically(path, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        return [path]
+    factory = MessageFactory(rendered, config.newsletter, UnsubscribeLinks.for_newsletter(config.newsletter),
+                             plan.issue)
+    samples = plan.recipients[:DRY_RUN_SAMPLES] or [Subscriber(email="subscriber@example.com", name="Sample Reader")]
+    paths = []
+    for number, subscriber in enumerate(samples, 1):
+        path = directory / f"{number:02d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', subscriber.email)}.eml"
+        path.write_bytes(factory.copy(subscriber.email, subscriber.name, factory.message_id(subscriber.email)))
+        paths.append(path)
+    return paths
+
+
+def unsubscribe(db: sqlite_utils.Database, address_or_token: str, *, now: datetime | None = None) -> tuple[str, bool]:
+    """Record that an address (or the one an unsubscribe token was signed for) is never mailed again.
+
+    The database wins over subscribers.csv. Returns the address and whether it is newly unsubscribed.
+    """
+    text = address_or_token.strip()
+    if "@" in text:
+        if not is_valid_email(text):
+            raise SetupError(f"not a valid address: {text!r}")
+        email = text
+    else:
+        secret = env_secret(SECRET_ENV)
+        email = verify_token(secret, text) if secret else None
+        if email is None:
+            raise SetupError(f"{text!r} is neither an address nor a token signed with {SECRET_ENV}")
+    new = store.suppress(db, email, "unsubscribed", now or datetime.now(timezone.utc), detail="digest unsubscribe")
+    return email, new

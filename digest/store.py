@@ -81,6 +81,10 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         defaults={"status": "pending", "attempts": 0}, foreign_keys=[("issue_id", "issues", "id")],
         if_not_exists=True,
     )
+    db["suppressions"].create(  # addresses never mailed again: unsubscribed, or bounced (5xx to RCPT)
+        {"email": str, "reason": str, "detail": str, "issue_id": str, "created_at": str},
+        pk="email", not_null={"email", "reason", "created_at"}, if_not_exists=True,
+    )
 
 
 # --- feeds ----------------------------------------------------------------------
@@ -234,3 +238,118 @@ def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: s
         "ORDER BY published_at, posts.id",
         [since, until, now],
     ))
+
+
+# --- sending ---------------------------------------------------------------------
+#
+# An issue goes draft → sending → sent. A delivery row (SMTP; one per issue and subscriber, keyed by the
+# casefolded address) goes pending → sending (committed before the message is handed over) → sent, failed
+# (a 5xx: never retried), back to pending (a 4xx or a dropped connection: retried), or skipped (the
+# address left the list before it was mailed). Rows left `sending` by a killed run are the only ones
+# that may have been delivered without being recorded.
+
+
+def database_path(db: sqlite_utils.Database) -> str:
+    """The file behind a connection, so that each sending thread can open its own connection to it."""
+    return next(db.execute("PRAGMA database_list"))[2]
+
+
+def suppressions(db: sqlite_utils.Database) -> dict[str, str]:
+    """Casefolded address → why it is never mailed ("unsubscribed" or "bounced")."""
+    return dict(db.execute("SELECT email, reason FROM suppressions").fetchall())
+
+
+def suppress(db: sqlite_utils.Database, email: str, reason: str, now: datetime, *, detail: str | None = None,
+             issue_id: str | None = None) -> bool:
+    """Never mail this address again; the first record (and its reason) wins. Returns whether it is new."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO suppressions (email, reason, detail, issue_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        [email.casefold(), reason, detail, issue_id, iso(now)])
+    return cursor.rowcount == 1
+
+
+def start_deliveries(db: sqlite_utils.Database, issue_id: str, keys: list[str], now: datetime) -> int:
+    """Mark the issue `sending` (smtp) and give each recipient a pending row, in one transaction.
+
+    Rows an interrupted run left `sending` go back to pending (they are sent again: the possible
+    duplicates); pending rows of addresses no longer to be mailed are skipped. Returns how many rows
+    were left `sending`.
+    """
+    now_text = iso(now)
+    with transaction(db):
+        db.execute("UPDATE issues SET status = 'sending', backend = 'smtp' WHERE id = ? AND status = 'draft'",
+                   [issue_id])
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO deliveries (issue_id, email, status, attempts, updated_at) "
+            "VALUES (?, ?, 'pending', 0, ?)", [(issue_id, key, now_text) for key in keys])
+        in_flight = db.execute(
+            "UPDATE deliveries SET status = 'pending', updated_at = ?, "
+            "last_reply = 'the previous run stopped while sending this one' WHERE issue_id = ? AND status = 'sending'",
+            [now_text, issue_id]).rowcount
+        wanted = set(keys)
+        gone = [(now_text, issue_id, row[0]) for row in db.execute(
+            "SELECT email FROM deliveries WHERE issue_id = ? AND status = 'pending'", [issue_id]) if row[0] not in wanted]
+        db.conn.executemany("UPDATE deliveries SET status = 'skipped', last_reply = 'no longer to be mailed', "
+                            "updated_at = ? WHERE issue_id = ? AND email = ?", gone)
+    return in_flight
+
+
+def delivery_keys(db: sqlite_utils.Database, issue_id: str, *statuses: str) -> set[str]:
+    marks = ",".join("?" * len(statuses))
+    return {row[0] for row in db.execute(
+        f"SELECT email FROM deliveries WHERE issue_id = ? AND status IN ({marks})", [issue_id, *statuses])}
+
+
+def delivery_counts(db: sqlite_utils.Database, issue_id: str) -> dict[str, int]:
+    return dict(db.execute("SELECT status, count(*) FROM deliveries WHERE issue_id = ? GROUP BY status",
+                           [issue_id]).fetchall())
+
+
+def mark_sending(db: sqlite_utils.Database, issue_id: str, key: str, message_id: str, now: datetime) -> None:
+    db.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated_at = ? "
+               "WHERE issue_id = ? AND email = ?", [message_id, iso(now), issue_id, key])
+
+
+def mark_delivery(db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, now: datetime,
+                  *, bounced: bool = False) -> None:
+    """Record the outcome of one attempt (sent, failed or pending); a bounce also suppresses the address."""
+    now_text = iso(now)
+    update = ("UPDATE deliveries SET status = ?, last_reply = ?, updated_at = ?, "
+              "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE issue_id = ? AND email = ?",
+              [status, reply, now_text, status, now_text, issue_id, key])
+    if not bounced:
+        db.execute(*update)
+        return
+    with transaction(db):
+        db.execute(*update)
+        suppress(db, key, "bounced", now, detail=reply, issue_id=issue_id)
+
+
+def finish_deliveries(db: sqlite_utils.Database, issue_id: str, now: datetime) -> bool:
+    """The issue becomes `sent` once no row is pending or sending; returns whether it is."""
+    with transaction(db):
+        open_rows = next(db.execute("SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN "
+                                    "('pending', 'sending')", [issue_id]))[0]
+        if open_rows:
+            return False
+        db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ? AND status != 'sent'",
+                   [iso(now), issue_id])
+    return True
+
+
+def idempotency_key(db: sqlite_utils.Database, issue_id: str, candidate: str) -> str:
+    """The issue's stored key, storing the candidate first if it has none (committed before any request)."""
+    db.execute("UPDATE issues SET idempotency_key = coalesce(idempotency_key, ?) WHERE id = ?", [candidate, issue_id])
+    return get_issue(db, issue_id)["idempotency_key"]
+
+
+def forget_idempotency_key(db: sqlite_utils.Database, issue_id: str) -> None:
+    db.execute("UPDATE issues SET idempotency_key = NULL WHERE id = ? AND remote_id IS NULL", [issue_id])
+
+
+def record_remote(db: sqlite_utils.Database, issue_id: str, backend: str, remote_id: str, *, sent: bool,
+                  now: datetime) -> None:
+    """The backend's id of the email; `sent` when it was handed over for sending (not just drafted)."""
+    db.execute("UPDATE issues SET backend = ?, remote_id = ?, status = CASE WHEN ? THEN 'sent' ELSE status END, "
+               "sent_at = CASE WHEN ? THEN ? ELSE sent_at END WHERE id = ?",
+               [backend, remote_id, sent, sent, iso(now), issue_id])

@@ -1,0 +1,139 @@
+"""The email of an issue, serialized once with the per-subscriber marks in it; each copy is a few byte joins.
+
+Layout: multipart/alternative, text/plain then text/html, both UTF-8 and quoted-printable, CRLF line ends.
+Quoted-printable keeps every line within 76 characters, but its soft line breaks could split a mark, so
+each mark is put on a physical line of its own, between two soft breaks: `...=<CRLF>MARK=<CRLF>...`.
+A subscriber's value is quoted-printable encoded in its place and wrapped to lines of at most 76
+characters, so the copy is still valid quoted-printable and a decoder sees exactly the value.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import re
+import secrets
+from email import policy
+from email.header import Header
+from email.utils import formataddr, formatdate, parseaddr
+
+from ..config import Newsletter
+from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
+from ..render import personalize
+from .unsubscribe import UnsubscribeLinks
+
+MARKS = (UNSUBSCRIBE_URL_MARK, SUBSCRIBER_NAME_MARK)
+_MARK_SPLIT = re.compile("(" + "|".join(re.escape(mark) for mark in MARKS) + ")")
+_QP_SAFE = frozenset(range(32, 127)) - {ord("=")}  # a space is fine: a soft break's "=" always follows
+_QP_BYTE = [chr(b) if b in _QP_SAFE else f"={b:02X}" for b in range(256)]
+_MAX_NAME = 100  # characters of a subscriber's name used in the To header and the body
+
+
+def _wrap(encoded: bytes, width: int = 75) -> bytes:
+    """Soft line breaks so that no line exceeds width + the "=" (76), never inside an =XX escape."""
+    lines = []
+    while len(encoded) > width:
+        cut = width - (encoded[width - 1] == 61) - 2 * (encoded[width - 2] == 61)  # 61: "="
+        lines.append(encoded[:cut])
+        encoded = encoded[cut:]
+    lines.append(encoded)
+    return b"=\r\n".join(lines)
+
+
+def qp_value(value: str) -> bytes:
+    """A value for a mark's line: every byte but printable ASCII escaped, wrapped with soft breaks.
+
+    The last line gets its soft break from the template, which already follows the mark.
+    """
+    return _wrap("".join([_QP_BYTE[b] for b in value.encode("utf-8")]).encode("ascii"))
+
+
+def _qp_part(text: str) -> list[bytes | str]:
+    """Quoted-printable body with CRLF line ends, as literal chunks and the marks (str) between them."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    pieces: list[bytes | str] = []
+    for index, piece in enumerate(_MARK_SPLIT.split(text)):
+        if index % 2:
+            pieces += [b"=\r\n", piece, b"=\r\n"]
+        elif piece:
+            encoded = binascii.b2a_qp(piece.encode("utf-8"), quotetabs=False, istext=True, header=False)
+            lines, newline, last = encoded.rpartition(b"\n")  # a mark's "=" may follow the last line: keep it <= 75
+            pieces.append((lines + newline).replace(b"\n", b"\r\n") + _wrap(last))
+    return pieces
+
+
+def _header(name: str, value: str) -> bytes:
+    """One header, RFC 2047-encoded and folded as needed; the common short ASCII case skips the slow path."""
+    line = f"{name}: {value}\r\n"
+    if len(line) <= 78 and line.isascii():
+        return line.encode("ascii")
+    return policy.SMTP.header_factory(name, value).fold(policy=policy.SMTP).encode("ascii")
+
+
+def _to_header(email: str, name: str) -> bytes:
+    """To, built by hand: the email package's refolding can drop the quotes around a decoded display name."""
+    if not name:
+        return f"To: {email}\r\n".encode("utf-8")
+    if name.isascii():
+        return f"To: {formataddr((name, email))}\r\n".encode("utf-8")
+    phrase = Header(name, "utf-8", header_name="To").encode(linesep="\r\n")
+    return f"To: {phrase} <{email}>\r\n".encode("utf-8")
+
+
+class MessageFactory:
+    """Serializes the issue once; `copy()` makes one subscriber's message from it."""
+
+    def __init__(self, rendered: RenderedIssue, newsletter: Newsletter, links: UnsubscribeLinks, issue_id: str):
+        self.issue_id, self.links = issue_id, links
+        self.sender = parseaddr(newsletter.from_address)[1]
+        self.domain = self.sender.rpartition("@")[2] or "localhost"
+        boundary = f"=_digest_{secrets.token_hex(12)}"  # "=_" never occurs in quoted-printable text
+        common = [_header("From", newsletter.from_address), _header("Subject", rendered.subject)]
+        if newsletter.reply_to:
+            common.append(_header("Reply-To", newsletter.reply_to))
+        if links.one_click:
+            common.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        common += [b"MIME-Version: 1.0\r\n",
+                   f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")]
+        chunks: list[bytes | tuple[str, bool]] = [b"".join(common)]
+        for subtype, body in (("plain", rendered.text), ("html", rendered.html)):
+            chunks.append(f'--{boundary}\r\nContent-Type: text/{subtype}; charset="utf-8"\r\n'
+                          f"Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"))
+            chunks += [(piece, subtype == "html") if isinstance(piece, str) else piece for piece in _qp_part(body)]
+            chunks.append(b"\r\n")
+        chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+        self._chunks = _merge_literals(chunks)
+
+    def message_id(self, email: str) -> str:
+        """The same for every attempt at one (issue, subscriber): a resend after a crash can be recognized."""
+        digest = hashlib.sha256(f"{self.issue_id}\0{email.casefold()}".encode("utf-8")).hexdigest()[:24]
+        return f"<{self.issue_id}.{digest}@{self.domain}>"
+
+    def test_message_id(self) -> str:
+        return f"<{self.issue_id}.test.{secrets.token_hex(12)}@{self.domain}>"
+
+    def copy(self, email: str, name: str, message_id: str) -> bytes:
+        """One subscriber's message: their headers, then the body with their parts substituted."""
+        name = " ".join(name.split())[:_MAX_NAME]
+        url = self.links.url(email)
+        values = {}
+        for html in (False, True):
+            for mark in MARKS:
+                values[mark, html] = qp_value(personalize(mark, unsubscribe_url=url, name=name, html=html))
+        head = b"".join((
+            _to_header(email, name),
+            _header("Date", formatdate(usegmt=True)),
+            _header("Message-ID", message_id),
+            f"List-Unsubscribe: {self.links.header(email)}\r\n".encode("ascii"),
+        ))
+        return head + b"".join([chunk if isinstance(chunk, bytes) else values[chunk] for chunk in self._chunks])
+
+
+def _merge_literals(chunks: list) -> list:
+    merged: list = []
+    for chunk in chunks:
+        if isinstance(chunk, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += chunk
+        else:
+            merged.append(chunk)
+    return merged

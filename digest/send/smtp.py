@@ -1,0 +1,282 @@
+"""SMTP delivery: a few reused connections in parallel, each delivery recorded before the next one is sent.
+
+Each worker thread owns one SMTP connection and one SQLite connection and pulls recipients from a shared
+queue. Per recipient it commits `sending`, runs MAIL/RCPT/DATA, and commits the outcome:
+- 250: sent, with the server's reply;
+- 5xx to RCPT: failed and suppressed as a bounce (the address is never mailed again);
+- 5xx to DATA: failed (the message was refused, not the address), not retried;
+- 5xx to MAIL: the sender is refused, which no recipient can fix: the run stops;
+- 4xx, a dropped connection or a timeout: retried with exponential backoff, at most smtp.max_attempts
+  times in this run, then left pending for the next run.
+A worker whose connection fails max_attempts times on one recipient gives up and hands it back to the queue.
+
+Guarantee: at least once, exactly once but for a crash's messages in flight. A row is committed `sending`
+before its transaction and `sent` right after the 250, so after a kill -9 only rows left `sending` (at most
+one per connection) are sent again; they keep their Message-ID, so receivers can recognize the copy.
+"""
+
+from __future__ import annotations
+
+import queue
+import smtplib
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import sqlite_utils
+
+from .. import store
+from ..config import Newsletter, SmtpSettings, Subscriber
+from ..models import RenderedIssue
+from . import SendError, SendReport, SetupError, env_secret
+from .message import MessageFactory
+from .unsubscribe import UnsubscribeLinks
+
+PASSWORD_ENV = "DIGEST_SMTP_PASSWORD"
+MAX_BACKOFF = 60.0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def smtp_password(settings: SmtpSettings) -> str | None:
+    """From the environment only; required when smtp.username is set."""
+    password = env_secret(PASSWORD_ENV)
+    if settings.username and not password:
+        raise SetupError(f"{PASSWORD_ENV} (or {PASSWORD_ENV}_FILE) is not set, and smtp.username is")
+    return password
+
+
+@dataclass
+class Refused(Exception):
+    """A non-2xx answer at one stage of a mail transaction."""
+
+    stage: str  # MAIL, RCPT or DATA
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text} (after {self.stage})"
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+class Connection:
+    """One SMTP session: opened on first use, reused, reopened after a drop."""
+
+    def __init__(self, settings: SmtpSettings, password: str | None):
+        self.settings, self._password = settings, password
+        self.smtp: smtplib.SMTP | None = None
+
+    def open(self) -> None:
+        """Connect, secure and log in. Raises SendError for what retrying cannot fix, OSError otherwise."""
+        try:
+            self._open()
+        except BaseException as exc:
+            self.close()
+            where = f"{self.settings.host}:{self.settings.port}"
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                raise SendError(f"TLS to {where}: {exc.verify_message}") from None
+            if isinstance(exc, smtplib.SMTPAuthenticationError):
+                raise SendError(f"SMTP login as {self.settings.username!r} at {where} refused: "
+                                f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
+            raise
+
+    def _open(self) -> None:
+        s = self.settings
+        context = ssl.create_default_context()
+        if s.security == "ssl":
+            self.smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+        else:
+            self.smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        self.smtp.ehlo()
+        if s.security == "starttls":
+            if not self.smtp.has_extn("starttls"):
+                raise SendError(f"{s.host}:{s.port} does not offer STARTTLS (see smtp.security)")
+            self.smtp.starttls(context=context)
+            self.smtp.ehlo()
+        if s.username:
+            if not self.smtp.has_extn("auth"):
+                raise SendError(f"{s.host}:{s.port} does not offer AUTH here (see smtp.security and smtp.username)")
+            self.smtp.login(s.username, self._password)
+
+    def transact(self, sender: str, recipient: str, message: bytes) -> str:
+        """One MAIL/RCPT/DATA transaction; returns the final reply or raises Refused / OSError."""
+        if self.smtp is None:
+            self.open()
+        smtp = self.smtp
+        options = [f"SIZE={len(message)}"] if smtp.has_extn("size") else []
+        if not recipient.isascii():
+            options.append("SMTPUTF8")  # smtplib raises SMTPNotSupportedError if the server lacks it
+        for stage, answer in (("MAIL", lambda: smtp.mail(sender, options)), ("RCPT", lambda: smtp.rcpt(recipient)),
+                              ("DATA", lambda: smtp.data(message))):
+            try:
+                code, reply = answer()
+            except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+                code, reply = exc.smtp_code, exc.smtp_error
+            if not 200 <= code < 300:
+                if code == 421 or stage != "DATA" and not self._reset():
+                    self.close()
+                raise Refused(stage, code, _text(reply))
+        return f"{code} {_text(reply)}"
+
+    def _reset(self) -> bool:
+        try:
+            return self.smtp.rset()[0] == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            try:
+                self.smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                self.smtp.close()
+            self.smtp = None
+
+
+class SmtpBackend:
+    """Sends one issue to a list of subscribers; the deliveries table makes a re-run resume."""
+
+    name = "smtp"
+
+    def __init__(self, settings: SmtpSettings, newsletter: Newsletter, recipients: list[Subscriber], *,
+                 on_result: Callable[[str, str], None] | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.settings, self.newsletter, self.recipients = settings, newsletter, recipients
+        self.password = smtp_password(settings)
+        self.links = UnsubscribeLinks.for_newsletter(newsletter)
+        self.on_result, self.sleep = on_result, sleep
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._fatal: SendError | None = None
+        self._last_error: str | None = None
+        self._counts = {"sent": 0, "failed": 0}
+        self._failures: list[tuple[str, str]] = []
+
+    def send_test(self, rendered: RenderedIssue, issue_id: str, address: str) -> str:
+        """One copy to one address, with a message id of its own; nothing is recorded."""
+        factory = MessageFactory(rendered, self.newsletter, self.links, issue_id)
+        connection = Connection(self.settings, self.password)
+        message = factory.copy(address, "", factory.test_message_id())
+        try:
+            return connection.transact(factory.sender, address, message)
+        except Refused as exc:
+            raise SendError(f"{address}: {exc}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise SendError(f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}") from None
+        finally:
+            connection.close()
+
+    def deliver(self, db: sqlite_utils.Database, issue_id: str, rendered: RenderedIssue) -> SendReport:
+        started = time.perf_counter()
+        factory = MessageFactory(rendered, self.newsletter, self.links, issue_id)
+        by_key = {subscriber.email.casefold(): subscriber for subscriber in self.recipients}
+        resent = store.start_deliveries(db, issue_id, list(by_key), _now())
+        todo = store.delivery_keys(db, issue_id, "pending")
+        work: queue.SimpleQueue[tuple[str, Subscriber]] = queue.SimpleQueue()
+        for key, subscriber in by_key.items():
+            if key in todo:
+                work.put((key, subscriber))
+        path = store.database_path(db)
+        threads = [threading.Thread(target=self._worker, args=(path, issue_id, factory, work), name=f"smtp-{n}",
+                                    daemon=True)
+                   for n in range(min(self.settings.connections, len(todo)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)  # wakes up for Ctrl-C
+        except KeyboardInterrupt:
+            self._stop.set()  # each worker records its message in flight, then stops
+            for thread in threads:
+                thread.join()
+            raise
+        complete = store.finish_deliveries(db, issue_id, _now())
+        if self._fatal:
+            raise self._fatal
+        counts = store.delivery_counts(db, issue_id)
+        pending = counts.get("pending", 0) + counts.get("sending", 0)
+        return SendReport(issue=issue_id, backend=self.name, sent=self._counts["sent"], failed=self._counts["failed"],
+                          pending=pending, resent=resent, complete=complete, failures=self._failures,
+                          last_error=self._last_error if pending else None, seconds=time.perf_counter() - started)
+
+    # --- the workers ------------------------------------------------------------------
+
+    def _worker(self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue) -> None:
+        db = store.open_db(path)
+        connection = Connection(self.settings, self.password)
+        try:
+            while not self._stop.is_set():
+                try:
+                    key, subscriber = work.get_nowait()
+                except queue.Empty:
+                    return
+                if not self._deliver(db, connection, factory, issue_id, key, subscriber):
+                    work.put((key, subscriber))  # this connection gave up: another worker, or the next run
+                    return
+        except SendError as exc:
+            self._fatal = exc
+            self._stop.set()
+        finally:
+            connection.close()
+            db.close()
+
+    def _deliver(self, db: sqlite_utils.Database, connection: Connection, factory: MessageFactory, issue_id: str,
+                 key: str, subscriber: Subscriber) -> bool:
+        """Try one recipient up to max_attempts times; False when this worker's connection keeps failing."""
+        message_id = factory.message_id(subscriber.email)
+        message = factory.copy(subscriber.email, subscriber.name, message_id)
+        attempts = self.settings.max_attempts
+        dropped = 0
+        for attempt in range(1, attempts + 1):
+            if self._stop.is_set():
+                return True
+            try:
+                if connection.smtp is None:
+                    connection.open()
+                store.mark_sending(db, issue_id, key, message_id, _now())
+                reply = connection.transact(factory.sender, subscriber.email, message)
+            except Refused as refused:
+                if refused.code < 500:
+                    self._record(db, issue_id, key, "pending", str(refused))
+                elif refused.stage == "MAIL":
+                    self._record(db, issue_id, key, "pending", str(refused))
+                    raise SendError(f"the server refused the sender {factory.sender}: {refused}") from None
+                else:
+                    self._record(db, issue_id, key, "failed", str(refused), bounced=refused.stage == "RCPT")
+                    return True
+            except smtplib.SMTPNotSupportedError as exc:
+                self._record(db, issue_id, key, "failed", f"{exc}")
+                return True
+            except (OSError, smtplib.SMTPException) as exc:  # dropped, timed out, refused to connect
+                connection.close()
+                dropped += 1
+                self._record(db, issue_id, key, "pending", f"connection: {exc or type(exc).__name__}")
+                if dropped >= attempts:
+                    return False
+            else:
+                self._record(db, issue_id, key, "sent", reply)
+                return True
+            if attempt < attempts:
+                self.sleep(min(MAX_BACKOFF, self.settings.backoff * 2 ** (attempt - 1)))
+        return True
+
+    def _record(self, db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, *,
+                bounced: bool = False) -> None:
+        store.mark_delivery(db, issue_id, key, status, reply, _now(), bounced=bounced)
+        with self._lock:
+            if status in self._counts:
+                self._counts[status] += 1
+            if status == "failed":
+                self._failures.append((key, reply))
+            elif status == "pending":
+                self._last_error = reply
+            if self.on_result and status != "pending":
+                self.on_result(key, status)

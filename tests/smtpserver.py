@@ -1,0 +1,167 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) for sending tests, and a project folder to send from.
+
+The server records every message as received (CRLF line ends, dot-unstuffed) and can defer (451) or
+refuse (550) chosen recipients, refuse chosen messages at DATA (554), drop the connection at DATA, slow
+down, and refuse every login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import ssl
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import yaml
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from digest.draft import draft_path, write_draft
+from digest.models import Draft, DraftItem, DraftSection
+
+WEEK = "2026-W14"
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt: str
+    data: bytes
+
+
+@dataclass
+class Behaviour:
+    defer_rcpt: dict[str, int] = field(default_factory=dict)  # address → how many 451s to RCPT before a 250
+    refuse_rcpt: set[str] = field(default_factory=set)  # 550 to RCPT
+    refuse_data: set[str] = field(default_factory=set)  # 554 to the message
+    drop_at_data: dict[str, int] = field(default_factory=dict)  # address → how many times to hang up at DATA
+    delay: float = 0.0  # seconds before answering each message
+    refuse_login: bool = False
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer):
+        self.server = server
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd's name
+        behaviour = self.server.behaviour
+        self.server.rcpt_attempts[address] += 1
+        if address in behaviour.refuse_rcpt:
+            return "550 5.1.1 no such mailbox here"
+        if behaviour.defer_rcpt.get(address, 0) > 0:
+            behaviour.defer_rcpt[address] -= 1
+            return "451 4.7.1 greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        behaviour = self.server.behaviour
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        rcpt = envelope.rcpt_tos[0]
+        if behaviour.drop_at_data.get(rcpt, 0) > 0:
+            behaviour.drop_at_data[rcpt] -= 1
+            server.transport.abort()
+            return "421 dropped"
+        if rcpt in behaviour.refuse_data:
+            return "554 5.7.1 message refused"
+        self.server.messages.append(Received(envelope.mail_from, rcpt, bytes(envelope.original_content)))
+        return f"250 2.0.0 Ok: queued as Q{len(self.server.messages)}"
+
+
+class _Controller(Controller):
+    def _trigger_server(self):
+        self.port = self.server.sockets[0].getsockname()[1]  # port 0: the system chose a free one
+        super()._trigger_server()
+
+
+class SmtpServer:
+    def __init__(self, behaviour: Behaviour | None = None, *, tls: ssl.SSLContext | None = None,
+                 implicit_tls: bool = False):
+        """With tls, STARTTLS is offered and required (or, implicit_tls, the whole session is TLS)."""
+        self.behaviour = behaviour or Behaviour()
+        self.messages: list[Received] = []
+        self.rcpt_attempts: Counter[str] = Counter()
+        self.logins: list[str] = []
+        options = {"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": bool(tls)}
+        self.controller = _Controller(_Handler(self), hostname="127.0.0.1", port=0, auth_require_tls=False,
+                                      authenticator=self._authenticate, **options)
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        self.logins.append(auth_data.login.decode())
+        return AuthResult(success=not self.behaviour.refuse_login, handled=False)
+
+    @property
+    def port(self) -> int:
+        return self.controller.port
+
+    def start(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def per_recipient(self) -> Counter[str]:
+        return Counter(message.rcpt for message in self.messages)
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.messages)} messages arrived, expected {count}")
+            time.sleep(0.01)
+
+
+def make_project(directory: Path, port: int, subscribers: list[dict] | str, *, smtp: dict | None = None,
+                 buttondown: dict | None = None, items: int = 3, titles: list[str] | None = None,
+                 feeds: list[dict] | None = None, **newsletter) -> Path:
+    """feeds.yaml (smtp on the loopback server), subscribers.csv and, without feeds, WEEK's draft; returns the config."""
+    settings = {"title": "Test Digest", "from": "Test Digest <digest@example.com>", "reply_to": "editor@example.com",
+                "timezone": "Europe/London", "unsubscribe_url": "https://digest.example.com/u?token={token}"}
+    settings.update(newsletter)
+    smtp_settings = {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2, "timeout": 5,
+                     "max_attempts": 3, "backoff": 0.01}
+    smtp_settings.update(smtp or {})
+    config = directory / "feeds.yaml"
+    sections = {"newsletter": settings, "feeds": feeds or [], "smtp": smtp_settings}
+    if buttondown:
+        sections["buttondown"] = buttondown
+    config.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
+    if isinstance(subscribers, str):
+        (directory / "subscribers.csv").write_text(subscribers, encoding="utf-8")
+    else:
+        with (directory / "subscribers.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["email", "name", "status"])
+            writer.writeheader()
+            writer.writerows(subscribers)
+    if feeds:
+        return config
+    draft = Draft(issue=WEEK, week_start=date(2026, 3, 30), week_end=date(2026, 4, 5),
+                  subject="Test Digest – Mar 30 to Apr 5, 2026 ✨", intro="Hello and welcome.",
+                  sections=[DraftSection(title="News", items=[
+                      DraftItem(title=title, url=f"https://blog.example.com/{n}",
+                                summary="A sentence or two about it. " * 4, source="blog.example.com")
+                      for n, title in enumerate(titles or [f"Ünïcode post {n}: {'a long title ' * 6}"
+                                                           for n in range(items)])])])
+    write_draft(draft_path(directory / "drafts", WEEK), draft)
+    return config
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def subscribers(count: int, start: int = 0) -> list[dict]:
+    return [{"email": f"reader{n:05d}@example.com", "name": f"Reader {n}", "status": "active"}
+            for n in range(start, start + count)]

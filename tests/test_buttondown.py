@@ -1,0 +1,226 @@
+"""`digest send --backend buttondown` against a loopback fake of Buttondown's API, checked against its OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from conftest import SHARED
+from digest import jobs, store
+from digest.config import load_config
+from digest.send.buttondown import ButtondownBackend
+from smtpserver import WEEK, make_project, subscribers
+
+KEY = "bd-test-key-0123456789"
+OPENAPI = json.loads((SHARED / "reference" / "buttondown-openapi.json").read_text(encoding="utf-8"))
+EMAIL_INPUT = Draft202012Validator({"$ref": "#/components/schemas/EmailInput", "components": OPENAPI["components"]})
+
+
+@dataclass
+class Answer:
+    status: int = 201
+    body: dict = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: dict
+
+
+class FakeButtondown:
+    """Answers from a script, in order (then 201 with a new id), and records every request."""
+
+    def __init__(self) -> None:
+        self.script: list[Answer] = []
+        self.requests: list[Request] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                fake.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                             body))
+                answer = fake.script.pop(0) if fake.script else Answer()
+                if answer.status < 300 and not answer.body:
+                    answer.body = {"id": f"em_{len(fake.requests)}", "status": body.get("status", "draft")}
+                time.sleep(answer.delay)
+                payload = json.dumps(answer.body).encode()
+                self.send_response(answer.status)
+                for name, value in {"Content-Type": "application/json", **answer.headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_POST = do_PATCH = answer  # noqa: N815 - http.server's names
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def api(monkeypatch):
+    monkeypatch.setenv("BUTTONDOWN_API_KEY", KEY)
+    monkeypatch.delenv("BUTTONDOWN_API_URL", raising=False)
+    fake = FakeButtondown()
+    yield fake
+    fake.stop()
+
+
+def project(tmp_path, api, **options):
+    settings = {"api_url": api.url, "timeout": 0.5, "max_attempts": 3, "backoff": 0.01}
+    return make_project(tmp_path, 0, subscribers(2), buttondown=settings, **options)
+
+
+def issue(tmp_path) -> dict:
+    return store.get_issue(store.open_db(tmp_path / "digest.db"), WEEK)
+
+
+def send(run_cli, tmp_path, *options):
+    return run_cli("send", "--week", WEEK, "--backend", "buttondown", "--yes", *options, cwd=tmp_path)
+
+
+def test_the_validator_knows_a_bad_body():
+    assert not EMAIL_INPUT.is_valid({"subject": 1, "status": "shipped", "colour": "red"})
+
+
+def test_creates_a_draft_once_then_sends_it_on_request(tmp_path, api, run_cli):
+    project(tmp_path, api)
+    code, out, err = send(run_cli, tmp_path)
+    assert code == 0, err
+    assert out == f"send {WEEK} via buttondown: created as a draft, id em_1\n"
+    (request,) = api.requests
+    assert (request.method, request.path) == ("POST", "/v1/emails")
+    assert request.headers["authorization"] == f"Token {KEY}"
+    assert request.headers["x-api-version"] == "2026-04-01"
+    assert request.headers["x-idempotency-key"].startswith(f"digest-{WEEK}-")
+    assert "x-buttondown-live-dangerously" not in request.headers
+    assert list(EMAIL_INPUT.iter_errors(request.body)) == []
+    body = request.body
+    assert body["subject"] == "Test Digest – Mar 30 to Apr 5, 2026 ✨" and body["status"] == "draft"
+    assert body["body"].startswith("<!-- buttondown-editor-mode: fancy -->\n")
+    assert "{{ unsubscribe_url }}" in body["body"] and "%%DIGEST" not in body["body"]
+    assert body["metadata"] == {"digest_issue": WEEK}
+    row = issue(tmp_path)
+    assert (row["backend"], row["remote_id"], row["status"]) == ("buttondown", "em_1", "draft")
+    assert row["idempotency_key"] == request.headers["x-idempotency-key"]
+
+    code, out, _ = send(run_cli, tmp_path)
+    assert code == 0 and "already a draft at Buttondown (id em_1), nothing to do" in out and len(api.requests) == 1
+    code, _, err = run_cli("send", "--week", WEEK, "--backend", "smtp", "--yes", cwd=tmp_path)
+    assert code == 2 and "was handed to buttondown; finish it with --backend buttondown" in err
+
+    code, out, _ = send(run_cli, tmp_path, "--send-now")
+    assert code == 0 and out == f"send {WEEK} via buttondown: handed over for sending, id em_1\n"
+    patch = api.requests[-1]
+    assert (patch.method, patch.path, patch.body) == ("PATCH", "/v1/emails/em_1", {"status": "about_to_send"})
+    assert issue(tmp_path)["status"] == "sent" and issue(tmp_path)["sent_at"]
+    code, out, _ = send(run_cli, tmp_path, "--send-now")
+    assert code == 0 and "already sent" in out and len(api.requests) == 2
+
+
+def test_send_now_posts_about_to_send_with_the_confirmation_header(tmp_path, api, run_cli):
+    project(tmp_path, api)
+    assert send(run_cli, tmp_path, "--send-now")[0] == 0
+    (request,) = api.requests
+    assert request.body["status"] == "about_to_send" and list(EMAIL_INPUT.iter_errors(request.body)) == []
+    assert request.headers["x-buttondown-live-dangerously"] == "true"
+    assert issue(tmp_path)["status"] == "sent" and issue(tmp_path)["remote_id"] == "em_1"
+
+
+def test_5xx_and_timeouts_are_retried_with_the_same_idempotency_key(tmp_path, api, run_cli):
+    project(tmp_path, api)
+    api.script = [Answer(503, {"detail": "Service Unavailable"}), Answer(201, {"id": "em_slow"}, delay=1.0)]
+    code, out, err = send(run_cli, tmp_path)
+    assert code == 0, err
+    assert len(api.requests) == 3  # 503, a timeout (the answer was lost), then the replay
+    assert len({r.headers["x-idempotency-key"] for r in api.requests}) == 1
+    assert issue(tmp_path)["remote_id"] == "em_3"
+
+
+def test_the_key_is_kept_across_runs_until_buttondown_answers(tmp_path, api, run_cli):
+    project(tmp_path, api)
+    api.script = [Answer(502, {"detail": "Bad gateway"})] * 3
+    code, _, err = send(run_cli, tmp_path)
+    assert code == 1 and err == "error: Buttondown: POST /emails failed 3 times, last: 502 Bad gateway\n"
+    stored = issue(tmp_path)["idempotency_key"]
+    assert stored and issue(tmp_path)["remote_id"] is None
+    assert send(run_cli, tmp_path)[0] == 0
+    assert {r.headers["x-idempotency-key"] for r in api.requests} == {stored} and len(api.requests) == 4
+    assert issue(tmp_path)["remote_id"] == "em_4"
+
+
+def test_429_waits_for_retry_after(tmp_path, api):
+    config = load_config(project(tmp_path, api))
+    api.script = [Answer(429, {"detail": "Slow down."}, {"Retry-After": "1"})]
+    waits = []
+    db = store.open_db(tmp_path / "digest.db")
+    plan = jobs.plan_send(config, db, WEEK, "buttondown")
+    report = jobs.send(config, db, plan, ButtondownBackend(config.buttondown, send_now=False, sleep=waits.append))
+    assert waits == [1.0] and report.remote_id == "em_2" and len(api.requests) == 2
+
+
+@pytest.mark.parametrize("status, detail", [(400, "The subject is too long."), (401, "Invalid token."),
+                                            (422, [{"loc": ["body", "status"], "msg": "Input should be a status"}])])
+def test_other_4xx_stop_with_buttondowns_message(tmp_path, api, run_cli, status, detail):
+    project(tmp_path, api)
+    api.script = [Answer(status, {"code": "invalid", "detail": detail})]
+    code, out, err = send(run_cli, tmp_path)
+    message = detail if isinstance(detail, str) else "Input should be a status"
+    assert code == 1 and err == f"error: Buttondown refused POST /emails: {status} {message}\n"
+    assert len(api.requests) == 1
+    first_key = api.requests[0].headers["x-idempotency-key"]
+    assert issue(tmp_path)["remote_id"] is None and issue(tmp_path)["idempotency_key"] is None
+    assert send(run_cli, tmp_path)[0] == 0  # the corrected re-run is not answered from the old key's cache
+    assert api.requests[1].headers["x-idempotency-key"] != first_key
+
+
+def test_a_missing_api_key_is_one_line_and_exit_2(tmp_path, api, run_cli, monkeypatch):
+    project(tmp_path, api)
+    monkeypatch.delenv("BUTTONDOWN_API_KEY")
+    code, _, err = send(run_cli, tmp_path)
+    assert code == 2 and err == ("error: BUTTONDOWN_API_KEY (or BUTTONDOWN_API_KEY_FILE) is not set: "
+                                 "the API key from Buttondown's settings\n")
+    assert not api.requests and issue(tmp_path) is None
+
+
+def test_template_syntax_in_the_content_is_not_run_by_buttondown(tmp_path, api, run_cli):
+    project(tmp_path, api, titles=["The {% querystring %} tag and {{ block.super }} {# a comment #}"])
+    assert send(run_cli, tmp_path)[0] == 0
+    body = api.requests[0].body["body"]
+    assert re.findall(r"\{[{%#][^}]*\}", body) == ["{{ unsubscribe_url }"]
+    assert "&#123;% querystring %}" in body and "&#123;{ block.super }}" in body
+
+
+def test_dry_run_writes_the_request_and_posts_nothing(tmp_path, api, run_cli):
+    project(tmp_path, api)
+    code, out, _ = run_cli("send", "--week", WEEK, "--backend", "buttondown", "--dry-run", cwd=tmp_path)
+    assert code == 0 and "wrote 1 file(s)" in out and not api.requests
+    written = json.loads((tmp_path / "drafts" / f"{WEEK}.dry-run" / "buttondown-request.json").read_text())
+    assert list(EMAIL_INPUT.iter_errors(written)) == [] and written["status"] == "draft"

@@ -1,0 +1,94 @@
+"""`digest run`, the weekly job: collect, build and send in one go; safe to run twice, never twice at once."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta, timezone
+from email.utils import format_datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from digest import cli, store
+from digest.lock import hold
+from digest.weeks import parse_week, week_id
+from feedserver import Route, rss
+from smtpserver import SmtpServer, make_project, subscribers
+
+LONDON = ZoneInfo("Europe/London")
+WEEK = week_id((datetime.now(timezone.utc) - timedelta(days=7)).astimezone(LONDON).date())  # wholly in the past
+POSTED = datetime.combine(parse_week(WEEK) + timedelta(days=2), time(12), LONDON)  # its Wednesday noon
+
+
+@pytest.fixture
+def server():
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def project(tmp_path, feed_server, server, monkeypatch):
+    """Two posts of WEEK's issue on a loopback feed; `digest run` sees WEEK as the current week."""
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
+    monkeypatch.setattr(cli, "current_week", lambda now, tz: WEEK)
+    feed_server.routes["/feed.xml"] = Route(rss([
+        {"title": f"Post {n}", "link": f"https://blog.example.com/{n}/", "guid": f"p{n}",
+         "description": "What happened in Django this week.", "date": format_datetime(POSTED - timedelta(hours=n))}
+        for n in range(2)]))
+    make_project(tmp_path, server.port, subscribers(3),
+                 feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}])
+    return tmp_path
+
+
+def test_run_collects_builds_sends_and_a_second_run_does_nothing(project, server, feed_server, run_cli):
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("1 feeds in ") and lines[0].endswith("0 failed, 2 new posts")
+    assert lines[1] == f"build {WEEK}: 2 items (2 new since the last build)"
+    assert lines[2].startswith(f"send {WEEK} via smtp: 3 sent, 0 failed, 0 pending in ")
+    assert len(lines) == 3 and "\r" not in out  # one line a stage, no progress bar without a terminal
+    assert sorted(server.per_recipient().values()) == [1, 1, 1]
+    fetched = len(feed_server.requests)
+
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    assert code == 0 and out.startswith(f"{WEEK}: already sent (smtp, ")
+    assert len(server.messages) == 3 and len(feed_server.requests) == fetched
+    assert store.get_issue(store.open_db(project / "digest.db"), WEEK)["status"] == "sent"
+
+
+def test_a_run_while_another_holds_the_lock_is_refused(project, server, feed_server, run_cli):
+    with hold(project / "digest.db"):
+        code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 75 and out == ""
+    assert err.startswith("error: another digest run (pid ") and "digest.db.lock" in err and err.count("\n") == 1
+    assert not server.messages and not feed_server.requests
+    assert run_cli("run", "--yes", cwd=project)[0] == 0  # the lock went with its holder
+    assert len(server.messages) == 3
+
+
+def test_a_week_with_nothing_new_sends_nothing(project, server, feed_server, run_cli):
+    feed_server.routes["/feed.xml"] = Route(rss([{"title": "Old", "link": "https://blog.example.com/old/",
+                                                  "guid": "old", "date": "Mon, 06 Jan 2020 10:00:00 +0000"}]))
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    assert code == 0 and out.splitlines()[-1] == f"build {WEEK}: nothing new this week, nothing sent"
+    assert not server.messages and not (project / "drafts" / f"{WEEK}.yaml").exists()
+
+
+def test_without_a_terminal_run_needs_yes_and_does_nothing(project, server, feed_server, run_cli):
+    code, out, err = run_cli("run", cwd=project)
+    assert code == 2 and err == "error: no terminal to ask for confirmation: add --yes to send without asking\n"
+    assert not feed_server.requests and not server.messages
+
+
+def test_a_run_that_could_not_finish_exits_75_and_the_next_one_resumes_it(project, server, feed_server, run_cli):
+    server.behaviour.defer_rcpt["reader00001@example.com"] = 3  # smtp.max_attempts is 3
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    assert code == 75 and "2 sent, 0 failed, 1 pending" in out and "run again later to resume" in out
+    fetched = len(feed_server.requests)
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert lines[0] == f"{WEEK}: an earlier run began sending it; resuming, without collecting or building"
+    assert lines[1].startswith(f"send {WEEK} via smtp: 1 sent, 0 failed, 0 pending in ")
+    assert len(feed_server.requests) == fetched and sorted(server.per_recipient().values()) == [1, 1, 1]

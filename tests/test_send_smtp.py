@@ -1,0 +1,356 @@
+"""`digest send` over SMTP against a real server (aiosmtpd on 127.0.0.1): the message, the ledger, retries, resume."""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from email import policy
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+
+from digest import jobs, store
+from digest.config import Newsletter, load_config
+from digest.draft import draft_path, read_draft
+from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
+from digest.render import personalize, render_issue
+from digest.send.message import MessageFactory
+from digest.send.unsubscribe import UnsubscribeLinks, verify_token
+from smtpserver import WEEK, Behaviour, SmtpServer, make_project, self_signed_certificate, subscribers
+
+SECRET = "test-unsubscribe-secret"
+
+
+@pytest.fixture
+def server():
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def secret(monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    for name in ("DIGEST_SMTP_PASSWORD", "DIGEST_SMTP_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def parse(raw: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(raw, policy=policy.default)
+
+
+def decoded(part: email.message.EmailMessage) -> str:
+    return part.get_content().replace("\r\n", "\n")
+
+
+def check_wire_format(raw: bytes) -> None:
+    assert raw.isascii()
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76  # quoted-printable's own limit
+    assert b"%%DIGEST" not in raw
+
+
+def ledger(tmp_path: Path) -> dict[str, dict]:
+    db = store.open_db(tmp_path / "digest.db")
+    return {row["email"]: row for row in db.query("SELECT * FROM deliveries")}
+
+
+def issue_row(tmp_path: Path) -> dict | None:
+    return store.get_issue(store.open_db(tmp_path / "digest.db"), WEEK)
+
+
+# --- the message ---------------------------------------------------------------------------
+
+
+def test_each_message_is_complete_personal_and_well_formed(tmp_path, server, run_cli):
+    people = [{"email": "ada+news@example.com", "name": "Ada Lövelace, \"the\" Countess", "status": "active"},
+              {"email": "grace@example.com", "name": "Grace Hopper", "status": "active"},
+              {"email": "anon@example.com", "name": "", "status": "active"}]
+    config_path = make_project(tmp_path, server.port, people)
+    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0, err
+    assert "3 sent, 0 failed, 0 pending" in out
+
+    config = load_config(config_path)
+    rendered = render_issue(read_draft(draft_path(config.drafts_dir, WEEK)), config.newsletter)
+    assert UNSUBSCRIBE_URL_MARK in rendered.html and UNSUBSCRIBE_URL_MARK in rendered.text
+    links = UnsubscribeLinks.for_newsletter(config.newsletter)
+    assert sorted(m.rcpt for m in server.messages) == sorted(p["email"] for p in people)
+    message_ids = set()
+    for received, person in ((m, next(p for p in people if p["email"] == m.rcpt)) for m in server.messages):
+        check_wire_format(received.data)
+        message = parse(received.data)
+        assert message["Subject"] == "Test Digest – Mar 30 to Apr 5, 2026 ✨"
+        assert b"Subject: Test Digest =?utf-8?" in received.data  # RFC 2047 on the wire
+        assert message["To"].addresses[0].addr_spec == person["email"]
+        assert message["To"].addresses[0].display_name == person["name"]
+        assert message["From"].addresses[0].addr_spec == "digest@example.com"
+        assert message["Reply-To"] == "editor@example.com"
+        assert abs(parsedate_to_datetime(message["Date"]) - datetime.now(timezone.utc)) < timedelta(minutes=5)
+        message_ids.add(message["Message-ID"])
+        assert re.fullmatch(r"<2026-W14\.[0-9a-f]{24}@example\.com>", message["Message-ID"])
+
+        url = links.url(person["email"])
+        token = re.search(r"token=([\w.-]+)", url)[1]
+        assert verify_token(SECRET, token) == person["email"]
+        assert message["List-Unsubscribe"] == f"<{url}>, <mailto:editor@example.com?subject=unsubscribe>"
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+        assert message.get_content_type() == "multipart/alternative"
+        text, html = message.iter_parts()
+        assert (text.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
+        name = person["name"]
+        assert decoded(text) == personalize(rendered.text, unsubscribe_url=url, name=name, html=False)
+        assert decoded(html) == personalize(rendered.html, unsubscribe_url=url, name=name, html=True)
+    assert len(message_ids) == 3
+    assert {row["status"] for row in ledger(tmp_path).values()} == {"sent"}
+    assert issue_row(tmp_path)["status"] == "sent" and issue_row(tmp_path)["sent_at"]
+
+
+@pytest.mark.parametrize("column", [0, 1, 30, 60, 70, 72, 73, 74, 75, 76, 77, 78, 150])
+def test_marks_survive_quoted_printable_at_every_column(column):
+    """Wherever a mark falls in a line, the decoded copy holds exactly the subscriber's value."""
+    long_url = "https://digest.example.com/unsubscribe?x=" + "t" * 300 + "&token={token}"
+    body = ("x" * column + UNSUBSCRIBE_URL_MARK + SUBSCRIBER_NAME_MARK + " tail=é\n"
+            + "word " * column + SUBSCRIBER_NAME_MARK + "\n" + UNSUBSCRIBE_URL_MARK + "\n\n.leading dot\n" + "y" * 2000)
+    rendered = RenderedIssue(subject="Marks", preheader="", html=f"<p>{body}</p>", text=body)
+    links = UnsubscribeLinks(mailto="mailto:a@example.com?subject=unsubscribe", url_template=long_url, secret="s")
+    factory = MessageFactory(rendered, Newsletter(), links, WEEK)
+    name = "Zoë O'Brien & <Co> " + "ñ" * 40
+    raw = factory.copy("zoe@example.com", name, factory.message_id("zoe@example.com"))
+    check_wire_format(raw)
+    url = links.url("zoe@example.com")
+    text, html = parse(raw).iter_parts()
+    assert decoded(text) == personalize(body, unsubscribe_url=url, name=name, html=False)
+    assert decoded(html) == personalize(f"<p>{body}</p>", unsubscribe_url=url, name=name, html=True)
+
+
+def test_the_issue_is_rendered_once_whatever_the_number_of_subscribers(tmp_path, server, monkeypatch):
+    config = load_config(make_project(tmp_path, server.port, subscribers(12)))
+    calls = []
+    monkeypatch.setattr(jobs, "render_issue", lambda *args: calls.append(args) or render_issue(*args))
+    db = store.open_db(tmp_path / "digest.db")
+    plan = jobs.plan_send(config, db, WEEK, "smtp")
+    report = jobs.send(config, db, plan, jobs.backend_for(config, plan))
+    assert report.sent == 12 and report.complete and len(server.messages) == 12
+    assert len(calls) == 1
+
+
+# --- refusals, retries, the ledger -----------------------------------------------------------
+
+
+def test_4xx_retried_5xx_recorded_and_dropped_connection_retried(tmp_path, run_cli):
+    behaviour = Behaviour(defer_rcpt={"reader00001@example.com": 2}, refuse_rcpt={"reader00002@example.com"},
+                          refuse_data={"reader00003@example.com"}, drop_at_data={"reader00004@example.com": 1})
+    server = SmtpServer(behaviour).start()
+    try:
+        make_project(tmp_path, server.port, subscribers(8))
+        code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert code == 0, err
+    assert "6 sent, 2 failed, 0 pending" in out
+    assert "failed: reader00002@example.com: 550 5.1.1 no such mailbox here (after RCPT)" in out
+    assert "failed: reader00003@example.com: 554 5.7.1 message refused (after DATA)" in out
+    rows = ledger(tmp_path)
+    assert rows["reader00001@example.com"]["status"] == "sent" and rows["reader00001@example.com"]["attempts"] == 3
+    assert rows["reader00001@example.com"]["last_reply"].startswith("250 2.0.0 Ok: queued as")
+    assert rows["reader00002@example.com"]["status"] == "failed" and rows["reader00002@example.com"]["attempts"] == 1
+    assert rows["reader00003@example.com"]["status"] == "failed" and rows["reader00003@example.com"]["attempts"] == 1
+    assert server.rcpt_attempts["reader00002@example.com"] == 1  # a 5xx is never retried
+    assert rows["reader00004@example.com"]["status"] == "sent" and rows["reader00004@example.com"]["attempts"] == 2
+    assert sum(row["attempts"] for row in rows.values()) == 3 + 1 + 1 + 2 + 4
+    assert sorted(server.per_recipient().values()) == [1] * 6
+    db = store.open_db(tmp_path / "digest.db")
+    assert store.suppressions(db) == {"reader00002@example.com": "bounced"}  # refused address, not refused message
+    assert issue_row(tmp_path)["status"] == "sent"
+
+
+def test_retries_run_out_leave_the_rest_pending_and_a_rerun_finishes(tmp_path, run_cli):
+    server = SmtpServer(Behaviour(defer_rcpt={"reader00000@example.com": 3})).start()
+    try:
+        make_project(tmp_path, server.port, subscribers(3))
+        code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+        assert code == 75
+        assert "2 sent, 0 failed, 1 pending" in out and "451 4.7.1 greylisted" in out
+        assert ledger(tmp_path)["reader00000@example.com"]["status"] == "pending"
+        assert issue_row(tmp_path)["status"] == "sending"
+        code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert code == 0 and "1 sent, 0 failed, 0 pending" in out and "2 had it already" in out
+    assert sorted(server.per_recipient().values()) == [1, 1, 1]
+    assert issue_row(tmp_path)["status"] == "sent"
+
+
+def test_unsubscribed_bounced_and_invalid_are_never_mailed_and_the_database_wins(tmp_path, server, run_cli):
+    csv_text = ("email,name,status\n"
+                "keep@example.com,Keep,active\n"
+                "left@example.com,Left,unsubscribed\n"
+                "gone@example.com,Gone,bounced\n"
+                "not-an-address,Broken,active\n"
+                "KEEP@example.com,Keep again,active\n"
+                "later@example.com,Later,active\n"
+                "bounced-before@example.com,,active\n")
+    make_project(tmp_path, server.port, csv_text)
+    db = store.open_db(tmp_path / "digest.db")
+    store.suppress(db, "bounced-before@example.com", "bounced", store.from_iso("2026-03-01T00:00:00+00:00"))
+    code, out, _ = run_cli("unsubscribe", "Later@Example.com", cwd=tmp_path)
+    assert code == 0 and "Later@Example.com: unsubscribed" in out
+    assert run_cli("unsubscribe", "later@example.com", cwd=tmp_path)[1].endswith("nothing to do\n")
+    assert run_cli("unsubscribe", "nobody", cwd=tmp_path)[0] == 2
+    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0
+    assert "subscribers.csv:5: email: not a valid address: 'not-an-address' (not mailed)" in err
+    assert [m.rcpt.casefold() for m in server.messages] == ["keep@example.com"]
+    assert "1 sent, 0 failed, 0 pending" in out and "2 bounced" in out and "2 unsubscribed" in out
+
+
+def test_unsubscribe_accepts_the_token_of_a_link(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, subscribers(1))
+    url = UnsubscribeLinks(mailto="", url_template="https://x.example/u?t={token}", secret=SECRET).url("a@example.com")
+    code, out, _ = run_cli("unsubscribe", url.split("t=")[1], cwd=tmp_path)
+    assert code == 0 and out == "a@example.com: unsubscribed\n"
+    code, _, err = run_cli("unsubscribe", url.split("t=")[1][:-2] + "xx", cwd=tmp_path)
+    assert code == 2 and "neither an address nor a token" in err
+
+
+def test_a_second_send_sends_nothing(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, subscribers(3))
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0 and "already sent" in out and len(server.messages) == 3
+
+
+# --- test copies, dry runs, confirmation, secrets ---------------------------------------------
+
+
+def test_to_sends_one_test_copy_and_records_nothing(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, subscribers(3))
+    code, out, _ = run_cli("send", "--week", WEEK, "--to", "editor@example.com", cwd=tmp_path)
+    assert code == 0 and "test copy sent to editor@example.com (250 2.0.0 Ok" in out and "nothing recorded" in out
+    assert [m.rcpt for m in server.messages] == ["editor@example.com"]
+    assert ".test." in parse(server.messages[0].data)["Message-ID"]
+    assert not ledger(tmp_path) and issue_row(tmp_path) is None
+
+
+def test_dry_run_writes_complete_eml_files_and_sends_nothing(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, subscribers(5))
+    code, out, _ = run_cli("send", "--week", WEEK, "--dry-run", cwd=tmp_path)
+    assert code == 0 and "dry run, nothing sent; wrote 3 file(s) to" in out
+    files = sorted((tmp_path / "drafts" / f"{WEEK}.dry-run").glob("*.eml"))
+    assert [f.name for f in files] == [f"0{n + 1}-reader0000{n}@example.com.eml" for n in range(3)]
+    for path in files:
+        check_wire_format(path.read_bytes())
+        assert parse(path.read_bytes())["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert not server.messages and not ledger(tmp_path) and issue_row(tmp_path) is None
+
+
+def test_confirmation_shows_subject_and_count_and_is_required(tmp_path, server, run_cli, monkeypatch):
+    make_project(tmp_path, server.port, subscribers(4))
+    code, out, err = run_cli("send", "--week", WEEK, cwd=tmp_path)  # pytest's stdin is no terminal
+    assert code == 2 and err == "error: no terminal to ask for confirmation: add --yes to send without asking\n"
+    questions = []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("typer.confirm", lambda question: questions.append(question) or False)
+    code, _, err = run_cli("send", "--week", WEEK, cwd=tmp_path)
+    assert code == 1 and questions == ["Send 2026-W14 “Test Digest – Mar 30 to Apr 5, 2026 ✨” to 4 subscribers?"]
+    assert not server.messages and not ledger(tmp_path)
+
+
+def test_a_refused_login_never_shows_the_password(tmp_path, run_cli, monkeypatch):
+    server = SmtpServer(Behaviour(refuse_login=True)).start()
+    try:
+        make_project(tmp_path, server.port, subscribers(2), smtp={"username": "digest-user"})
+        code, _, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+        assert code == 2 and "DIGEST_SMTP_PASSWORD (or DIGEST_SMTP_PASSWORD_FILE) is not set" in err
+        password_file = tmp_path / "password"
+        password_file.write_text("hunter2-is-secret\n")
+        monkeypatch.setenv("DIGEST_SMTP_PASSWORD_FILE", str(password_file))
+        code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert code == 1
+    assert err.startswith("error: SMTP login as 'digest-user' at 127.0.0.1:") and "refused: 535" in err
+    assert err.count("\n") == 1 and "hunter2" not in out + err
+    assert server.logins and not server.messages
+    assert {row["status"] for row in ledger(tmp_path).values()} == {"pending"}
+    assert "hunter2" not in (tmp_path / "digest.db").read_bytes().decode("latin-1")
+
+
+def test_a_signed_unsubscribe_url_needs_its_secret(tmp_path, server, run_cli, monkeypatch):
+    make_project(tmp_path, server.port, subscribers(2))
+    monkeypatch.delenv("DIGEST_UNSUBSCRIBE_SECRET")
+    code, _, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 2 and err.startswith("error: DIGEST_UNSUBSCRIBE_SECRET is not set") and err.count("\n") == 1
+    assert not server.messages and issue_row(tmp_path) is None
+
+
+def test_without_an_unsubscribe_url_the_mailto_is_the_link(tmp_path, server, run_cli, monkeypatch):
+    make_project(tmp_path, server.port, subscribers(1), unsubscribe_url=None)
+    monkeypatch.delenv("DIGEST_UNSUBSCRIBE_SECRET")
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    message = parse(server.messages[0].data)
+    assert message["List-Unsubscribe"] == "<mailto:editor@example.com?subject=unsubscribe>"
+    assert message["List-Unsubscribe-Post"] is None  # RFC 8058 one-click needs an https URL
+    assert "mailto:editor@example.com?subject=unsubscribe" in message.get_body(("plain",)).get_content()
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command to make a certificate")
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_verifies_the_certificate(tmp_path, run_cli, monkeypatch, security):
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = SmtpServer(tls=context, implicit_tls=security == "ssl").start()
+    try:
+        make_project(tmp_path, server.port, subscribers(2), smtp={"security": security})
+        code, _, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+        assert code == 1 and f"error: TLS to 127.0.0.1:{server.port}: self-signed certificate" in err
+        assert not server.messages and not any(row["attempts"] for row in ledger(tmp_path).values())
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now the certificate is trusted
+        code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert code == 0, err
+    assert "2 sent, 0 failed, 0 pending" in out and len(server.messages) == 2
+
+
+# --- kill -9 and resume ------------------------------------------------------------------------
+
+
+def test_a_killed_send_resumes_with_at_most_one_duplicate_per_connection(tmp_path):
+    count, connections = 60, 4
+    server = SmtpServer(Behaviour(delay=0.02)).start()
+    try:
+        make_project(tmp_path, server.port, subscribers(count), smtp={"connections": connections})
+        command = [sys.executable, "-m", "digest", "send", "--week", WEEK, "--yes"]
+        env = dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET)
+        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        server.wait_for(12)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        interrupted = ledger(tmp_path)
+        assert 12 - connections <= sum(row["status"] == "sent" for row in interrupted.values()) < count
+        second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.stop()
+    assert second.returncode == 0, second.stderr
+    received = server.per_recipient()
+    assert set(received) == {row["email"] for row in subscribers(count)}
+    duplicates = [address for address, times in received.items() if times > 1]
+    assert max(received.values()) <= 2 and len(duplicates) <= connections
+    resent = re.search(r"(\d+) in flight when the last run stopped", second.stdout)
+    assert len(duplicates) <= (int(resent[1]) if resent else 0)
+    assert {row["status"] for row in ledger(tmp_path).values()} == {"sent"}
+    assert issue_row(tmp_path)["status"] == "sent"
