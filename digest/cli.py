@@ -112,9 +112,8 @@ def _collect_with_progress(config: Config, db, quiet: bool) -> jobs.CollectRepor
 def _feed_line(feed: jobs.FeedReport) -> str:
     if feed.outcome == "failed":
         return f"FAILED  {feed.name}: {feed.error}"
-    if feed.outcome == "new":
-        return f"ok      {feed.name}: {feed.new_posts} new"
-    return f"ok      {feed.name}: unchanged"
+    news = f"{feed.new_posts} new" if feed.outcome == "new" else "unchanged"
+    return f"ok      {feed.name}: {news}" + (f"; warning: {feed.warning}" if feed.warning else "")
 
 
 def _print_collect_summary(report: jobs.CollectReport) -> None:
@@ -123,6 +122,9 @@ def _print_collect_summary(report: jobs.CollectReport) -> None:
          f"{report.new_posts} new posts")
     for feed in report.failed:
         _say(f"  failed: {feed.name} ({feed.url}): {feed.error}")
+    for feed in report.feeds:
+        if feed.warning:
+            _say(f"  warning: {feed.name} ({feed.url}): {feed.warning}")
 
 
 @app.command()
@@ -164,7 +166,8 @@ def feeds(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
         row = health.get(feed.url, {})
         rows.append({"name": feed.name, "url": feed.url, "section": feed.section,
                      "last_fetched_at": row.get("last_fetched_at"), "last_status": row.get("last_status"),
-                     "last_error": row.get("last_error"), "posts": row.get("posts", 0),
+                     "last_error": row.get("last_error"), "last_warning": row.get("last_warning"),
+                     "posts": row.get("posts", 0),
                      "consecutive_failures": row.get("consecutive_failures", 0),
                      "redirect_url": row.get("redirect_url")})
     if as_json:
@@ -176,6 +179,8 @@ def feeds(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
         _say(f"{row['name']} [{row['section']}] {row['url']}")
         _say(f"    last fetch {row['last_fetched_at'] or '-'}, HTTP {row['last_status'] or '-'}, "
              f"{row['posts']} posts, {state}")
+        if row["last_warning"] and not row["last_error"]:
+            _say(f"    warning: {row['last_warning']}")
         if row["redirect_url"]:
             _say(f"    moved permanently to {row['redirect_url']}")
 

@@ -45,6 +45,7 @@ class FeedReport:
     new_posts: int = 0
     http_status: int | None = None
     error: str | None = None
+    warning: str | None = None  # the feed worked, but something about it needs the editor's eye
 
 
 @dataclass
@@ -90,7 +91,7 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
     async def handle(feed: FeedConfig, result: FetchResult) -> None:
         parsed = None
         if result.content is not None and result.error is None:
-            parsed = await loop.run_in_executor(pool, _parse, result.content, result.url, result.headers, now)
+            parsed = await loop.run_in_executor(pool, parse_feed, result.content, result.url, result.headers)
         feed_report = _store(db, feed, result, parsed, now)
         report.feeds.append(feed_report)
         if on_feed:
@@ -102,16 +103,12 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
     await asyncio.gather(*handlers)
 
 
-def _parse(content: bytes, url: str, headers: dict[str, str], now: datetime) -> ParsedFeed:
-    return parse_feed(content, feed_url=url, headers=headers, now=now)
-
-
 def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime) -> FeedReport:
     error = result.error or (parsed.error if parsed else None)
     outcome = store.FetchOutcome(
         status=result.status, error=error, etag=result.etag, last_modified=result.last_modified,
         permanent_url=result.permanent_url, title=parsed.title if parsed else None,
-        not_modified=result.not_modified,
+        not_modified=result.not_modified, warning=parsed.warning if parsed else None,
     )
     posts = parsed.posts if parsed and not error else []
     new_posts = store.record_fetch(db, url=feed.url, name=feed.name, section=feed.section, outcome=outcome,
@@ -123,7 +120,7 @@ def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None,
     else:
         kind = "new" if new_posts else "unchanged"
     return FeedReport(name=feed.name, url=feed.url, outcome=kind, new_posts=new_posts,
-                      http_status=result.status, error=error)
+                      http_status=result.status, error=error, warning=None if error else outcome.warning)
 
 
 class _InlineExecutor(Executor):

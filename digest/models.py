@@ -31,6 +31,7 @@ class ParsedFeed:
     title: str | None
     posts: list[Post]
     error: str | None = None  # set when the document is not a usable feed
+    warning: str | None = None  # set when posts were recovered from a document that is not well-formed
 
 
 @dataclass

@@ -52,7 +52,7 @@ def transaction(db: sqlite_utils.Database) -> Iterator[None]:
 def _create_schema(db: sqlite_utils.Database) -> None:
     db["feeds"].create(
         {"url": str, "name": str, "section": str, "title": str, "etag": str, "last_modified": str,
-         "last_status": int, "last_error": str, "last_fetched_at": str, "last_ok_at": str,
+         "last_status": int, "last_error": str, "last_warning": str, "last_fetched_at": str, "last_ok_at": str,
          "consecutive_failures": int, "redirect_url": str},
         pk="url", not_null={"url"}, defaults={"consecutive_failures": 0}, if_not_exists=True,
     )
@@ -101,6 +101,7 @@ class FetchOutcome:
     permanent_url: str | None = None
     title: str | None = None
     not_modified: bool = False
+    warning: str | None = None
 
 
 def feed_states(db: sqlite_utils.Database) -> dict[str, dict]:
@@ -124,6 +125,8 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
             "url": url, "name": name, "section": section, "last_status": outcome.status,
             "last_error": outcome.error, "last_fetched_at": now_text, "consecutive_failures": failures,
         }
+        if not outcome.not_modified:
+            row["last_warning"] = None if outcome.error else outcome.warning
         if outcome.error is None:
             row["last_ok_at"] = now_text
             if not outcome.not_modified:
