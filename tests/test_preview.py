@@ -128,7 +128,7 @@ def test_a_broken_draft_shows_its_error_and_keeps_the_last_rendering(site, page)
 
 def test_size_meter_warns_past_gmails_clipping_limit(site, page):
     server, path = site
-    write_draft(path, make_draft(items=200))
+    write_draft(path, make_draft(items=400))
     page.goto(server.url)
     page.wait_for_function("document.getElementById('meter').classList.contains('clipped')")
     assert server.preview.state.as_json()["html_bytes"] > GMAIL_CLIP_BYTES
