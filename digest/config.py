@@ -72,7 +72,7 @@ class FeedConfig:
 
 @dataclass(frozen=True)
 class CollectSettings:
-    concurrency: int = 64  # feeds fetched at once
+    concurrency: int = 128  # feeds fetched at once
     timeout: float = 20.0  # seconds for connect, each read, and (doubled) the whole answer
     max_bytes: int = 10 * 1024 * 1024  # a larger answer is refused
     retries: int = 2  # extra attempts after a timeout, a dropped connection, a 429 or a 5xx

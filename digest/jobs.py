@@ -26,7 +26,6 @@ from .collect import FetchRequest, FetchResult, fetch_all
 from .config import CollectSettings, Config, ConfigError, FeedConfig, Subscriber, is_valid_email, read_subscribers
 from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
 from .models import Draft, ParsedFeed
-from .parse import parse_feed
 from .render import personalize, render_issue
 from .select import select_posts
 from .send import Backend, SendReport, SetupError, env_secret
@@ -91,7 +90,7 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
     async def handle(feed: FeedConfig, result: FetchResult) -> None:
         parsed = None
         if result.content is not None and result.error is None:
-            parsed = await loop.run_in_executor(pool, parse_feed, result.content, result.url, result.headers)
+            parsed = await loop.run_in_executor(pool, _parse, result.content, result.url, result.headers)
         feed_report = _store(db, feed, result, parsed, now)
         report.feeds.append(feed_report)
         if on_feed:
@@ -101,6 +100,13 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
     async for result in fetch_all(requests, settings, transport=transport):
         handlers.append(asyncio.create_task(handle(config.feed(result.key), result)))
     await asyncio.gather(*handlers)
+
+
+def _parse(content: bytes, url: str, headers: dict[str, str]) -> ParsedFeed:
+    """Runs in a pool worker. feedparser is imported there, on first use: an unchanged run never needs it."""
+    from .parse import parse_feed
+
+    return parse_feed(content, url, headers)
 
 
 def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime) -> FeedReport:
@@ -143,9 +149,13 @@ def _parse_pool(feed_count: int) -> Executor:
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    for warm in [pool.submit(int) for _ in range(workers)]:
-        warm.result()
+    for _ in range(workers):  # each submit forks one worker now; they import the parser while we fetch
+        pool.submit(_import_parser)
     return pool
+
+
+def _import_parser() -> None:
+    import digest.parse  # noqa: F401
 
 
 # --- build ---------------------------------------------------------------------------

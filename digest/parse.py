@@ -66,7 +66,7 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     response_headers = {key.lower(): value for key, value in (headers or {}).items()}
     response_headers["content-location"] = feed_url  # the base for relative links
     # Relative links are resolved by sanitize_html against a better base than feedparser would choose.
-    parsed = feedparser.parse(content, response_headers=response_headers, sanitize_html=True,
+    parsed = feedparser.parse(content, response_headers=response_headers, sanitize_html=False,
                               resolve_relative_uris=False)
     error = _unusable(parsed, content, response_headers)
     if error:
