@@ -25,12 +25,30 @@ from .weeks import BadWeek, week_dates
 
 HEADER = """\
 # Draft of {issue} ({start:%a %d %b} – {end:%a %d %b %Y}).
-# Edit freely: delete, reorder or rewrite items, fill in the intro and sponsor.
-# `digest build` keeps your edits and only adds posts that are new since the last build.
+# Edit freely: delete, reorder or rewrite items, fill in the intro and sponsor, comment lines out with #.
+# `digest build` keeps your edits and comments, and only adds posts that are new since the last build,
+# each at the end of its section. `digest preview` shows the email each time you save this file.
 # `digest send` sends exactly what this file says.
+# Text after `>-` or `|` may hold any character (quotes, colons): keep it indented under its key.
 """
+_COMMENTS = {
+    "preheader": "# The line an inbox shows after the subject (empty: the intro's start, else the first titles).\n",
+    "intro": "# Paragraphs above the first section: indent them under `intro: |`, a blank line between two.\n",
+    "sponsor": "# The sponsored block; `sponsor: null` leaves it out.\n",
+    "no sponsor": ("# A sponsored block: replace `null` with three indented lines, e.g.\n"
+                   "#   title: Acme Hosting\n#   url: https://acme.example.com/?ref=digest\n"
+                   "#   text: One or two sentences.\n"),
+    "sections": "# In the order of the email. An item needs a title and an http(s) url; the other keys may go.\n",
+}
 
 DraftError = ConfigError  # same shape: file, line, field, problem
+
+# PyYAML's words for the slips an editor makes, and what to do about them.
+_YAML_HINTS = (
+    ("mapping values are not allowed", "text holding ': ' needs quotes around it, or `>-` and the text "
+                                       "indented on the next lines"),
+    ("cannot start any token", "indent with spaces, not tabs; text starting with @ or ` needs quotes"),
+)
 
 
 def draft_path(drafts_dir: Path, issue_id: str, suffix: str = ".yaml") -> Path:
@@ -97,26 +115,200 @@ def _section_position(draft: Draft, title: str, section_order: tuple[str, ...]) 
 # --- the YAML file ------------------------------------------------------------------
 
 
+class _Prose(str):
+    """Free text an editor rewrites: written as a block (`>-` or `|`) when long or when it would need quotes."""
+
+
+class _DraftDumper(yaml.SafeDumper):
+    """Styles that are easy to edit by hand: prose as blocks, and double quotes over single ones when the
+    text holds an apostrophe (inside single quotes an editor would have to double it)."""
+
+    PROSE_STYLE = "~"  # a marker on the event, never written
+    PLAIN_PROSE_CHARS = 72
+
+    def choose_scalar_style(self) -> str:
+        event = self.event
+        prose = event.style == self.PROSE_STYLE
+        if prose:
+            event.style = None
+        try:
+            style = super().choose_scalar_style()
+        finally:
+            if prose:
+                event.style = self.PROSE_STYLE
+        value = event.value
+        if prose and self.analysis.allow_block and not self.simple_key_context and _blockable(value) and (
+                style != "" or len(value) > self.PLAIN_PROSE_CHARS or "\n" in value):
+            return "|" if "\n" in value else ">"
+        if style == "'" and "'" in value and '"' not in value and "\\" not in value:
+            return '"'
+        return style
+
+
+def _blockable(value: str) -> bool:
+    """Whether PyYAML writes `value` as a block that reads back the same: it folds "more indented" lines
+    wrongly, so no line may start with white space, and line breaks other than \\n stay quoted."""
+    return not any(char in value for char in "\t\r\x85\u2028\u2029") and not any(
+        line[:1].isspace() for line in value.split("\n"))
+
+
+_DraftDumper.add_representer(
+    _Prose, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", str(value),
+                                                          style=_DraftDumper.PROSE_STYLE))
+_PROSE_KEYS = {"summary", "text", "intro", "preheader"}
+
+
+def _yaml(data) -> str:
+    return yaml.dump(data, Dumper=_DraftDumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _prose(value):
+    return _Prose(value) if isinstance(value, str) and value else value
+
+
+def _item_data(item: DraftItem) -> dict:
+    return {key: _prose(value) if key in _PROSE_KEYS else value
+            for key, value in asdict(item).items() if value not in (None, "")}
+
+
+def _section_data(section: DraftSection) -> dict:
+    return {"title": section.title, "items": [_item_data(item) for item in section.items]}
+
+
 def dump_draft(draft: Draft) -> str:
+    sponsor = None
+    if draft.sponsor:
+        sponsor = {key: _prose(value) if key in _PROSE_KEYS else value for key, value in asdict(draft.sponsor).items()}
     data = {
         "issue": draft.issue,
         "subject": draft.subject,
-        "preheader": draft.preheader,
-        "intro": draft.intro,
-        "sponsor": asdict(draft.sponsor) if draft.sponsor else None,
-        "sections": [
-            {"title": section.title,
-             "items": [{key: value for key, value in asdict(item).items() if value not in (None, "")}
-                       for item in section.items]}
-            for section in draft.sections
-        ],
+        "preheader": _prose(draft.preheader),
+        "intro": _prose(draft.intro),
+        "sponsor": sponsor,
+        "sections": [_section_data(section) for section in draft.sections],
     }
-    header = HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end)
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    lines = _yaml(data).splitlines(keepends=True)
+    start = 0
+    for key in data:  # each top-level key under its comment: the first line from there starting with `key:`
+        comment = _COMMENTS.get("no sponsor" if key == "sponsor" and sponsor is None else key)
+        start = next(n for n in range(start, len(lines)) if lines[n].startswith(f"{key}:"))
+        if comment:
+            lines.insert(start, comment)
+            start += 1
+    return HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end) + "".join(lines)
 
 
 def write_draft(path: Path, draft: Draft) -> None:
-    write_atomically(path, dump_draft(draft))
+    """Write the draft; over an existing file, only insert what is new, so the editor's comments,
+    layout and commented-out items stay (the whole file is re-written only when that is not possible)."""
+    text = merged_text(path, draft) if path.exists() else None
+    write_atomically(path, text if text is not None else dump_draft(draft))
+
+
+# --- re-build: new items spliced into the editor's text ---------------------------------
+
+
+def merged_text(path: Path, draft: Draft) -> str | None:
+    """The existing file with the items (and sections) of `draft` that it lacks inserted as text, or None
+    when that is not possible or would not read back as exactly `draft`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        old = parse_draft(path, text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, ConfigError, yaml.YAMLError):
+        return None
+    sections_node = _value_of(root, "sections")
+    if not isinstance(sections_node, yaml.SequenceNode) or sections_node.flow_style or not sections_node.value:
+        return None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    nodes: dict[str, yaml.MappingNode] = {}
+    for node in sections_node.value:
+        title = _value_of(node, "title")
+        if not isinstance(title, yaml.ScalarNode) or title.value in nodes:
+            return None
+        nodes[title.value] = node
+    old_urls = {item.url for item in old.items}
+    inserts: list[tuple[int, int, str]] = []  # (before line index, order, text)
+    replaced: dict[int, str] = {}  # line index -> new text of that line
+    section_column = sections_node.start_mark.column
+    for index, section in enumerate(draft.sections):
+        new_items = [item for item in section.items if item.url not in old_urls]
+        node = nodes.get(section.title)
+        if node is None:
+            later = [nodes[s.title] for s in draft.sections[index + 1:] if s.title in nodes]
+            line = later[0].start_mark.line if later else _end_line(lines, sections_node.value[-1], section_column)
+            inserts.append((line, index, _indent(_yaml([_section_data(section)]), section_column)))
+            continue
+        if not new_items:
+            continue
+        items_node = _value_of(node, "items")
+        if isinstance(items_node, yaml.SequenceNode) and not items_node.flow_style and items_node.value:
+            column = items_node.start_mark.column
+            line = _end_line(lines, items_node.value[-1], column)
+            inserts.append((line, index, _indent(_yaml([_item_data(item) for item in new_items]), column)))
+        elif _is_empty(items_node):
+            key = next(k for k, v in node.value if v is items_node)
+            line = key.start_mark.line
+            if items_node.end_mark.line != line or line in replaced:
+                return None
+            rest = lines[line][items_node.end_mark.column:].strip()
+            if rest and not rest.startswith("#"):
+                return None
+            column = key.start_mark.column
+            replaced[line] = (" " * column + "items:" + (" " + rest if rest else "") + "\n"
+                              + _indent(_yaml([_item_data(item) for item in new_items]), column))
+        else:
+            return None
+    if not inserts and not replaced:
+        return None
+    out: list[str] = []
+    pending = sorted(inserts)
+    for number, line in enumerate(lines + [""]):
+        while pending and pending[0][0] == number:
+            out.append(pending.pop(0)[2])
+        if number < len(lines):
+            out.append(replaced.get(number, line))
+    merged = "".join(out)
+    try:
+        if parse_draft(path, merged) != draft:
+            return None
+    except ConfigError:
+        return None
+    return merged
+
+
+def _value_of(node, key: str):
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((value for name, value in node.value if isinstance(name, yaml.ScalarNode) and name.value == key), None)
+
+
+def _is_empty(node) -> bool:
+    if isinstance(node, yaml.SequenceNode):
+        return node.flow_style and not node.value
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _end_line(lines: list[str], node, column: int) -> int:
+    """The index of the line after the text of `node`, an entry of a block sequence whose dashes are at `column`:
+    the entry goes on while lines are blank or indented deeper; trailing blank lines are not part of it."""
+    end = node.start_mark.line + 1
+    last = end
+    while end < len(lines):
+        stripped = lines[end].strip()
+        if stripped:
+            if len(lines[end]) - len(lines[end].lstrip(" ")) <= column:
+                break
+            last = end + 1
+        end += 1
+    return last
+
+
+def _indent(text: str, column: int) -> str:
+    pad = " " * column
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -126,10 +318,28 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
             stream.write(text)
+        os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; done once, at import, before any thread starts
+    os.umask(umask)
+    return umask
+
+
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The mode the file has, or a new file's usual mode (mkstemp's 0600 would hide drafts from the team)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return _NEW_FILE_MODE
 
 
 def read_draft(path: Path) -> Draft:
@@ -140,7 +350,18 @@ def read_draft(path: Path) -> Draft:
         raise DraftError(path, None, None, "no draft for this week (run `digest build` first)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DraftError(path, None, None, f"cannot be read: {exc}") from None
-    root = load_yaml_with_lines(path, text)
+    return parse_draft(path, text)
+
+
+def parse_draft(path: Path, text: str) -> Draft:
+    """The draft in `text` (the content of `path`, which names it in errors)."""
+    try:
+        root = load_yaml_with_lines(path, text)
+    except ConfigError as exc:
+        hint = next((hint for words, hint in _YAML_HINTS if words in exc.problem), None)
+        if hint is None:
+            raise
+        raise DraftError(exc.path, exc.line, exc.field, f"{exc.problem} ({hint})") from None
     if root is None:
         raise DraftError(path, 1, None, "the draft is empty")
     top = MappingReader(path, root, "")

@@ -1,9 +1,10 @@
 """The editor's live preview: a local web page that re-renders the draft whenever it or a template changes.
 
-The page shows the email at desktop width, at 375 px and inverted as a dark-mode
-client would show it, the text version, the inbox line (subject and preheader),
+The page shows the email at desktop width, at 375 px and in dark mode (inverted, as
+the Gmail app and Outlook do, or with the email's own dark stylesheet, as Apple Mail
+does), the text version, the inbox line (sender, subject and preheader),
 the HTML size against Gmail's clipping limit and the list of links. A watcher
-thread polls the files' modification times; the page listens on Server-Sent
+thread polls the files' modification times and sizes; the page listens on Server-Sent
 Events and swaps in the new rendering without a reload. A broken draft shows
 its error on the page and the last good rendering stays.
 """
@@ -11,9 +12,11 @@ its error on the page and the last good rendering stays.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -28,6 +31,17 @@ GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HT
 TARGET_BYTES = 100_000
 POLL_SECONDS = 0.2
 TEMPLATES = Path(str(files("digest") / "templates"))
+# The preview's copies of the email (never the sent one): links open a new tab instead of replacing the
+# email inside its frame, and ?dark=1 applies the email's dark-mode rules as a client in dark mode does.
+_HEAD = re.compile(r"<head[^>]*>", re.IGNORECASE)
+_DARK_QUERY = re.compile(r"@media\s*\(\s*prefers-color-scheme\s*:\s*dark\s*\)", re.IGNORECASE)
+
+
+def framed(html: str, dark: bool = False) -> str:
+    """The email as the preview's frames show it: links open in a new tab; `dark`: its dark stylesheet on."""
+    if dark:
+        html = _DARK_QUERY.sub("@media all", html)
+    return _HEAD.sub(lambda match: match.group() + '<base target="_blank">', html, count=1)
 
 
 @dataclass
@@ -37,6 +51,7 @@ class PreviewState:
     text: str = ""
     subject: str = ""
     preheader: str = ""
+    sender: str = ""
     links: list[dict] = field(default_factory=list)
     error: str | None = None
     rendered_at: float = 0.0
@@ -44,8 +59,8 @@ class PreviewState:
     def as_json(self) -> dict:
         size = len(self.html.encode("utf-8"))
         return {"version": self.version, "text": self.text, "subject": self.subject, "preheader": self.preheader,
-                "links": self.links, "error": self.error, "html_bytes": size, "target_bytes": TARGET_BYTES,
-                "clip_bytes": GMAIL_CLIP_BYTES, "clipped": size > GMAIL_CLIP_BYTES, "has_email": bool(self.html)}
+                "sender": self.sender, "links": self.links, "error": self.error, "html_bytes": size,
+                "target_bytes": TARGET_BYTES, "clip_bytes": GMAIL_CLIP_BYTES, "clipped": size > GMAIL_CLIP_BYTES, "has_email": bool(self.html)}
 
 
 class _LinkCollector(HTMLParser):
@@ -84,7 +99,7 @@ class Preview:
         self.changed = threading.Condition()
         self._stamp: tuple = ()
         self._config: Config | None = None
-        self._config_mtime: int | None = -1
+        self._config_mtime: tuple | None = ()
 
     def watched(self, config: Config | None) -> list[Path]:
         paths = [self.config_path, *sorted(TEMPLATES.glob("*"))]
@@ -124,10 +139,12 @@ class Preview:
             state.html = personalize(rendered.html, unsubscribe_url=unsubscribe, name="Ada", html=True)
             state.text = personalize(rendered.text, unsubscribe_url=unsubscribe, name="Ada", html=False)
             state.subject, state.preheader = rendered.subject, rendered.preheader
+            name, address = parseaddr(config.newsletter.from_address)
+            state.sender = name or address
             state.links = links_of(state.html)
         if state.error:  # keep showing the last good rendering under the error
             state.html, state.text, state.subject = previous.html, previous.text, previous.subject
-            state.preheader, state.links = previous.preheader, previous.links
+            state.preheader, state.links, state.sender = previous.preheader, previous.links, previous.sender
         with self.changed:
             self.state = state
             self.changed.notify_all()
@@ -138,11 +155,14 @@ class Preview:
             return self.state
 
 
-def _mtime(path: Path) -> int | None:
+def _mtime(path: Path) -> tuple[int, int, int] | None:
+    """What tells a change: the modification time, and the size and inode too, because the clock behind
+    mtime ticks every few ms: an editor that truncates then writes may leave the same mtime twice."""
     try:
-        return path.stat().st_mtime_ns
+        stat = path.stat()
     except OSError:
         return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class PreviewServer:
@@ -184,11 +204,12 @@ def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPReques
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/":
                 self._send(200, "text/html; charset=utf-8", page.encode("utf-8"))
             elif path == "/email.html":
-                self._send(200, "text/html; charset=utf-8", preview.state.html.encode("utf-8"))
+                dark = "dark=1" in query.split("&")
+                self._send(200, "text/html; charset=utf-8", framed(preview.state.html, dark).encode("utf-8"))
             elif path == "/state.json":
                 self._send(200, "application/json", json.dumps(preview.state.as_json()).encode("utf-8"))
             elif path == "/events":

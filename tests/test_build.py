@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -12,7 +14,7 @@ from freezegun import freeze_time
 from conftest import write_config
 from digest import jobs, store
 from digest.config import ConfigError, load_config
-from digest.draft import read_draft
+from digest.draft import draft_path, read_draft
 from digest.models import Post
 from digest.select import select_posts
 from digest.weeks import current_week, week_span
@@ -201,6 +203,66 @@ def test_a_post_for_a_section_the_editor_removed_brings_the_section_back_in_plac
     assert [s.title for s in read_draft(report.draft).sections] == ["News", "Articles"]
 
 
+def added_lines(before: str, after: str) -> list[str]:
+    """The lines `after` adds to `before`, asserting that every line of `before` is still there, in order."""
+    old, new = before.splitlines(), after.splitlines()
+    added = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        assert tag in ("equal", "insert"), (tag, old[i1:i2], new[j1:j2])
+        added += new[j1:j2] if tag == "insert" else []
+    return added
+
+
+def test_rebuild_keeps_the_editors_comments_layout_and_commented_out_items(db, config):
+    add(db, post("one", local(2026, 3, 30)), post("two", local(2026, 3, 31)), post("three", local(2026, 4, 1)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    text = report.draft.read_text()
+    text = text.replace("intro: ''\n", "intro: |\n  Hello readers: it's spring.\n\n  A second paragraph.\n")
+    text = text.replace("- title: Articles\n", "# Ada: ask Carlton before sending\n- title: Articles\n")
+    start, end = text.index("  - title: Two\n"), text.index("  - title: Three\n")
+    text = text[:start] + "".join(f"# {line}" for line in text[start:end].splitlines(keepends=True)) + text[end:]
+    report.draft.write_text(text)
+
+    add(db, post("four", local(2026, 4, 2), summary="Four: a summary with a colon, and it's long enough to be "
+                                                    "folded over two lines of the draft file by the dumper."))
+    again = jobs.build(config, db, "2026-W14", now=NOW)
+    assert again.new_items == 1
+    after = again.draft.read_text()
+    added = added_lines(text, after)
+    assert added[0] == "  - title: Four" and all(line.startswith("    ") for line in added[1:]), added
+    assert after.index("  - title: Four") > after.index("  - title: Three")
+    draft = read_draft(again.draft)
+    assert [item.title for item in draft.items] == ["One", "Three", "Four"]
+    assert draft.intro == "Hello readers: it's spring.\n\nA second paragraph.\n"
+    assert draft.items[-1].summary.startswith("Four: a summary with a colon, and it's long")
+
+
+def test_a_post_for_an_empty_section_fills_it_in_place(db, config):
+    add(db, post("article", local(2026, 4, 1)))
+    report = jobs.build(config, db, "2026-W14", now=NOW)
+    text = report.draft.read_text()
+    assert "- title: News\n  items: []\n" in text
+    text = text.replace("- title: News\n", "# News first this week\n- title: News\n")
+    report.draft.write_text(text)
+    add(db, post("release", local(2026, 4, 2), feed=WEBLOG), feed=WEBLOG)
+    jobs.build(config, db, "2026-W14", now=NOW)
+    after = report.draft.read_text()
+    assert after.replace("  items:\n  - title: Release\n", "  items: []\n").count("\n") >= text.count("\n")
+    assert "# News first this week\n- title: News\n  items:\n  - title: Release\n" in after
+    assert [(s.title, [i.title for i in s.items]) for s in read_draft(report.draft).sections][:2] == [
+        ("News", ["Release"]), ("Articles", ["Article"])]
+
+
+def test_the_draft_file_is_easy_to_edit(db, config):
+    summary = "Every week a beginner asks me: which first? My answer hasn't changed much, so here it is again."
+    add(db, post("one", local(2026, 3, 30), title="Django: it's here", summary=summary))
+    text = jobs.build(config, db, "2026-W14", now=NOW).draft.read_text()
+    assert '  - title: "Django: it\'s here"\n' in text  # no doubled apostrophe to keep right
+    assert "    summary: >-\n      Every week a beginner asks me: which first? My answer hasn't" in text
+    assert "# A sponsored block: replace `null`" in text and "\nsponsor: null\n" in text
+    assert read_draft(draft_path(config.drafts_dir, "2026-W14")).items[0].summary == summary
+
+
 @pytest.mark.parametrize("damage, line, words", [
     (lambda text: text.replace("sections:", "sections: [", 1), None, "not valid YAML"),
     (lambda text: text.replace("    url: https://blog.example.com/one/\n", "", 1), None, "url: is required"),
@@ -229,3 +291,16 @@ def test_build_of_a_sent_issue_leaves_it_alone(db, config):
     add(db, post("late", local(2026, 4, 1)))
     assert jobs.build(config, db, "2026-W14", now=NOW).outcome == "sent"
     assert report.draft.read_text() == before
+
+
+def test_draft_files_get_the_usual_mode_and_keep_the_editors(tmp_path):
+    from digest.draft import write_atomically
+
+    path = tmp_path / "drafts" / "2026-W14.yaml"
+    write_atomically(path, "a: 1\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    write_atomically(path, "a: 2\n")
+    assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "a: 2\n"
