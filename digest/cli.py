@@ -21,7 +21,7 @@ from .lock import Busy, hold
 from .send import SendError, SendReport, SetupError
 from .weeks import BadWeek, current_week, parse_week
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Turn the week's posts from RSS/Atom feeds into an edited email newsletter.")
 
 EXIT_BAD_INPUT = 2
@@ -50,7 +50,10 @@ def _config(ctx: typer.Context) -> Config:
 
 
 def _db(ctx: typer.Context):
-    return store.open_db(_paths(ctx)["db"])
+    """The database, closed (WAL checkpointed) when the command ends rather than whenever it is collected."""
+    db = store.open_db(_paths(ctx)["db"])
+    ctx.call_on_close(db.close)
+    return db
 
 
 def _week(config: Config, week: Optional[str]) -> str:
@@ -284,7 +287,7 @@ def send_command(
             return
         db = _db(ctx)
         if dry_run:
-            plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now)
+            plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now, dry_run=True)
             _warn_problems(plan)
             if plan.done:
                 _say(plan.done)

@@ -277,8 +277,12 @@ def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
 
 
 def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend: str, *,
-              send_now: bool = False) -> SendPlan:
-    """Read the draft and, for smtp, who is still to be mailed: active, not suppressed, not yet done."""
+              send_now: bool = False, dry_run: bool = False) -> SendPlan:
+    """Read the draft and, for smtp, who is still to be mailed: active, not suppressed, not yet done.
+
+    With nobody to mail and nothing begun, there is nothing to do (a dry run still shows a sample): an issue
+    "sent" to nobody would use up its posts.
+    """
     plan = SendPlan(issue=issue_id, backend=backend, done=issue_done(db, issue_id, backend, send_now=send_now))
     if plan.done:
         return plan
@@ -303,6 +307,9 @@ def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend:
             plan.already += 1
         else:
             plan.recipients.append(subscriber)
+    if not plan.recipients and not dry_run and not store.delivery_counts(db, issue_id):  # a resumed send finishes
+        plan.done = (f"{issue_id}: nobody to mail, {config.subscribers_path.name} has no active subscriber; "
+                     f"nothing sent, nothing recorded")
     return plan
 
 

@@ -233,11 +233,16 @@ def add_offered(db: sqlite_utils.Database, issue_id: str, post_ids: Iterable[str
 
 
 def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: str) -> list[dict]:
-    """Posts published in [since, until), not in the future, and in no sent issue; oldest first."""
+    """Posts published in [since, until), not in the future, and in no issue sent or being sent; oldest first.
+
+    An issue being sent (`sending`: partly mailed, or handed to Buttondown) is as good as sent: its posts
+    must not come back in a later issue, whether or not that send is ever finished.
+    """
     return list(db.query(
         "SELECT posts.*, feeds.name AS feed_name FROM posts LEFT JOIN feeds ON feeds.url = posts.feed_url "
         "WHERE published_at >= ? AND published_at < ? AND published_at <= ? AND posts.id NOT IN "
-        "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id WHERE issues.status = 'sent') "
+        "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
+        "WHERE issues.status IN ('sending', 'sent')) "
         "ORDER BY published_at, posts.id",
         [since, until, now],
     ))
@@ -275,7 +280,8 @@ def start_deliveries(db: sqlite_utils.Database, issue_id: str, keys: list[str], 
     """Mark the issue `sending` (smtp) and give each recipient a pending row, in one transaction.
 
     Rows an interrupted run left `sending` go back to pending (they are sent again: the possible
-    duplicates); pending rows of addresses no longer to be mailed are skipped. Returns how many rows
+    duplicates); pending rows of addresses no longer to be mailed are skipped, and skipped rows of
+    addresses to be mailed again (back in subscribers.csv) are pending again. Returns how many rows
     were left `sending`.
     """
     now_text = iso(now)
@@ -283,8 +289,9 @@ def start_deliveries(db: sqlite_utils.Database, issue_id: str, keys: list[str], 
         db.execute("UPDATE issues SET status = 'sending', backend = 'smtp' WHERE id = ? AND status = 'draft'",
                    [issue_id])
         db.conn.executemany(
-            "INSERT OR IGNORE INTO deliveries (issue_id, email, status, attempts, updated_at) "
-            "VALUES (?, ?, 'pending', 0, ?)", [(issue_id, key, now_text) for key in keys])
+            "INSERT INTO deliveries (issue_id, email, status, attempts, updated_at) VALUES (?, ?, 'pending', 0, ?) "
+            "ON CONFLICT (issue_id, email) DO UPDATE SET status = 'pending', updated_at = excluded.updated_at "
+            "WHERE status = 'skipped'", [(issue_id, key, now_text) for key in keys])
         in_flight = db.execute(
             "UPDATE deliveries SET status = 'pending', updated_at = ?, "
             "last_reply = 'the previous run stopped while sending this one' WHERE issue_id = ? AND status = 'sending'",
@@ -340,14 +347,23 @@ def finish_deliveries(db: sqlite_utils.Database, issue_id: str, now: datetime) -
     return True
 
 
-def idempotency_key(db: sqlite_utils.Database, issue_id: str, candidate: str) -> str:
-    """The issue's stored key, storing the candidate first if it has none (committed before any request)."""
-    db.execute("UPDATE issues SET idempotency_key = coalesce(idempotency_key, ?) WHERE id = ?", [candidate, issue_id])
+def begin_remote(db: sqlite_utils.Database, issue_id: str, backend: str, candidate_key: str) -> str:
+    """Before the first request: the issue becomes `sending` with this backend, and gets its idempotency key.
+
+    Returns the stored key (the candidate, unless an earlier run stored one). Committed before any request,
+    so that a request whose answer is lost leaves the issue frozen: `build` leaves it alone, its posts are
+    not offered again, another backend is refused, and a re-run repeats the request with the same key.
+    """
+    db.execute("UPDATE issues SET idempotency_key = coalesce(idempotency_key, ?), backend = ?, "
+               "status = CASE WHEN status = 'draft' THEN 'sending' ELSE status END WHERE id = ?",
+               [candidate_key, backend, issue_id])
     return get_issue(db, issue_id)["idempotency_key"]
 
 
-def forget_idempotency_key(db: sqlite_utils.Database, issue_id: str) -> None:
-    db.execute("UPDATE issues SET idempotency_key = NULL WHERE id = ? AND remote_id IS NULL", [issue_id])
+def forget_remote(db: sqlite_utils.Database, issue_id: str) -> None:
+    """The backend refused the request, so nothing was created: back to a plain draft, without a key."""
+    db.execute("UPDATE issues SET idempotency_key = NULL, backend = NULL, status = 'draft' "
+               "WHERE id = ? AND remote_id IS NULL AND status = 'sending'", [issue_id])
 
 
 def record_remote(db: sqlite_utils.Database, issue_id: str, backend: str, remote_id: str, *, sent: bool,

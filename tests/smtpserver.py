@@ -32,6 +32,7 @@ class Received:
     mail_from: str
     rcpt: str
     data: bytes
+    peer: tuple = ()  # the client's (address, port): one per connection
 
 
 @dataclass
@@ -70,7 +71,8 @@ class _Handler:
             return "421 dropped"
         if rcpt in behaviour.refuse_data:
             return "554 5.7.1 message refused"
-        self.server.messages.append(Received(envelope.mail_from, rcpt, bytes(envelope.original_content)))
+        self.server.messages.append(Received(envelope.mail_from, rcpt, bytes(envelope.original_content),
+                                             tuple(session.peer)))
         return f"250 2.0.0 Ok: queued as Q{len(self.server.messages)}"
 
 

@@ -8,8 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest import cli, store
+from digest import cli, jobs, store
+from digest.config import load_config
+from digest.draft import read_draft
 from digest.lock import hold
+from digest.models import Post
 from digest.weeks import parse_week, week_id
 from feedserver import Route, rss
 from smtpserver import SmtpServer, make_project, subscribers
@@ -92,3 +95,51 @@ def test_a_run_that_could_not_finish_exits_75_and_the_next_one_resumes_it(projec
     assert lines[0] == f"{WEEK}: an earlier run began sending it; resuming, without collecting or building"
     assert lines[1].startswith(f"send {WEEK} via smtp: 1 sent, 0 failed, 0 pending in ")
     assert len(feed_server.requests) == fetched and sorted(server.per_recipient().values()) == [1, 1, 1]
+
+
+# --- an issue being sent is frozen: build leaves it alone, its posts are never offered again ------------
+
+
+def _post(slug: str, when: datetime) -> Post:
+    return Post(id=f"https://blog.example.com/feed#{slug}", feed_url="https://blog.example.com/feed",
+                canonical_url=f"https://blog.example.com/{slug}/", title=slug.title(), author=None,
+                summary=f"All about {slug}.", content_html=f"<p>{slug}</p>", published_at=when)
+
+
+@pytest.fixture
+def weekly(tmp_path, server, monkeypatch):
+    """W12 sent, W13 built and partly sent (left `sending`), a post of W14 waiting; returns (config, db, now)."""
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
+    config = load_config(make_project(tmp_path, server.port, subscribers(3), feeds=[
+        {"name": "Blog", "url": "https://blog.example.com/feed", "section": "News"}]))
+    db = store.open_db(tmp_path / "digest.db")
+    now = datetime(2026, 4, 3, 12, tzinfo=timezone.utc)
+    store.record_fetch(db, url="https://blog.example.com/feed", name="Blog", section="News",
+                       outcome=store.FetchOutcome(status=200), now=now,
+                       posts=[_post("w12", datetime(2026, 3, 18, 12, tzinfo=timezone.utc)),
+                              _post("w13", datetime(2026, 3, 25, 12, tzinfo=timezone.utc)),
+                              _post("w14", datetime(2026, 4, 1, 12, tzinfo=timezone.utc))])
+    assert jobs.build(config, db, "2026-W12", now=now).outcome == "built"
+    db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = '2026-W12'", [store.iso(now)])
+    assert jobs.build(config, db, "2026-W13", now=now).items == 1
+    store.start_deliveries(db, "2026-W13", ["reader00000@example.com"], now)  # as a send that was interrupted
+    return config, db, now
+
+
+def test_posts_of_an_issue_being_sent_are_not_offered_to_the_next_one(weekly):
+    config, db, now = weekly
+    assert store.get_issue(db, "2026-W13")["status"] == "sending"
+    report = jobs.build(config, db, "2026-W14", now=now)
+    assert [item.title for item in read_draft(report.draft).items] == ["W14"]  # not W13's post again
+
+
+def test_build_leaves_an_issue_being_sent_alone_and_says_so(weekly, run_cli):
+    config, db, now = weekly
+    draft = config.drafts_dir / "2026-W13.yaml"
+    before = draft.read_text()
+    store.record_fetch(db, url="https://blog.example.com/feed", name="Blog", section="News",
+                       outcome=store.FetchOutcome(status=200), now=now,
+                       posts=[_post("late-w13", datetime(2026, 3, 26, 12, tzinfo=timezone.utc))])
+    code, out, _ = run_cli("build", "--week", "2026-W13", cwd=config.path.parent)
+    assert code == 0 and out == "2026-W13: already sending, draft left as it is\n"
+    assert draft.read_text() == before

@@ -10,7 +10,7 @@ import signal
 import ssl
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from email import policy
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -19,8 +19,8 @@ import pytest
 
 from digest import jobs, store
 from digest.config import Newsletter, load_config
-from digest.draft import draft_path, read_draft
-from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
+from digest.draft import draft_path, read_draft, write_draft
+from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection, RenderedIssue
 from digest.render import personalize, render_issue
 from digest.send.message import MessageFactory
 from digest.send.unsubscribe import UnsubscribeLinks, verify_token
@@ -144,6 +144,7 @@ def test_the_issue_is_rendered_once_whatever_the_number_of_subscribers(tmp_path,
     report = jobs.send(config, db, plan, jobs.backend_for(config, plan))
     assert report.sent == 12 and report.complete and len(server.messages) == 12
     assert len(calls) == 1
+    assert len({message.peer for message in server.messages}) <= 2  # smtp.connections, each reused
 
 
 # --- refusals, retries, the ledger -----------------------------------------------------------
@@ -354,3 +355,66 @@ def test_a_killed_send_resumes_with_at_most_one_duplicate_per_connection(tmp_pat
     assert len(duplicates) <= (int(resent[1]) if resent else 0)
     assert {row["status"] for row in ledger(tmp_path).values()} == {"sent"}
     assert issue_row(tmp_path)["status"] == "sent"
+
+
+# --- edge cases of the list ---------------------------------------------------------------------
+
+
+def test_an_empty_list_sends_nothing_and_leaves_the_issue_unsent(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, "email,name,status\nleft@example.com,Left,unsubscribed\n")
+    code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0 and out == (f"{WEEK}: nobody to mail, subscribers.csv has no active subscriber; "
+                                 f"nothing sent, nothing recorded\n")
+    assert not server.messages and not ledger(tmp_path)
+    assert issue_row(tmp_path) is None  # still a draft: its posts are not used up
+    code, out, _ = run_cli("send", "--week", WEEK, "--dry-run", cwd=tmp_path)
+    assert code == 0 and "wrote 1 file(s)" in out  # a sample reader's copy
+    assert (tmp_path / "drafts" / f"{WEEK}.dry-run" / "01-subscriber@example.com.eml").exists()
+
+
+def test_an_address_skipped_by_an_earlier_run_and_back_on_the_list_is_mailed(tmp_path, server):
+    config = load_config(make_project(tmp_path, server.port, subscribers(2)))
+    db = store.open_db(tmp_path / "digest.db")
+    now = datetime.now(timezone.utc)
+    store.ensure_issue(db, WEEK, "Subject", now)
+    keys = [row["email"] for row in subscribers(2)]
+    store.start_deliveries(db, WEEK, keys, now)  # a first run that stopped before mailing anyone
+    store.start_deliveries(db, WEEK, keys[:1], now)  # a second one while reader00001 was off the list
+    assert ledger(tmp_path)[keys[1]]["status"] == "skipped"
+    plan = jobs.plan_send(config, db, WEEK, "smtp")
+    assert len(plan.recipients) == 2
+    report = jobs.send(config, db, plan, jobs.backend_for(config, plan))
+    assert report.sent == 2 and report.complete and sorted(server.per_recipient()) == keys
+
+
+def test_an_unsubscribe_url_too_long_for_a_mail_line_is_refused_before_sending(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, subscribers(1),
+                 unsubscribe_url="https://digest.example.com/u?" + "x" * 600 + "&t={token}&e={email}")
+    code, _, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 2 and err.startswith("error: newsletter.unsubscribe_url: too long: ") and err.count("\n") == 1
+    assert not server.messages and issue_row(tmp_path) is None
+
+
+def test_a_long_issue_rendered_for_real_is_well_formed(tmp_path, server, run_cli):
+    """60 items with long titles, URLs and summaries, through render.py and the message factory."""
+    make_project(tmp_path, server.port, subscribers(2))
+    items = [DraftItem(title=f"Ünïcode “item” {n}: " + "a very long title " * 8,
+                       url=f"https://example.com/{'deep/' * 60}{n}?q={'x' * 300}",
+                       summary="Sentences with no break at all " * 20 + "€" * 50, source="example.com")
+             for n in range(60)]
+    draft = Draft(issue=WEEK, week_start=date(2026, 3, 30), week_end=date(2026, 4, 5), subject="Long " * 30 + "✨",
+                  intro="Hello " * 200, sections=[DraftSection(title="News", items=items[:30]),
+                                                  DraftSection(title="Articles", items=items[30:])])
+    write_draft(draft_path(tmp_path / "drafts", WEEK), draft)
+    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0, err
+    assert len(server.messages) == 2
+    for received in server.messages:
+        raw = received.data
+        check_wire_format(raw)
+        message = parse(raw)
+        assert message["Subject"] == "Long " * 30 + "✨"
+        text, html = message.iter_parts()
+        body = decoded(html)
+        assert all(item.url.replace("&", "&amp;") in body or item.url in body for item in items)
+        assert decoded(text).count("https://example.com/deep/") == 60

@@ -1,9 +1,11 @@
 """Buttondown delivery: one POST /emails per issue, safe to repeat.
 
-The idempotency key is stored in the issue row before the first request and reused by every retry and
-re-run, so a request whose answer was lost cannot create a second email; the returned id is stored, so a
-later run never posts again. A 4xx refusal created nothing: its key is dropped, and a corrected re-run
-gets a fresh one (an idempotent API may otherwise replay the old refusal).
+The idempotency key is stored in the issue row before the first request, with the issue marked `sending`
+(frozen: `build` leaves its draft alone, its posts are not offered again, smtp is refused), and reused by
+every retry and re-run, so a request whose answer was lost cannot create a second email; the returned id is
+stored, so a later run never posts again. A 4xx refusal created nothing: its key is dropped, the issue is a
+plain draft again, and a corrected re-run gets a fresh key (an idempotent API may otherwise replay the old
+refusal).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import secrets
 import time
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 import httpx
@@ -62,25 +65,33 @@ class ButtondownBackend:
         self.headers = {"Authorization": f"Token {key}", "X-API-Version": API_VERSION, "Accept": "application/json"}
 
     def deliver(self, db: sqlite_utils.Database, issue_id: str, rendered: RenderedIssue) -> SendReport:
-        """Create the email (a draft, or sent with send_now); send an earlier draft when send_now."""
+        """Create the email (a draft, or sent with send_now); send an earlier draft when send_now.
+
+        What Buttondown says the email's status is decides what is recorded: a retry with the stored key may
+        be answered with the email an earlier request created, in the mode of that request (a draft when
+        this run wants it sent, or sent when this run asked for a draft).
+        """
         started = time.perf_counter()
         issue = store.get_issue(db, issue_id)
-        remote_id = issue["remote_id"]
+        remote_id, status = issue["remote_id"], "draft"
         if remote_id is None:
-            key = store.idempotency_key(db, issue_id, f"digest-{issue_id}-{secrets.token_hex(8)}")
+            key = store.begin_remote(db, issue_id, self.name, f"digest-{issue_id}-{secrets.token_hex(8)}")
             body = request_body(rendered, issue_id, send_now=self.send_now)
             headers = {"X-Idempotency-Key": key, **(CONFIRM_SEND if self.send_now else {})}
             try:
-                remote_id = str(self._call("POST", "/emails", body, headers)["id"])
+                answer = self._call("POST", "/emails", body, headers)
             except Refusal:
-                store.forget_idempotency_key(db, issue_id)
+                store.forget_remote(db, issue_id)
                 raise
-        elif self.send_now:  # a draft made by an earlier run: PATCH needs no confirmation header
+            remote_id, status = str(answer["id"]), str(answer.get("status") or body["status"])
+            store.record_remote(db, issue_id, self.name, remote_id, sent=False, now=datetime.now(timezone.utc))
+        if self.send_now and status == "draft":  # PATCH needs no confirmation header
             self._call("PATCH", f"/emails/{remote_id}", {"status": "about_to_send"}, {})
-        store.record_remote(db, issue_id, self.name, remote_id, sent=self.send_now, now=datetime.now(timezone.utc))
-        return SendReport(issue=issue_id, backend=self.name, remote_id=remote_id, complete=self.send_now,
-                          remote_status="about_to_send" if self.send_now else "draft",
-                          seconds=time.perf_counter() - started)
+            status = "about_to_send"
+        sent = status != "draft"
+        store.record_remote(db, issue_id, self.name, remote_id, sent=sent, now=datetime.now(timezone.utc))
+        return SendReport(issue=issue_id, backend=self.name, remote_id=remote_id, complete=sent,
+                          remote_status=status, seconds=time.perf_counter() - started)
 
     def _call(self, method: str, path: str, body: dict, headers: dict[str, str]) -> dict:
         """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal."""
@@ -95,7 +106,7 @@ class ButtondownBackend:
                     problem = f"{type(exc).__name__}: {exc}"
                 else:
                     if response.is_success:
-                        return response.json()
+                        return _answer(response, method, path)
                     problem = f"{response.status_code} {_detail(response)}"
                     if response.status_code == 429:
                         wait = _retry_after(response, wait)
@@ -117,8 +128,26 @@ def _detail(response: httpx.Response) -> str:
     return " ".join(str(detail or response.text or response.reason_phrase).split())[:500]
 
 
-def _retry_after(response: httpx.Response, default: float) -> float:
+def _answer(response: httpx.Response, method: str, path: str) -> dict:
+    """A success's JSON object, which must carry the email's id."""
     try:
-        return min(MAX_RETRY_AFTER, max(0.0, float(response.headers["Retry-After"])))
-    except (KeyError, ValueError):
-        return default
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not data.get("id"):
+        text = " ".join(response.text.split())[:200]
+        raise SendError(f"Buttondown: {method} {path} answered {response.status_code} without an email id: {text!r}")
+    return data
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    """Retry-After in seconds, or as an HTTP date (RFC 9110); capped at MAX_RETRY_AFTER."""
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            return default
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))

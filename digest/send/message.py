@@ -20,7 +20,7 @@ from email.utils import formataddr, formatdate, parseaddr
 from ..config import Newsletter
 from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
 from ..render import personalize
-from .unsubscribe import UnsubscribeLinks
+from .unsubscribe import MAX_LINE, UnsubscribeLinks
 
 MARKS = (UNSUBSCRIBE_URL_MARK, SUBSCRIBER_NAME_MARK)
 _MARK_SPLIT = re.compile("(" + "|".join(re.escape(mark) for mark in MARKS) + ")")
@@ -80,6 +80,10 @@ def _to_header(email: str, name: str) -> bytes:
     return f"To: {phrase} <{email}>\r\n".encode("utf-8")
 
 
+class Unmailable(ValueError):
+    """No well-formed message can be made for this address."""
+
+
 class MessageFactory:
     """Serializes the issue once; `copy()` makes one subscriber's message from it."""
 
@@ -120,11 +124,14 @@ class MessageFactory:
         for html in (False, True):
             for mark in MARKS:
                 values[mark, html] = qp_value(personalize(mark, unsubscribe_url=url, name=name, html=html))
+        unsubscribe = f"List-Unsubscribe: {self.links.header(email)}\r\n".encode("ascii")
+        if len(unsubscribe.split(b"\r\n", 1)[0]) > MAX_LINE:  # only for addresses longer than any real one
+            raise Unmailable(f"its List-Unsubscribe line would exceed {MAX_LINE} bytes")
         head = b"".join((
             _to_header(email, name),
             _header("Date", formatdate(usegmt=True)),
             _header("Message-ID", message_id),
-            f"List-Unsubscribe: {self.links.header(email)}\r\n".encode("ascii"),
+            unsubscribe,
         ))
         return head + b"".join([chunk if isinstance(chunk, bytes) else values[chunk] for chunk in self._chunks])
 

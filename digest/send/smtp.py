@@ -11,8 +11,10 @@ queue. Per recipient it commits `sending`, runs MAIL/RCPT/DATA, and commits the 
 A worker whose connection fails max_attempts times on one recipient gives up and hands it back to the queue.
 
 Guarantee: at least once, exactly once but for a crash's messages in flight. A row is committed `sending`
-before its transaction and `sent` right after the 250, so after a kill -9 only rows left `sending` (at most
-one per connection) are sent again; they keep their Message-ID, so receivers can recognize the copy.
+before its transaction and `sent` right after the 250 (synchronous=FULL: durable through a power cut, not
+only a kill -9), so after a crash only rows left `sending` (at most one per connection) are sent again; they
+keep their Message-ID, so receivers can recognize the copy. The same holds, in one run, for a connection
+that drops after the message was sent but before the server's answer arrived.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .. import store
 from ..config import Newsletter, SmtpSettings, Subscriber
 from ..models import RenderedIssue
 from . import SendError, SendReport, SetupError, env_secret
-from .message import MessageFactory
+from .message import MessageFactory, Unmailable
 from .unsubscribe import UnsubscribeLinks
 
 PASSWORD_ENV = "DIGEST_SMTP_PASSWORD"
@@ -211,6 +213,7 @@ class SmtpBackend:
 
     def _worker(self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue) -> None:
         db = store.open_db(path)
+        db.execute("PRAGMA synchronous=FULL")  # each ledger commit survives a power cut too, not only a kill -9
         connection = Connection(self.settings, self.password)
         try:
             while not self._stop.is_set():
@@ -232,7 +235,11 @@ class SmtpBackend:
                  key: str, subscriber: Subscriber) -> bool:
         """Try one recipient up to max_attempts times; False when this worker's connection keeps failing."""
         message_id = factory.message_id(subscriber.email)
-        message = factory.copy(subscriber.email, subscriber.name, message_id)
+        try:
+            message = factory.copy(subscriber.email, subscriber.name, message_id)
+        except Unmailable as exc:
+            self._record(db, issue_id, key, "failed", f"not sent: {exc}")
+            return True
         attempts = self.settings.max_attempts
         dropped = 0
         for attempt in range(1, attempts + 1):

@@ -19,6 +19,8 @@ from ..config import Newsletter
 from . import SetupError, env_secret
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
+MAX_LINE = 998  # bytes in a line of a message, CRLF excluded (RFC 5322 2.1.1)
+LONGEST_ADDRESS = "l" * 64 + "@" + "d" * 63 + "." + "d" * 63 + "." + "d" * 61  # 254 characters, the most SMTP allows
 
 
 def _b64(data: bytes) -> str:
@@ -73,7 +75,13 @@ class UnsubscribeLinks:
         if not secret:
             raise SetupError(f"{SECRET_ENV} is not set: it signs the unsubscribe links of newsletter.unsubscribe_url "
                              f"(use a long random string, and the same one on the unsubscribe page)")
-        return cls(mailto=mailto_url(newsletter), url_template=newsletter.unsubscribe_url, secret=secret)
+        links = cls(mailto=mailto_url(newsletter), url_template=newsletter.unsubscribe_url, secret=secret)
+        longest = len(links.header_line(LONGEST_ADDRESS))
+        if longest > MAX_LINE:
+            raise SetupError(f"newsletter.unsubscribe_url: too long: for a 254-character address the "
+                             f"List-Unsubscribe line would be {longest} bytes, over the {MAX_LINE} "
+                             f"a mail line may have")
+        return links
 
     @property
     def one_click(self) -> bool:
@@ -85,6 +93,10 @@ class UnsubscribeLinks:
         if not self.url_template:
             return self.mailto
         return self.url_template.format(token=make_token(self.secret, email), email=quote(email, safe="@"))
+
+    def header_line(self, email: str) -> bytes:
+        """The first physical line of the List-Unsubscribe header (the one holding the URL), as sent."""
+        return f"List-Unsubscribe: {self.header(email)}".split("\r\n")[0].encode("utf-8")
 
     def header(self, email: str) -> str:
         """The List-Unsubscribe value: the URL (if any) then the mailto fallback, folded between the two."""
