@@ -308,7 +308,8 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
     """The weekly job (cron, a systemd timer, CI): collect, build and send this week's issue.
 
     Safe to run twice (an issue already sent is left alone) and never twice at once (exit 75).
-    Exit codes: 0 done or nothing to do, 1 the backend failed, 2 bad input, 75 try again later.
+    Exit codes: 0 done or nothing to do, 1 the backend failed or every feed failed, 2 bad input,
+    75 try again later.
     """
     config = _config(ctx)
     issue_id = _week(config, None)
@@ -316,6 +317,7 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
     if not yes and not sys.stdin.isatty():
         raise UserError(NO_TERMINAL)
     db = _db(ctx)
+    feeds_down = False  # every feed failed: the issue holds only what earlier collects found
     with _send_errors():
         with hold(_paths(ctx)["db"]):
             done = jobs.issue_done(db, issue_id, backend, send_now=send_now)
@@ -325,13 +327,19 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
             if jobs.sending_began(db, issue_id):
                 _say(f"{issue_id}: an earlier run began sending it; resuming, without collecting or building")
             else:
-                _print_collect_summary(_collect_with_progress(config, db, quiet=not sys.stdout.isatty()))
+                collected = _collect_with_progress(config, db, quiet=not sys.stdout.isatty())
+                _print_collect_summary(collected)
+                feeds_down = bool(collected.feeds) and len(collected.failed) == len(collected.feeds)
                 built = jobs.build(config, db, issue_id)
                 if built.outcome == "empty":
                     _say(f"build {issue_id}: nothing new this week, nothing sent")
+                    if feeds_down:
+                        _fail("every feed failed: nothing was collected", EXIT_FAILED)
                     return
                 _say(f"build {issue_id}: {built.items} items ({built.new_items} new since the last build)")
             code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now)
+    if feeds_down and not code:
+        _fail("every feed failed this time: the issue holds only posts collected earlier", EXIT_FAILED)
     if code:
         raise typer.Exit(code)
 

@@ -60,6 +60,23 @@ def test_run_collects_builds_sends_and_a_second_run_does_nothing(project, server
     assert store.get_issue(store.open_db(project / "digest.db"), WEEK)["status"] == "sent"
 
 
+def test_when_every_feed_fails_run_sends_what_earlier_collects_found_and_exits_1(project, server, feed_server,
+                                                                                run_cli):
+    assert run_cli("collect", cwd=project)[0] == 0  # Wednesday's collect found the two posts
+    feed_server.routes["/feed.xml"] = Route(status=500, body=b"down")
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 1 and f"build {WEEK}: 2 items" in out
+    assert err.strip() == "error: every feed failed this time: the issue holds only posts collected earlier"
+    assert sorted(server.per_recipient().values()) == [1, 1, 1]
+
+
+def test_when_every_feed_fails_and_nothing_was_collected_run_exits_1(project, server, feed_server, run_cli):
+    feed_server.routes["/feed.xml"] = Route(status=404, body=b"gone")
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 1 and out.splitlines()[-1] == f"build {WEEK}: nothing new this week, nothing sent"
+    assert err.strip() == "error: every feed failed: nothing was collected" and not server.messages
+
+
 def test_a_run_while_another_holds_the_lock_is_refused(project, server, feed_server, run_cli):
     with hold(project / "digest.db"):
         code, out, err = run_cli("run", "--yes", cwd=project)
