@@ -90,7 +90,7 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
     async def handle(feed: FeedConfig, result: FetchResult) -> None:
         parsed = None
         if result.content is not None and result.error is None:
-            parsed = await loop.run_in_executor(pool, _parse, result.content, result.url, result.headers)
+            parsed = await loop.run_in_executor(pool, _parse, result.content, feed.url, result.headers, result.url)
         feed_report = _store(db, feed, result, parsed, now)
         report.feeds.append(feed_report)
         if on_feed:
@@ -102,11 +102,11 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
     await asyncio.gather(*handlers)
 
 
-def _parse(content: bytes, url: str, headers: dict[str, str]) -> ParsedFeed:
+def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
     """Runs in a pool worker. feedparser is imported there, on first use: an unchanged run never needs it."""
     from .parse import parse_feed
 
-    return parse_feed(content, url, headers)
+    return parse_feed(content, feed_url, headers, fetched_url)
 
 
 def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime) -> FeedReport:

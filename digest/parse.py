@@ -61,10 +61,14 @@ _BOILERPLATE = re.compile(
 )
 
 
-def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = None) -> ParsedFeed:
+def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = None,
+               fetched_url: str | None = None) -> ParsedFeed:
     """Parse one fetched document. Never raises: a document that is not a usable feed sets `error`."""
     response_headers = {key.lower(): value for key, value in (headers or {}).items()}
-    response_headers["content-location"] = feed_url  # the base for relative links
+    # `feed_url` (as configured) names the feed and its posts; relative links resolve against where the
+    # document really came from, which differs after a redirect.
+    base_url = fetched_url or feed_url
+    response_headers["content-location"] = base_url
     # Relative links are resolved by sanitize_html against a better base than feedparser would choose.
     parsed = feedparser.parse(content, response_headers=response_headers, sanitize_html=False,
                               resolve_relative_uris=False)
@@ -74,7 +78,7 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     posts: list[Post] = []
     seen_ids: set[str] = set()
     for entry in parsed.entries:
-        post = _post_from_entry(entry, feed_url)
+        post = _post_from_entry(entry, feed_url, base_url)
         if post is not None and post.id not in seen_ids:
             seen_ids.add(post.id)
             posts.append(post)
@@ -109,11 +113,11 @@ def _looks_like_html(content: bytes, headers: dict[str, str]) -> bool:
     return "html" in headers.get("content-type", "") or start.startswith((b"<!doctype html", b"<html"))
 
 
-def _post_from_entry(entry, feed_url: str) -> Post | None:
-    link = _entry_link(entry, feed_url)
+def _post_from_entry(entry, feed_url: str, base_url: str) -> Post | None:
+    link = _entry_link(entry, base_url)
     body, body_base = _entry_html(entry)
     # An xml:base in the document wins; else the post's own address (aggregators republish other sites).
-    content_html = sanitize_html(body, base=body_base if body_base and body_base != feed_url else link or feed_url)
+    content_html = sanitize_html(body, base=body_base if body_base and body_base != base_url else link or base_url)
     body_text = plain_text(content_html)
     title = plain_text(entry.get("title", ""))
     summary = summarize(body_text, title=title)

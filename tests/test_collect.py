@@ -84,6 +84,17 @@ def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_serve
     assert db["posts"].count == 6
 
 
+def test_posts_of_a_redirected_feed_belong_to_the_feed_as_configured_and_reach_the_issue(setup, feed_server):
+    config, db = setup({"/old.xml": Route(status=302, headers={"Location": "/blog/new.xml"})})
+    feed_server.routes["/blog/new.xml"] = Route(rss(items("moved") + [
+        {"title": "Relative", "link": "relative/post/", "guid": "rel", "date": "Thu, 02 Apr 2026 10:00:00 +0000"}]))
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    assert {row["feed_url"] for row in db["posts"].rows} == {feed_server.url("/old.xml")}
+    assert feed_server.url("/blog/relative/post/") in {row["canonical_url"] for row in db["posts"].rows}
+    built = jobs.build(config, db, "2026-W14", now=NOW)
+    assert built.outcome == "built" and built.items == 4
+
+
 def test_one_broken_feed_never_stops_the_others(setup, feed_server):
     config, db = setup({
         "/good.xml": Route(rss(items("good"))),
