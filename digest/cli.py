@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-import click
 import typer
 
 from . import jobs, store
@@ -24,7 +23,9 @@ from .weeks import BadWeek, current_week, parse_week
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Turn the week's posts from RSS/Atom feeds into an edited email newsletter.")
 
-EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the work failed: every feed, the SMTP server or Buttondown; or the confirmation was declined
+EXIT_BAD_INPUT = 2  # a file or an option: one line names it, nothing was changed
+EXIT_TEMPFAIL = 75  # try again later: another run holds the lock, or deliveries are still pending
 
 
 class UserError(Exception):
@@ -40,9 +41,12 @@ def main_options(
     ctx: typer.Context,
     config: Path = typer.Option(Path("feeds.yaml"), "--config", envvar="DIGEST_CONFIG",
                                 help="The newsletter's settings and feeds."),
-    db: Path = typer.Option(Path("digest.db"), "--db", envvar="DIGEST_DB", help="The SQLite state file."),
+    db: Optional[Path] = typer.Option(None, "--db", envvar="DIGEST_DB", show_default="digest.db next to feeds.yaml",
+                                      help="The SQLite state file."),
 ) -> None:
-    _paths(ctx).update(config=config, db=db)
+    # Next to feeds.yaml, not in the current folder: a command run from elsewhere must find the same
+    # ledger and unsubscribes, or it would mail everyone again.
+    _paths(ctx).update(config=config, db=db or config.parent / "digest.db")
 
 
 def _config(ctx: typer.Context) -> Config:
@@ -191,7 +195,8 @@ def feeds(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 @app.command()
 def preview(ctx: typer.Context,
             week: Optional[str] = typer.Option(None, "--week", help="ISO week such as 2026-W14 (default: this week)."),
-            port: int = typer.Option(8000, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
+            port: int = typer.Option(8000, "--port", min=0, max=65535,
+                                     help="Port on 127.0.0.1 (0 picks a free one)."),
             open_browser: bool = typer.Option(False, "--open", help="Open the preview in the default browser.")) -> None:
     """Serve the week's draft on 127.0.0.1; the page refreshes itself as the draft or a template changes."""
     from .preview import PreviewServer
@@ -218,17 +223,19 @@ def preview(ctx: typer.Context,
 
 
 @app.command()
-def demo(directory: Optional[Path] = typer.Option(None, "--dir", help="Where to write (default: a new temp dir).")) -> None:
+def demo(directory: Optional[Path] = typer.Option(
+        None, "--dir", help="A new or empty folder to work in (default: a new temporary folder).")) -> None:
     """The whole weekly job, offline, on bundled sample feeds served from a loopback server."""
-    from .sample import run_demo
+    from .sample import DemoError, run_demo
 
-    run_demo(directory, say=_say)
+    try:
+        run_demo(directory, say=_say)
+    except DemoError as exc:
+        raise UserError(str(exc)) from None
 
 
 # --- send, run, unsubscribe -------------------------------------------------------------
 
-EXIT_FAILED = 1  # the backend could not do its job: login or sender refused, an API error
-EXIT_TEMPFAIL = 75  # try again later: another run holds the lock, or deliveries are still pending
 NO_TERMINAL = "no terminal to ask for confirmation: add --yes to send without asking"
 
 
@@ -371,7 +378,7 @@ def _confirm(plan: jobs.SendPlan, send_now: bool) -> None:
     else:
         whom = "every Buttondown subscriber (sent now)" if send_now else "Buttondown (as a draft)"
     if not typer.confirm(f"Send {plan.issue} “{plan.draft.subject}” to {whom}?"):
-        raise click.exceptions.Abort()
+        raise typer.Abort()
 
 
 def _warn_problems(plan: jobs.SendPlan) -> None:
@@ -412,16 +419,26 @@ def main() -> None:
     except (ConfigError, UserError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except sqlite3.OperationalError as exc:
+        busy = "locked" in str(exc) or "busy" in str(exc)
+        typer.echo(f"error: database: {exc}" + ("; try again later" if busy else ""), err=True)
+        sys.exit(EXIT_TEMPFAIL if busy else EXIT_FAILED)
     except sqlite3.DatabaseError as exc:
-        typer.echo(f"error: database {exc}", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:  # usage errors: unknown option, missing argument
-        exc.show()
-        sys.exit(EXIT_BAD_INPUT)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
+        typer.echo(f"error: database: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:  # a file we must write: disk full, read-only folder, permissions
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except typer.Abort:  # the confirmation was declined (or its prompt got Ctrl-C or end of input)
+        typer.echo("aborted, nothing sent", err=True)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # Typer's usage errors: unknown option...
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT)
+        raise
     sys.exit(result if isinstance(result, int) else 0)

@@ -14,7 +14,6 @@ import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +31,7 @@ from .send import Backend, SendReport, SetupError, env_secret
 from .send.buttondown import ButtondownBackend, request_body
 from .send.message import MessageFactory
 from .send.smtp import SmtpBackend
-from .send.unsubscribe import SECRET_ENV, UnsubscribeLinks, verify_token
+from .send.unsubscribe import SECRET_ENV, UnsubscribeLinks, sample_url, verify_token
 from .weeks import week_dates
 
 
@@ -213,24 +212,13 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
 def render_files(config: Config, draft, path: Path) -> tuple[Path, Path, int]:
     """Render the draft next to its YAML, with a sample unsubscribe link, for the editor to look at."""
     rendered = render_issue(draft, config.newsletter)
-    unsubscribe = preview_unsubscribe_url(config)
+    unsubscribe = sample_url(config.newsletter)
     html = personalize(rendered.html, unsubscribe_url=unsubscribe, name="", html=True)
     text = personalize(rendered.text, unsubscribe_url=unsubscribe, name="", html=False)
     html_path, text_path = path.with_suffix(".html"), path.with_suffix(".txt")
     write_atomically(html_path, html)
     write_atomically(text_path, text)
     return html_path, text_path, len(html.encode("utf-8"))
-
-
-def preview_unsubscribe_url(config: Config) -> str:
-    template = config.newsletter.unsubscribe_url
-    if template:
-        return template.format(token="preview", email="subscriber@example.com")
-    return f"mailto:{_address_of(config.newsletter.reply_to or config.newsletter.from_address)}?subject=unsubscribe"
-
-
-def _address_of(mailbox: str) -> str:
-    return parseaddr(mailbox)[1]
 
 
 # --- send and run --------------------------------------------------------------------

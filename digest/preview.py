@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .draft import draft_path, read_draft
-from .jobs import preview_unsubscribe_url
+from .send.unsubscribe import sample_url
 from .render import personalize, render_issue
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HTML
@@ -135,7 +135,7 @@ class Preview:
         except Exception as exc:  # a template error must show on the page, not stop the preview
             state.error = f"cannot render: {type(exc).__name__}: {exc}"
         else:
-            unsubscribe = preview_unsubscribe_url(config)
+            unsubscribe = sample_url(config.newsletter)
             state.html = personalize(rendered.html, unsubscribe_url=unsubscribe, name="Ada", html=True)
             state.text = personalize(rendered.text, unsubscribe_url=unsubscribe, name="Ada", html=False)
             state.subject, state.preheader = rendered.subject, rendered.preheader

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import write_config
@@ -70,6 +71,34 @@ def test_config_and_db_come_from_options_or_environment(tmp_path, run_cli, monke
     assert (tmp_path / "other.db").exists()
 
 
+def test_without_db_option_the_database_lives_next_to_feeds_yaml(tmp_path, run_cli, monkeypatch, feed_server):
+    feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    write_config(project, [{"url": feed_server.url("/a.xml"), "section": "News"}])
+    monkeypatch.delenv("DIGEST_DB", raising=False)
+    assert run_cli("--config", str(project / "feeds.yaml"), "collect", cwd=elsewhere)[0] == 0
+    assert run_cli("--config", str(project / "feeds.yaml"), "unsubscribe", "ada@example.com", cwd=elsewhere)[0] == 0
+    assert (project / "digest.db").exists() and not list(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize("args", [["nosuch"], ["build", "--bogus"], ["build", "--week"], ["preview", "--port", "99999"]])
+def test_usage_errors_are_one_message_and_exit_2_without_traceback(tmp_path, args):
+    result = subprocess.run([sys.executable, "-m", "digest", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "Error:" in result.stderr
+
+
+def test_a_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path, run_cli, feed_server):
+    feed_server.routes["/a.xml"] = Route(rss([{"title": "Hello", "link": "https://e.example/1", "guid": "1",
+                                               "date": "Wed, 01 Apr 2026 10:00:00 +0000"}]))
+    write_config(tmp_path, [{"url": feed_server.url("/a.xml"), "section": "News"}])
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    (tmp_path / "drafts").write_text("a file where the drafts folder should be")
+    code, _, err = run_cli("build", "--week", "2026-W14", cwd=tmp_path)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and "drafts" in err
+
+
 def test_collect_json_and_plain_lines_when_not_a_terminal(tmp_path, run_cli, feed_server):
     feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
     write_config(tmp_path, [{"name": "A", "url": feed_server.url("/a.xml"), "section": "News"},
@@ -111,3 +140,10 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     html = (tmp_path / "demo" / "drafts" / "2026-W14.html").read_text()
     assert "<script" not in html.lower() and len(html.encode()) < 100_000
     assert (tmp_path / "demo" / "drafts" / "2026-W14.txt").exists()
+    assert "{base}" in (tmp_path / "demo" / "feeds.yaml").read_text()  # the comment that explains it
+
+
+def test_demo_never_overwrites_a_folder_with_files_in_it(tmp_path, run_cli):
+    (tmp_path / "feeds.yaml").write_text("my own settings\n")
+    code, _, err = run_cli("demo", "--dir", str(tmp_path))
+    assert code == 2 and "is not empty" in err and (tmp_path / "feeds.yaml").read_text() == "my own settings\n"

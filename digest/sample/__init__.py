@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 SAMPLE_WEEK = "2026-W14"
+
+
+class DemoError(Exception):
+    """The demo cannot run where it was asked to: one line for the user."""
 _HERE = files(__name__)
 
 
@@ -52,10 +56,13 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
     from ..config import load_config
 
     directory = Path(directory or tempfile.mkdtemp(prefix="digest-demo-"))
+    if directory.exists() and any(directory.iterdir()):
+        raise DemoError(f"--dir: {directory} is not empty; the demo writes feeds.yaml, subscribers.csv and "
+                        "digest.db there, so give it a new or empty folder")
     directory.mkdir(parents=True, exist_ok=True)
     feeds_dir = Path(str(_HERE / "feeds"))
     with serve_directory(feeds_dir) as base:
-        config_text = (_HERE / "feeds.yaml").read_text(encoding="utf-8").replace("{base}", base)
+        config_text = (_HERE / "feeds.yaml").read_text(encoding="utf-8").replace('"{base}/', f'"{base}/')
         config_path = directory / "feeds.yaml"
         config_path.write_text(config_text, encoding="utf-8")
         (directory / "subscribers.csv").write_text(

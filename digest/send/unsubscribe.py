@@ -56,6 +56,13 @@ def mailto_url(newsletter: Newsletter) -> str:
     return f"mailto:{address}?subject=unsubscribe"
 
 
+def sample_url(newsletter: Newsletter) -> str:
+    """The unsubscribe link of the editor's renderings (drafts/*.html, the preview): no real token."""
+    if newsletter.unsubscribe_url:
+        return newsletter.unsubscribe_url.format(token="preview", email="subscriber@example.com")
+    return mailto_url(newsletter)
+
+
 @dataclass(frozen=True)
 class UnsubscribeLinks:
     """Builds each subscriber's unsubscribe URL and List-Unsubscribe header value."""
