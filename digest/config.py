@@ -7,8 +7,11 @@ line and the field, so that the CLI can print one line and exit 2.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import re
+import unicodedata
 from datetime import date
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -118,6 +121,9 @@ class Config:
         return self._feeds_by_url.get(url)
 
 
+API_URL_ENV = "BUTTONDOWN_API_URL"
+
+
 # --- YAML with line numbers -------------------------------------------------
 
 
@@ -130,34 +136,65 @@ class YamlNode:
         self.value, self.line = value, line
 
 
-def _construct(node: yaml.Node, path: Path) -> YamlNode:
+def _construct(node: yaml.Node, path: Path, where: str = "") -> YamlNode:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         mapping: dict[str, YamlNode] = {}
         for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(path, key_line, where or None, "a key must be plain text, not a list or mapping")
             key = key_node.value
+            field = f"{where}.{key}" if where else key
             if key in mapping:
-                raise ConfigError(path, key_node.start_mark.line + 1, key, "duplicate key")
-            value = _construct(value_node, path)
-            value.line = key_node.start_mark.line + 1
+                raise ConfigError(path, key_line, field, "duplicate key")
+            value = _construct(value_node, path, field)
+            value.line = key_line
             mapping[key] = value
         return YamlNode(mapping, line)
     if isinstance(node, yaml.SequenceNode):
-        return YamlNode([_construct(item, path) for item in node.value], line)
-    return YamlNode(_scalar(node), line)
+        return YamlNode([_construct(item, path, f"{where}[{index}]") for index, item in enumerate(node.value)], line)
+    return YamlNode(_scalar(node, path, where), line)
 
 
-def _scalar(node: yaml.ScalarNode) -> Any:
+def _scalar(node: yaml.ScalarNode, path: Path, where: str) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(path, node.start_mark.line + 1, where or None, exc.problem or "unsupported value") from None
+    except (ValueError, TypeError, AttributeError, OverflowError):  # e.g. 2026-13-45, !!int x, !!timestamp x
+        shown = node.value if len(node.value) <= 40 else node.value[:39] + "…"
+        raise ConfigError(path, node.start_mark.line + 1, where or None,
+                          f"cannot read {shown!r} as {node.tag.rpartition(':')[2]}") from None
     finally:
         loader.dispose()
 
 
+class _Unsupported(yaml.MarkedYAMLError):
+    """Valid YAML that these files do not accept."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases: nothing in these files needs them, and an alias can make a
+    cycle (`feeds: &a [*a]`) or a billion laughs."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Unsupported(problem=f"aliases (*{event.anchor}) are not supported: write the value out",
+                               problem_mark=event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Unsupported(problem=f"anchors (&{event.anchor}) are not supported: write the value out",
+                               problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml_with_lines(path: Path, text: str) -> YamlNode | None:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
+    except _Unsupported as exc:
+        raise ConfigError(path, exc.problem_mark.line + 1, None, exc.problem) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -203,9 +240,28 @@ class MappingReader:
             value = str(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(key, f"must be a {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise self.error(key, "must be a finite number")
         if kind is str and required and not value.strip():
             raise self.error(key, "must not be empty")
         return value
+
+    def number(self, key: str, kind: type, default: Any, *, minimum: float | None = None,
+               above: float | None = None, maximum: float | None = None) -> Any:
+        """An int or float setting within its range; out of range is an error, never silently clamped."""
+        value = self.get(key, kind, default)
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum:g}, got {value:g}")
+        if above is not None and not value > above:
+            raise self.error(key, f"must be more than {above:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be at most {maximum:g}, got {value:g}")
+        return value
+
+    def one_line(self, key: str, value: str | None) -> None:
+        """Text that goes into a mail header: a line break in it would start a header of its own."""
+        if value is not None and ("\r" in value or "\n" in value):
+            raise self.error(key, "must be one line (no line breaks)")
 
     def words(self, key: str) -> tuple[str, ...]:
         if key not in self.mapping or self.mapping[key].value is None:
@@ -226,9 +282,32 @@ class MappingReader:
 def _check_url(reader: MappingReader, key: str, url: str | None) -> None:
     if url is None:
         return
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not is_http_url(url):
         raise reader.error(key, f"must be an http(s) URL, got {url!r}")
+
+
+def is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host, that urllib and httpx can take apart (brackets, port)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(
+        unicodedata.category(char) == "Cc" for char in url)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def api_url_problem(url: str) -> str | None:
+    """Why the API key must not be sent to this URL: https only, but for http to this machine (tests)."""
+    if not is_http_url(url):
+        return f"must be an https URL, got {url!r}"
+    parts = urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in LOOPBACK_HOSTS:
+        return f"must be an https URL (the API key must not travel unencrypted), got {url!r}"
+    return None
 
 
 def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
@@ -248,6 +327,8 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
             values[attr] = value
     for key in ("site_url", "archive_url", "unsubscribe_url"):
         _check_url(reader, key, values.get(key))
+    for key in ("title", "from", "reply_to", "subject"):
+        reader.one_line(key, values.get(fields[key]))
     timezone = values.get("timezone", "UTC")
     try:
         ZoneInfo(timezone)
@@ -260,9 +341,12 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         values["sections"] = sections
     newsletter = Newsletter(**values)
     try:
-        newsletter.subject.format(title="t", issue="2026-W01", start=date(2026, 1, 5), end=date(2026, 1, 11))
-    except (KeyError, IndexError, ValueError) as exc:
+        sample = newsletter.subject.format(title=newsletter.title, issue="2026-W01", start=date(2026, 1, 5),
+                                           end=date(2026, 1, 11))
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
         raise reader.error("subject", f"bad pattern ({exc}); use {{title}}, {{issue}}, {{start}}, {{end}}") from None
+    if "\r" in sample or "\n" in sample:
+        raise reader.error("subject", "must give one line (no line breaks)")
     return newsletter
 
 
@@ -290,14 +374,29 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
     return tuple(feeds)
 
 
+def read_text_file(path: Path, missing: str, *, encoding: str = "utf-8") -> str:
+    """A whole text file; any problem reading it is a one-line ConfigError (`missing` when it does not exist)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, missing) from None
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, line, None, f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})") from None
+
+
+NOT_FOUND = "not found (run `digest init` to write a starter file)"
+
+
 def load_config(path: Path | str) -> Config:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, None, None, "not found (run `digest init` to write a starter file)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, None, f"cannot be read: {exc}") from None
+    text = read_text_file(path, NOT_FOUND)
     root = load_yaml_with_lines(path, text)
     if root is None:
         raise ConfigError(path, 1, "feeds", "is required: the file is empty")
@@ -310,11 +409,14 @@ def load_config(path: Path | str) -> Config:
     collect_reader = top.sub("collect")
     if collect_reader is not None:
         collect_reader.check_keys({"concurrency", "timeout", "max_megabytes", "retries"})
+        max_bytes = int(collect_reader.number("max_megabytes", float, collect.max_bytes / 2**20, above=0) * 2**20)
+        if max_bytes < 1:
+            raise collect_reader.error("max_megabytes", "must be at least one byte")
         collect = CollectSettings(
-            concurrency=max(1, collect_reader.get("concurrency", int, collect.concurrency)),
-            timeout=collect_reader.get("timeout", float, collect.timeout),
-            max_bytes=int(collect_reader.get("max_megabytes", float, collect.max_bytes / 2**20) * 2**20),
-            retries=max(0, collect_reader.get("retries", int, collect.retries)),
+            concurrency=collect_reader.number("concurrency", int, collect.concurrency, minimum=1),
+            timeout=collect_reader.number("timeout", float, collect.timeout, above=0),
+            max_bytes=max_bytes,
+            retries=collect_reader.number("retries", int, collect.retries, minimum=0),
         )
 
     smtp = SmtpSettings()
@@ -327,28 +429,33 @@ def load_config(path: Path | str) -> Config:
             raise smtp_reader.error("security", "must be starttls, ssl or none")
         smtp = SmtpSettings(
             host=smtp_reader.get("host", str, smtp.host),
-            port=smtp_reader.get("port", int, smtp.port),
+            port=smtp_reader.number("port", int, smtp.port, minimum=1, maximum=65535),
             security=security,
             username=smtp_reader.get("username", str),
-            connections=max(1, smtp_reader.get("connections", int, smtp.connections)),
-            timeout=smtp_reader.get("timeout", float, smtp.timeout),
-            max_attempts=max(1, smtp_reader.get("max_attempts", int, smtp.max_attempts)),
-            backoff=max(0.0, smtp_reader.get("backoff", float, smtp.backoff)),
+            connections=smtp_reader.number("connections", int, smtp.connections, minimum=1),
+            timeout=smtp_reader.number("timeout", float, smtp.timeout, above=0),
+            max_attempts=smtp_reader.number("max_attempts", int, smtp.max_attempts, minimum=1),
+            backoff=smtp_reader.number("backoff", float, smtp.backoff, minimum=0),
         )
     buttondown = ButtondownSettings()
     bd_reader = top.sub("buttondown")
     if bd_reader is not None:
         bd_reader.check_keys({"api_url", "timeout", "max_attempts", "backoff"})
-        api_url = bd_reader.get("api_url", str, buttondown.api_url)
-        _check_url(bd_reader, "api_url", api_url)
+        api_url = bd_reader.get("api_url", str, buttondown.api_url).strip()
+        problem = api_url_problem(api_url)
+        if problem:
+            raise bd_reader.error("api_url", problem)
         buttondown = ButtondownSettings(
             api_url=api_url,
-            timeout=bd_reader.get("timeout", float, buttondown.timeout),
-            max_attempts=max(1, bd_reader.get("max_attempts", int, buttondown.max_attempts)),
-            backoff=max(0.0, bd_reader.get("backoff", float, buttondown.backoff)),
+            timeout=bd_reader.number("timeout", float, buttondown.timeout, above=0),
+            max_attempts=bd_reader.number("max_attempts", int, buttondown.max_attempts, minimum=1),
+            backoff=bd_reader.number("backoff", float, buttondown.backoff, minimum=0),
         )
-    env_api_url = os.environ.get("BUTTONDOWN_API_URL")
+    env_api_url = os.environ.get(API_URL_ENV, "").strip()
     if env_api_url:
+        problem = api_url_problem(env_api_url)
+        if problem:
+            raise ConfigError(API_URL_ENV, None, None, problem)
         buttondown = replace(buttondown, api_url=env_api_url)
 
     base = path.resolve().parent
@@ -361,7 +468,7 @@ def load_config(path: Path | str) -> Config:
 # --- subscribers.csv ----------------------------------------------------------
 
 SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced")
-_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\\x00-\x1f\x7f]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
 
 
 @dataclass(frozen=True)
@@ -376,21 +483,37 @@ def is_valid_email(address: str) -> bool:
     return bool(_EMAIL.match(address)) and len(address) <= 254
 
 
+def clean_name(name: str) -> str:
+    """A display name fit for a To header: control and format characters (NUL, CR, LF, bidi overrides...)
+    removed, a control character between two words counting as a space, white space collapsed."""
+    if name.isascii() and name.isprintable():
+        return " ".join(name.split())
+    kept = []
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            kept.append(" ")
+        elif category != "Cf":
+            kept.append(char)
+    return " ".join("".join(kept).split())
+
+
 def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:
     """Subscribers from the CSV (columns email, name, status), merged case-insensitively.
 
     Rows with a bad address are returned as problems (or raised when strict), never silently dropped.
     """
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(path, None, None, "not found (run `digest init` to write a starter file)") from None
+    text = read_text_file(path, NOT_FOUND, encoding="utf-8-sig")
     problems: list[ConfigError] = []
     by_email: dict[str, Subscriber] = {}
-    with handle:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or "email" not in [name.strip().lower() for name in reader.fieldnames]:
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:
+            raise ConfigError(path, 1, None, f"not valid CSV: {exc}") from None
+        if not fieldnames or "email" not in [name.strip().lower() for name in fieldnames]:
             raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
         try:
             for row in reader:
@@ -414,9 +537,8 @@ def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subsc
                 previous = by_email.get(key)
                 if previous is not None and previous.status != "active":
                     continue  # an unsubscribe or bounce anywhere in the file wins
-                by_email[key] = Subscriber(email=email, name=row.get("name", ""), status=status, line=line)
+                by_email[key] = Subscriber(email=email, name=clean_name(row.get("name", "")), status=status,
+                                           line=line)
         except csv.Error as exc:
             raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(path, None, None, "not UTF-8 text") from None
     return list(by_email.values()), problems

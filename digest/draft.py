@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from .config import ConfigError, MappingReader, load_yaml_with_lines
+from .config import ConfigError, MappingReader, is_http_url, load_yaml_with_lines, read_text_file
 from .models import Draft, DraftItem, DraftSection, Sponsor
 from .select import SelectedPost
 from .store import from_iso
@@ -344,12 +344,7 @@ def _mode_for(path: Path) -> int:
 
 def read_draft(path: Path) -> Draft:
     """Parse the editor's file; any problem is a DraftError naming the file, line and field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DraftError(path, None, None, "no draft for this week (run `digest build` first)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DraftError(path, None, None, f"cannot be read: {exc}") from None
+    text = read_text_file(path, "no draft for this week (run `digest build` first)")
     return parse_draft(path, text)
 
 
@@ -390,8 +385,10 @@ def parse_draft(path: Path, text: str) -> Draft:
             section.check_keys({"title", "items"})
             sections.append(DraftSection(title=section.get("title", str, required=True),
                                          items=_items(path, section)))
+    subject = top.get("subject", str, required=True)
+    top.one_line("subject", subject)  # a line break would start a mail header of its own
     return Draft(issue=issue_id, week_start=start, week_end=end,
-                 subject=top.get("subject", str, required=True), preheader=top.get("preheader", str, ""),
+                 subject=subject, preheader=top.get("preheader", str, ""),
                  intro=top.get("intro", str, ""), sponsor=sponsor, sections=sections)
 
 
@@ -417,7 +414,6 @@ def _items(path: Path, section: MappingReader) -> list[DraftItem]:
 
 def _url(reader: MappingReader, key: str) -> str:
     url = reader.get(key, str, required=True).strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not is_http_url(url):
         raise reader.error(key, f"must be an http(s) URL, got {url!r}")
     return url

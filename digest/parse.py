@@ -102,8 +102,6 @@ def _unusable(parsed, content: bytes, headers: dict[str, str]) -> str | None:
     if not parsed.entries and _looks_like_html(content, headers):
         return "not a feed: got an HTML page"
     if not parsed.get("version") and not parsed.entries:
-        if _looks_like_html(content, headers):
-            return "not a feed: got an HTML page"
         return "not a feed: no RSS or Atom document found"
     return None
 
@@ -200,7 +198,10 @@ def sanitize_html(fragment: str, *, base: str) -> str:
     def absolute(url: str) -> str | None:
         if url.startswith("#"):
             return None  # a footnote link into a page the reader is not on
-        return urljoin(base, url)
+        try:
+            return urljoin(base, url)
+        except ValueError:  # e.g. "//[x": nh3 would print the traceback of an exception raised here
+            return None
 
     cleaned = nh3.clean(
         fragment, tags=_ALLOWED_TAGS, attributes=_ALLOWED_ATTRIBUTES, clean_content_tags=_DROPPED_WITH_CONTENT,

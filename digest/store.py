@@ -133,8 +133,8 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
                 row["etag"], row["last_modified"] = outcome.etag, outcome.last_modified
             if outcome.title:
                 row["title"] = outcome.title
-        if outcome.permanent_url:
-            row["redirect_url"] = outcome.permanent_url
+        if outcome.permanent_url and outcome.error is None and outcome.status in (200, 304):
+            row["redirect_url"] = outcome.permanent_url  # only a target that answered: else the feed is lost
         new_count = _insert_posts(db, posts, now_text)
         columns = ", ".join(row)
         updates = ", ".join(f"{column} = excluded.{column}" for column in row if column != "url")

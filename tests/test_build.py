@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -304,3 +305,43 @@ def test_draft_files_get_the_usual_mode_and_keep_the_editors(tmp_path):
     path.chmod(0o640)
     write_atomically(path, "a: 2\n")
     assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "a: 2\n"
+
+
+@pytest.mark.parametrize("subject", ['"Week 14\\nBcc: everyone@example.com"', '"Week 14\\r"',
+                                     "|\n  Week 14\n  Bcc: everyone@example.com"])
+def test_a_line_break_in_the_drafts_subject_is_refused(db, config, subject):
+    add(db, post("one", local(2026, 3, 30)))
+    path = jobs.build(config, db, "2026-W14", now=NOW).draft
+    text = path.read_text()
+    line = text.splitlines().index(next(row for row in text.splitlines() if row.startswith("subject:"))) + 1
+    path.write_text(re.sub(r"(?m)^subject: .*$", lambda _: f"subject: {subject}", text, count=1))
+    with pytest.raises(ConfigError) as caught:
+        read_draft(path)
+    assert (caught.value.line, caught.value.field) == (line, "subject") and "line break" in str(caught.value)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda text: text.replace("sections:", "sections: &all", 1), "anchors (&all) are not supported"),
+    (lambda text: text.replace("sponsor: null", "sponsor: *nothing", 1), "aliases (*nothing) are not supported"),
+    (lambda text: text.replace("sponsor: null", "{[a]: b}: c", 1), "key must be plain text"),
+])
+def test_yaml_features_a_draft_does_not_take_are_one_line(db, config, damage, words):
+    add(db, post("one", local(2026, 3, 30)))
+    path = jobs.build(config, db, "2026-W14", now=NOW).draft
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(ConfigError) as caught:
+        read_draft(path)
+    assert caught.value.line is not None and words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_unreadable_or_non_utf8_draft_is_one_line(tmp_path):
+    path = tmp_path / "2026-W14.yaml"
+    path.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        read_draft(path)
+    assert str(caught.value) == f"{path}: cannot read: Is a directory"
+    path.rmdir()
+    path.write_bytes(b"issue: 2026-W14\nsubject: Caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        read_draft(path)
+    assert caught.value.line == 2 and "not UTF-8 text" in str(caught.value)

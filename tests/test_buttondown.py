@@ -110,7 +110,7 @@ def api(monkeypatch):
 
 def project(tmp_path, api, **options):
     settings = {"api_url": api.url, "timeout": 0.5, "max_attempts": 3, "backoff": 0.01}
-    return make_project(tmp_path, 0, subscribers(2), buttondown=settings, **options)
+    return make_project(tmp_path, 2525, subscribers(2), buttondown=settings, **options)  # smtp: never dialled
 
 
 def issue(tmp_path) -> dict:

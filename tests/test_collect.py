@@ -84,6 +84,25 @@ def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_serve
     assert db["posts"].count == 6
 
 
+@pytest.mark.parametrize("target", [
+    Route(status=404, headers={"Content-Type": "text/plain"}),
+    Route(b"<!doctype html><html><body>Parked domain</body></html>", headers={"Content-Type": "text/html"}),
+    Route(status=500, headers={"Content-Type": "text/plain"}),
+])
+def test_a_permanent_redirect_to_a_target_that_fails_is_not_remembered(setup, feed_server, target):
+    config, db = setup({"/moved.xml": Route(status=301, headers={"Location": "/broken-home.xml"})})
+    feed_server.routes["/broken-home.xml"] = target
+    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    assert by_name(report)["moved.xml"].outcome == "failed"
+    assert db["feeds"].get(config.feeds[0].url)["redirect_url"] is None
+    asked = len(feed_server.hits("/moved.xml"))
+    jobs.collect(config, db, now=NOW, settings=FAST)
+    assert len(feed_server.hits("/moved.xml")) > asked  # the next run still asks the address in feeds.yaml
+    feed_server.routes["/broken-home.xml"] = Route(rss(items("moved")))
+    jobs.collect(config, db, now=NOW, settings=FAST)  # once the target works, the move is remembered
+    assert db["feeds"].get(config.feeds[0].url)["redirect_url"] == feed_server.url("/broken-home.xml")
+
+
 def test_posts_of_a_redirected_feed_belong_to_the_feed_as_configured_and_reach_the_issue(setup, feed_server):
     config, db = setup({"/old.xml": Route(status=302, headers={"Location": "/blog/new.xml"})})
     feed_server.routes["/blog/new.xml"] = Route(rss(items("moved") + [

@@ -85,3 +85,150 @@ def test_subscribers_merge_duplicates_and_report_bad_rows(tmp_path):
     assert str(problems[0]) == f"{path}:3: email: not a valid address: 'not-an-address'"
     with pytest.raises(ConfigError):
         read_subscribers(path, strict=True)
+
+
+# --- review fixes: header injection, read errors, YAML features, ranges, the Buttondown URL -----------------
+
+FEED = "feeds:\n  - url: https://a.example/feed\n"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("title", '"Digest\\nBcc: everyone@example.com"'),
+    ("from", '"Digest <d@example.com>\\r\\nBcc: everyone@example.com"'),
+    ("reply_to", '"editor@example.com\\rBcc: everyone@example.com"'),
+    ("subject", '"{title}\\nBcc: x@example.com"'),
+    ("subject", '"{title} {start:%n}"'),  # strftime's %n is a line break too
+])
+def test_a_line_break_in_a_header_field_is_refused(tmp_path, key, value):
+    path = write(tmp_path, f"newsletter:\n  language: en\n  {key}: {value}\n{FEED}")
+    error = error_of(path)
+    assert (error.line, error.field) == (3, f"newsletter.{key}")
+    assert "line break" in error.problem and "\n" not in str(error)
+
+
+@pytest.mark.parametrize("subject", ["{start.foo}", "{title[x]}", "{title[99]}", "{0}", "{title:d}"])
+def test_a_subject_pattern_that_cannot_be_filled_in_is_bad_input(tmp_path, subject):
+    error = error_of(write(tmp_path, f"newsletter:\n  subject: '{subject}'\n{FEED}"))
+    assert (error.line, error.field) == (2, "newsletter.subject") and "bad pattern" in error.problem
+
+
+@pytest.mark.parametrize("text, line, field, words", [
+    ("{[a]: 1}\n", 1, None, "key must be plain text"),
+    ("feeds:\n  ? {a: 1}\n  : 2\n", 2, "feeds", "key must be plain text"),
+    ("feeds: &a [*a]\n", 1, None, "anchors (&a) are not supported"),
+    ("newsletter: {title: T}\nfeeds:\n  - url: https://a.example/f\n    name: *x\n", 4, None,
+     "aliases (*x) are not supported"),
+    (FEED + "collect:\n  timeout: 2026-13-45\n", 4, "collect.timeout", "cannot read '2026-13-45'"),
+    (FEED + "collect:\n  retries: !!int many\n", 4, "collect.retries", "cannot read 'many' as int"),
+    (FEED + "collect:\n  retries: !!python/name:os.system x\n", 4, "collect.retries", "constructor"),
+    ("feeds:\n  - url: 'http://[x/feed'\n", 2, "feeds[0].url", "http(s) URL"),
+    ("feeds:\n  - url: 'http://a.example:99999/feed'\n", 2, "feeds[0].url", "http(s) URL"),
+    (FEED + "collect:\n  timeout: .inf\n", 4, "collect.timeout", "finite"),
+])
+def test_yaml_the_loader_refuses_is_one_line_not_a_traceback(tmp_path, text, line, field, words):
+    path = write(tmp_path, text)
+    error = error_of(path)
+    assert (error.line, error.field) == (line, field)
+    assert words in error.problem and str(error).startswith(f"{path}:{line}: ") and "\n" not in str(error)
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("collect", "timeout", 0, "more than 0"),
+    ("collect", "timeout", -1.5, "more than 0"),
+    ("collect", "max_megabytes", 0, "more than 0"),
+    ("collect", "retries", -1, "at least 0"),
+    ("collect", "concurrency", 0, "at least 1"),
+    ("smtp", "port", 0, "at least 1"),
+    ("smtp", "port", 65536, "at most 65535"),
+    ("smtp", "timeout", 0, "more than 0"),
+    ("smtp", "connections", 0, "at least 1"),
+    ("smtp", "max_attempts", 0, "at least 1"),
+    ("smtp", "backoff", -1, "at least 0"),
+    ("buttondown", "timeout", -3, "more than 0"),
+    ("buttondown", "max_attempts", 0, "at least 1"),
+])
+def test_settings_out_of_range_are_refused_not_clamped(tmp_path, section, key, value, words):
+    error = error_of(write(tmp_path, f"{FEED}{section}:\n  {key}: {value}\n"))
+    assert (error.line, error.field) == (4, f"{section}.{key}") and words in error.problem
+
+
+def test_settings_in_range_are_kept(tmp_path):
+    config = load_config(write(tmp_path, f"{FEED}collect:\n  retries: 0\n  concurrency: 1\n  timeout: 0.5\n"
+                                         f"smtp:\n  port: 65535\n  backoff: 0\n"))
+    assert (config.collect.retries, config.collect.concurrency, config.collect.timeout) == (0, 1, 0.5)
+    assert (config.smtp.port, config.smtp.backoff) == (65535, 0)
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("https://api.buttondown.com/v1", True),
+    ("http://127.0.0.1:8025/v1", True),
+    ("http://[::1]:8025/v1", True),
+    ("http://localhost/v1", True),
+    ("http://api.buttondown.com/v1", False),
+    ("http://127.0.0.1.example.com/v1", False),
+    ("ftp://127.0.0.1/v1", False),
+])
+def test_the_buttondown_key_only_travels_over_https_or_loopback(tmp_path, monkeypatch, url, ok):
+    monkeypatch.delenv("BUTTONDOWN_API_URL", raising=False)
+    path = write(tmp_path, f"{FEED}buttondown:\n  api_url: '{url}'\n")
+    if ok:
+        assert load_config(path).buttondown.api_url == url
+    else:
+        error = error_of(path)
+        assert (error.line, error.field) == (4, "buttondown.api_url") and "https" in error.problem
+    monkeypatch.setenv("BUTTONDOWN_API_URL", url)
+    path = write(tmp_path, FEED)
+    if ok:
+        assert load_config(path).buttondown.api_url == url
+    else:
+        assert str(error_of(path)).startswith("BUTTONDOWN_API_URL: must be an https URL")
+
+
+def test_unreadable_config_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "folder.yaml").mkdir()
+    assert str(error_of(tmp_path / "folder.yaml")) == f"{tmp_path / 'folder.yaml'}: cannot read: Is a directory"
+    path = write(tmp_path, "")
+    path.write_bytes(b"feeds:\n  - url: https://a.example/f\n    name: caf\xe9\n")
+    error = error_of(path)
+    assert error.line == 3 and "not UTF-8 text" in str(error) and "\n" not in str(error)
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_bytes", refuse)
+    assert str(error_of(path)) == f"{path}: cannot read: Permission denied"
+
+
+def subscribers_error(path) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        read_subscribers(path)
+    return caught.value
+
+
+def test_unreadable_subscribers_file_is_one_line(tmp_path, monkeypatch):
+    folder = tmp_path / "subscribers.csv"
+    folder.mkdir()
+    assert str(subscribers_error(folder)) == f"{folder}: cannot read: Is a directory"
+    path = tmp_path / "people.csv"
+    path.write_bytes(b"email,name\xff\nada@example.com,Ada\n")
+    error = subscribers_error(path)
+    assert error.line == 1 and "not UTF-8 text" in str(error)
+    path.write_bytes(b"\xef\xbb\xbfemail,name\nada@example.com,Ada\ngrace@example.com,Gr\xe2ce\n")
+    error = subscribers_error(path)
+    assert error.line == 3 and "not UTF-8 text" in str(error) and "\n" not in str(error)
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_bytes", refuse)
+    assert str(subscribers_error(path)) == f"{path}: cannot read: Permission denied"
+
+
+def test_subscriber_names_lose_control_characters_and_addresses_with_them_are_refused(tmp_path):
+    path = write(tmp_path, 'email,name\nada@example.com,"Ada\r\nBcc: all@example.com"\n'
+                           "grace@example.com,Gr\x00ace\u202e \x7fHopper\u200b\n"
+                           "nul\x00@example.com,Nul\n", "subscribers.csv")
+    subscribers, problems = read_subscribers(path)
+    assert [(s.email, s.name) for s in subscribers] == [("ada@example.com", "Ada Bcc: all@example.com"),
+                                                        ("grace@example.com", "Gr ace Hopper")]
+    assert [(p.line, p.field) for p in problems] == [(5, "email")]

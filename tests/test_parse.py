@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -162,3 +163,15 @@ def test_undeclared_encoding_is_taken_from_the_http_header():
             '<item><title>Caf\xe9 cr\xe8me</title><guid>c</guid></item></channel></rss>').encode("latin-1")
     parsed = parse_feed(body, FEED, {"Content-Type": "application/rss+xml; charset=iso-8859-1"})
     assert parsed.posts[0].title == "Café crème"
+
+
+@pytest.mark.parametrize("href", ["//[x", "//a]b[/", "//[x/path?q=1"])
+def test_a_hostile_href_is_dropped_silently(capfd, monkeypatch, href):
+    unraisable = []  # nh3 reports an exception from the callback as "unraisable": printed to stderr outside pytest
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    clean = sanitize_html(f'<p><a href="{href}">bad</a> <a href="/ok/">ok</a></p>', base="https://blog.example.com/p/")
+    assert "[" not in clean and "bad</a>" in clean  # the text stays, the link goes
+    assert '<a href="https://blog.example.com/ok/"' in clean
+    assert unraisable == []
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -418,3 +418,32 @@ def test_a_long_issue_rendered_for_real_is_well_formed(tmp_path, server, run_cli
         body = decoded(html)
         assert all(item.url.replace("&", "&amp;") in body or item.url in body for item in items)
         assert decoded(text).count("https://example.com/deep/") == 60
+
+
+# --- defences: header lines, a database that fails mid-run ------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["Week 14\r\nBcc: everyone@example.com", "Week 14\n", "Week\r14",
+                                   "Ünïcode week\nBcc: everyone@example.com"])
+def test_the_header_writer_refuses_a_line_break_on_either_path(value):
+    from digest.send.message import _header
+
+    with pytest.raises(ValueError):
+        _header("Subject", value)
+    assert _header("Subject", "Week 14") == b"Subject: Week 14\r\n"
+
+
+def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, server, run_cli, monkeypatch):
+    import sqlite3
+
+    make_project(tmp_path, server.port, subscribers(3))
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "mark_sending", disk_full)
+    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 1
+    assert err == "error: database: disk I/O error\n"
+    assert server.messages == []
+    assert {row["status"] for row in ledger(tmp_path).values()} == {"pending"}

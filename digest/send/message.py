@@ -63,7 +63,13 @@ def _qp_part(text: str) -> list[bytes | str]:
 
 
 def _header(name: str, value: str) -> bytes:
-    """One header, RFC 2047-encoded and folded as needed; the common short ASCII case skips the slow path."""
+    """One header, RFC 2047-encoded and folded as needed; the common short ASCII case skips the slow path.
+
+    A line break in the value would start a header of its own: the inputs are checked for them when they
+    are read, and this refuses them again, whichever path the value takes.
+    """
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"a line break in the {name} header")
     line = f"{name}: {value}\r\n"
     if len(line) <= 78 and line.isascii():
         return line.encode("ascii")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import queue
 import smtplib
+import sqlite3
 import ssl
 import threading
 import time
@@ -200,7 +201,12 @@ class SmtpBackend:
             for thread in threads:
                 thread.join()
             raise
-        complete = store.finish_deliveries(db, issue_id, _now())
+        try:
+            complete = store.finish_deliveries(db, issue_id, _now())
+        except sqlite3.Error:
+            if self._fatal:  # the database that stopped a worker: say so once
+                raise self._fatal from None
+            raise
         if self._fatal:
             raise self._fatal
         counts = store.delivery_counts(db, issue_id)
@@ -212,10 +218,13 @@ class SmtpBackend:
     # --- the workers ------------------------------------------------------------------
 
     def _worker(self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue) -> None:
-        db = store.open_db(path)
-        db.execute("PRAGMA synchronous=FULL")  # each ledger commit survives a power cut too, not only a kill -9
+        """One connection's loop. What stops the run (a refused sender, a database that cannot record what
+        was sent: disk full, locked) is kept for `deliver` to raise as one line, never a thread's traceback."""
+        db: sqlite_utils.Database | None = None
         connection = Connection(self.settings, self.password)
         try:
+            db = store.open_db(path)
+            db.execute("PRAGMA synchronous=FULL")  # each ledger commit survives a power cut too, not only a kill -9
             while not self._stop.is_set():
                 try:
                     key, subscriber = work.get_nowait()
@@ -225,11 +234,24 @@ class SmtpBackend:
                     work.put((key, subscriber))  # this connection gave up: another worker, or the next run
                     return
         except SendError as exc:
-            self._fatal = exc
-            self._stop.set()
+            self._stop_run(exc)
+        except sqlite3.Error as exc:
+            self._stop_run(SendError(f"database: {exc}"))
+        except OSError as exc:
+            self._stop_run(SendError(f"{exc.strerror or exc}"))
         finally:
             connection.close()
-            db.close()
+            if db is not None:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+
+    def _stop_run(self, error: SendError) -> None:
+        with self._lock:
+            if self._fatal is None:  # the first cause, not what it set off in the other workers
+                self._fatal = error
+        self._stop.set()
 
     def _deliver(self, db: sqlite_utils.Database, connection: Connection, factory: MessageFactory, issue_id: str,
                  key: str, subscriber: Subscriber) -> bool:
