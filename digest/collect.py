@@ -42,7 +42,6 @@ class FetchResult:
     last_modified: str | None = None
     permanent_url: str | None = None  # set when every redirect hop was permanent
     error: str | None = None
-    attempts: int = 0
 
     @property
     def not_modified(self) -> bool:
@@ -93,7 +92,7 @@ async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: 
         headers["If-Modified-Since"] = request.last_modified
     delay = settings.backoff
     for attempt in range(1, settings.retries + 2):
-        result.attempts, result.error = attempt, None
+        result.error = None
         try:
             await asyncio.wait_for(_get(client, request.url, headers, settings, result), settings.timeout * 2)
             return result

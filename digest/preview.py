@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from html.parser import HTMLParser
@@ -54,7 +53,6 @@ class PreviewState:
     sender: str = ""
     links: list[dict] = field(default_factory=list)
     error: str | None = None
-    rendered_at: float = 0.0
 
     def as_json(self) -> dict:
         size = len(self.html.encode("utf-8"))
@@ -125,7 +123,7 @@ class Preview:
 
     def _render(self) -> None:
         previous = self.state
-        state = PreviewState(version=previous.version + 1, rendered_at=time.time())
+        state = PreviewState(version=previous.version + 1)
         try:
             config = self._config or load_config(self.config_path)
             draft = read_draft(draft_path(config.drafts_dir, self.issue_id))

@@ -15,7 +15,7 @@ from .weeks import week_span
 @dataclass(frozen=True)
 class SelectedPost:
     section: str
-    row: dict  # the posts row, with feed_name
+    row: dict  # the posts row
 
     @property
     def id(self) -> str:

@@ -239,8 +239,7 @@ def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: s
     must not come back in a later issue, whether or not that send is ever finished.
     """
     return list(db.query(
-        "SELECT posts.*, feeds.name AS feed_name FROM posts LEFT JOIN feeds ON feeds.url = posts.feed_url "
-        "WHERE published_at >= ? AND published_at < ? AND published_at <= ? AND posts.id NOT IN "
+        "SELECT * FROM posts WHERE published_at >= ? AND published_at < ? AND published_at <= ? AND posts.id NOT IN "
         "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
         "WHERE issues.status IN ('sending', 'sent')) "
         "ORDER BY published_at, posts.id",
