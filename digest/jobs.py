@@ -85,12 +85,13 @@ def collect(config: Config, db: sqlite_utils.Database, *, now: datetime | None =
 
 async def _collect(config, db, requests, now, settings, pool, transport, report, on_feed) -> None:
     loop = asyncio.get_running_loop()
+    configured = {feed.url for feed in config.feeds}
 
     async def handle(feed: FeedConfig, result: FetchResult) -> None:
         parsed = None
         if result.content is not None and result.error is None:
             parsed = await loop.run_in_executor(pool, _parse, result.content, feed.url, result.headers, result.url)
-        feed_report = _store(db, feed, result, parsed, now)
+        feed_report = _store(db, feed, result, parsed, now, configured)
         report.feeds.append(feed_report)
         if on_feed:
             on_feed(feed_report)
@@ -108,7 +109,8 @@ def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: 
     return parse_feed(content, feed_url, headers, fetched_url)
 
 
-def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime) -> FeedReport:
+def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime,
+           configured: set[str]) -> FeedReport:
     error = result.error or (parsed.error if parsed else None)
     outcome = store.FetchOutcome(
         status=result.status, error=error, etag=result.etag, last_modified=result.last_modified,
@@ -117,7 +119,7 @@ def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None,
     )
     posts = parsed.posts if parsed and not error else []
     new_posts = store.record_fetch(db, url=feed.url, name=feed.name, section=feed.section, outcome=outcome,
-                                   posts=posts, now=now)
+                                   posts=posts, now=now, configured=configured)
     if error:
         kind = "failed"
     elif result.not_modified:

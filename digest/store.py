@@ -6,12 +6,13 @@ that comparing strings compares instants.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 import sqlite_utils
 
@@ -109,12 +110,14 @@ def feed_states(db: sqlite_utils.Database) -> dict[str, dict]:
 
 
 def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str, outcome: FetchOutcome,
-                 posts: Iterable[Post], now: datetime) -> int:
+                 posts: Iterable[Post], now: datetime, configured: Collection[str] = ()) -> int:
     """Store one feed's fetch and its posts in a single transaction; returns how many posts are new.
 
     A post is new when neither its id nor its canonical URL is known: the same
     article from two feeds is one post. Known posts that no sent issue holds get
-    their title and summary refreshed; their dates are never rewritten.
+    their title and summary refreshed; their dates are never rewritten. A known
+    post whose feed is no longer among the `configured` feed URLs (the feed moved,
+    or the aggregator that brought it first was removed) now belongs to this feed.
     """
     now_text = iso(now)
     posts = list(posts)
@@ -135,7 +138,7 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
                 row["title"] = outcome.title
         if outcome.permanent_url and outcome.error is None and outcome.status in (200, 304):
             row["redirect_url"] = outcome.permanent_url  # only a target that answered: else the feed is lost
-        new_count = _insert_posts(db, posts, now_text)
+        new_count = _insert_posts(db, posts, now_text, configured)
         columns = ", ".join(row)
         updates = ", ".join(f"{column} = excluded.{column}" for column in row if column != "url")
         db.execute(f"INSERT INTO feeds ({columns}) VALUES ({', '.join('?' * len(row))}) "
@@ -143,16 +146,19 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
         return new_count
 
 
-def _insert_posts(db: sqlite_utils.Database, posts: list[Post], now_text: str) -> int:
+def _insert_posts(db: sqlite_utils.Database, posts: list[Post], now_text: str, configured: Collection[str]) -> int:
     if not posts:
         return 0
     known_ids = _existing(db, "id", [p.id for p in posts])
     known_urls = _existing(db, "canonical_url", [p.canonical_url for p in posts if p.canonical_url])
-    new_rows, refreshed = [], []
+    new_rows, refreshed, adopted = [], [], []
+    configured_json = json.dumps(sorted(configured))
     for post in posts:
         if post.id in known_ids:
             refreshed.append((post.title, post.author, post.summary, post.content_html, post.id))
-        elif post.canonical_url not in known_urls or post.canonical_url is None:
+        elif post.canonical_url in known_urls:
+            adopted.append((post.feed_url, post.canonical_url, configured_json))
+        else:
             new_rows.append({
                 "id": post.id, "canonical_url": post.canonical_url, "feed_url": post.feed_url,
                 "title": post.title, "author": post.author, "summary": post.summary,
@@ -169,6 +175,10 @@ def _insert_posts(db: sqlite_utils.Database, posts: list[Post], now_text: str) -
             f"INSERT OR IGNORE INTO posts ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [tuple(row[c] for c in columns) for row in new_rows],
         )
+    if adopted and configured:
+        db.conn.executemany(
+            "UPDATE posts SET feed_url = ? WHERE canonical_url = ? "
+            "AND feed_url NOT IN (SELECT value FROM json_each(?))", adopted)
     if refreshed:
         db.conn.executemany(
             "UPDATE posts SET title = ?, author = ?, summary = ?, content_html = ? WHERE id = ? AND id NOT IN "

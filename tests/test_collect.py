@@ -114,6 +114,18 @@ def test_posts_of_a_redirected_feed_belong_to_the_feed_as_configured_and_reach_t
     assert built.outcome == "built" and built.items == 4
 
 
+def test_a_feed_whose_address_changes_in_feeds_yaml_keeps_its_posts(tmp_path, feed_server):
+    feed_server.routes["/old/feed.xml"] = Route(rss(items("blog")))
+    feeds = [{"name": "Blog", "url": feed_server.url("/old/feed.xml"), "section": "Articles"}]
+    db = store.open_db(tmp_path / "digest.db")
+    jobs.collect(load_config(write_config(tmp_path, feeds)), db, now=NOW, settings=FAST)
+    feed_server.routes["/new/feed.xml"] = Route(rss(items("blog")))  # the blog moved; the editor updates the URL
+    feeds[0]["url"] = feed_server.url("/new/feed.xml")
+    config = load_config(write_config(tmp_path, feeds))
+    assert jobs.collect(config, db, now=NOW, settings=FAST).new_posts == 0  # the same articles, not new ones
+    assert jobs.build(config, db, "2026-W14", now=NOW).items == 3
+
+
 def test_one_broken_feed_never_stops_the_others(setup, feed_server):
     config, db = setup({
         "/good.xml": Route(rss(items("good"))),
