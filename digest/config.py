@@ -437,6 +437,9 @@ def load_config(path: Path | str) -> Config:
             max_attempts=smtp_reader.number("max_attempts", int, smtp.max_attempts, minimum=1),
             backoff=smtp_reader.number("backoff", float, smtp.backoff, minimum=0),
         )
+        if smtp.security == "none" and smtp.username and smtp.host not in LOOPBACK_HOSTS:
+            raise smtp_reader.error("security", f"none with a username would send the password to {smtp.host} "
+                                    "unencrypted: use starttls or ssl")
     buttondown = ButtondownSettings()
     bd_reader = top.sub("buttondown")
     if bd_reader is not None:

@@ -232,3 +232,10 @@ def test_subscriber_names_lose_control_characters_and_addresses_with_them_are_re
     assert [(s.email, s.name) for s in subscribers] == [("ada@example.com", "Ada Bcc: all@example.com"),
                                                         ("grace@example.com", "Gr ace Hopper")]
     assert [(p.line, p.field) for p in problems] == [(5, "email")]
+
+
+def test_an_smtp_password_never_goes_unencrypted_to_another_machine(tmp_path):
+    error = error_of(write(tmp_path, f"{FEED}smtp:\n  host: mail.example.com\n  security: none\n  username: ada\n"))
+    assert error.field == "smtp.security" and "unencrypted" in error.problem
+    local = load_config(write(tmp_path, f"{FEED}smtp:\n  host: 127.0.0.1\n  security: none\n  username: ada\n"))
+    assert local.smtp.username == "ada"  # a relay on this machine
