@@ -116,7 +116,8 @@ def test_every_item_is_in_the_html_and_the_text(big):
         assert item.url in hrefs and item.url in rendered.text
         assert item.title in link_texts and item.title in rendered.text
         assert item.summary in paragraphs
-        assert (f"{item.source} · {item.author}" if item.author else item.source) in paragraphs
+        meta = f"{item.source} · {item.author}" if item.author else item.source
+        assert meta in paragraphs and f"({meta})" in rendered.text
 
 
 def test_html_lang_follows_the_newsletter_language():
