@@ -103,7 +103,7 @@ def collect(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
                          "failed": len(report.failed), "feeds": [asdict(feed) for feed in report.feeds]}, indent=2))
     else:
         _print_collect_summary(report)
-    if report.feeds and len(report.failed) == len(report.feeds):
+    if report.all_failed:
         raise typer.Exit(1)
 
 
@@ -336,7 +336,7 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
             else:
                 collected = _collect_with_progress(config, db, quiet=not sys.stdout.isatty())
                 _print_collect_summary(collected)
-                feeds_down = bool(collected.feeds) and len(collected.failed) == len(collected.feeds)
+                feeds_down = collected.all_failed
                 built = jobs.build(config, db, issue_id)
                 if built.outcome == "empty":
                     _say(f"build {issue_id}: nothing new this week, nothing sent")

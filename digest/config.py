@@ -279,7 +279,8 @@ class MappingReader:
         return MappingReader(self.path, self.mapping[key], self.field_name(key))
 
 
-def _check_url(reader: MappingReader, key: str, url: str | None) -> None:
+def check_url(reader: MappingReader, key: str, url: str | None) -> None:
+    """An http(s) URL setting, or an error naming its file, line and field."""
     if url is None:
         return
     if not is_http_url(url):
@@ -326,7 +327,7 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         if value is not None:
             values[attr] = value
     for key in ("site_url", "archive_url", "unsubscribe_url"):
-        _check_url(reader, key, values.get(key))
+        check_url(reader, key, values.get(key))
     for key in ("title", "from", "reply_to", "subject"):
         reader.one_line(key, values.get(fields[key]))
     timezone = values.get("timezone", "UTC")
@@ -361,7 +362,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
         reader = MappingReader(path, item, f"feeds[{index}]")
         reader.check_keys({"name", "url", "section", "include", "exclude"})
         url = reader.get("url", str, required=True).strip()
-        _check_url(reader, "url", url)
+        check_url(reader, "url", url)
         if url in seen:
             raise reader.error("url", "is listed twice")
         seen.add(url)

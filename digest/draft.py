@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from .config import ConfigError, MappingReader, is_http_url, load_yaml_with_lines, read_text_file
+from .config import ConfigError, MappingReader, check_url, load_yaml_with_lines, read_text_file
 from .models import Draft, DraftItem, DraftSection, Sponsor
 from .select import SelectedPost
 from .store import from_iso
@@ -166,9 +166,12 @@ def _prose(value):
     return _Prose(value) if isinstance(value, str) and value else value
 
 
+def _with_prose(fields: dict) -> dict:
+    return {key: _prose(value) if key in _PROSE_KEYS else value for key, value in fields.items()}
+
+
 def _item_data(item: DraftItem) -> dict:
-    return {key: _prose(value) if key in _PROSE_KEYS else value
-            for key, value in asdict(item).items() if value not in (None, "")}
+    return _with_prose({key: value for key, value in asdict(item).items() if value not in (None, "")})
 
 
 def _section_data(section: DraftSection) -> dict:
@@ -176,9 +179,7 @@ def _section_data(section: DraftSection) -> dict:
 
 
 def dump_draft(draft: Draft) -> str:
-    sponsor = None
-    if draft.sponsor:
-        sponsor = {key: _prose(value) if key in _PROSE_KEYS else value for key, value in asdict(draft.sponsor).items()}
+    sponsor = _with_prose(asdict(draft.sponsor)) if draft.sponsor else None
     data = {
         "issue": draft.issue,
         "subject": draft.subject,
@@ -414,6 +415,5 @@ def _items(path: Path, section: MappingReader) -> list[DraftItem]:
 
 def _url(reader: MappingReader, key: str) -> str:
     url = reader.get(key, str, required=True).strip()
-    if not is_http_url(url):
-        raise reader.error(key, f"must be an http(s) URL, got {url!r}")
+    check_url(reader, key, url)
     return url

@@ -59,6 +59,10 @@ class CollectReport:
     def new_posts(self) -> int:
         return sum(feed.new_posts for feed in self.feeds)
 
+    @property
+    def all_failed(self) -> bool:
+        return bool(self.feeds) and len(self.failed) == len(self.feeds)
+
 
 def collect(config: Config, db: sqlite_utils.Database, *, now: datetime | None = None,
             settings: CollectSettings | None = None, on_feed: Callable[[FeedReport], None] | None = None,

@@ -153,13 +153,14 @@ def _as_html(part) -> str:
     return value
 
 
-def _entry_link(entry, feed_url: str) -> str | None:
-    """The post's own address; a link that only points back at the feed is no link at all."""
+def _entry_link(entry, base_url: str) -> str | None:
+    """The post's own address; a link that only points back at the feed document is no link at all."""
     candidates = [entry.get("link")] + [link.get("href") for link in entry.get("links", [])
                                         if link.get("rel", "alternate") == "alternate"]
+    feed_itself = canonical_url(base_url)
     for candidate in candidates:
-        url = canonical_url(candidate or "", feed_url)
-        if url and url != canonical_url(feed_url, feed_url):
+        url = canonical_url(candidate or "", base_url)
+        if url and url != feed_itself:
             return url
     return None
 
@@ -276,9 +277,9 @@ def summarize(text: str, *, title: str = "", limit: int = SUMMARY_LIMIT) -> str:
     if lines and title and _same_words(lines[0], title):
         lines = lines[1:]
     text = _BOILERPLATE.sub("", " ".join(lines)).strip()
-    if len(text) <= limit and len(_SENTENCE_END.split(text)) <= 2:
-        return text
     sentences = _SENTENCE_END.split(text)
+    if len(text) <= limit and len(sentences) <= 2:
+        return text
     summary = ""
     for sentence in sentences[:2]:
         candidate = f"{summary} {sentence}".strip()

@@ -97,7 +97,7 @@ class Preview:
         self.changed = threading.Condition()
         self._stamp: tuple = ()
         self._config: Config | None = None
-        self._config_mtime: tuple | None = ()
+        self._config_stamp: tuple | None = ()
 
     def watched(self, config: Config | None) -> list[Path]:
         paths = [self.config_path, *sorted(TEMPLATES.glob("*"))]
@@ -107,14 +107,14 @@ class Preview:
 
     def refresh(self) -> bool:
         """Re-render when any watched file changed since the last look; returns whether it did."""
-        config_mtime = _mtime(self.config_path)
-        if config_mtime != self._config_mtime:
-            self._config_mtime = config_mtime
+        config_stamp = _file_stamp(self.config_path)
+        if config_stamp != self._config_stamp:
+            self._config_stamp = config_stamp
             try:
                 self._config = load_config(self.config_path)
             except ConfigError:
                 self._config = None  # _render reports the error
-        stamp = tuple((str(path), _mtime(path)) for path in self.watched(self._config))
+        stamp = tuple((str(path), _file_stamp(path)) for path in self.watched(self._config))
         if stamp == self._stamp:
             return False
         self._stamp = stamp
@@ -153,7 +153,7 @@ class Preview:
             return self.state
 
 
-def _mtime(path: Path) -> tuple[int, int, int] | None:
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     """What tells a change: the modification time, and the size and inode too, because the clock behind
     mtime ticks every few ms: an editor that truncates then writes may leave the same mtime twice."""
     try:

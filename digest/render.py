@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
-from .config import Newsletter
+from .config import Newsletter, is_http_url
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, RenderedIssue
 
 __all__ = ["render_issue", "personalize"]
@@ -124,10 +124,7 @@ def _one_line(text: str | None) -> str:
 def _http_url(url: str | None) -> str | None:
     """The URL when it is absolute http(s), else None (javascript:, relative, mailto...: not linked)."""
     url = _clean(url).strip()
-    if not url or any(ch.isspace() or ord(ch) < 32 for ch in url):
-        return None
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    if not url or any(ch.isspace() for ch in url) or not is_http_url(url):
         return None
     return url
 
