@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +13,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from feedserver import FeedServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+
+
+def _shared_dir() -> Path:
+    """The team's shared material (feed corpus, reference files): $DIGEST_SHARED_DIR, else ../shared beside
+    the checkout, else beside the repository this one was cloned from (CI runs from a fresh clone)."""
+    candidates = [Path(os.environ["DIGEST_SHARED_DIR"])] if os.environ.get("DIGEST_SHARED_DIR") else []
+    candidates.append(REPO.parent / "shared")
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and "://" not in origin and ":" not in origin.split("/")[0]:  # a local path, not a URL
+        candidates.append((REPO / origin).resolve().parent / "shared")
+    return next((path for path in candidates if path.is_dir()), REPO.parent / "shared")
+
+
+SHARED = _shared_dir()
 CORPUS = SHARED / "feeds-corpus"
 
 
