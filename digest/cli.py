@@ -157,10 +157,24 @@ def _print_build(report: jobs.BuildReport) -> None:
     elif report.outcome != "built":
         _say(f"{report.issue}: already {report.outcome}, draft left as it is")
     else:
-        _say(f"{report.issue}: {report.items} items ({report.new_items} new since the last build)")
+        _say(f"{report.issue}: {_build_counts(report)}")
         _say(f"  draft: {report.draft}")
         _say(f"  html:  {report.html} ({report.html_bytes:,} bytes)")
         _say(f"  text:  {report.text}")
+    if report.size_warning:
+        typer.echo(f"warning: {report.size_warning}", err=True)
+
+
+def _build_counts(report: jobs.BuildReport) -> str:
+    """"27 items (3 new since the last build); held back in the draft: 12 over max_items, 2 stale"."""
+    line = f"{report.items} items ({report.new_items} new since the last build)"
+    held = [f"{report.held_more} over their feed's max_items"] if report.held_more else []
+    held += [f"{report.held_stale} stale"] if report.held_stale else []
+    if held:
+        line += "; held back in the draft: " + ", ".join(held)
+    if report.already:
+        line += f"; {report.already} new posts whose link the draft already holds"
+    return line
 
 
 @app.command()
@@ -268,6 +282,8 @@ def _backend(name: str, send_now: bool) -> str:
 BACKEND = typer.Option("smtp", "--backend", help="smtp, or buttondown (creates the email there).")
 SEND_NOW = typer.Option(False, "--send-now", help="buttondown: send the email, not just create a draft.")
 YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (required without a terminal).")
+ALLOW_CLIPPED = typer.Option(False, "--allow-clipped",
+                             help="Send even an email past Gmail's ~102 KB clipping limit (refused otherwise).")
 
 
 @app.command("send")
@@ -280,6 +296,7 @@ def send_command(
                                                           "to drafts/<week>.dry-run/; send nothing."),
     send_now: bool = SEND_NOW,
     yes: bool = YES,
+    allow_clipped: bool = ALLOW_CLIPPED,
 ) -> None:
     """Send exactly what drafts/<week>.yaml says. A re-run resumes; an issue already sent is not sent again."""
     config = _config(ctx)
@@ -299,19 +316,23 @@ def send_command(
             if plan.done:
                 _say(plan.done)
                 return
+            if plan.clipped:
+                typer.echo(f"warning: the email is {plan.html_bytes / 1024:.0f} KB of HTML: Gmail would clip it, "
+                           f"and a real send refuses it without --allow-clipped", err=True)
             paths = jobs.dry_run(config, plan, send_now=send_now)
             _say(f"{issue_id}: dry run, nothing sent; wrote {len(paths)} file(s) to {paths[0].parent}")
             for path in paths:
                 _say(f"  {path.name}")
             return
         with hold(_paths(ctx)["db"]):
-            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now)
+            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now, allow_clipped=allow_clipped)
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
-def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, yes: bool = YES) -> None:
+def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, yes: bool = YES,
+        allow_clipped: bool = ALLOW_CLIPPED) -> None:
     """The weekly job (cron, a systemd timer, CI): collect, build and send this week's issue.
 
     Safe to run twice (an issue already sent is left alone) and never twice at once (exit 75).
@@ -343,17 +364,19 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
                     if feeds_down:
                         _fail("every feed failed: nothing was collected", EXIT_FAILED)
                     return
-                _say(f"build {issue_id}: {built.items} items ({built.new_items} new since the last build)")
-            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now)
+                _say(f"build {issue_id}: {_build_counts(built)}")
+                if built.size_warning:
+                    typer.echo(f"warning: {built.size_warning}", err=True)
+            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now, allow_clipped=allow_clipped)
     if feeds_down and not code:
         _fail("every feed failed this time: the issue holds only posts collected earlier", EXIT_FAILED)
     if code:
         raise typer.Exit(code)
 
 
-def _send(config: Config, db, issue_id: str, backend: str, *, yes: bool, send_now: bool) -> int:
+def _send(config: Config, db, issue_id: str, backend: str, *, yes: bool, send_now: bool, allow_clipped: bool) -> int:
     """Plan, confirm, send, summarize; returns the exit code."""
-    plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now)
+    plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now, allow_clipped=allow_clipped)
     _warn_problems(plan)
     if plan.done:
         _say(plan.done)

@@ -24,6 +24,8 @@ import yaml
 
 DEFAULT_SECTIONS = ("News", "Articles", "Videos", "Projects", "Jobs")
 DEFAULT_SUBJECT = "{title}: {start:%b %-d} – {end:%b %-d, %Y}"
+# RFC 2919's list-id: a dot-atom whose last part is a domain ("weekly.digest.example.com").
+_LIST_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+$")
 
 
 class ConfigError(Exception):
@@ -50,6 +52,8 @@ class Newsletter:
     unsubscribe_url: str | None = None  # may hold {token} and {email}
     postal_address: str | None = None
     reason: str = "You are receiving this email because you subscribed to this newsletter."
+    list_id: str | None = None  # the List-Id header's id (RFC 2919); derived from title and site_url when None
+    stale_after_weeks: int = 4  # posts dated longer before the issue's week are held back for the editor
 
     @property
     def tz(self) -> ZoneInfo:
@@ -63,6 +67,7 @@ class FeedConfig:
     section: str
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    max_items: int = 25  # posts of this feed in one issue's email; the rest are listed in the draft
     line: int | None = None  # where the feed is declared in feeds.yaml
 
     def wants(self, title: str, summary: str) -> bool:
@@ -136,7 +141,12 @@ class YamlNode:
         self.value, self.line = value, line
 
 
-def _construct(node: yaml.Node, path: Path, where: str = "") -> YamlNode:
+# libyaml's parser when PyYAML has it (its wheels do): 10x faster than the pure-Python one on big drafts.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_DEPTH = 32  # these files nest 6 levels at most; deeper input would overflow the composers' stacks
+
+
+def _construct(node: yaml.Node, path: Path, scalars: yaml.SafeLoader, where: str = "") -> YamlNode:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         mapping: dict[str, YamlNode] = {}
@@ -148,60 +158,62 @@ def _construct(node: yaml.Node, path: Path, where: str = "") -> YamlNode:
             field = f"{where}.{key}" if where else key
             if key in mapping:
                 raise ConfigError(path, key_line, field, "duplicate key")
-            value = _construct(value_node, path, field)
+            value = _construct(value_node, path, scalars, field)
             value.line = key_line
             mapping[key] = value
         return YamlNode(mapping, line)
     if isinstance(node, yaml.SequenceNode):
-        return YamlNode([_construct(item, path, f"{where}[{index}]") for index, item in enumerate(node.value)], line)
-    return YamlNode(_scalar(node, path, where), line)
+        return YamlNode([_construct(item, path, scalars, f"{where}[{index}]") for index, item in enumerate(node.value)],
+                        line)
+    return YamlNode(_scalar(node, path, scalars, where), line)
 
 
-def _scalar(node: yaml.ScalarNode, path: Path, where: str) -> Any:
-    loader = yaml.SafeLoader("")
+def _scalar(node: yaml.ScalarNode, path: Path, scalars: yaml.SafeLoader, where: str) -> Any:
     try:
-        return loader.construct_object(node, deep=True)
+        return scalars.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(path, node.start_mark.line + 1, where or None, exc.problem or "unsupported value") from None
     except (ValueError, TypeError, AttributeError, OverflowError):  # e.g. 2026-13-45, !!int x, !!timestamp x
         shown = node.value if len(node.value) <= 40 else node.value[:39] + "…"
         raise ConfigError(path, node.start_mark.line + 1, where or None,
                           f"cannot read {shown!r} as {node.tag.rpartition(':')[2]}") from None
-    finally:
-        loader.dispose()
 
 
-class _Unsupported(yaml.MarkedYAMLError):
-    """Valid YAML that these files do not accept."""
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without anchors and aliases: nothing in these files needs them, and an alias can make a
-    cycle (`feeds: &a [*a]`) or a billion laughs."""
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
+def _check_events(path: Path, text: str) -> None:
+    """Refuse anchors and aliases (nothing in these files needs them, and an alias can make a cycle, `feeds: &a
+    [*a]`, or a billion laughs) and nesting deeper than MAX_DEPTH, before anything is built from the text."""
+    depth = 0
+    for event in yaml.parse(text, Loader=YAML_LOADER):
+        line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
-            raise _Unsupported(problem=f"aliases (*{event.anchor}) are not supported: write the value out",
-                               problem_mark=event.start_mark)
+            raise ConfigError(path, line, None, f"aliases (*{event.anchor}) are not supported: write the value out")
         if getattr(event, "anchor", None) is not None:
-            raise _Unsupported(problem=f"anchors (&{event.anchor}) are not supported: write the value out",
-                               problem_mark=event.start_mark)
-        return super().compose_node(parent, index)
+            raise ConfigError(path, line, None, f"anchors (&{event.anchor}) are not supported: write the value out")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(path, line, None, f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def load_yaml_with_lines(path: Path, text: str) -> YamlNode | None:
     try:
-        root = yaml.compose(text, Loader=_Loader)
-    except _Unsupported as exc:
-        raise ConfigError(path, exc.problem_mark.line + 1, None, exc.problem) from None
+        _check_events(path, text)
+        root = yaml.compose(text, Loader=YAML_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise ConfigError(path, line, None, f"not valid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, None, None, f"not valid YAML: {exc}") from None
-    return _construct(root, path) if root is not None else None
+    if root is None:
+        return None
+    scalars = yaml.SafeLoader("")
+    try:
+        return _construct(root, path, scalars)
+    finally:
+        scalars.dispose()
 
 
 class MappingReader:
@@ -320,12 +332,20 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         "archive_url": "archive_url", "unsubscribe_url": "unsubscribe_url",
         "postal_address": "postal_address", "reason": "reason",
     }
-    reader.check_keys(set(fields) | {"sections"})
+    reader.check_keys(set(fields) | {"sections", "list_id", "stale_after_weeks"})
     values: dict[str, Any] = {}
     for key, attr in fields.items():
         value = reader.get(key, str)
         if value is not None:
             values[attr] = value
+    values["stale_after_weeks"] = reader.number("stale_after_weeks", int, Newsletter.stale_after_weeks, minimum=1,
+                                                maximum=520)
+    list_id = reader.get("list_id", str)
+    if list_id is not None:
+        list_id = list_id.strip().removeprefix("<").removesuffix(">")
+        if not _LIST_ID.match(list_id):
+            raise reader.error("list_id", f"must look like name.example.com (RFC 2919), got {list_id!r}")
+        values["list_id"] = list_id
     for key in ("site_url", "archive_url", "unsubscribe_url"):
         check_url(reader, key, values.get(key))
     for key in ("title", "from", "reply_to", "subject"):
@@ -360,7 +380,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
     seen: set[str] = set()
     for index, item in enumerate(node.value):
         reader = MappingReader(path, item, f"feeds[{index}]")
-        reader.check_keys({"name", "url", "section", "include", "exclude"})
+        reader.check_keys({"name", "url", "section", "include", "exclude", "max_items"})
         url = reader.get("url", str, required=True).strip()
         check_url(reader, "url", url)
         if url in seen:
@@ -371,7 +391,9 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
             raise reader.error("section", f"unknown section {section!r} (sections: {', '.join(sections)})")
         name = reader.get("name", str) or urlsplit(url).netloc
         feeds.append(FeedConfig(name=name, url=url, section=section, include=reader.words("include"),
-                                exclude=reader.words("exclude"), line=item.line))
+                                exclude=reader.words("exclude"),
+                                max_items=reader.number("max_items", int, FeedConfig.max_items, minimum=1),
+                                line=item.line))
     return tuple(feeds)
 
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import yaml
 
-from .config import ConfigError, MappingReader, check_url, load_yaml_with_lines, read_text_file
-from .models import Draft, DraftItem, DraftSection, Sponsor
-from .select import SelectedPost
+from .config import YAML_LOADER, ConfigError, MappingReader, check_url, load_yaml_with_lines, read_text_file
+from .models import Draft, DraftItem, DraftSection, MoreGroup, Sponsor
+from .select import MORE, STALE, SelectedPost
 from .store import from_iso
+from .urls import host_of, url_key
 from .weeks import BadWeek, week_dates
 
 HEADER = """\
@@ -38,7 +39,11 @@ _COMMENTS = {
     "no sponsor": ("# A sponsored block: replace `null` with three indented lines, e.g.\n"
                    "#   title: Acme Hosting\n#   url: https://acme.example.com/?ref=digest\n"
                    "#   text: One or two sentences.\n"),
-    "sections": "# In the order of the email. An item needs a title and an http(s) url; the other keys may go.\n",
+    "sections": (
+        "# In the order of the email. An item needs a title; without a url (a post with no link of its own)\n"
+        "# the title is shown unlinked: set url to the `site` below it to link it to its feed's site.\n"
+        "# Held back, not in the email: `more` (a feed's posts past its max_items; the email says \"and 3 more\n"
+        "# from ...\") and `stale` (dated long before this week). Move an item into `items` to send it.\n"),
 }
 
 DraftError = ConfigError  # same shape: file, line, field, problem
@@ -55,24 +60,18 @@ def draft_path(drafts_dir: Path, issue_id: str, suffix: str = ".yaml") -> Path:
     return drafts_dir / f"{issue_id}{suffix}"
 
 
-def source_of(url: str) -> str:
-    host = urlsplit(url).hostname or ""
-    return host.removeprefix("www.")
+def source_of(url: str | None) -> str:
+    return host_of(url)
 
 
 def item_from_post(post: SelectedPost, tz: ZoneInfo) -> DraftItem:
     row = post.row
-    url = row["canonical_url"] or _site_of(row["feed_url"])
+    url = row["canonical_url"]
     return DraftItem(
-        title=row["title"], url=url, summary=row["summary"] or "", source=source_of(url),
-        author=row["author"] or None, published=from_iso(row["published_at"]).astimezone(tz).date(),
+        title=row["title"], url=url, summary=row["summary"] or "",
+        source=row["source"] or source_of(url) or source_of(post.site), author=row["author"] or None,
+        published=from_iso(row["published_at"]).astimezone(tz).date(), site=None if url else post.site,
     )
-
-
-def _site_of(feed_url: str) -> str:
-    """Where a post with no link of its own points: the home page of its feed's site."""
-    parts = urlsplit(feed_url)
-    return f"{parts.scheme}://{parts.netloc}/"
 
 
 def new_draft(issue_id: str, subject: str, sections: list[str]) -> Draft:
@@ -81,25 +80,53 @@ def new_draft(issue_id: str, subject: str, sections: list[str]) -> Draft:
                  sections=[DraftSection(title=name) for name in sections])
 
 
-def add_posts(draft: Draft, posts: list[SelectedPost], section_order: tuple[str, ...], tz: ZoneInfo) -> int:
-    """Append posts at the end of their sections (creating a section the editor removed); returns how many.
+@dataclass
+class Added:
+    """What a build added to the draft."""
 
-    A post whose URL the draft already holds is not added twice.
-    """
-    known_urls = {item.url for item in draft.items}
-    added = 0
+    items: int = 0  # in the email
+    more: int = 0  # held back: over their feed's max_items
+    stale: int = 0  # held back: dated long before the week
+    already: int = 0  # not added: the draft already holds their link (the editor added it by hand)
+
+
+def add_posts(draft: Draft, posts: list[SelectedPost], section_order: tuple[str, ...], tz: ZoneInfo) -> Added:
+    """Append posts where `select` placed them: a section's items, its `more` group of the post's feed, or
+    its stale list (creating a section the editor removed). A post whose link the draft held before this
+    build is not added twice; two posts of one build that share a link are both added."""
+    known = {url_key(item.url) for item in _all_items(draft) if item.url}
+    added = Added()
     for post in posts:
         item = item_from_post(post, tz)
-        if item.url in known_urls:
+        if item.url and url_key(item.url) in known:
+            added.already += 1
             continue
         section = next((s for s in draft.sections if s.title == post.section), None)
         if section is None:
             section = DraftSection(title=post.section)
             draft.sections.insert(_section_position(draft, post.section, section_order), section)
-        section.items.append(item)
-        known_urls.add(item.url)
-        added += 1
+        if post.placement == STALE:
+            section.stale.append(item)
+            added.stale += 1
+        elif post.placement == MORE:
+            group = next((g for g in section.more if g.feed == post.feed.name), None)
+            if group is None:
+                group = MoreGroup(feed=post.feed.name, site=post.site)
+                section.more.append(group)
+            group.items.append(item)
+            added.more += 1
+        else:
+            section.items.append(item)
+            added.items += 1
     return added
+
+
+def _all_items(draft: Draft) -> Iterator[DraftItem]:
+    for section in draft.sections:
+        yield from section.items
+        for group in section.more:
+            yield from group.items
+        yield from section.stale
 
 
 def _section_position(draft: Draft, title: str, section_order: tuple[str, ...]) -> int:
@@ -162,6 +189,15 @@ def _yaml(data) -> str:
     return yaml.dump(data, Dumper=_DraftDumper, sort_keys=False, allow_unicode=True, width=100)
 
 
+# Held-back posts can number thousands (a feed's archive, a flood): libyaml writes them 10x faster than
+# the pure-Python emitter, in its own styles, which matter less for text the editor only moves.
+_HELD_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _held_yaml(data) -> str:
+    return yaml.dump(data, Dumper=_HELD_DUMPER, sort_keys=False, allow_unicode=True, width=100)
+
+
 def _prose(value):
     return _Prose(value) if isinstance(value, str) and value else value
 
@@ -171,32 +207,49 @@ def _with_prose(fields: dict) -> dict:
 
 
 def _item_data(item: DraftItem) -> dict:
-    return _with_prose({key: value for key, value in asdict(item).items() if value not in (None, "")})
+    return {key: value for key, value in asdict(item).items() if value not in (None, "")}
 
 
-def _section_data(section: DraftSection) -> dict:
-    return {"title": section.title, "items": [_item_data(item) for item in section.items]}
+def _group_data(group: MoreGroup) -> dict:
+    data = {"feed": group.feed, "site": group.site, "items": [_item_data(item) for item in group.items]}
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def _items_yaml(items: list[DraftItem]) -> str:
+    return _yaml([_with_prose(_item_data(item)) for item in items])
+
+
+def _section_yaml(section: DraftSection) -> str:
+    """One entry of `sections`: its items as the editor writes them, then what is held back (libyaml)."""
+    text = _yaml([{"title": section.title, "items": [_with_prose(_item_data(item)) for item in section.items]}])
+    held: dict = {}
+    if section.more:
+        held["more"] = [_group_data(group) for group in section.more]
+    if section.stale:
+        held["stale"] = [_item_data(item) for item in section.stale]
+    return text + (_indent(_held_yaml(held), 2) if held else "")
 
 
 def dump_draft(draft: Draft) -> str:
     sponsor = _with_prose(asdict(draft.sponsor)) if draft.sponsor else None
-    data = {
+    head = {
         "issue": draft.issue,
         "subject": draft.subject,
         "preheader": _prose(draft.preheader),
         "intro": _prose(draft.intro),
         "sponsor": sponsor,
-        "sections": [_section_data(section) for section in draft.sections],
     }
-    lines = _yaml(data).splitlines(keepends=True)
+    lines = _yaml(head).splitlines(keepends=True)
     start = 0
-    for key in data:  # each top-level key under its comment: the first line from there starting with `key:`
+    for key in head:  # each top-level key under its comment: the first line from there starting with `key:`
         comment = _COMMENTS.get("no sponsor" if key == "sponsor" and sponsor is None else key)
         start = next(n for n in range(start, len(lines)) if lines[n].startswith(f"{key}:"))
         if comment:
             lines.insert(start, comment)
             start += 1
-    return HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end) + "".join(lines)
+    sections = "".join(map(_section_yaml, draft.sections))
+    return (HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end) + "".join(lines)
+            + _COMMENTS["sections"] + ("sections:\n" + sections if sections else "sections: []\n"))
 
 
 def write_draft(path: Path, draft: Draft) -> None:
@@ -210,12 +263,13 @@ def write_draft(path: Path, draft: Draft) -> None:
 
 
 def merged_text(path: Path, draft: Draft) -> str | None:
-    """The existing file with the items (and sections) of `draft` that it lacks inserted as text, or None
-    when that is not possible or would not read back as exactly `draft`."""
+    """The existing file with what `draft` adds to it (items, held-back posts, sections) inserted as text, or
+    None when that is not possible or would not read back as exactly `draft`. `draft` must be the file's
+    draft with entries appended (as `add_posts` does)."""
     try:
         text = path.read_text(encoding="utf-8")
         old = parse_draft(path, text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=YAML_LOADER)  # parse_draft checked its depth, anchors and aliases
     except (OSError, UnicodeDecodeError, ConfigError, yaml.YAMLError):
         return None
     sections_node = _value_of(root, "sections")
@@ -230,54 +284,111 @@ def merged_text(path: Path, draft: Draft) -> str | None:
         if not isinstance(title, yaml.ScalarNode) or title.value in nodes:
             return None
         nodes[title.value] = node
-    old_urls = {item.url for item in old.items}
-    inserts: list[tuple[int, int, str]] = []  # (before line index, order, text)
-    replaced: dict[int, str] = {}  # line index -> new text of that line
+    edits = _TextEdits(lines)
+    old_sections = {section.title: section for section in old.sections}
     section_column = sections_node.start_mark.column
     for index, section in enumerate(draft.sections):
-        new_items = [item for item in section.items if item.url not in old_urls]
         node = nodes.get(section.title)
         if node is None:
             later = [nodes[s.title] for s in draft.sections[index + 1:] if s.title in nodes]
             line = later[0].start_mark.line if later else _end_line(lines, sections_node.value[-1], section_column)
-            inserts.append((line, index, _indent(_yaml([_section_data(section)]), section_column)))
-            continue
-        if not new_items:
-            continue
-        items_node = _value_of(node, "items")
-        if isinstance(items_node, yaml.SequenceNode) and not items_node.flow_style and items_node.value:
-            column = items_node.start_mark.column
-            line = _end_line(lines, items_node.value[-1], column)
-            inserts.append((line, index, _indent(_yaml([_item_data(item) for item in new_items]), column)))
-        elif _is_empty(items_node):
-            key = next(k for k, v in node.value if v is items_node)
-            line = key.start_mark.line
-            if items_node.end_mark.line != line or line in replaced:
-                return None
-            rest = lines[line][items_node.end_mark.column:].strip()
-            if rest and not rest.startswith("#"):
-                return None
-            column = key.start_mark.column
-            replaced[line] = (" " * column + "items:" + (" " + rest if rest else "") + "\n"
-                              + _indent(_yaml([_item_data(item) for item in new_items]), column))
-        else:
+            edits.insert(line, _indent(_section_yaml(section), section_column))
+        elif not _merge_section(edits, node, section_column, old_sections[section.title], section):
             return None
-    if not inserts and not replaced:
+    if not edits.changed:
         return None
-    out: list[str] = []
-    pending = sorted(inserts)
-    for number, line in enumerate(lines + [""]):
-        while pending and pending[0][0] == number:
-            out.append(pending.pop(0)[2])
-        if number < len(lines):
-            out.append(replaced.get(number, line))
-    merged = "".join(out)
+    merged = edits.apply()
     try:
         if parse_draft(path, merged) != draft:
             return None
     except ConfigError:
         return None
     return merged
+
+
+def _merge_section(edits: _TextEdits, node, column: int, old: DraftSection, new: DraftSection) -> bool:
+    """Queue the text of what `new` adds to `old` (the same section as it is in the file at `node`)."""
+    new_items = _tail(old.items, new.items)
+    new_stale = _tail(old.stale, new.stale)
+    if new_items is None or new_stale is None:
+        return False
+    if new_items and not edits.append(node, column, "items", _items_yaml(new_items)):
+        return False
+    old_groups = {group.feed: group for group in old.more}
+    more_node = _value_of(node, "more")
+    group_nodes = {}
+    if isinstance(more_node, yaml.SequenceNode):
+        group_nodes = {getattr(_value_of(g, "feed"), "value", None): g for g in more_node.value}
+    new_groups = []
+    for group in new.more:
+        if group.feed not in old_groups:
+            new_groups.append(group)
+            continue
+        tail = _tail(old_groups[group.feed].items, group.items)
+        group_node = group_nodes.get(group.feed)
+        if tail is None or (tail and group_node is None):
+            return False
+        if tail and not edits.append(group_node, more_node.start_mark.column, "items",
+                                     _held_yaml([_item_data(item) for item in tail])):
+            return False
+    return ((not new_groups or edits.append(node, column, "more", _held_yaml([_group_data(g) for g in new_groups])))
+            and (not new_stale or edits.append(node, column, "stale", _held_yaml([_item_data(i) for i in new_stale]))))
+
+
+def _tail(old: list, new: list) -> list | None:
+    """What `new` appends to `old`, or None when `new` does not start with `old`."""
+    return new[len(old):] if new[:len(old)] == old else None
+
+
+class _TextEdits:
+    """Insertions into the lines of a YAML file, applied at once so that line numbers stay valid."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        self.inserts: list[tuple[int, int, str]] = []  # (before line index, order, text)
+        self.replaced: dict[int, str] = {}  # line index -> new text of that line
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserts or self.replaced)
+
+    def insert(self, line: int, text: str) -> None:
+        self.inserts.append((line, len(self.inserts), text))
+
+    def append(self, parent, parent_column: int, key: str, block: str) -> bool:
+        """Append the entries of `block` (a YAML list) to the block list under `key` of the mapping `parent`
+        (an entry of a block list whose dashes are at `parent_column`), writing the key when it lacks it."""
+        value = _value_of(parent, key)
+        if isinstance(value, yaml.SequenceNode) and not value.flow_style and value.value:
+            column = value.start_mark.column
+            self.insert(_end_line(self.lines, value.value[-1], column), _indent(block, column))
+        elif value is not None and _is_empty(value):
+            key_node = next(k for k, v in parent.value if v is value)
+            line = key_node.start_mark.line
+            if value.end_mark.line != line or line in self.replaced:
+                return False
+            rest = self.lines[line][value.end_mark.column:].strip()
+            if rest and not rest.startswith("#"):
+                return False
+            column = key_node.start_mark.column
+            self.replaced[line] = (" " * column + f"{key}:" + (" " + rest if rest else "") + "\n"
+                                   + _indent(block, column))
+        elif value is None and isinstance(parent, yaml.MappingNode) and parent.value:
+            column = parent.value[0][0].start_mark.column
+            self.insert(_end_line(self.lines, parent, parent_column), " " * column + f"{key}:\n" + _indent(block, column))
+        else:
+            return False
+        return True
+
+    def apply(self) -> str:
+        out: list[str] = []
+        pending = sorted(self.inserts)
+        for number, line in enumerate(self.lines + [""]):
+            while pending and pending[0][0] == number:
+                out.append(pending.pop(0)[2])
+            if number < len(self.lines):
+                out.append(self.replaced.get(number, line))
+        return "".join(out)
 
 
 def _value_of(node, key: str):
@@ -383,9 +494,10 @@ def parse_draft(path: Path, text: str) -> Draft:
             raise top.error("sections", "must be a list of sections")
         for index, section_node in enumerate(sections_node.value):
             section = MappingReader(path, section_node, f"sections[{index}]")
-            section.check_keys({"title", "items"})
+            section.check_keys({"title", "items", "more", "stale"})
             sections.append(DraftSection(title=section.get("title", str, required=True),
-                                         items=_items(path, section)))
+                                         items=_items(path, section, "items"), more=_groups(path, section),
+                                         stale=_items(path, section, "stale")))
     subject = top.get("subject", str, required=True)
     top.one_line("subject", subject)  # a line break would start a mail header of its own
     return Draft(issue=issue_id, week_start=start, week_end=end,
@@ -393,27 +505,46 @@ def parse_draft(path: Path, text: str) -> Draft:
                  intro=top.get("intro", str, ""), sponsor=sponsor, sections=sections)
 
 
-def _items(path: Path, section: MappingReader) -> list[DraftItem]:
-    node = section.mapping.get("items")
+def _list(reader: MappingReader, key: str) -> list:
+    node = reader.mapping.get(key)
     if node is None or node.value is None:
         return []
     if not isinstance(node.value, list):
-        raise section.error("items", "must be a list of items")
+        raise reader.error(key, f"must be a list of {'groups' if key == 'more' else 'items'}")
+    return node.value
+
+
+def _items(path: Path, parent: MappingReader, key: str) -> list[DraftItem]:
     items = []
-    for index, item_node in enumerate(node.value):
-        item = MappingReader(path, item_node, f"{section.where}.items[{index}]")
-        item.check_keys({"title", "url", "summary", "source", "author", "published"})
+    for index, item_node in enumerate(_list(parent, key)):
+        item = MappingReader(path, item_node, f"{parent.where}.{key}[{index}]")
+        item.check_keys({"title", "url", "summary", "source", "author", "published", "site"})
         published = item.get("published", date)
         if isinstance(published, datetime):
             published = published.date()
-        url = _url(item, "url")
+        url = _url(item, "url", required=False)
+        site = _url(item, "site", required=False)
         items.append(DraftItem(title=item.get("title", str, required=True), url=url,
-                               summary=item.get("summary", str, ""), source=item.get("source", str, source_of(url)),
-                               author=item.get("author", str), published=published))
+                               summary=item.get("summary", str, ""),
+                               source=item.get("source", str, source_of(url or site)),
+                               author=item.get("author", str), published=published, site=site))
     return items
 
 
-def _url(reader: MappingReader, key: str) -> str:
-    url = reader.get(key, str, required=True).strip()
+def _groups(path: Path, section: MappingReader) -> list[MoreGroup]:
+    groups = []
+    for index, group_node in enumerate(_list(section, "more")):
+        group = MappingReader(path, group_node, f"{section.where}.more[{index}]")
+        group.check_keys({"feed", "site", "items"})
+        groups.append(MoreGroup(feed=group.get("feed", str, required=True), site=_url(group, "site", required=False),
+                                items=_items(path, group, "items")))
+    return groups
+
+
+def _url(reader: MappingReader, key: str, *, required: bool = True) -> str | None:
+    url = reader.get(key, str, required=required)
+    if url is None:
+        return None
+    url = url.strip()
     check_url(reader, key, url)
     return url

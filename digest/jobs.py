@@ -25,13 +25,14 @@ from .collect import FetchRequest, FetchResult, fetch_all
 from .config import CollectSettings, Config, ConfigError, FeedConfig, Subscriber, is_valid_email, read_subscribers
 from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
 from .models import Draft, ParsedFeed
-from .render import personalize, render_issue
-from .select import select_posts
-from .send import Backend, SendReport, SetupError, env_secret
+from .models import RenderedIssue
+from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, size_advice
+from .select import new_for_issue
+from .send import Backend, Clipped, SendReport, SetupError, env_secret
 from .send.buttondown import ButtondownBackend, request_body
 from .send.message import MessageFactory
 from .send.smtp import SmtpBackend
-from .send.unsubscribe import SECRET_ENV, UnsubscribeLinks, sample_url, verify_token
+from .send.unsubscribe import SECRET_ENV, UnsubscribeLinks, longest_url, sample_url, verify_token
 from .weeks import week_dates
 
 
@@ -120,6 +121,7 @@ def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None,
         status=result.status, error=error, etag=result.etag, last_modified=result.last_modified,
         permanent_url=result.permanent_url, title=parsed.title if parsed else None,
         not_modified=result.not_modified, warning=parsed.warning if parsed else None,
+        site_url=parsed.site_url if parsed else None,
     )
     posts = parsed.posts if parsed and not error else []
     new_posts = store.record_fetch(db, url=feed.url, name=feed.name, section=feed.section, outcome=outcome,
@@ -173,9 +175,13 @@ class BuildReport:
     draft: Path | None = None
     html: Path | None = None
     text: Path | None = None
-    items: int = 0
-    new_items: int = 0
+    items: int = 0  # in the draft's email
+    new_items: int = 0  # of which this build added
+    held_more: int = 0  # in the draft, not in the email: over their feed's max_items
+    held_stale: int = 0  # in the draft, not in the email: dated long before the week
+    already: int = 0  # new posts not added because the draft holds their link already
     html_bytes: int = 0
+    size_warning: str | None = None  # the email is near or past Gmail's clipping limit, and what to do
 
 
 def subject_for(config: Config, issue_id: str) -> str:
@@ -187,32 +193,35 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
     """Write (or update) drafts/<issue>.yaml with the week's posts, then render .html and .txt.
 
     An existing draft keeps the editor's edits; only posts never offered to it are
-    appended. A broken draft raises DraftError before anything is written.
+    appended, each where `select` placed it. A broken draft raises DraftError before anything is written.
     """
     now = now or datetime.now(timezone.utc)
     issue = store.get_issue(db, issue_id)
     if issue is not None and issue["status"] != "draft":
         return BuildReport(issue=issue_id, outcome=issue["status"])
-    tz = config.newsletter.tz
-    selected = select_posts(db, config, issue_id, now)
+    fresh = new_for_issue(db, config, issue_id, now)
     path = draft_path(config.drafts_dir, issue_id)
     if path.exists():
         draft = read_draft(path)
-        offered = store.offered_post_ids(db, issue_id)
-        fresh = [post for post in selected if post.id not in offered]
+    elif not fresh:
+        return BuildReport(issue=issue_id, outcome="empty")
     else:
-        if not selected:
-            return BuildReport(issue=issue_id, outcome="empty")
         draft = new_draft(issue_id, subject_for(config, issue_id), list(config.newsletter.sections))
-        fresh = selected
-    added = add_posts(draft, fresh, config.newsletter.sections, tz)
-    if added or not path.exists():
+    added = add_posts(draft, fresh, config.newsletter.sections, config.newsletter.tz)
+    if added.items or added.more or added.stale or not path.exists():
         write_draft(path, draft)
     store.ensure_issue(db, issue_id, draft.subject, now)
-    store.add_offered(db, issue_id, [post.id for post in fresh], now)
+    store.add_offered(db, issue_id, [(post.id, post.placement) for post in fresh], now)
     html_path, text_path, html_bytes = render_files(config, draft, path)
-    return BuildReport(issue=issue_id, outcome="built", draft=path, html=html_path, text=text_path,
-                       items=len(draft.items), new_items=added, html_bytes=html_bytes)
+    report = BuildReport(issue=issue_id, outcome="built", draft=path, html=html_path, text=text_path,
+                         items=len(draft.items), new_items=added.items, held_more=draft.held_more,
+                         held_stale=draft.held_stale, already=added.already, html_bytes=html_bytes)
+    if html_bytes > WARN_BYTES:
+        busiest = sorted(((count, config.feed(url).name) for url, count in
+                          store.offered_items_per_feed(db, issue_id).items() if config.feed(url)), reverse=True)
+        report.size_warning = size_advice(draft, config.newsletter, html_path, html_bytes,
+                                          [(name, count) for count, name in busiest[:3]])
+    return report
 
 
 def render_files(config: Config, draft, path: Path) -> tuple[Path, Path, int]:
@@ -245,6 +254,12 @@ class SendPlan:
     already: int = 0  # subscribers an earlier, interrupted run already mailed
     not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
     problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
+    rendered: RenderedIssue | None = None  # the email, rendered once for the size check and the send
+    html_bytes: int = 0  # its HTML with the longest unsubscribe link a subscriber can get
+
+    @property
+    def clipped(self) -> bool:
+        return self.html_bytes > GMAIL_CLIP_BYTES
 
 
 def issue_done(db: sqlite_utils.Database, issue_id: str, backend: str, *, send_now: bool = False) -> str | None:
@@ -271,11 +286,12 @@ def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
 
 
 def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend: str, *,
-              send_now: bool = False, dry_run: bool = False) -> SendPlan:
+              send_now: bool = False, dry_run: bool = False, allow_clipped: bool = False) -> SendPlan:
     """Read the draft and, for smtp, who is still to be mailed: active, not suppressed, not yet done.
 
     With nobody to mail and nothing begun, there is nothing to do (a dry run still shows a sample): an issue
-    "sent" to nobody would use up its posts.
+    "sent" to nobody would use up its posts. An email that Gmail would clip is refused (Clipped) unless
+    `allow_clipped`, a dry run, or a send that began with it allowed.
     """
     plan = SendPlan(issue=issue_id, backend=backend, done=issue_done(db, issue_id, backend, send_now=send_now))
     if plan.done:
@@ -284,7 +300,16 @@ def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend:
     plan.draft = read_draft(path)
     if not plan.draft.items:
         plan.done = f"{issue_id}: {path} has no items, nothing to send"
-    if plan.done or backend != "smtp":
+        return plan
+    plan.rendered = render_issue(plan.draft, config.newsletter)
+    plan.html_bytes = len(personalize(plan.rendered.html, unsubscribe_url=longest_url(config.newsletter), name="",
+                                      html=True).encode("utf-8"))
+    if plan.clipped and not (allow_clipped or dry_run or sending_began(db, issue_id)):
+        raise Clipped(f"{issue_id}: the email is {plan.html_bytes / 1024:.0f} KB of HTML, and Gmail clips past "
+                      f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: remove items from "
+                      f"{path} (or lower max_items in feeds.yaml and build again), or add --allow-clipped "
+                      f"to send it clipped")
+    if backend != "smtp":
         return plan
     subscribers, plan.problems = read_subscribers(config.subscribers_path)
     suppressed = store.suppressions(db)
@@ -317,10 +342,9 @@ def backend_for(config: Config, plan: SendPlan, *, send_now: bool = False,
 
 def send(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, *,
          now: datetime | None = None) -> SendReport:
-    """Render the issue once and deliver it; the database records each step so that a re-run resumes."""
-    rendered = render_issue(plan.draft, config.newsletter)
+    """Deliver the issue as rendered by the plan; the database records each step so that a re-run resumes."""
     store.ensure_issue(db, plan.issue, plan.draft.subject, now or datetime.now(timezone.utc))
-    return backend.deliver(db, plan.issue, rendered)
+    return backend.deliver(db, plan.issue, plan.rendered)
 
 
 def send_test(config: Config, issue_id: str, address: str) -> str:
@@ -337,7 +361,7 @@ def dry_run(config: Config, plan: SendPlan, *, send_now: bool = False) -> list[P
 
     They go to drafts/<issue>.dry-run/; the samples are the first subscribers still to be mailed.
     """
-    rendered = render_issue(plan.draft, config.newsletter)
+    rendered = plan.rendered
     directory = draft_path(config.drafts_dir, plan.issue, ".dry-run")
     directory.mkdir(parents=True, exist_ok=True)
     if plan.backend == "buttondown":

@@ -16,14 +16,18 @@ SUBSCRIBER_NAME_MARK = "%%DIGEST_SUBSCRIBER_NAME%%"
 class Post:
     """One entry of a feed, parsed and sanitized, before storage."""
 
-    id: str  # stable: derived from the feed's guid, else canonical URL, else title+content
+    id: str  # stable: derived from the feed URL and the guid, else the link's url_key, else content_key
     feed_url: str
-    canonical_url: str | None  # absolute http(s), tracking parameters and fragment removed
-    title: str
+    canonical_url: str | None  # the article's own link: absolute http(s), tracking parameters removed
+    title: str  # plain text, at most 200 characters
     author: str | None
-    summary: str  # plain text, one or two sentences, at most ~300 characters
+    summary: str  # plain text, one or two sentences, at most 300 characters
     content_html: str  # sanitized HTML (strict allow-list, absolute links only)
     published_at: datetime | None  # UTC; None when the feed gives no date
+    guid: str | None = None  # the feed's id of the entry, when it has one that identifies it
+    url_key: str | None = None  # the link's identity (urls.url_key): one article across feeds
+    content_key: str | None = None  # hash of the normalized title and text: a link-less entry's identity
+    source: str | None = None  # the article's site, as shown under the item ("djangoproject.com")
 
 
 @dataclass
@@ -32,22 +36,35 @@ class ParsedFeed:
     posts: list[Post]
     error: str | None = None  # set when the document is not a usable feed
     warning: str | None = None  # set when posts were recovered from a document that is not well-formed
+    site_url: str | None = None  # the home page the feed belongs to (its channel link)
 
 
 @dataclass
 class DraftItem:
     title: str
-    url: str
+    url: str | None = None  # None: the post has no link of its own, and its title is shown unlinked
     summary: str = ""
     source: str = ""  # the source's domain, e.g. "djangoproject.com"
     author: str | None = None
     published: date | None = None
+    site: str | None = None  # a link-less post's feed site: the editor may make it the url
+
+
+@dataclass
+class MoreGroup:
+    """A feed's posts beyond its max_items: the email says "and N more from <feed>", linked to its site."""
+
+    feed: str
+    site: str | None = None
+    items: list[DraftItem] = field(default_factory=list)
 
 
 @dataclass
 class DraftSection:
     title: str
-    items: list[DraftItem] = field(default_factory=list)
+    items: list[DraftItem] = field(default_factory=list)  # in the email
+    more: list[MoreGroup] = field(default_factory=list)  # held back: counted in the email
+    stale: list[DraftItem] = field(default_factory=list)  # held back: dated long before the week
 
 
 @dataclass
@@ -72,7 +89,16 @@ class Draft:
 
     @property
     def items(self) -> list[DraftItem]:
+        """The items the email holds."""
         return [item for section in self.sections for item in section.items]
+
+    @property
+    def held_more(self) -> int:
+        return sum(len(group.items) for section in self.sections for group in section.more)
+
+    @property
+    def held_stale(self) -> int:
+        return sum(len(section.stale) for section in self.sections)
 
 
 @dataclass

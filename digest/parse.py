@@ -1,7 +1,26 @@
-"""Feed bytes → sanitized `Post` records: stable ids, canonical URLs, UTC dates, plain-text summaries.
+"""Feed bytes → sanitized `Post` records: identities, clean links, UTC dates, plain-text titles and summaries.
 
 Everything from a feed is hostile: HTML goes through nh3 on a strict allow-list before anything
-else reads it, and feedparser only ever sees bytes (given a string it would open URLs and files).
+else reads it, feedparser only ever sees bytes (given a string it would open URLs and files), and
+invisible controls (bidi overrides, zero-width and control characters) leave every text.
+
+Identity: what readers see as one post is stored once, and two posts are never merged.
+- Within one feed, an entry is its guid: two entries with different guids are two posts, even when
+  their links differ only by the fragment (microblogs: `…/01.html#a1`, `#a2`) or are absent. An entry
+  repeated in one document (the same guid twice) is one post. A guid that several entries with
+  different links share identifies nothing and is ignored.
+- An entry without a guid is its link; without either, a hash of its normalized title and text.
+- Across feeds and fetches, a link is one article whatever its scheme, `www.`, default port or tracking
+  parameters (`utm_*`, `ref`, `source`, ...): the same article from an aggregator and from the blog is one
+  post, kept in its https form (see urls.py). An entry whose guid changed (its old guid gone from the
+  feed, or a generator that makes a new one on every fetch) is recognized by its link, or, link-less,
+  by its title and text (store.py applies these rules against what is stored).
+- The link is the article's own: `feedburner:origLink` and similar win over the feed's link, and
+  redirectors that carry the target in their query are unwrapped. A tracker link that names the article
+  by an id only (FeedPress, FeedBurner) stays, but the post's source is its feed's site, not the tracker.
+
+Size: titles are cut at a word to 200 characters and summaries to 300, so that one hostile entry cannot
+push an email past Gmail's clipping limit.
 """
 
 from __future__ import annotations
@@ -11,25 +30,20 @@ import html
 import re
 import xml.sax
 from calendar import timegm
+from collections import defaultdict
 from datetime import datetime, timezone
-from html.parser import HTMLParser
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import feedparser
 import nh3
 
 from .models import ParsedFeed, Post
+from .text import content_key, cut_at_word, one_line, plain_text, same_words, strip_invisible
+from .urls import clean_url, host_of, is_opaque_redirect, unwrap, url_key
 
 SUMMARY_LIMIT = 300
-TITLE_LIMIT = 100
-
-# Query parameters that only say who sent the reader: the same article with and without them is one post.
-_TRACKING_PARAMETERS = {
-    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid",
-    "_hsenc", "_hsmi", "mkt_tok", "ref_src", "ref_url", "oly_anon_id", "oly_enc_id", "vero_id", "wt_mc",
-    "spm", "s_cid", "cmpid",
-}
-_TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "at_", "ga_")
+TITLE_LIMIT = 200
+GUID_LIMIT = 1000
 
 _ALLOWED_TAGS = {
     "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "dl", "dt", "em", "figcaption", "figure",
@@ -42,13 +56,15 @@ _ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "h
 _DROPPED_WITH_CONTENT = {"script", "style", "iframe", "object", "embed", "form", "noscript", "template",
                          "svg", "math", "frame", "frameset", "applet", "select", "textarea", "button", "title"}
 _URL_SCHEMES = {"http", "https", "mailto"}
+# Where feeds put the article's own address when their <link> goes through a click tracker.
+_ORIGINAL_LINK_KEYS = ("feedburner_origlink", "pheedo_origlink", "feedpress_origlink", "origlink")
 
 _IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
 _PIXEL_SOURCE = re.compile(
     r"feeds\.feedburner\.com/~r|feedburner\.com/~ff|/~r/|pixel|beacon|tracker|tracking|/stat\?|/_/stat|"
     r"/open\.gif|/track/|/t\.gif|1x1|spacer\.gif|blank\.gif|stats\.wordpress\.com|pi\.feedsportal|"
-    r"feeds\.wordpress\.com/1\.0/|/i/\?|\bga\?|google-analytics|doubleclick",
+    r"feeds\.wordpress\.com/1\.0/|/i/\?|\bga\?|google-analytics|doubleclick|feedpress\.me/\d+/\d+\.gif",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]*[A-Z0-9À-ÖØ-Þ])")
@@ -66,32 +82,37 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     """Parse one fetched document. Never raises: a document that is not a usable feed sets `error`."""
     response_headers = {key.lower(): value for key, value in (headers or {}).items()}
     # `feed_url` (as configured) names the feed and its posts; relative links resolve against where the
-    # document really came from, which differs after a redirect.
+    # document really came from, which differs after a redirect. feedparser is not told that address: it
+    # would turn a guid such as "S-1" into a link. Links are resolved here, content by sanitize_html.
     base_url = fetched_url or feed_url
-    response_headers["content-location"] = base_url
-    # Relative links are resolved by sanitize_html against a better base than feedparser would choose.
     parsed = feedparser.parse(content, response_headers=response_headers, sanitize_html=False,
                               resolve_relative_uris=False)
     error = _unusable(parsed, content, response_headers)
     if error:
         return ParsedFeed(title=None, posts=[], error=error)
+    site_url = _site_url(parsed.feed, base_url)
+    links = [_original_link(entry, base_url) for entry in parsed.entries]
+    shared_guids = _shared_guids(parsed.entries, links)
     posts: list[Post] = []
     seen_ids: set[str] = set()
-    for entry in parsed.entries:
-        post = _post_from_entry(entry, feed_url, base_url)
-        if post is not None and post.id not in seen_ids:
+    empty = 0
+    for entry, link in zip(parsed.entries, links):
+        post = _post_from_entry(entry, link, feed_url, base_url, site_url, shared_guids)
+        if post is None:
+            empty += 1
+        elif post.id not in seen_ids:
             seen_ids.add(post.id)
             posts.append(post)
-    feed_title = plain_text(parsed.feed.get("title", "")) or None
+    warnings = [f"skipped {empty} {'entry' if empty == 1 else 'entries'} with no title, text or link"] if empty else []
+    feed_title = one_line(plain_text(parsed.feed.get("title", ""))) or None
     malformed = parsed.get("bozo_exception")
     if isinstance(malformed, xml.sax.SAXParseException):
         # feedparser's lenient parser got past the error: keep only the posts that have a link of their own.
         posts = [post for post in posts if post.canonical_url]
         if not posts:
             return ParsedFeed(title=None, posts=[], error=_malformed(malformed))
-        return ParsedFeed(title=feed_title, posts=posts,
-                          warning=f"{_malformed(malformed)} (kept {len(posts)} posts the lenient parser recovered)")
-    return ParsedFeed(title=feed_title, posts=posts)
+        warnings.insert(0, f"{_malformed(malformed)} (kept {len(posts)} posts the lenient parser recovered)")
+    return ParsedFeed(title=feed_title, posts=posts, site_url=site_url, warning="; ".join(warnings) or None)
 
 
 def _malformed(exception: xml.sax.SAXParseException) -> str:
@@ -111,27 +132,53 @@ def _looks_like_html(content: bytes, headers: dict[str, str]) -> bool:
     return "html" in headers.get("content-type", "") or start.startswith((b"<!doctype html", b"<html"))
 
 
-def _post_from_entry(entry, feed_url: str, base_url: str) -> Post | None:
-    link = _entry_link(entry, base_url)
+def _site_url(feed, base_url: str) -> str | None:
+    """The home page the feed belongs to (its channel link), unless that is the feed document itself."""
+    site = clean_url(unwrap(feed.get("link") or ""), base_url)
+    return site if site and url_key(site) != url_key(clean_url(base_url) or "") else None
+
+
+def _guid(entry) -> str:
+    return strip_invisible(str(entry.get("id") or "")).strip()[:GUID_LIMIT]
+
+
+def _shared_guids(entries, links: list[str | None]) -> set[str]:
+    """Guids that entries with different links share: a generator bug (the feed's URL as every guid)."""
+    keys: dict[str, set[str]] = defaultdict(set)
+    for entry, link in zip(entries, links):
+        guid = _guid(entry)
+        if guid and link:
+            keys[guid].add(url_key(link))
+    return {guid for guid, links_of_guid in keys.items() if len(links_of_guid) > 1}
+
+
+def _post_from_entry(entry, link: str | None, feed_url: str, base_url: str, site_url: str | None,
+                     shared_guids: set[str]) -> Post | None:
     body, body_base = _entry_html(entry)
     # An xml:base in the document wins; else the post's own address (aggregators republish other sites).
     content_html = sanitize_html(body, base=body_base if body_base and body_base != base_url else link or base_url)
     body_text = plain_text(content_html)
-    title = plain_text(entry.get("title", ""))
+    title = cut_at_word(one_line(plain_text(entry.get("title", ""))), TITLE_LIMIT)
     summary = summarize(body_text, title=title)
     if not title:
         title = _title_from(summary or body_text)
         summary = summarize(body_text.removeprefix(title).strip()) if body_text.startswith(title) else summary
-    if not title and not link:
-        return None
+    if not title and link:
+        title = cut_at_word(host_of(link) + urlsplit(link).path, TITLE_LIMIT)
     if not title:
-        title = urlsplit(link).netloc + urlsplit(link).path
-    guid = (entry.get("id") or "").strip()
-    identity = guid or link or hashlib.sha256(f"{title}\0{body_text}".encode()).hexdigest()
+        return None  # neither title, text nor link: nothing a reader could be shown
+    guid = _guid(entry)
+    if guid in shared_guids:
+        guid = ""
+    link_key = url_key(link) if link else None
+    text_key = content_key(title, body_text)
+    identity = guid or link_key or text_key
+    source = host_of(site_url) if is_opaque_redirect(link) or not link else host_of(link)
     return Post(
         id=hashlib.sha256(f"{feed_url}\0{identity}".encode()).hexdigest()[:32],
         feed_url=feed_url, canonical_url=link, title=title, author=_author(entry), summary=summary,
-        content_html=content_html, published_at=_date(entry),
+        content_html=content_html, published_at=_date(entry), guid=guid or None, url_key=link_key,
+        content_key=text_key, source=source or None,
     )
 
 
@@ -153,42 +200,29 @@ def _as_html(part) -> str:
     return value
 
 
-def _entry_link(entry, base_url: str) -> str | None:
-    """The post's own address; a link that only points back at the feed document is no link at all."""
+def _original_link(entry, base_url: str) -> str | None:
+    """The article's own address: the original link a tracker-wrapping feed carries, else the entry's link
+    (unwrapped), else, for a link through an opaque tracker, a guid that is the permalink. A link that only
+    points back at the feed document is no link at all."""
+    feed_itself = url_key(clean_url(base_url) or base_url)
+    for key in _ORIGINAL_LINK_KEYS:
+        original = clean_url(unwrap(str(entry.get(key) or "")), base_url)
+        if original:
+            return original
     candidates = [entry.get("link")] + [link.get("href") for link in entry.get("links", [])
                                         if link.get("rel", "alternate") == "alternate"]
-    feed_itself = canonical_url(base_url)
     for candidate in candidates:
-        url = canonical_url(candidate or "", base_url)
-        if url and url != feed_itself:
+        # An RSS guid without isPermaLink="false" becomes the link in feedparser: only when it is a whole URL
+        # (a guid such as "S-1" or "urn:uuid:…" is no address, even resolved against the feed's).
+        base = None if entry.get("guidislink") and candidate == entry.get("id") else base_url
+        url = clean_url(unwrap(candidate or ""), base)
+        if url and url_key(url) != feed_itself:
+            if is_opaque_redirect(url):
+                permalink = clean_url(str(entry.get("id") or ""))
+                if permalink and not is_opaque_redirect(permalink) and url_key(permalink) != feed_itself:
+                    return permalink
             return url
     return None
-
-
-def canonical_url(url: str, base: str | None = None) -> str | None:
-    """Absolute http(s) URL without fragment or tracking parameters, or None when it is not one."""
-    url = (url or "").strip()
-    if not url:
-        return None
-    try:
-        parts = urlsplit(urljoin(base, url) if base else url)
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not host:
-        return None
-    if port and not (scheme, port) in (("http", 80), ("https", 443)):
-        host = f"{host}:{port}"
-    query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True)
-             if not _is_tracking(key)]
-    return urlunsplit((scheme, host, parts.path or "/", urlencode(query, safe="/:,@!$'()*+;~"), ""))
-
-
-def _is_tracking(parameter: str) -> bool:
-    parameter = parameter.lower()
-    return parameter in _TRACKING_PARAMETERS or parameter.startswith(_TRACKING_PREFIXES)
 
 
 def sanitize_html(fragment: str, *, base: str) -> str:
@@ -231,50 +265,10 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-class _TextExtractor(HTMLParser):
-    _BLOCKS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
-               "table", "tr", "figure", "figcaption", "dd", "dt", "hr", "section", "article", "header"}
-    _SKIPPED = {"script", "style", "template", "noscript", "iframe", "svg"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skipping = 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self._SKIPPED:
-            self.skipping += 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag in self._SKIPPED:
-            self.skipping = max(0, self.skipping - 1)
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        if not self.skipping:
-            self.parts.append(data)
-
-
-def plain_text(fragment: str) -> str:
-    """Text of an HTML fragment: entities decoded, one line per block, spaces collapsed."""
-    if "<" not in fragment and "&" not in fragment:
-        text = fragment
-    else:
-        extractor = _TextExtractor()
-        extractor.feed(fragment)
-        extractor.close()
-        text = "".join(extractor.parts)
-    lines = (" ".join(line.split()) for line in text.replace("\xa0", " ").splitlines())
-    return "\n".join(line for line in lines if line)
-
-
 def summarize(text: str, *, title: str = "", limit: int = SUMMARY_LIMIT) -> str:
     """One or two sentences, at most `limit` characters, cut at a sentence or else a word boundary."""
     lines = text.splitlines()
-    if lines and title and _same_words(lines[0], title):
+    if lines and title and same_words(lines[0], title):
         lines = lines[1:]
     text = _BOILERPLATE.sub("", " ".join(lines)).strip()
     sentences = _SENTENCE_END.split(text)
@@ -286,34 +280,18 @@ def summarize(text: str, *, title: str = "", limit: int = SUMMARY_LIMIT) -> str:
         if len(candidate) > limit:
             break
         summary = candidate
-    return summary or _cut_at_word(text, limit)
-
-
-def _cut_at_word(text: str, limit: int) -> str:
-    cut = text[: limit - 1]
-    if " " in cut[limit // 2:]:
-        cut = cut[: cut.rindex(" ")]
-    return cut.rstrip(" ,;:-–—") + "…"
+    return summary or cut_at_word(text, limit)
 
 
 def _title_from(text: str) -> str:
     first = _SENTENCE_END.split(text.split("\n", 1)[0], maxsplit=1)[0] if text else ""
-    return first if len(first) <= TITLE_LIMIT else _cut_at_word(first, TITLE_LIMIT)
-
-
-def _same_words(a: str, b: str) -> bool:
-    return _words(a) == _words(b)
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"\W+", " ", text).casefold().split()
+    return cut_at_word(first, TITLE_LIMIT)
 
 
 def _author(entry) -> str | None:
     detail = entry.get("author_detail") or {}
     name = detail.get("name") or entry.get("author") or ""
-    name = plain_text(name)[:200]
-    return name or None
+    return cut_at_word(one_line(plain_text(str(name))), 200) or None
 
 
 def _date(entry) -> datetime | None:

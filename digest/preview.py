@@ -24,10 +24,8 @@ from pathlib import Path
 from .config import Config, ConfigError, load_config
 from .draft import draft_path, read_draft
 from .send.unsubscribe import sample_url
-from .render import personalize, render_issue
+from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue
 
-GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HTML
-TARGET_BYTES = 100_000
 POLL_SECONDS = 0.2
 TEMPLATES = Path(str(files("digest") / "templates"))
 # The preview's copies of the email (never the sent one): links open a new tab instead of replacing the
@@ -58,7 +56,7 @@ class PreviewState:
         size = len(self.html.encode("utf-8"))
         return {"version": self.version, "text": self.text, "subject": self.subject, "preheader": self.preheader,
                 "sender": self.sender, "links": self.links, "error": self.error, "html_bytes": size,
-                "target_bytes": TARGET_BYTES, "clip_bytes": GMAIL_CLIP_BYTES, "clipped": size > GMAIL_CLIP_BYTES, "has_email": bool(self.html)}
+                "target_bytes": WARN_BYTES, "clip_bytes": GMAIL_CLIP_BYTES, "clipped": size > GMAIL_CLIP_BYTES, "has_email": bool(self.html)}
 
 
 class _LinkCollector(HTMLParser):

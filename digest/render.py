@@ -17,7 +17,7 @@ import html as html_lib
 import logging
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,9 +25,13 @@ from urllib.parse import urlsplit
 import jinja2
 
 from .config import Newsletter, is_http_url
-from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, RenderedIssue
+from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
+from .text import cut_at_word, strip_invisible
 
 __all__ = ["render_issue", "personalize"]
+
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HTML, the unsubscribe link too
+WARN_BYTES = 90 * 1024  # `build` warns past this: room for the per-subscriber link and a few late edits
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 HTML_TEMPLATE = "email.mjml.j2"
@@ -94,9 +98,19 @@ class _Item:
 
 
 @dataclass(frozen=True)
+class _More:
+    """"and 37 more from Example Blog": a feed's posts held back past its max_items."""
+
+    count: int
+    feed: str
+    site: str | None
+
+
+@dataclass(frozen=True)
 class _Section:
     title: str
     items: tuple[_Item, ...]
+    more: tuple[_More, ...]
 
 
 @dataclass(frozen=True)
@@ -106,12 +120,10 @@ class _Sponsor:
     text: str
 
 
-_CONTROL = {code: None for code in (*range(0, 9), 11, 12, *range(14, 32), 127)}
-
-
 def _clean(text: str | None) -> str:
-    """Feed-derived text without control characters and the marks' prefix (repeated: removing one may join another)."""
-    text = (text or "").translate(_CONTROL)
+    """Draft text without invisible controls (bidi overrides, zero-width and control characters; line breaks
+    kept) and without the marks' prefix (repeated: removing one may join another)."""
+    text = strip_invisible(text or "", keep_newlines=True)
     while MARK_PREFIX in text:
         text = text.replace(MARK_PREFIX, "")
     return text
@@ -143,32 +155,30 @@ def format_dates(start: date, end: date) -> str:
     return f"{first} – {last}"
 
 
-def _shorten(text: str, limit: int = PREHEADER_CHARS) -> str:
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1].rsplit(" ", 1)[0] or text[: limit - 1]
-    return cut.rstrip(" ,;:·–-") + "…"
-
-
 def build_preheader(draft: Draft) -> str:
     """The inbox preview line: the draft's own, else the intro's start, else the first items' titles."""
     for text in (draft.preheader, draft.intro):
         text = _one_line(text)
         if text:
-            return _shorten(text)
+            return cut_at_word(text, PREHEADER_CHARS)
     titles = [_one_line(item.title) for item in draft.items[:5]]
-    return _shorten(" · ".join(title for title in titles if title))
+    return cut_at_word(" · ".join(title for title in titles if title), PREHEADER_CHARS)
+
+
+def _section(section: DraftSection) -> _Section:
+    items = []
+    for item in section.items:
+        meta = " · ".join(part for part in (_one_line(item.source), _one_line(item.author)) if part)
+        items.append(_Item(title=_one_line(item.title) or "(untitled)", url=_http_url(item.url),
+                           summary=_one_line(item.summary), meta=meta))
+    more = tuple(_More(count=len(group.items), feed=_one_line(group.feed), site=_http_url(group.site))
+                 for group in section.more if group.items)
+    return _Section(title=_one_line(section.title), items=tuple(items), more=more)
 
 
 def _context(draft: Draft, newsletter: Newsletter) -> dict:
-    sections = []
-    for section in draft.sections:
-        items = []
-        for item in section.items:
-            meta = " · ".join(part for part in (_one_line(item.source), _one_line(item.author)) if part)
-            items.append(_Item(title=_one_line(item.title) or "(untitled)", url=_http_url(item.url),
-                               summary=_one_line(item.summary), meta=meta))
-        sections.append(_Section(title=_one_line(section.title), items=tuple(items)))
+    # A section with nothing to show is left out: no bare heading in the email (most weeks, Jobs or Projects).
+    sections = [rendered for rendered in map(_section, draft.sections) if rendered.items or rendered.more]
     sponsor = None
     if draft.sponsor is not None:
         sponsor = _Sponsor(title=_one_line(draft.sponsor.title), url=_http_url(draft.sponsor.url),
@@ -228,8 +238,27 @@ def render_text(context: dict) -> str:
 def render_issue(draft: Draft, newsletter: Newsletter) -> RenderedIssue:
     """The issue's email with the per-subscriber marks still in it: render once, personalize per copy."""
     context = _context(draft, newsletter)
-    return RenderedIssue(subject=draft.subject, preheader=context["preheader"],
+    return RenderedIssue(subject=context["subject"], preheader=context["preheader"],
                          html=render_html(context), text=render_text(context))
+
+
+def size_advice(draft: Draft, newsletter: Newsletter, path: Path, html_bytes: int,
+                busiest: list[tuple[str, int]]) -> str:
+    """What to tell the editor about an email past WARN_BYTES: how far, and what would bring it under."""
+    items = len(draft.items)
+    frame = len(render_html(_context(_without_items(draft), newsletter)).encode("utf-8"))
+    per_item = max(1.0, (html_bytes - frame) / max(1, items))
+    cut = min(items, -(-(html_bytes - WARN_BYTES) // int(per_item)))
+    clipped = "Gmail clips it past 102 KB and `send` refuses it" if html_bytes > GMAIL_CLIP_BYTES else (
+        "Gmail clips past 102 KB")
+    feeds = ", ".join(f"{name} ({count} items)" for name, count in busiest)
+    return (f"{path.name} is {html_bytes / 1024:.0f} KB of HTML, over {WARN_BYTES // 1024} KB: {clipped}. "
+            f"Removing about {cut} of its {items} items (≈{per_item / 1024:.1f} KB each) from the draft would "
+            f"bring it under" + (f"; or lower max_items of the busiest feeds: {feeds}" if feeds else ""))
+
+
+def _without_items(draft: Draft) -> Draft:
+    return replace(draft, sections=[replace(section, items=[]) for section in draft.sections])
 
 
 def personalize(part: str, *, unsubscribe_url: str, name: str, html: bool) -> str:

@@ -1,21 +1,41 @@
-"""Which posts belong in an issue: the week, not yet sent, the feeds' filters, sections and order."""
+"""Which posts belong in an issue, and where: the email, or held back in the draft for the editor.
+
+The window: a post belongs to the week its date falls in (in the newsletter's time zone). Once an
+issue has been sent, the next one also offers every post never sent that digest first saw after that
+issue was last built, whatever its date: a feed that was down on Friday catches up the week after,
+and a post that shows up in its feed hours after the send goes out next time. Posts of skipped weeks
+are carried forward. Before any issue is sent, an issue holds only its own week. Posts dated in the
+future wait; posts of issues sent or being sent never come back.
+
+Held back, listed in the draft but not in the email, so that nothing is lost without a word:
+- stale: dated more than `stale_after_weeks` before the issue's week (a late post from long ago, a
+  feed's archive seen for the first time);
+- more: a feed's posts beyond its `max_items` in this issue (the newest are kept); the email says
+  "and 37 more from Example Blog".
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlite_utils
 
 from . import store
-from .config import Config
+from .config import Config, FeedConfig
 from .weeks import week_span
+
+ITEM, MORE, STALE = "item", "more", "stale"
 
 
 @dataclass(frozen=True)
 class SelectedPost:
     section: str
     row: dict  # the posts row
+    feed: FeedConfig
+    site: str  # the feed's home page
+    placement: str = ITEM  # ITEM: in the email; MORE: over its feed's max_items; STALE: dated long before the week
 
     @property
     def id(self) -> str:
@@ -23,27 +43,56 @@ class SelectedPost:
 
 
 def select_posts(db: sqlite_utils.Database, config: Config, issue_id: str, now: datetime) -> list[SelectedPost]:
-    """The posts of an issue, in section order, oldest first within a section.
+    """Every post the issue may hold, in section order, oldest first within a section; stale ones marked.
 
-    A post belongs to the week its published_at falls in (in the newsletter's time
-    zone). Posts from weeks after the last sent issue that were never sent are
-    carried forward, so a skipped week loses nothing; with no issue sent yet an
-    issue holds only its own week. Posts dated after `now` wait. Posts of feeds no
-    longer in the config, or that the feed's include/exclude words reject, are left out.
+    Posts of feeds no longer in the config, or that the feed's include/exclude words reject, are left out.
     """
     tz = config.newsletter.tz
     start, end = week_span(issue_id, tz)
-    since = start
+    since, seen_since = start, None
     last_sent = store.last_sent_issue(db, before=issue_id)
     if last_sent is not None:
         since = min(start, week_span(last_sent["id"], tz)[1])
-    rows = store.candidate_posts(db, since=store.iso(since), until=store.iso(end), now=store.iso(now))
+        seen_since = last_sent["built_at"] or last_sent["sent_at"] or last_sent["created_at"]
+    rows = store.candidate_posts(db, since=store.iso(since), until=store.iso(end), now=store.iso(now),
+                                 seen_since=seen_since)
+    stale_before = store.iso(start - timedelta(weeks=config.newsletter.stale_after_weeks))
+    sites = store.feed_sites(db)
     order = {name: index for index, name in enumerate(config.newsletter.sections)}
     selected = []
     for row in rows:
         feed = config.feed(row["feed_url"])
         if feed is None or not feed.wants(row["title"], row["summary"] or ""):
             continue
-        selected.append(SelectedPost(section=feed.section, row=row))
+        placement = STALE if row["published_at"] < stale_before else ITEM
+        selected.append(SelectedPost(section=feed.section, row=row, feed=feed,
+                                     site=sites.get(feed.url) or _origin(feed.url), placement=placement))
     selected.sort(key=lambda post: order[post.section])  # stable: keeps date order inside a section
     return selected
+
+
+def new_for_issue(db: sqlite_utils.Database, config: Config, issue_id: str, now: datetime) -> list[SelectedPost]:
+    """The posts of `select_posts` not yet offered to this issue's draft, each placed: stale; an item while
+    its feed has fewer than `max_items` items in this issue (counting earlier builds), the newest first;
+    else more."""
+    offered = store.offered_post_ids(db, issue_id)
+    fresh = [post for post in select_posts(db, config, issue_id, now) if post.id not in offered]
+    room = {feed.url: feed.max_items for feed in config.feeds}
+    for feed_url, count in store.offered_items_per_feed(db, issue_id).items():
+        room[feed_url] = room.get(feed_url, 0) - count
+    by_feed: dict[str, list[SelectedPost]] = defaultdict(list)
+    for post in fresh:
+        if post.placement == ITEM:
+            by_feed[post.feed.url].append(post)
+    overflow: set[str] = set()
+    for feed_url, posts in by_feed.items():
+        newest_first = sorted(posts, key=lambda post: (post.row["published_at"], post.id), reverse=True)
+        overflow.update(post.id for post in newest_first[max(0, room.get(feed_url, 0)):])
+    return [SelectedPost(post.section, post.row, post.feed, post.site, MORE) if post.id in overflow else post
+            for post in fresh]
+
+
+def _origin(url: str) -> str:
+    """Where a feed without a channel link lives: the home page of its host."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}/"

@@ -6,7 +6,6 @@ that comparing strings compares instants.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from typing import Collection, Iterable, Iterator
 
 import sqlite_utils
 
+from .migrations import migrate
 from .models import Post
+from .urls import prefer
 
 
 def iso(moment: datetime) -> str:
@@ -28,13 +29,13 @@ def from_iso(text: str) -> datetime:
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) the database in WAL mode with the current schema."""
+    """Open (creating if needed) the database in WAL mode, its schema brought up to date (migrations.py)."""
     connection = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     db = sqlite_utils.Database(connection)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
-    _create_schema(db)
+    migrate(db, str(path))
     return db
 
 
@@ -48,44 +49,6 @@ def transaction(db: sqlite_utils.Database) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _create_schema(db: sqlite_utils.Database) -> None:
-    db["feeds"].create(
-        {"url": str, "name": str, "section": str, "title": str, "etag": str, "last_modified": str,
-         "last_status": int, "last_error": str, "last_warning": str, "last_fetched_at": str, "last_ok_at": str,
-         "consecutive_failures": int, "redirect_url": str},
-        pk="url", not_null={"url"}, defaults={"consecutive_failures": 0}, if_not_exists=True,
-    )
-    db["posts"].create(
-        {"id": str, "canonical_url": str, "feed_url": str, "title": str, "author": str, "summary": str,
-         "content_html": str, "published_at": str, "dated_by_feed": int, "first_seen_at": str},
-        pk="id", not_null={"id", "feed_url", "title", "published_at", "first_seen_at"}, if_not_exists=True,
-    )
-    db["posts"].create_index(["canonical_url"], unique=True, if_not_exists=True)
-    db["posts"].create_index(["published_at"], if_not_exists=True)
-    db["issues"].create(
-        {"id": str, "subject": str, "status": str, "backend": str, "remote_id": str,
-         "idempotency_key": str, "created_at": str, "sent_at": str},
-        pk="id", not_null={"id", "status", "created_at"}, defaults={"status": "draft"}, if_not_exists=True,
-    )
-    db["issue_posts"].create(
-        {"issue_id": str, "post_id": str, "added_at": str},
-        pk=("issue_id", "post_id"), foreign_keys=[("issue_id", "issues", "id"), ("post_id", "posts", "id")],
-        if_not_exists=True,
-    )
-    db["issue_posts"].create_index(["post_id"], if_not_exists=True)
-    db["deliveries"].create(
-        {"issue_id": str, "email": str, "status": str, "attempts": int, "last_reply": str,
-         "message_id": str, "updated_at": str, "sent_at": str},
-        pk=("issue_id", "email"), not_null={"issue_id", "email", "status"},
-        defaults={"status": "pending", "attempts": 0}, foreign_keys=[("issue_id", "issues", "id")],
-        if_not_exists=True,
-    )
-    db["suppressions"].create(  # addresses never mailed again: unsubscribed, or bounced (5xx to RCPT)
-        {"email": str, "reason": str, "detail": str, "issue_id": str, "created_at": str},
-        pk="email", not_null={"email", "reason", "created_at"}, if_not_exists=True,
-    )
 
 
 # --- feeds ----------------------------------------------------------------------
@@ -103,6 +66,7 @@ class FetchOutcome:
     title: str | None = None
     not_modified: bool = False
     warning: str | None = None
+    site_url: str | None = None  # the feed's home page, from its channel link
 
 
 def feed_states(db: sqlite_utils.Database) -> dict[str, dict]:
@@ -113,14 +77,14 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
                  posts: Iterable[Post], now: datetime, configured: Collection[str] = ()) -> int:
     """Store one feed's fetch and its posts in a single transaction; returns how many posts are new.
 
-    A post is new when neither its id nor its canonical URL is known: the same
-    article from two feeds is one post. Known posts that no sent issue holds get
-    their title and summary refreshed; their dates are never rewritten. A known
-    post whose feed is no longer among the `configured` feed URLs (the feed moved,
-    or the aggregator that brought it first was removed) now belongs to this feed.
+    Which entries are posts already stored is decided by `_match` (the identity rules of parse.py).
+    Known posts that no sent issue holds get their title, summary and link refreshed; their dates
+    are never rewritten. A known post whose feed is no longer among the `configured` feed URLs (the
+    feed moved, or the aggregator that brought it first was removed) now belongs to this feed.
     """
     now_text = iso(now)
     posts = list(posts)
+    configured = configured if isinstance(configured, (set, frozenset)) else set(configured)
     with transaction(db):
         previous = next(db.query("SELECT consecutive_failures FROM feeds WHERE url = ?", [url]), None)
         failures = 0 if outcome.error is None else (previous["consecutive_failures"] if previous else 0) + 1
@@ -136,9 +100,11 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
                 row["etag"], row["last_modified"] = outcome.etag, outcome.last_modified
             if outcome.title:
                 row["title"] = outcome.title
+            if outcome.site_url:
+                row["site_url"] = outcome.site_url
         if outcome.permanent_url and outcome.error is None and outcome.status in (200, 304):
             row["redirect_url"] = outcome.permanent_url  # only a target that answered: else the feed is lost
-        new_count = _insert_posts(db, posts, now_text, configured)
+        new_count = _insert_posts(db, url, posts, now_text, configured)
         columns = ", ".join(row)
         updates = ", ".join(f"{column} = excluded.{column}" for column in row if column != "url")
         db.execute(f"INSERT INTO feeds ({columns}) VALUES ({', '.join('?' * len(row))}) "
@@ -146,54 +112,99 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
         return new_count
 
 
-def _insert_posts(db: sqlite_utils.Database, posts: list[Post], now_text: str, configured: Collection[str]) -> int:
+_POST_COLUMNS = ("id", "canonical_url", "feed_url", "title", "author", "summary", "content_html", "guid", "url_key",
+                 "content_key", "source")
+_NOT_SENT = ("id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
+             "WHERE issues.status = 'sent')")
+
+
+def _insert_posts(db: sqlite_utils.Database, feed_url: str, posts: list[Post], now_text: str,
+                  configured: Collection[str]) -> int:
     if not posts:
         return 0
-    known_ids = _existing(db, "id", [p.id for p in posts])
-    known_urls = _existing(db, "canonical_url", [p.canonical_url for p in posts if p.canonical_url])
-    new_rows, refreshed, adopted = [], [], []
-    configured_json = json.dumps(sorted(configured))
-    for post in posts:
-        if post.id in known_ids:
-            refreshed.append((post.title, post.author, post.summary, post.content_html, post.id))
-        elif post.canonical_url in known_urls:
-            adopted.append((post.feed_url, post.canonical_url, configured_json))
-        else:
-            new_rows.append({
-                "id": post.id, "canonical_url": post.canonical_url, "feed_url": post.feed_url,
-                "title": post.title, "author": post.author, "summary": post.summary,
-                "content_html": post.content_html,
-                "published_at": iso(post.published_at) if post.published_at else now_text,
-                "dated_by_feed": int(post.published_at is not None), "first_seen_at": now_text,
-            })
-            known_ids.add(post.id)
-            if post.canonical_url:
-                known_urls.add(post.canonical_url)
-    if new_rows:
-        columns = list(new_rows[0])
-        db.conn.executemany(
-            f"INSERT OR IGNORE INTO posts ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [tuple(row[c] for c in columns) for row in new_rows],
-        )
-    if adopted and configured:
-        db.conn.executemany(
-            "UPDATE posts SET feed_url = ? WHERE canonical_url = ? "
-            "AND feed_url NOT IN (SELECT value FROM json_each(?))", adopted)
-    if refreshed:
-        db.conn.executemany(
-            "UPDATE posts SET title = ?, author = ?, summary = ?, content_html = ? WHERE id = ? AND id NOT IN "
-            "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id WHERE issues.status = 'sent')",
-            refreshed,
-        )
+    matches = _match(db, feed_url, posts, configured)
+    new_rows, owned, refreshed, https = [], [], [], []
+    for index, post in enumerate(posts):
+        stored = matches.get(index)
+        if stored is None:
+            new_rows.append((*(getattr(post, column) for column in _POST_COLUMNS),
+                             iso(post.published_at) if post.published_at else now_text,
+                             int(post.published_at is not None), now_text))
+        elif stored["feed_url"] == feed_url or _unconfigured(stored["feed_url"], configured):
+            owned.append((feed_url, post.guid, stored["id"]))
+            refreshed.append((post.title, post.author, post.summary, post.content_html,
+                              prefer(stored["canonical_url"], post.canonical_url), post.url_key, post.content_key,
+                              post.source, stored["id"]))
+        elif prefer(stored["canonical_url"], post.canonical_url) != stored["canonical_url"]:
+            https.append((post.canonical_url, stored["id"]))  # another feed's post: only its https form
+    db.conn.executemany(
+        f"INSERT INTO posts ({', '.join(_POST_COLUMNS)}, published_at, dated_by_feed, first_seen_at) "
+        f"VALUES ({', '.join('?' * (len(_POST_COLUMNS) + 3))})", new_rows)
+    db.conn.executemany("UPDATE posts SET feed_url = ?, guid = coalesce(?, guid) WHERE id = ?", owned)
+    db.conn.executemany(
+        "UPDATE posts SET title = ?, author = ?, summary = ?, content_html = ?, canonical_url = ?, url_key = ?, "
+        f"content_key = ?, source = ? WHERE id = ? AND {_NOT_SENT}", refreshed)
+    db.conn.executemany(f"UPDATE posts SET canonical_url = ? WHERE id = ? AND {_NOT_SENT}", https)
     return len(new_rows)
 
 
-def _existing(db: sqlite_utils.Database, column: str, values: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(values), 500):
-        chunk = values[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        found.update(row[0] for row in db.execute(f"SELECT {column} FROM posts WHERE {column} IN ({marks})", chunk))
+def _match(db: sqlite_utils.Database, feed_url: str, posts: list[Post],
+           configured: Collection[str]) -> dict[int, dict]:
+    """Which stored post each entry is (by its index in `posts`); entries without one are new posts.
+
+    First the entry's own identity: its id, or its guid within this feed. Then, for entries still
+    unmatched, the same article: a stored post with the same link (from any feed: an aggregator and the
+    blog), or, for a link-less entry, a link-less post of this feed (or of a feed no longer configured)
+    with the same title and text. A stored post is matched by one entry at most, and one that the first
+    pass matched is taken: so two entries of one document that share a link but not a guid are two posts,
+    while an entry whose guid changed (the old guid gone from the feed, or a generator that makes a new
+    one on every fetch) is the post it was.
+    """
+    by_id = _stored_by(db, "id", [post.id for post in posts])
+    by_guid = _stored_by(db, "guid", [post.guid for post in posts if post.guid], where=" AND feed_url = ?",
+                         params=[feed_url])
+    matches: dict[int, dict] = {}
+    claimed: set[str] = set()
+    for index, post in enumerate(posts):
+        stored = by_id.get(post.id) or (by_guid.get(post.guid) if post.guid else None)
+        if stored is not None and stored[0]["id"] not in claimed:
+            matches[index] = stored[0]
+            claimed.add(stored[0]["id"])
+    rest = [(index, post) for index, post in enumerate(posts) if index not in matches]
+    if not rest:
+        return matches
+    by_url = _stored_by(db, "url_key", [post.url_key for _, post in rest if post.url_key])
+    by_text = _stored_by(db, "content_key", [post.content_key for _, post in rest if not post.url_key],
+                         where=" AND canonical_url IS NULL")
+    for index, post in rest:
+        if post.url_key:
+            candidates = by_url.get(post.url_key, [])
+        else:
+            candidates = [row for row in by_text.get(post.content_key, [])
+                          if row["feed_url"] == feed_url or _unconfigured(row["feed_url"], configured)]
+        stored = next((row for row in candidates if row["id"] not in claimed), None)
+        if stored is not None:
+            matches[index] = stored
+            claimed.add(stored["id"])
+    return matches
+
+
+def _unconfigured(feed_url: str, configured: Collection[str]) -> bool:
+    """A feed no longer in feeds.yaml (moved, removed); with no list given, none is."""
+    return bool(configured) and feed_url not in configured
+
+
+def _stored_by(db: sqlite_utils.Database, column: str, values: list, *, where: str = "",
+               params: list | None = None) -> dict[str, list[dict]]:
+    """Stored posts whose `column` is one of `values` (and `where` holds), grouped by that value, oldest first."""
+    found: dict[str, list[dict]] = {}
+    unique = list(dict.fromkeys(values))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start:start + 500]
+        sql = (f"SELECT {column}, id, feed_url, canonical_url FROM posts WHERE {column} IN "
+               f"({','.join('?' * len(chunk))}){where} ORDER BY first_seen_at, id")
+        for value, post_id, feed_url, canonical_url in db.execute(sql, [*chunk, *(params or [])]).fetchall():
+            found.setdefault(value, []).append({"id": post_id, "feed_url": feed_url, "canonical_url": canonical_url})
     return found
 
 
@@ -234,27 +245,46 @@ def offered_post_ids(db: sqlite_utils.Database, issue_id: str) -> set[str]:
     return {row[0] for row in db.execute("SELECT post_id FROM issue_posts WHERE issue_id = ?", [issue_id])}
 
 
-def add_offered(db: sqlite_utils.Database, issue_id: str, post_ids: Iterable[str], now: datetime) -> None:
+def offered_items_per_feed(db: sqlite_utils.Database, issue_id: str) -> dict[str, int]:
+    """How many posts of each feed this issue's builds put among the email's items (not held back)."""
+    return dict(db.execute(
+        "SELECT posts.feed_url, count(*) FROM issue_posts JOIN posts ON posts.id = post_id "
+        "WHERE issue_id = ? AND placement = 'item' GROUP BY posts.feed_url", [issue_id]).fetchall())
+
+
+def add_offered(db: sqlite_utils.Database, issue_id: str, placements: Iterable[tuple[str, str]],
+                now: datetime) -> None:
+    """Record the posts a build put in the draft, each with where it went (item, more or stale), and when
+    the issue was built: posts first seen after a sent issue's last build are offered to the next one."""
     with transaction(db):
         db.conn.executemany(
-            "INSERT OR IGNORE INTO issue_posts (issue_id, post_id, added_at) VALUES (?, ?, ?)",
-            [(issue_id, post_id, iso(now)) for post_id in post_ids],
+            "INSERT OR IGNORE INTO issue_posts (issue_id, post_id, added_at, placement) VALUES (?, ?, ?, ?)",
+            [(issue_id, post_id, iso(now), placement) for post_id, placement in placements],
         )
+        db.execute("UPDATE issues SET built_at = ? WHERE id = ?", [iso(now), issue_id])
 
 
-def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: str) -> list[dict]:
-    """Posts published in [since, until), not in the future, and in no issue sent or being sent; oldest first.
+def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: str,
+                    seen_since: str | None = None) -> list[dict]:
+    """Posts dated in [since, until), or first seen at or after `seen_since` and dated before `until`; none
+    dated in the future, none in an issue sent or being sent; oldest first.
 
     An issue being sent (`sending`: partly mailed, or handed to Buttondown) is as good as sent: its posts
     must not come back in a later issue, whether or not that send is ever finished.
     """
     return list(db.query(
-        "SELECT * FROM posts WHERE published_at >= ? AND published_at < ? AND published_at <= ? AND posts.id NOT IN "
+        "SELECT * FROM posts WHERE published_at < ? AND published_at <= ? "
+        "AND (published_at >= ? OR first_seen_at >= ?) AND posts.id NOT IN "
         "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
         "WHERE issues.status IN ('sending', 'sent')) "
         "ORDER BY published_at, posts.id",
-        [since, until, now],
+        [until, now, since, seen_since or "9999"],
     ))
+
+
+def feed_sites(db: sqlite_utils.Database) -> dict[str, str]:
+    """Each feed's home page, as its channel link gives it."""
+    return dict(db.execute("SELECT url, site_url FROM feeds WHERE site_url IS NOT NULL").fetchall())
 
 
 # --- sending ---------------------------------------------------------------------

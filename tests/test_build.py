@@ -18,6 +18,7 @@ from digest.config import ConfigError, load_config
 from digest.draft import draft_path, read_draft
 from digest.models import Post
 from digest.select import select_posts
+from digest.urls import url_key
 from digest.weeks import current_week, week_span
 
 LONDON = ZoneInfo("Europe/London")
@@ -40,10 +41,11 @@ def db(tmp_path):
 
 
 def post(slug: str, when: datetime | None, feed: str = BLOGS, url: str | None = None, **fields) -> Post:
-    return Post(id=f"{feed}#{slug}", feed_url=feed, canonical_url=url or f"https://blog.example.com/{slug}/",
+    url = url or f"https://blog.example.com/{slug}/"
+    return Post(id=f"{feed}#{slug}", feed_url=feed, canonical_url=url,
                 title=fields.get("title", slug.replace("-", " ").title()), author=fields.get("author"),
                 summary=fields.get("summary", f"All about {slug}."), content_html=f"<p>All about {slug}.</p>",
-                published_at=when)
+                published_at=when, url_key=url_key(url))
 
 
 def add(db, *posts: Post, feed: str = BLOGS, now: datetime = NOW) -> int:
@@ -266,7 +268,7 @@ def test_the_draft_file_is_easy_to_edit(db, config):
 
 @pytest.mark.parametrize("damage, line, words", [
     (lambda text: text.replace("sections:", "sections: [", 1), None, "not valid YAML"),
-    (lambda text: text.replace("    url: https://blog.example.com/one/\n", "", 1), None, "url: is required"),
+    (lambda text: text.replace("- title: One\n", "- title: ''\n", 1), None, "title: must not be empty"),
     (lambda text: text.replace("https://blog.example.com/one/", "javascript:alert(1)", 1), None, "http(s) URL"),
 ])
 def test_broken_draft_names_file_and_line_and_keeps_the_last_rendering(db, config, damage, line, words):

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from digest.parse import canonical_url, parse_feed, sanitize_html, summarize
+from digest.parse import parse_feed, sanitize_html, summarize
+from digest.urls import clean_url, url_key
 
 FEED = "https://blog.example.com/feed.xml"
 
@@ -33,7 +34,9 @@ def one_post(item: str):
 
 @pytest.mark.parametrize("url, expected", [
     ("https://Blog.Example.com/a/?utm_source=rss&utm_medium=feed", "https://blog.example.com/a/"),
-    ("https://blog.example.com/a/?id=3&fbclid=x&gclid=y#comments", "https://blog.example.com/a/?id=3"),
+    ("https://blog.example.com/a/?id=3&fbclid=x&gclid=y#comments", "https://blog.example.com/a/?id=3#comments"),
+    ("https://blog.example.com/a/?ref=newsletter&source=rss----5517fd7b58a6---4", "https://blog.example.com/a/"),
+    ("https://blog.example.com/a/#utm_source=feed", "https://blog.example.com/a/"),
     ("https://blog.example.com:443/a", "https://blog.example.com/a"),
     ("http://blog.example.com:8080/a?mc_cid=1&page=2", "http://blog.example.com:8080/a?page=2"),
     ("/relative/post/", "https://blog.example.com/relative/post/"),
@@ -43,8 +46,8 @@ def one_post(item: str):
     ("cocoa-dom:tcmportmapper", None),
     ("", None),
 ])
-def test_canonical_url_is_absolute_http_without_tracking_or_fragment(url, expected):
-    assert canonical_url(url, FEED) == expected
+def test_clean_url_is_absolute_http_without_tracking(url, expected):
+    assert clean_url(url, FEED) == expected
 
 
 def test_id_is_stable_and_comes_from_guid_then_link_then_content():

@@ -406,7 +406,7 @@ def test_a_long_issue_rendered_for_real_is_well_formed(tmp_path, server, run_cli
                   intro="Hello " * 200, sections=[DraftSection(title="News", items=items[:30]),
                                                   DraftSection(title="Articles", items=items[30:])])
     write_draft(draft_path(tmp_path / "drafts", WEEK), draft)
-    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    code, out, err = run_cli("send", "--week", WEEK, "--yes", "--allow-clipped", cwd=tmp_path)  # 115 KB of HTML
     assert code == 0, err
     assert len(server.messages) == 2
     for received in server.messages:

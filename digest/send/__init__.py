@@ -20,6 +20,10 @@ class SendError(Exception):
     """The backend could not do its job (server unreachable, login refused, API error): one line, exit 1."""
 
 
+class Clipped(SendError):
+    """The email is past Gmail's clipping limit, and sending it clipped was not allowed: one line, exit 1."""
+
+
 @dataclass
 class SendReport:
     issue: str

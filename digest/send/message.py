@@ -16,10 +16,12 @@ import secrets
 from email import policy
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
+from urllib.parse import urlsplit
 
 from ..config import Newsletter
 from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
 from ..render import personalize
+from ..text import one_line
 from .unsubscribe import MAX_LINE, UnsubscribeLinks
 
 MARKS = (UNSUBSCRIBE_URL_MARK, SUBSCRIBER_NAME_MARK)
@@ -86,6 +88,24 @@ def _to_header(email: str, name: str) -> bytes:
     return f"To: {phrase} <{email}>\r\n".encode("utf-8")
 
 
+def list_id(newsletter: Newsletter) -> str:
+    """RFC 2919's list-id: `newsletter.list_id`, else the title's words joined by hyphens, a dot, and the
+    domain of site_url (else of the sender): `django-digest.digest.example.com`."""
+    if newsletter.list_id:
+        return newsletter.list_id
+    label = "-".join(re.findall(r"[a-z0-9]+", newsletter.title.lower())) or "newsletter"
+    domain = urlsplit(newsletter.site_url or "").hostname or parseaddr(newsletter.from_address)[1].rpartition("@")[2]
+    return f"{label}.{domain or 'localhost'}"
+
+
+def list_id_header(newsletter: Newsletter) -> str:
+    """`Django Digest <django-digest.digest.example.com>`: the title as a phrase, quoted when it needs it."""
+    title = one_line(newsletter.title)
+    if not re.fullmatch(r"[\w .'!-]*", title, re.ASCII):
+        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{title} <{list_id(newsletter)}>".strip()
+
+
 class Unmailable(ValueError):
     """No well-formed message can be made for this address."""
 
@@ -103,6 +123,10 @@ class MessageFactory:
             common.append(_header("Reply-To", newsletter.reply_to))
         if links.one_click:
             common.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        # What mailbox providers expect of a newsletter (RFC 2919, RFC 3834), and no out-of-office replies
+        # from Exchange flooding the editor's inbox.
+        common += [_header("List-Id", list_id_header(newsletter)), b"Precedence: bulk\r\n",
+                   b"Auto-Submitted: auto-generated\r\n", b"X-Auto-Response-Suppress: OOF, AutoReply\r\n"]
         common += [b"MIME-Version: 1.0\r\n",
                    f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")]
         chunks: list[bytes | tuple[str, bool]] = [b"".join(common)]

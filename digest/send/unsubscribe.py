@@ -63,6 +63,13 @@ def sample_url(newsletter: Newsletter) -> str:
     return mailto_url(newsletter)
 
 
+def longest_url(newsletter: Newsletter) -> str:
+    """The longest unsubscribe link a subscriber can get (a 254-character address): for size checks."""
+    if not newsletter.unsubscribe_url:
+        return mailto_url(newsletter)
+    return newsletter.unsubscribe_url.format(token=make_token("size", LONGEST_ADDRESS), email=LONGEST_ADDRESS)
+
+
 @dataclass(frozen=True)
 class UnsubscribeLinks:
     """Builds each subscriber's unsubscribe URL and List-Unsubscribe header value."""

@@ -1,0 +1,118 @@
+"""The schema of digest.db, as numbered migrations applied in order by `store.open_db`.
+
+The version is SQLite's `user_version`: a database at version N has had m001 … mN applied. Each
+migration runs in its own transaction together with the version it sets, so a kill leaves the database
+at one version or the next, never between. Release 0.1.0 wrote version 0 with m001's tables, which is
+why m001 creates only what is missing. Never edit a released migration: add the next one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(function: Migration) -> Migration:
+    MIGRATIONS.append(function)
+    return function
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database, path: str) -> int:
+    """Apply the pending migrations; returns the version. A database newer than this code is refused."""
+    known = len(MIGRATIONS)
+    if schema_version(db) > known:
+        raise sqlite3.DatabaseError(f"{path} was written by a newer digest (schema version {schema_version(db)}, "
+                                    f"this one knows {known}): upgrade digest")
+    for number, apply in enumerate(MIGRATIONS, 1):
+        if schema_version(db) >= number:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(db) < number:  # another process may have applied it while we waited
+                apply(db)
+                db.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return schema_version(db)
+
+
+def _run(db: sqlite_utils.Database, script: str) -> None:
+    """Statements separated by semicolons, inside the caller's transaction (executescript would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The schema of release 0.1.0."""
+    _run(db, """
+        CREATE TABLE IF NOT EXISTS feeds (
+            url TEXT PRIMARY KEY NOT NULL, name TEXT, section TEXT, title TEXT, etag TEXT, last_modified TEXT,
+            last_status INTEGER, last_error TEXT, last_warning TEXT, last_fetched_at TEXT, last_ok_at TEXT,
+            consecutive_failures INTEGER DEFAULT 0, redirect_url TEXT);
+        CREATE TABLE IF NOT EXISTS posts (
+            id TEXT PRIMARY KEY NOT NULL, canonical_url TEXT, feed_url TEXT NOT NULL, title TEXT NOT NULL,
+            author TEXT, summary TEXT, content_html TEXT, published_at TEXT NOT NULL, dated_by_feed INTEGER,
+            first_seen_at TEXT NOT NULL);
+        CREATE UNIQUE INDEX IF NOT EXISTS idx_posts_canonical_url ON posts (canonical_url);
+        CREATE INDEX IF NOT EXISTS idx_posts_published_at ON posts (published_at);
+        CREATE TABLE IF NOT EXISTS issues (
+            id TEXT PRIMARY KEY NOT NULL, subject TEXT, status TEXT NOT NULL DEFAULT 'draft', backend TEXT,
+            remote_id TEXT, idempotency_key TEXT, created_at TEXT NOT NULL, sent_at TEXT);
+        CREATE TABLE IF NOT EXISTS issue_posts (
+            issue_id TEXT REFERENCES issues(id), post_id TEXT REFERENCES posts(id), added_at TEXT,
+            PRIMARY KEY (issue_id, post_id));
+        CREATE INDEX IF NOT EXISTS idx_issue_posts_post_id ON issue_posts (post_id);
+        CREATE TABLE IF NOT EXISTS deliveries (
+            issue_id TEXT NOT NULL REFERENCES issues(id), email TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER DEFAULT 0, last_reply TEXT, message_id TEXT,
+            updated_at TEXT, sent_at TEXT, PRIMARY KEY (issue_id, email));
+        CREATE TABLE IF NOT EXISTS suppressions (
+            email TEXT PRIMARY KEY NOT NULL, reason TEXT NOT NULL, detail TEXT, issue_id TEXT,
+            created_at TEXT NOT NULL);
+    """)
+
+
+@migration
+def m002_post_identity(db: sqlite_utils.Database) -> None:
+    """Posts as readers see them (issue 7): one canonical URL may belong to several posts (two entries of a
+    feed linking to one page), so its unique index goes; posts keep their guid, the link's identity and a
+    content hash; feeds their site; issues when they were last built; each offered post where it went."""
+    from .text import content_key, plain_text
+    from .urls import url_key
+
+    _run(db, """
+        ALTER TABLE posts ADD COLUMN guid TEXT;
+        ALTER TABLE posts ADD COLUMN url_key TEXT;
+        ALTER TABLE posts ADD COLUMN content_key TEXT;
+        ALTER TABLE posts ADD COLUMN source TEXT;
+        DROP INDEX IF EXISTS idx_posts_canonical_url;
+        ALTER TABLE feeds ADD COLUMN site_url TEXT;
+        ALTER TABLE issues ADD COLUMN built_at TEXT;
+        ALTER TABLE issue_posts ADD COLUMN placement TEXT NOT NULL DEFAULT 'item';
+        UPDATE issues SET built_at = (SELECT max(added_at) FROM issue_posts WHERE issue_id = issues.id);
+    """)
+    db.conn.executemany("UPDATE posts SET url_key = ? WHERE id = ?", (
+        (url_key(url), post_id) for post_id, url in
+        db.execute("SELECT id, canonical_url FROM posts WHERE canonical_url IS NOT NULL").fetchall()))
+    db.conn.executemany("UPDATE posts SET content_key = ? WHERE id = ?", (
+        (content_key(title, plain_text(html or "")), post_id) for post_id, title, html in
+        db.execute("SELECT id, title, content_html FROM posts WHERE canonical_url IS NULL").fetchall()))
+    _run(db, """
+        CREATE INDEX idx_posts_url_key ON posts (url_key);
+        CREATE INDEX idx_posts_feed_guid ON posts (feed_url, guid);
+        CREATE INDEX idx_posts_content_key ON posts (content_key);
+        CREATE INDEX idx_posts_first_seen_at ON posts (first_seen_at);
+    """)

@@ -1,0 +1,118 @@
+"""Text from feeds made fit to show: invisible controls removed, HTML turned into plain text, cut at a word.
+
+Shared by parse (what is stored), render (what an editor typed into the draft) and the mail headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from html.parser import HTMLParser
+
+# Always removed: C0 and C1 controls (tab and line breaks become spaces first), bidi embeddings, overrides
+# and isolates (U+202E turns "Invoice \u202egnp.exe" into "Invoice exe.png"), and zero-width characters
+# that carry nothing a reader sees: zero-width space, word joiner, BOM, Mongolian vowel separator.
+_REMOVED = {code: None for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F),
+                                    *range(0x2066, 0x206A), 0x200B, 0x2060, 0xFEFF, 0x180E)}
+_SPACES = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " ", 0x2028: " ", 0x2029: " ", 0x85: " "}
+_LINE_BREAKS = {ord("\r"): "\n", 0x2028: "\n", 0x2029: "\n", 0x85: "\n"}
+# ZWJ and ZWNJ shape text in Persian, Arabic and Indic scripts and join emoji (👩‍💻): kept between two
+# letters, marks or symbols, removed anywhere else.
+_JOINERS = "\u200c\u200d"
+
+
+def _joins(char: str) -> bool:
+    return unicodedata.category(char)[0] in "LMS"
+
+
+def strip_invisible(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` without the invisible controls above; tabs and line breaks become spaces unless `keep_newlines`."""
+    if not text:
+        return ""
+    text = text.translate(_LINE_BREAKS if keep_newlines else _SPACES)
+    if keep_newlines:
+        text = text.replace("\t", " ")
+        kept = text.split("\n")
+        return "\n".join(strip_invisible(line) for line in kept)
+    if text.isascii():
+        return text.translate(_REMOVED)
+    text = text.translate(_REMOVED)
+    if "\u200c" not in text and "\u200d" not in text:
+        return text
+    chars = list(text)
+    for index, char in enumerate(chars):
+        if char in _JOINERS and not (0 < index < len(chars) - 1 and _joins(chars[index - 1])
+                                     and _joins(chars[index + 1])):
+            chars[index] = ""
+    return "".join(chars)
+
+
+def one_line(text: str | None) -> str:
+    """Visible text on one line, white space collapsed."""
+    return " ".join(strip_invisible(text or "").split())
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else cut at the last word boundary before it, with "…"."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut[limit // 2:]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:-–—·") + "…"
+
+
+def content_key(title: str, text: str) -> str:
+    """A post's identity when it has neither guid nor link: its normalized title and text."""
+    normalized = "\0".join(" ".join(strip_invisible(part).casefold().split()) for part in (title, text))
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()[:32]
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCKS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
+               "table", "tr", "figure", "figcaption", "dd", "dt", "hr", "section", "article", "header"}
+    _SKIPPED = {"script", "style", "template", "noscript", "iframe", "svg"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self._SKIPPED:
+            self.skipping += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in self._SKIPPED:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def plain_text(fragment: str) -> str:
+    """Visible text of an HTML fragment: entities decoded, one line per block, spaces collapsed."""
+    if "<" not in fragment and "&" not in fragment:
+        text = fragment
+    else:
+        extractor = _TextExtractor()
+        extractor.feed(fragment)
+        extractor.close()
+        text = "".join(extractor.parts)
+    lines = (" ".join(line.split()) for line in strip_invisible(text.replace("\xa0", " "), keep_newlines=True)
+             .splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+_WORD_CHARS = re.compile(r"\W+")
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two texts hold the same words, ignoring case, punctuation and spacing."""
+    return _WORD_CHARS.sub(" ", a).casefold().split() == _WORD_CHARS.sub(" ", b).casefold().split()
