@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import sys
 import threading
@@ -17,7 +18,7 @@ import typer
 from . import jobs, store
 from .config import Config, ConfigError, load_config
 from .lock import Busy, hold
-from .send import SendError, SendReport, SetupError
+from .send import SendError, SendReport, SetupError, redact
 from .weeks import BadWeek, current_week, parse_week
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -26,6 +27,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 EXIT_FAILED = 1  # the work failed: every feed, the SMTP server or Buttondown; or the confirmation was declined
 EXIT_BAD_INPUT = 2  # a file or an option: one line names it, nothing was changed
 EXIT_TEMPFAIL = 75  # try again later: another run holds the lock, or deliveries are still pending
+EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), like the shell reports a process it terminated
 
 
 class UserError(Exception):
@@ -142,7 +144,8 @@ def build(ctx: typer.Context,
     config = _config(ctx)
     issue_id = _week(config, week)
     db = _db(ctx)
-    report = jobs.build(config, db, issue_id)
+    with _send_errors(), hold(_paths(ctx)["db"]):  # never while a send reads the issue and marks its posts
+        report = jobs.build(config, db, issue_id)
     if as_json:
         data = asdict(report)
         _say(json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in data.items()},
@@ -267,7 +270,7 @@ def _send_errors() -> Iterator[None]:
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -390,7 +393,7 @@ def _send(config: Config, db, issue_id: str, backend: str, *, yes: bool, send_no
     with bar or nullcontext():
         report = jobs.send(config, db, plan, chosen)
     _print_send(plan, report)
-    return EXIT_TEMPFAIL if report.pending else 0
+    return EXIT_TEMPFAIL if report.pending or report.returned_to_draft else 0
 
 
 def _confirm(plan: jobs.SendPlan, send_now: bool) -> None:
@@ -422,7 +425,9 @@ def _print_send(plan: jobs.SendPlan, report: SendReport) -> None:
          f"in {report.seconds:.1f} s" + (f" ({'; '.join(notes)})" if notes else ""))
     for address, reply in report.failures:
         _say(f"  failed: {address}: {reply}")
-    if report.pending:
+    if report.returned_to_draft:
+        _say(f"  nothing was delivered ({report.last_error}): {report.issue} is a draft again; run again later")
+    elif report.pending:
         _say(f"  still pending, last error: {report.last_error}; run again later to resume")
 
 
@@ -430,17 +435,28 @@ def _print_send(plan: jobs.SendPlan, report: SendReport) -> None:
 def unsubscribe(ctx: typer.Context, address: str = typer.Argument(
         ..., metavar="ADDRESS", help="The address, or the token of an unsubscribe link.")) -> None:
     """Never mail an address again; this wins over subscribers.csv."""
+    config = _config(ctx)
     with _send_errors():
-        email, new = jobs.unsubscribe(_db(ctx), address)
+        email, new = jobs.unsubscribe(config, _db(ctx), address)
     _say(f"{email}: unsubscribed" if new else f"{email}: already unsubscribed or bounced, nothing to do")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemctl stop, a CI job cancelled): handled like Ctrl-C, so that messages in flight are
+    finished and recorded, and a resumed send mails no one twice."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def main() -> None:
     """Entry point: bad input ends in one line on stderr and exit code 2, never a traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)
     except (ConfigError, UserError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except sqlite3.OperationalError as exc:
         busy = "locked" in str(exc) or "busy" in str(exc)
@@ -456,6 +472,9 @@ def main() -> None:
     except typer.Abort:  # the confirmation was declined (or its prompt got Ctrl-C or end of input)
         typer.echo("aborted, nothing sent", err=True)
         sys.exit(EXIT_FAILED)
+    except Terminated:
+        typer.echo("stopped by SIGTERM (what was in flight is recorded; run again to resume)", err=True)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -1,17 +1,35 @@
-"""Fetching feeds over HTTP, concurrently: conditional GET, redirects, timeouts, size cap, retries.
+"""Fetching feeds over HTTP, concurrently: conditional GET, redirects, deadlines, a size cap, retries.
 
-This module returns bytes and headers; it neither parses XML nor touches the database.
+This module returns bytes and headers; it neither parses XML nor touches the database. Feed servers
+are hostile until proven otherwise, and nothing one of them does may cost the others or the machine:
+- size: the cap applies to the decoded bytes as they stream, layer by layer of Content-Encoding. The
+  layers are undone here, not by httpx, whose decoder inflates a whole chunk at once (437 bytes of
+  `gzip, gzip, gzip` became 1 GiB in memory before any cap could look);
+- time: one deadline per feed covers every attempt, redirect and pause between retries, and the
+  message says which it was (a slow drip of bytes never trips a per-read timeout);
+- addresses: link-local and cloud metadata addresses (169.254.169.254) are refused always, and
+  loopback and private ones unless the feed is configured at such an address (or `private: true`).
+  What counts is the address a name resolves to when connecting, checked again on every redirect,
+  so that a public feed cannot lead digest into the machine or its network. A refused redirect is
+  never remembered;
+- anything else that goes wrong is that feed's error in its result, never an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import ipaddress
 import random
+import socket
 import ssl
+import zlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable
+from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from . import __version__
@@ -19,8 +37,13 @@ from .config import CollectSettings
 
 USER_AGENT = f"digest/{__version__} (RSS/Atom to newsletter; +https://pypi.org/project/digest/)"
 ACCEPT = "application/atom+xml, application/rss+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+ACCEPT_ENCODING = "gzip, deflate"  # what _Decoder undoes; nothing else is asked for
 PERMANENT_REDIRECTS = {301, 308}
+MAX_REDIRECTS = 10
 POOL_SIZE = 16  # connections per httpx client
+CHUNK = 64 * 1024  # the most one decompression step may produce
+# Metadata services of cloud providers outside the link-local range (which is refused as a whole).
+METADATA_ADDRESSES = {ipaddress.ip_address(address) for address in ("100.100.100.200", "fd00:ec2::254")}
 
 
 @dataclass(frozen=True)
@@ -29,6 +52,7 @@ class FetchRequest:
     url: str  # where to fetch it now (the remembered permanent redirect target, if any)
     etag: str | None = None
     last_modified: str | None = None
+    allow_private: bool = False  # loopback and private addresses allowed (the feed is configured at one)
 
 
 @dataclass
@@ -42,18 +66,169 @@ class FetchResult:
     last_modified: str | None = None
     permanent_url: str | None = None  # set when every redirect hop was permanent
     error: str | None = None
+    refused: bool = False  # the error is an address digest will not fetch from
 
     @property
     def not_modified(self) -> bool:
         return self.status == 304
 
 
-class _TooLarge(Exception):
-    pass
+class _Stop(Exception):
+    """This feed's fetch is over, with this message: retrying cannot help."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 class _Retryable(Exception):
     pass
+
+
+# --- addresses ---------------------------------------------------------------------------
+
+
+def address_problem(address: str, allow_private: bool) -> str | None:
+    """Why digest must not connect to this IP address, or None."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.is_link_local or ip in METADATA_ADDRESSES:
+        return "a link-local or cloud metadata address"
+    if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return "not a unicast address"
+    if not allow_private and not ip.is_global:
+        return "a loopback or private address (set `private: true` on the feed if it is meant)"
+    return None
+
+
+def configured_private(url: str) -> bool:
+    """A feed configured at a loopback or private address (an IP, or localhost) may be fetched there."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not ip.is_global and not ip.is_link_local
+
+
+_ALLOW_PRIVATE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_private", default=False)
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to addresses that `address_problem` allows."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend):
+        self.inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options=None) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await _resolve(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        allowed = [address for address in addresses if address_problem(address, _ALLOW_PRIVATE.get()) is None]
+        if not allowed:
+            problem = address_problem(addresses[0], _ALLOW_PRIVATE.get())
+            raise httpcore.ConnectError(f"{_REFUSED}{host} is {addresses[0]}, {problem}")
+        return await self.inner.connect_tcp(allowed[0], port, timeout=timeout, local_address=local_address,
+                                            socket_options=socket_options)
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover - not used
+        raise httpcore.ConnectError("unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+_REFUSED = "refused to connect: "
+
+
+async def _check_redirect(url: str) -> None:
+    """A redirect's target, checked by name before any pooled connection to that host could be reused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Stop(f"redirected to {url[:200]!r}, which is not an http(s) address")
+    try:
+        addresses = await _resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError:
+        return  # the connection attempt will say it cannot resolve the name
+    for address in addresses:
+        problem = address_problem(address, _ALLOW_PRIVATE.get())
+        if problem:
+            raise _Stop(f"redirected to {url[:200]}: refused, {parts.hostname} is {address}, {problem}", refused=True)
+
+
+# --- bodies ------------------------------------------------------------------------------
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Decoder:
+    """Undoes the Content-Encoding layers of a body as it streams, no layer producing more than `cap` bytes."""
+
+    def __init__(self, header: str, cap: int):
+        codings = [coding.strip().lower() for coding in header.split(",")]
+        codings = [coding for coding in codings if coding and coding != "identity"]
+        unknown = [coding for coding in codings if coding not in ("gzip", "x-gzip", "deflate")]
+        if unknown:
+            raise _Stop(f"unsupported Content-Encoding: {', '.join(unknown)[:100]}")
+        if len(codings) > 4:
+            raise _Stop(f"{len(codings)} layers of Content-Encoding")
+        self.layers = [_Inflater(coding) for coding in reversed(codings)]
+        self.totals = [0] * (len(self.layers) + 1)
+        self.cap = cap
+
+    def feed(self, data: bytes) -> bytes:
+        for index, layer in enumerate(self.layers):
+            pieces = []
+            while data:
+                piece, data = layer.inflate(data, CHUNK)
+                self._count(index, len(piece))
+                pieces.append(piece)
+            data = b"".join(pieces)
+        self._count(len(self.layers), len(data))
+        return data
+
+    def _count(self, index: int, size: int) -> None:
+        self.totals[index] += size
+        if self.totals[index] > self.cap:
+            raise _TooLarge()
+
+
+class _Inflater:
+    """One gzip or deflate layer; "deflate" is zlib-wrapped by the standard, raw from some servers."""
+
+    def __init__(self, coding: str):
+        self.gzip = coding != "deflate"
+        self.engine = zlib.decompressobj(16 + zlib.MAX_WBITS if self.gzip else zlib.MAX_WBITS)
+        self.started = False
+
+    def inflate(self, data: bytes, most: int) -> tuple[bytes, bytes]:
+        """At most `most` bytes of output, and the input still to inflate."""
+        if self.engine.eof:
+            return b"", b""  # what follows the end of the stream is not part of the body
+        try:
+            piece = self.engine.decompress(data, most)
+        except zlib.error:
+            if self.gzip or self.started:
+                raise _Stop("the body is not valid gzip or deflate data") from None
+            self.engine = zlib.decompressobj(-zlib.MAX_WBITS)
+            piece = self.engine.decompress(data, most)
+        self.started = True
+        return piece, self.engine.unconsumed_tail
+
+
+# --- fetching ------------------------------------------------------------------------------
 
 
 async def fetch_all(requests: Iterable[FetchRequest], settings: CollectSettings = CollectSettings(),
@@ -69,8 +244,9 @@ async def fetch_all(requests: Iterable[FetchRequest], settings: CollectSettings 
     semaphore = asyncio.Semaphore(settings.concurrency)
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT, "Accept": ACCEPT}, timeout=httpx.Timeout(settings.timeout),
-            limits=limits, follow_redirects=True, max_redirects=10, verify=tls, transport=transport))
+            headers={"User-Agent": USER_AGENT, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
+            timeout=httpx.Timeout(settings.timeout), follow_redirects=False,
+            transport=transport or _guarded_transport(tls, limits)))
             for _ in range(shards)]
 
         async def one(client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
@@ -82,74 +258,102 @@ async def fetch_all(requests: Iterable[FetchRequest], settings: CollectSettings 
             yield await finished
 
 
+def _guarded_transport(tls: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(verify=tls, limits=limits)
+    pool = transport._pool  # httpx does not take a network backend; httpcore's pool does
+    pool._network_backend = _GuardedBackend(pool._network_backend)
+    return transport
+
+
 async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: CollectSettings) -> FetchResult:
-    """One feed, with retries; never raises for network or HTTP trouble: the result says what went wrong."""
+    """One feed, with retries, within one deadline; never raises: the result says what went wrong."""
     result = FetchResult(key=request.key, url=request.url)
+    allow = _ALLOW_PRIVATE.set(request.allow_private)
+    attempts, last = 0, None
+    try:
+        async with asyncio.timeout(settings.deadline):
+            while True:
+                attempts += 1
+                try:
+                    await _get(client, request, settings, result)
+                    return result
+                except (_Retryable, httpx.TimeoutException, httpx.TransportError) as exc:
+                    last = _describe(exc, settings)
+                    if str(exc).startswith(_REFUSED):
+                        _fail(result, str(exc), refused=True)
+                        return result
+                if attempts > settings.retries:
+                    _fail(result, last if attempts == 1 else f"{last} ({attempts} attempts)")
+                    return result
+                await asyncio.sleep(settings.backoff * 2 ** (attempts - 1) * (1 + random.random() / 2))
+    except TimeoutError:
+        tried = f"{attempts} attempt{'s' if attempts > 1 else ''}" + (f"; the one before: {last}" if last else "")
+        _fail(result, f"no complete answer within the {settings.deadline:g} s deadline ({tried})")
+    except _Stop as stop:
+        _fail(result, str(stop), refused=stop.refused)
+    except _TooLarge:
+        _fail(result, f"response larger than {settings.max_bytes / 2**20:g} MB")
+    except Exception as exc:  # whatever else one server can provoke is this feed's error, not the run's
+        _fail(result, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    finally:
+        _ALLOW_PRIVATE.reset(allow)
+    return result
+
+
+def _fail(result: FetchResult, error: str, *, refused: bool = False) -> None:
+    result.error, result.refused = error, refused
+    result.content, result.permanent_url = None, None
+
+
+async def _get(client: httpx.AsyncClient, request: FetchRequest, settings: CollectSettings,
+               result: FetchResult) -> None:
+    """One attempt: follow redirects by hand (each target checked), then read the body within the cap."""
     headers = {}
     if request.etag:
         headers["If-None-Match"] = request.etag
     if request.last_modified:
         headers["If-Modified-Since"] = request.last_modified
-    delay = settings.backoff
-    for attempt in range(1, settings.retries + 2):
-        result.error = None
-        try:
-            await asyncio.wait_for(_get(client, request.url, headers, settings, result), settings.timeout * 2)
-            return result
-        except (_Retryable, httpx.TimeoutException, httpx.TransportError, asyncio.TimeoutError) as exc:
-            result.error = _describe(exc, settings)
-        except _TooLarge:
-            result.error = f"response larger than {settings.max_bytes // 1024 // 1024} MB"
-            return result
-        except httpx.TooManyRedirects:
-            result.error = "too many redirects"
-            return result
-        except httpx.HTTPError as exc:
-            result.error = f"HTTP error: {exc}"
-            return result
-        if attempt <= settings.retries:
-            await asyncio.sleep(delay * (1 + random.random() / 2))
-            delay *= 2
-    return result
-
-
-async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], settings: CollectSettings,
-               result: FetchResult) -> None:
-    async with client.stream("GET", url, headers=headers) as response:
-        result.status = response.status_code
-        result.url = str(response.url)
-        result.permanent_url = _permanent_target(response)
-        if response.status_code == 304:
+    url, permanent = request.url, True
+    for hop in range(MAX_REDIRECTS + 1):
+        if hop:
+            await _check_redirect(url)
+        async with client.stream("GET", url, headers=headers) as response:
+            result.status, result.url = response.status_code, str(response.url)
+            location = response.headers.get("Location")
+            if response.is_redirect and location:
+                permanent = permanent and response.status_code in PERMANENT_REDIRECTS
+                url = urljoin(str(response.url), location.strip())
+                continue
+            result.permanent_url = str(response.url) if hop and permanent else None
+            await _read(response, settings, result)
             return
-        if response.status_code >= 500 or response.status_code == 429:
-            raise _Retryable(f"HTTP {response.status_code} {response.reason_phrase}")
-        if response.status_code >= 400:
-            result.error = f"HTTP {response.status_code} {response.reason_phrase}"
-            return
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > settings.max_bytes:
-            raise _TooLarge()
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > settings.max_bytes:
-                raise _TooLarge()
-        result.content = bytes(body)
-        result.headers = {name.lower(): value for name, value in response.headers.items()}
-        result.etag = response.headers.get("ETag")
-        result.last_modified = response.headers.get("Last-Modified")
+    raise _Stop("too many redirects")
 
 
-def _permanent_target(response: httpx.Response) -> str | None:
-    """The final URL when every hop was a permanent redirect: fetch it there next time."""
-    if response.history and all(hop.status_code in PERMANENT_REDIRECTS for hop in response.history):
-        return str(response.url)
-    return None
+async def _read(response: httpx.Response, settings: CollectSettings, result: FetchResult) -> None:
+    if response.status_code == 304:
+        return
+    if response.status_code >= 500 or response.status_code == 429:
+        raise _Retryable(f"HTTP {response.status_code} {response.reason_phrase}")
+    if response.status_code >= 400:
+        raise _Stop(f"HTTP {response.status_code} {response.reason_phrase}")
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > settings.max_bytes:
+        raise _TooLarge()
+    decoder = _Decoder(response.headers.get("Content-Encoding", ""), settings.max_bytes)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += decoder.feed(chunk)
+    result.content = bytes(body)
+    result.headers = {name.lower(): value for name, value in response.headers.items()
+                      if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")}
+    result.etag = response.headers.get("ETag")
+    result.last_modified = response.headers.get("Last-Modified")
 
 
 def _describe(exc: Exception, settings: CollectSettings) -> str:
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
-        return f"timed out after {settings.timeout:g} s"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out after {settings.timeout:g} s without an answer"
     if isinstance(exc, _Retryable):
         return str(exc)
     if isinstance(exc, httpx.ConnectError):

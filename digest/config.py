@@ -11,9 +11,11 @@ import io
 import math
 import os
 import re
+import string
 import unicodedata
 from datetime import date
 from dataclasses import dataclass, field, replace
+from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,17 @@ class Newsletter:
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def list_identifier(self) -> str:
+        """RFC 2919's list-id, which also names the newsletter in unsubscribe tokens: `list_id`, else the
+        title's words joined by hyphens, a dot, and the domain of site_url (else of the sender):
+        `django-digest.digest.example.com`."""
+        if self.list_id:
+            return self.list_id
+        label = "-".join(re.findall(r"[a-z0-9]+", self.title.lower())) or "newsletter"
+        domain = urlsplit(self.site_url or "").hostname or parseaddr(self.from_address)[1].rpartition("@")[2]
+        return f"{label}.{domain or 'localhost'}"
+
 
 @dataclass(frozen=True)
 class FeedConfig:
@@ -68,6 +81,7 @@ class FeedConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_items: int = 25  # posts of this feed in one issue's email; the rest are listed in the draft
+    private: bool = False  # may be fetched from loopback and private addresses (an intranet feed)
     line: int | None = None  # where the feed is declared in feeds.yaml
 
     def wants(self, title: str, summary: str) -> bool:
@@ -81,8 +95,9 @@ class FeedConfig:
 @dataclass(frozen=True)
 class CollectSettings:
     concurrency: int = 128  # feeds fetched at once
-    timeout: float = 20.0  # seconds for connect, each read, and (doubled) the whole answer
-    max_bytes: int = 10 * 1024 * 1024  # a larger answer is refused
+    timeout: float = 20.0  # seconds for connecting and for each read
+    deadline: float = 60.0  # seconds for the whole of one feed: every attempt, redirect and pause
+    max_bytes: int = 10 * 1024 * 1024  # a larger answer (decoded) is refused
     retries: int = 2  # extra attempts after a timeout, a dropped connection, a 429 or a 5xx
     backoff: float = 0.5  # seconds before the first retry, doubled each time
 
@@ -350,6 +365,14 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         check_url(reader, key, values.get(key))
     for key in ("title", "from", "reply_to", "subject"):
         reader.one_line(key, values.get(fields[key]))
+    for key in ("from", "reply_to"):
+        address = parseaddr(values.get(fields[key], "") or "")[1]
+        if fields[key] in values and not is_valid_email(address):
+            raise reader.error(key, f"must be an email address such as \"Digest <digest@example.com>\", "
+                                    f"got {values[fields[key]]!r}")
+    _check_placeholders(reader, "archive_url", values.get("archive_url"), allowed={"issue"}, required=set())
+    _check_placeholders(reader, "unsubscribe_url", values.get("unsubscribe_url"), allowed={"token", "email"},
+                        required={"token"})
     timezone = values.get("timezone", "UTC")
     try:
         ZoneInfo(timezone)
@@ -371,6 +394,25 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
     return newsletter
 
 
+def _check_placeholders(reader: MappingReader, key: str, value: str | None, *, allowed: set[str],
+                        required: set[str]) -> None:
+    """A URL pattern may hold only the named placeholders, and must hold the required ones: without {token},
+    every subscriber would get the same unsigned unsubscribe link."""
+    if value is None:
+        return
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise reader.error(key, f"bad pattern ({exc}); write a literal brace as {{{{ or }}}}") from None
+    wanted = ", ".join("{" + name + "}" for name in sorted(allowed))
+    unknown = names - allowed
+    if unknown:
+        raise reader.error(key, f"unknown placeholder {{{sorted(unknown)[0]}}}: use {wanted}")
+    missing = required - names
+    if missing:
+        raise reader.error(key, f"must hold {{{sorted(missing)[0]}}}: each subscriber's link is signed for them")
+
+
 def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: int) -> tuple[FeedConfig, ...]:
     if node is None or node.value is None:
         raise ConfigError(path, line, "feeds", "is required: a list of feeds with name, url and section")
@@ -380,7 +422,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
     seen: set[str] = set()
     for index, item in enumerate(node.value):
         reader = MappingReader(path, item, f"feeds[{index}]")
-        reader.check_keys({"name", "url", "section", "include", "exclude", "max_items"})
+        reader.check_keys({"name", "url", "section", "include", "exclude", "max_items", "private"})
         url = reader.get("url", str, required=True).strip()
         check_url(reader, "url", url)
         if url in seen:
@@ -393,7 +435,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
         feeds.append(FeedConfig(name=name, url=url, section=section, include=reader.words("include"),
                                 exclude=reader.words("exclude"),
                                 max_items=reader.number("max_items", int, FeedConfig.max_items, minimum=1),
-                                line=item.line))
+                                private=reader.get("private", bool, False), line=item.line))
     return tuple(feeds)
 
 
@@ -431,13 +473,14 @@ def load_config(path: Path | str) -> Config:
     collect = CollectSettings()
     collect_reader = top.sub("collect")
     if collect_reader is not None:
-        collect_reader.check_keys({"concurrency", "timeout", "max_megabytes", "retries"})
+        collect_reader.check_keys({"concurrency", "timeout", "deadline", "max_megabytes", "retries"})
         max_bytes = int(collect_reader.number("max_megabytes", float, collect.max_bytes / 2**20, above=0) * 2**20)
         if max_bytes < 1:
             raise collect_reader.error("max_megabytes", "must be at least one byte")
         collect = CollectSettings(
             concurrency=collect_reader.number("concurrency", int, collect.concurrency, minimum=1),
             timeout=collect_reader.number("timeout", float, collect.timeout, above=0),
+            deadline=collect_reader.number("deadline", float, collect.deadline, above=0),
             max_bytes=max_bytes,
             retries=collect_reader.number("retries", int, collect.retries, minimum=0),
         )
@@ -505,6 +548,21 @@ class Subscriber:
     line: int | None = None
 
 
+def address_key(address: str) -> str:
+    """Who an address is, for comparing two: the domain lower-cased, and in the local part only ASCII letters.
+
+    Unicode case folding would make `ſ@x.example` and `straße@x.example` the same person as `s@x.example`
+    and `strasse@x.example`: one's unsubscribe link would unsubscribe the other.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return address.strip().translate(_ASCII_LOWER)
+    return f"{local.translate(_ASCII_LOWER)}@{domain.lower()}"
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def is_valid_email(address: str) -> bool:
     return bool(_EMAIL.match(address)) and len(address) <= 254
 
@@ -525,7 +583,7 @@ def clean_name(name: str) -> str:
 
 
 def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:
-    """Subscribers from the CSV (columns email, name, status), merged case-insensitively.
+    """Subscribers from the CSV (columns email, name, status), the same address (`address_key`) merged.
 
     Rows with a bad address are returned as problems (or raised when strict), never silently dropped.
     """
@@ -559,7 +617,7 @@ def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subsc
                         raise problem
                     problems.append(problem)
                     continue
-                key = email.casefold()
+                key = address_key(email)
                 previous = by_email.get(key)
                 if previous is not None and previous.status != "active":
                     continue  # an unsubscribe or bounce anywhere in the file wins

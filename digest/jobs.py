@@ -10,9 +10,11 @@ import json
 import multiprocessing
 import os
 import re
+import sqlite3
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -21,14 +23,16 @@ import httpx
 import sqlite_utils
 
 from . import store
-from .collect import FetchRequest, FetchResult, fetch_all
-from .config import CollectSettings, Config, ConfigError, FeedConfig, Subscriber, is_valid_email, read_subscribers
-from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
-from .models import Draft, ParsedFeed
-from .models import RenderedIssue
+from .collect import FetchRequest, FetchResult, configured_private, fetch_all
+from .config import (CollectSettings, Config, ConfigError, FeedConfig, Subscriber, address_key, is_valid_email,
+                     read_subscribers, read_text_file)
+from .draft import (add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft,
+                    write_durably)
+from .models import Draft, ParsedFeed, RenderedIssue
 from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, size_advice
 from .select import new_for_issue
-from .send import Backend, Clipped, SendReport, SetupError, env_secret
+from .urls import url_key
+from .send import Backend, Clipped, SendReport, SetupError, Unrecorded, env_secret
 from .send.buttondown import ButtondownBackend, request_body
 from .send.message import MessageFactory
 from .send.smtp import SmtpBackend
@@ -80,23 +84,34 @@ def collect(config: Config, db: sqlite_utils.Database, *, now: datetime | None =
     for feed in config.feeds:
         state = states.get(feed.url, {})
         requests.append(FetchRequest(key=feed.url, url=state.get("redirect_url") or feed.url,
-                                     etag=state.get("etag"), last_modified=state.get("last_modified")))
+                                     etag=state.get("etag"), last_modified=state.get("last_modified"),
+                                     allow_private=feed.private or configured_private(feed.url)))
     report = CollectReport()
-    with _parse_pool(len(requests)) as pool:
+    with _ParsePool(len(requests)) as pool:
         asyncio.run(_collect(config, db, requests, now, settings, pool, transport, report, on_feed))
     report.seconds = time.perf_counter() - started
     return report
 
 
 async def _collect(config, db, requests, now, settings, pool, transport, report, on_feed) -> None:
-    loop = asyncio.get_running_loop()
     configured = {feed.url for feed in config.feeds}
 
     async def handle(feed: FeedConfig, result: FetchResult) -> None:
+        """Parse and store one feed. Whatever its bytes provoke is this feed's failure, never the run's; only
+        the database failing (locked, full, unwritable) ends the run."""
         parsed = None
         if result.content is not None and result.error is None:
-            parsed = await loop.run_in_executor(pool, _parse, result.content, feed.url, result.headers, result.url)
-        feed_report = _store(db, feed, result, parsed, now, configured)
+            try:
+                parsed = await pool.parse(result.content, feed.url, result.headers, result.url)
+            except Exception as exc:
+                parsed = ParsedFeed(title=None, posts=[], error=f"cannot parse: {_one_line(exc)}")
+        try:
+            feed_report = _store(db, feed, result, parsed, now, configured)
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            failed = replace(result, content=None, error=f"cannot store: {_one_line(exc)}")
+            feed_report = _store(db, feed, failed, None, now, configured)
         report.feeds.append(feed_report)
         if on_feed:
             on_feed(feed_report)
@@ -119,7 +134,7 @@ def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None,
     error = result.error or (parsed.error if parsed else None)
     outcome = store.FetchOutcome(
         status=result.status, error=error, etag=result.etag, last_modified=result.last_modified,
-        permanent_url=result.permanent_url, title=parsed.title if parsed else None,
+        permanent_url=result.permanent_url, forget_redirect=result.refused, title=parsed.title if parsed else None,
         not_modified=result.not_modified, warning=parsed.warning if parsed else None,
         site_url=parsed.site_url if parsed else None,
     )
@@ -148,21 +163,50 @@ class _InlineExecutor(Executor):
         return future
 
 
-def _parse_pool(feed_count: int) -> Executor:
-    """A process pool for parsing (CPU-bound), forked before the event loop starts any thread."""
-    workers = min(os.cpu_count() or 1, feed_count)
-    if workers < 2 or feed_count < 8:
-        return _InlineExecutor()
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    for _ in range(workers):  # each submit forks one worker now; they import the parser while we fetch
-        pool.submit(_import_parser)
-    return pool
+class _ParsePool:
+    """Where feeds are parsed: a process pool (CPU-bound), forked before the event loop starts any thread,
+    or inline for a handful of feeds. A worker that dies (the kernel's OOM killer, a crash in a C library)
+    fails the feeds it was parsing; the next ones get a new pool, started without fork now that threads run."""
+
+    def __init__(self, feed_count: int):
+        self.workers = min(os.cpu_count() or 1, feed_count)
+        self.executor: Executor = _InlineExecutor()
+        if self.workers >= 2 and feed_count >= 8:
+            self.executor = self._start("fork")
+            for _ in range(self.workers):  # each submit forks one worker now; they import the parser while we fetch
+                self.executor.submit(_import_parser)
+
+    def _start(self, method: str) -> Executor:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context(method if method in methods else None)
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+
+    async def parse(self, content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
+        executor = self.executor
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, _parse, content, feed_url, headers,
+                                                                    fetched_url)
+        except BrokenProcessPool:
+            if self.executor is executor:
+                executor.shutdown(wait=False, cancel_futures=True)
+                self.executor = self._start("spawn")
+            raise BrokenProcessPool("the parsing process died (out of memory, or killed) while this feed or "
+                                    "another was being parsed; it is fetched again next time") from None
+
+    def __enter__(self) -> _ParsePool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _import_parser() -> None:
     import digest.parse  # noqa: F401
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --- build ---------------------------------------------------------------------------
@@ -199,6 +243,7 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
     issue = store.get_issue(db, issue_id)
     if issue is not None and issue["status"] != "draft":
         return BuildReport(issue=issue_id, outcome=issue["status"])
+    check_receipt(config, db, issue_id)
     fresh = new_for_issue(db, config, issue_id, now)
     path = draft_path(config.drafts_dir, issue_id)
     if path.exists():
@@ -254,6 +299,8 @@ class SendPlan:
     already: int = 0  # subscribers an earlier, interrupted run already mailed
     not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
     problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
+    draft_text: str = ""  # the draft as sent: a resumed send sends what the first subscribers got
+    snapshot_note: str | None = None  # the draft file changed since the send began
     rendered: RenderedIssue | None = None  # the email, rendered once for the size check and the send
     html_bytes: int = 0  # its HTML with the longest unsubscribe link a subscriber can get
 
@@ -286,18 +333,29 @@ def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
 
 
 def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend: str, *,
-              send_now: bool = False, dry_run: bool = False, allow_clipped: bool = False) -> SendPlan:
+              send_now: bool = False, dry_run: bool = False, allow_clipped: bool = False,
+              force: bool = False) -> SendPlan:
     """Read the draft and, for smtp, who is still to be mailed: active, not suppressed, not yet done.
 
     With nobody to mail and nothing begun, there is nothing to do (a dry run still shows a sample): an issue
     "sent" to nobody would use up its posts. An email that Gmail would clip is refused (Clipped) unless
-    `allow_clipped`, a dry run, or a send that began with it allowed.
+    `allow_clipped`, a dry run, or a send that began with it allowed. A send the drafts folder's receipt
+    knows of but the database does not is refused (Unrecorded) unless `force`. A resumed send reads the
+    draft as it was when the send began, whatever the file says now.
     """
     plan = SendPlan(issue=issue_id, backend=backend, done=issue_done(db, issue_id, backend, send_now=send_now))
     if plan.done:
         return plan
+    if not force:
+        check_receipt(config, db, issue_id)
     path = draft_path(config.drafts_dir, issue_id)
-    plan.draft = read_draft(path)
+    file_text = read_text_file(path, "no draft for this week (run `digest build` first)")
+    kept = (store.get_issue(db, issue_id) or {}).get("sent_draft") if sending_began(db, issue_id) else None
+    plan.draft_text = kept if kept is not None else file_text
+    plan.draft = parse_draft(path, plan.draft_text)
+    if kept is not None and kept != file_text:
+        plan.snapshot_note = (f"{path} changed since the send began; the rest of the subscribers get the "
+                              f"version the first ones got")
     if not plan.draft.items:
         plan.done = f"{issue_id}: {path} has no items, nothing to send"
         return plan
@@ -316,7 +374,7 @@ def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend:
     sent = store.delivery_keys(db, issue_id, "sent")
     failed = store.delivery_keys(db, issue_id, "failed")
     for subscriber in subscribers:
-        key = subscriber.email.casefold()
+        key = address_key(subscriber.email)
         reason = suppressed.get(key) or (subscriber.status if subscriber.status != "active" else None)
         if reason is None and key in failed:
             reason = "failed"
@@ -342,9 +400,70 @@ def backend_for(config: Config, plan: SendPlan, *, send_now: bool = False,
 
 def send(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, *,
          now: datetime | None = None) -> SendReport:
-    """Deliver the issue as rendered by the plan; the database records each step so that a re-run resumes."""
-    store.ensure_issue(db, plan.issue, plan.draft.subject, now or datetime.now(timezone.utc))
-    return backend.deliver(db, plan.issue, plan.rendered)
+    """Deliver the issue as rendered by the plan; the database records each step so that a re-run resumes.
+
+    First the draft is kept in the database (with which posts the email holds) and a durable receipt is
+    written next to it; the receipt follows the issue's state when the backend is done, or stops.
+    """
+    now = now or datetime.now(timezone.utc)
+    store.ensure_issue(db, plan.issue, plan.draft.subject, now)
+    store.begin_send(db, plan.issue, plan.draft_text, _posts_in(plan.draft, store.offered_posts(db, plan.issue)))
+    receipt = draft_path(config.drafts_dir, plan.issue, RECEIPT)
+    _write_receipt(receipt, db, plan.issue, plan.backend, now, status="sending")
+    try:
+        return backend.deliver(db, plan.issue, plan.rendered)
+    finally:
+        issue = store.get_issue(db, plan.issue) or {}
+        if issue.get("status") in ("sending", "sent"):
+            _write_receipt(receipt, db, plan.issue, plan.backend, now, status=issue["status"])
+        else:
+            receipt.unlink(missing_ok=True)  # nothing was delivered: a draft again
+
+
+RECEIPT = ".receipt.json"
+
+
+def _write_receipt(path: Path, db: sqlite_utils.Database, issue_id: str, backend: str, now: datetime, *,
+                   status: str) -> None:
+    """drafts/<issue>.receipt.json: that this issue began sending (or was sent), and how far it got. It
+    outlives a lost or replaced database, whose empty ledger would otherwise mail everyone again."""
+    try:
+        began = json.loads(path.read_text(encoding="utf-8")).get("began")
+    except (OSError, ValueError, AttributeError):
+        began = None
+    issue = store.get_issue(db, issue_id) or {}
+    receipt = {"issue": issue_id, "status": status, "backend": backend, "began": began or store.iso(now),
+               "updated": store.iso(datetime.now(timezone.utc)),
+               "delivered": store.delivery_counts(db, issue_id).get("sent", 0), "remote_id": issue.get("remote_id"),
+               "database": store.database_path(db)}
+    write_durably(path, json.dumps(receipt, indent=2) + "\n")
+
+
+def check_receipt(config: Config, db: sqlite_utils.Database, issue_id: str) -> None:
+    """Refuse (Unrecorded) when the receipt says the issue began sending or was sent and the database knows
+    nothing of it: the database was lost or replaced, and its empty ledger would mail everyone again."""
+    path = draft_path(config.drafts_dir, issue_id, RECEIPT)
+    if not path.exists():
+        return
+    issue = store.get_issue(db, issue_id) or {}
+    if issue.get("status") in ("sending", "sent") or issue.get("remote_id") or issue.get("sent_draft"):
+        return
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8"))
+        how = f"{receipt['status']} ({receipt['delivered']} delivered by {receipt['updated']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        how = "sending"
+    raise Unrecorded(f"{path} says {issue_id} was {how}, but {store.database_path(db)} has no record of it: the "
+                     f"database was lost or replaced. Put back the database that sent it; or, to start again "
+                     f"from an empty ledger (everyone may get it twice), add --force")
+
+
+def _posts_in(draft: Draft, offered: list[dict]) -> list[str]:
+    """Which offered posts the email holds: by link, or, for link-less items, by title."""
+    links = {url_key(item.url) for item in draft.items if item.url}
+    titles = {item.title for item in draft.items if not item.url}
+    return [post["id"] for post in offered
+            if (post["url_key"] in links if post["canonical_url"] else post["title"] in titles)]
 
 
 def send_test(config: Config, issue_id: str, address: str) -> str:
@@ -359,11 +478,13 @@ def send_test(config: Config, issue_id: str, address: str) -> str:
 def dry_run(config: Config, plan: SendPlan, *, send_now: bool = False) -> list[Path]:
     """Write what would be sent, sending nothing: a few complete .eml files (smtp) or the API request (buttondown).
 
-    They go to drafts/<issue>.dry-run/; the samples are the first subscribers still to be mailed.
+    They go to drafts/<issue>.dry-run/, readable by their owner only (they hold subscribers' addresses and
+    signed unsubscribe links); the samples are the first subscribers still to be mailed.
     """
     rendered = plan.rendered
     directory = draft_path(config.drafts_dir, plan.issue, ".dry-run")
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
     if plan.backend == "buttondown":
         path = directory / "buttondown-request.json"
         body = request_body(rendered, plan.issue, send_now=send_now)
@@ -375,16 +496,18 @@ def dry_run(config: Config, plan: SendPlan, *, send_now: bool = False) -> list[P
     paths = []
     for number, subscriber in enumerate(samples, 1):
         path = directory / f"{number:02d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', subscriber.email)}.eml"
-        path.write_bytes(factory.copy(subscriber.email, subscriber.name, factory.message_id(subscriber.email)))
+        path.unlink(missing_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
+            stream.write(factory.copy(subscriber.email, subscriber.name, factory.message_id(subscriber.email)))
         paths.append(path)
     return paths
 
 
-def unsubscribe(db: sqlite_utils.Database, address_or_token: str, *, now: datetime | None = None) -> tuple[str, bool]:
-    """Record that an address (or the one an unsubscribe token was signed for) is never mailed again.
-
-    The database wins over subscribers.csv. Returns the address and whether it is newly unsubscribed.
-    """
+def unsubscribe(config: Config, db: sqlite_utils.Database, address_or_token: str, *,
+                now: datetime | None = None) -> tuple[str, bool]:
+    """Record that an address (or the one an unsubscribe token of this newsletter was signed for) is never
+    mailed again. The database wins over subscribers.csv. Returns the address and whether it is newly
+    unsubscribed."""
     text = address_or_token.strip()
     if "@" in text:
         if not is_valid_email(text):
@@ -392,8 +515,8 @@ def unsubscribe(db: sqlite_utils.Database, address_or_token: str, *, now: dateti
         email = text
     else:
         secret = env_secret(SECRET_ENV)
-        email = verify_token(secret, text) if secret else None
+        email = verify_token(secret, config.newsletter.list_identifier, text) if secret else None
         if email is None:
-            raise SetupError(f"{text!r} is neither an address nor a token signed with {SECRET_ENV}")
+            raise SetupError(f"{text!r} is neither an address nor a token of this newsletter signed with {SECRET_ENV}")
     new = store.suppress(db, email, "unsubscribed", now or datetime.now(timezone.utc), detail="digest unsubscribe")
     return email, new

@@ -25,7 +25,7 @@ def lock_path(db_path: Path | str) -> Path:
 def hold(db_path: Path | str) -> Iterator[None]:
     path = lock_path(db_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

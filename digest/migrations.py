@@ -116,3 +116,15 @@ def m002_post_identity(db: sqlite_utils.Database) -> None:
         CREATE INDEX idx_posts_content_key ON posts (content_key);
         CREATE INDEX idx_posts_first_seen_at ON posts (first_seen_at);
     """)
+
+
+@migration
+def m003_send_snapshot(db: sqlite_utils.Database) -> None:
+    """A send keeps the draft it began with (a resumed send mails what the first subscribers got), and marks
+    which offered posts the email holds: only those are never offered again (issue 8). Offers of issues
+    already sent or being sent count as in the email, as they did."""
+    _run(db, """
+        ALTER TABLE issues ADD COLUMN sent_draft TEXT;
+        ALTER TABLE issue_posts ADD COLUMN in_email INTEGER NOT NULL DEFAULT 0;
+        UPDATE issue_posts SET in_email = 1 WHERE issue_id IN (SELECT id FROM issues WHERE status IN ('sending', 'sent'));
+    """)

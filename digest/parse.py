@@ -85,8 +85,11 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     # document really came from, which differs after a redirect. feedparser is not told that address: it
     # would turn a guid such as "S-1" into a link. Links are resolved here, content by sanitize_html.
     base_url = fetched_url or feed_url
-    parsed = feedparser.parse(content, response_headers=response_headers, sanitize_html=False,
-                              resolve_relative_uris=False)
+    try:
+        parsed = feedparser.parse(_valid_character_references(content), response_headers=response_headers,
+                                  sanitize_html=False, resolve_relative_uris=False)
+    except Exception as exc:  # feedparser's own bugs on hostile input: this feed fails, nothing else
+        return ParsedFeed(title=None, posts=[], error=f"cannot parse: {type(exc).__name__}: {exc}"[:300])
     error = _unusable(parsed, content, response_headers)
     if error:
         return ParsedFeed(title=None, posts=[], error=error)
@@ -95,15 +98,22 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     shared_guids = _shared_guids(parsed.entries, links)
     posts: list[Post] = []
     seen_ids: set[str] = set()
-    empty = 0
+    empty, unreadable = 0, []
     for entry, link in zip(parsed.entries, links):
-        post = _post_from_entry(entry, link, feed_url, base_url, site_url, shared_guids)
+        try:
+            post = _post_from_entry(entry, link, feed_url, base_url, site_url, shared_guids)
+        except Exception as exc:  # one hostile entry costs itself, not its feed
+            unreadable.append(f"{type(exc).__name__}: {exc}"[:200])
+            continue
         if post is None:
             empty += 1
         elif post.id not in seen_ids:
             seen_ids.add(post.id)
             posts.append(post)
     warnings = [f"skipped {empty} {'entry' if empty == 1 else 'entries'} with no title, text or link"] if empty else []
+    if unreadable:
+        warnings.append(f"skipped {len(unreadable)} unreadable {'entry' if len(unreadable) == 1 else 'entries'} "
+                        f"({unreadable[0]})")
     feed_title = one_line(plain_text(parsed.feed.get("title", ""))) or None
     malformed = parsed.get("bozo_exception")
     if isinstance(malformed, xml.sax.SAXParseException):
@@ -113,6 +123,23 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
             return ParsedFeed(title=None, posts=[], error=_malformed(malformed))
         warnings.insert(0, f"{_malformed(malformed)} (kept {len(posts)} posts the lenient parser recovered)")
     return ParsedFeed(title=feed_title, posts=posts, site_url=site_url, warning="; ".join(warnings) or None)
+
+
+_CHARACTER_REFERENCE = re.compile(rb"&(?:amp;)?#(x[0-9a-f]+|[0-9]+);", re.IGNORECASE)
+
+
+def _valid_character_references(content: bytes) -> bytes:
+    """Numeric character references to code points that cannot exist (surrogates, past U+10FFFF, numbers of
+    any size) make feedparser raise: they become U+FFFD, in markup and in escaped HTML alike."""
+    def replace(match: re.Match) -> bytes:
+        number = match.group(1)
+        digits = number[1:] if number[:1] in (b"x", b"X") else number
+        if len(digits) > 8:
+            return b"&#xFFFD;"
+        code = int(digits, 16) if digits is not number else int(digits)
+        return b"&#xFFFD;" if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF else match.group(0)
+
+    return _CHARACTER_REFERENCE.sub(replace, content) if b"&" in content else content
 
 
 def _malformed(exception: xml.sax.SAXParseException) -> str:

@@ -195,13 +195,24 @@ class PreviewServer:
             self.preview.refresh()
 
 
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: 127.0.0.1, localhost or [::1], with any port."""
+    name = host.strip().lower()
+    name = name[: name.index("]") + 1] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0]
+    return name in ("127.0.0.1", "localhost", "[::1]")
+
+
 def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
     page = (files("digest") / "templates" / "preview.html").read_text(encoding="utf-8")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path, _, query = self.path.partition("?")
-            if path == "/":
+            if not _loopback_host(self.headers.get("Host", "")):
+                # A page elsewhere whose name an attacker re-points at 127.0.0.1 (DNS rebinding) would send
+                # its own name here: it must not read the draft.
+                self._send(403, "text/plain; charset=utf-8", b"forbidden: open the preview at 127.0.0.1")
+            elif path == "/":
                 self._send(200, "text/html; charset=utf-8", page.encode("utf-8"))
             elif path == "/email.html":
                 dark = "dark=1" in query.split("&")

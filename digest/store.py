@@ -6,6 +6,7 @@ that comparing strings compares instants.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Collection, Iterable, Iterator
 
 import sqlite_utils
 
+from .config import address_key
 from .migrations import migrate
 from .models import Post
 from .urls import prefer
@@ -29,7 +31,21 @@ def from_iso(text: str) -> datetime:
 
 
 def open_db(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) the database in WAL mode, its schema brought up to date (migrations.py)."""
+    """Open (creating if needed) the database in WAL mode, its schema brought up to date (migrations.py).
+
+    A new database is created readable by its owner only (it holds every subscriber's address; SQLite
+    gives its -wal and -shm files the same mode). An empty file is refused, not taken for a new database:
+    a truncated digest.db has lost the delivery ledger, and starting afresh would mail everyone again.
+    """
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_size == 0:
+            raise sqlite3.DatabaseError(f"{path} is empty (0 bytes): restore it from a backup, or delete it to "
+                                        f"start a new database (which knows of no sent issue)") from None
+    else:
+        os.close(descriptor)
     connection = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     db = sqlite_utils.Database(connection)
     db.execute("PRAGMA journal_mode=WAL")
@@ -67,6 +83,7 @@ class FetchOutcome:
     not_modified: bool = False
     warning: str | None = None
     site_url: str | None = None  # the feed's home page, from its channel link
+    forget_redirect: bool = False  # the remembered redirect led to an address digest refuses
 
 
 def feed_states(db: sqlite_utils.Database) -> dict[str, dict]:
@@ -104,6 +121,8 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
                 row["site_url"] = outcome.site_url
         if outcome.permanent_url and outcome.error is None and outcome.status in (200, 304):
             row["redirect_url"] = outcome.permanent_url  # only a target that answered: else the feed is lost
+        elif outcome.forget_redirect:
+            row["redirect_url"] = None
         new_count = _insert_posts(db, url, posts, now_text, configured)
         columns = ", ".join(row)
         updates = ", ".join(f"{column} = excluded.{column}" for column in row if column != "url")
@@ -267,7 +286,7 @@ def add_offered(db: sqlite_utils.Database, issue_id: str, placements: Iterable[t
 def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: str,
                     seen_since: str | None = None) -> list[dict]:
     """Posts dated in [since, until), or first seen at or after `seen_since` and dated before `until`; none
-    dated in the future, none in an issue sent or being sent; oldest first.
+    dated in the future, none in the email of an issue sent or being sent; oldest first.
 
     An issue being sent (`sending`: partly mailed, or handed to Buttondown) is as good as sent: its posts
     must not come back in a later issue, whether or not that send is ever finished.
@@ -276,7 +295,7 @@ def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: s
         "SELECT * FROM posts WHERE published_at < ? AND published_at <= ? "
         "AND (published_at >= ? OR first_seen_at >= ?) AND posts.id NOT IN "
         "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
-        "WHERE issues.status IN ('sending', 'sent')) "
+        "WHERE issues.status IN ('sending', 'sent') AND in_email = 1) "
         "ORDER BY published_at, posts.id",
         [until, now, since, seen_since or "9999"],
     ))
@@ -290,7 +309,7 @@ def feed_sites(db: sqlite_utils.Database) -> dict[str, str]:
 # --- sending ---------------------------------------------------------------------
 #
 # An issue goes draft → sending → sent. A delivery row (SMTP; one per issue and subscriber, keyed by the
-# casefolded address) goes pending → sending (committed before the message is handed over) → sent, failed
+# address_key of the address) goes pending → sending (committed before the message is handed over) → sent, failed
 # (a 5xx: never retried), back to pending (a 4xx or a dropped connection: retried), or skipped (the
 # address left the list before it was mailed). Rows left `sending` by a killed run are the only ones
 # that may have been delivered without being recorded.
@@ -302,7 +321,7 @@ def database_path(db: sqlite_utils.Database) -> str:
 
 
 def suppressions(db: sqlite_utils.Database) -> dict[str, str]:
-    """Casefolded address → why it is never mailed ("unsubscribed" or "bounced")."""
+    """address_key of an address → why it is never mailed ("unsubscribed" or "bounced")."""
     return dict(db.execute("SELECT email, reason FROM suppressions").fetchall())
 
 
@@ -311,7 +330,7 @@ def suppress(db: sqlite_utils.Database, email: str, reason: str, now: datetime, 
     """Never mail this address again; the first record (and its reason) wins. Returns whether it is new."""
     cursor = db.execute(
         "INSERT OR IGNORE INTO suppressions (email, reason, detail, issue_id, created_at) VALUES (?, ?, ?, ?, ?)",
-        [email.casefold(), reason, detail, issue_id, iso(now)])
+        [address_key(email), reason, detail, issue_id, iso(now)])
     return cursor.rowcount == 1
 
 
@@ -386,6 +405,41 @@ def finish_deliveries(db: sqlite_utils.Database, issue_id: str, now: datetime) -
     return True
 
 
+def offered_posts(db: sqlite_utils.Database, issue_id: str) -> list[dict]:
+    """The posts builds put in this issue's draft: id, canonical_url, url_key, title."""
+    return list(db.query("SELECT posts.id, canonical_url, url_key, title FROM issue_posts JOIN posts "
+                         "ON posts.id = post_id WHERE issue_id = ?", [issue_id]))
+
+
+def begin_send(db: sqlite_utils.Database, issue_id: str, draft_text: str, in_email: Iterable[str]) -> None:
+    """Keep the draft a send begins with (a resumed send mails the same email), and mark which offered posts
+    that email holds: only those are never offered again. A resumed send keeps what its first run kept."""
+    with transaction(db):
+        status, kept = db.execute("SELECT status, sent_draft FROM issues WHERE id = ?", [issue_id]).fetchone()
+        if status != "draft" and kept is not None:
+            return
+        db.execute("UPDATE issues SET sent_draft = ? WHERE id = ?", [draft_text, issue_id])
+        db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
+        db.conn.executemany("UPDATE issue_posts SET in_email = 1 WHERE issue_id = ? AND post_id = ?",
+                            [(issue_id, post_id) for post_id in in_email])
+
+
+def return_to_draft_if_undelivered(db: sqlite_utils.Database, issue_id: str) -> bool:
+    """After a send that delivered nothing (no row sent, none possibly in flight), the issue is a plain draft
+    again and its ledger rows go: nothing was promised to anyone, and the editor may still change it.
+    Returns whether it did."""
+    with transaction(db):
+        delivered = db.execute("SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN ('sent', 'sending')",
+                               [issue_id]).fetchone()[0]
+        if delivered:
+            return False
+        db.execute("DELETE FROM deliveries WHERE issue_id = ?", [issue_id])
+        db.execute("UPDATE issues SET status = 'draft', backend = NULL, sent_draft = NULL WHERE id = ? "
+                   "AND status = 'sending' AND remote_id IS NULL", [issue_id])
+        db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
+    return True
+
+
 def begin_remote(db: sqlite_utils.Database, issue_id: str, backend: str, candidate_key: str) -> str:
     """Before the first request: the issue becomes `sending` with this backend, and gets its idempotency key.
 
@@ -401,8 +455,12 @@ def begin_remote(db: sqlite_utils.Database, issue_id: str, backend: str, candida
 
 def forget_remote(db: sqlite_utils.Database, issue_id: str) -> None:
     """The backend refused the request, so nothing was created: back to a plain draft, without a key."""
-    db.execute("UPDATE issues SET idempotency_key = NULL, backend = NULL, status = 'draft' "
-               "WHERE id = ? AND remote_id IS NULL AND status = 'sending'", [issue_id])
+    with transaction(db):
+        forgotten = db.execute("UPDATE issues SET idempotency_key = NULL, backend = NULL, status = 'draft', "
+                               "sent_draft = NULL WHERE id = ? AND remote_id IS NULL AND status = 'sending'",
+                               [issue_id]).rowcount
+        if forgotten:
+            db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
 
 
 def record_remote(db: sqlite_utils.Database, issue_id: str, backend: str, remote_id: str, *, sent: bool,

@@ -14,7 +14,8 @@ from html.parser import HTMLParser
 # and isolates (U+202E turns "Invoice \u202egnp.exe" into "Invoice exe.png"), and zero-width characters
 # that carry nothing a reader sees: zero-width space, word joiner, BOM, Mongolian vowel separator.
 _REMOVED = {code: None for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F),
-                                    *range(0x2066, 0x206A), 0x200B, 0x2060, 0xFEFF, 0x180E)}
+                                    *range(0x2066, 0x206A), 0x200B, 0x2060, 0xFEFF, 0x180E,
+                                    *range(0xD800, 0xE000), 0xFFFE, 0xFFFF)}  # and what is no character at all
 _SPACES = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " ", 0x2028: " ", 0x2029: " ", 0x85: " "}
 _LINE_BREAKS = {ord("\r"): "\n", 0x2028: "\n", 0x2029: "\n", 0x85: "\n"}
 # ZWJ and ZWNJ shape text in Persian, Arabic and Indic scripts and join emoji (👩‍💻): kept between two

@@ -7,6 +7,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 _WEEK_ID = re.compile(r"^(\d{4})-W(\d{2})$")
+FIRST_YEAR, LAST_YEAR = 1970, 2999  # far from the ends of what dates and time zones can hold
 
 
 class BadWeek(ValueError):
@@ -19,6 +20,8 @@ def parse_week(issue_id: str) -> date:
     if not match:
         raise BadWeek(f"{issue_id!r} is not an ISO week like 2026-W14")
     year, week = int(match[1]), int(match[2])
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise BadWeek(f"{issue_id!r}: the year must be between {FIRST_YEAR} and {LAST_YEAR}")
     try:
         monday = date.fromisocalendar(year, week, 1)
     except ValueError:

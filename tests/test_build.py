@@ -62,6 +62,10 @@ def titles(db, config, week, now=NOW) -> list[str]:
 
 
 def mark_sent(db, issue_id):
+    """As a send does: the email holds the posts placed among its items."""
+    in_email = [row[0] for row in db.execute("SELECT post_id FROM issue_posts WHERE issue_id = ? AND placement = 'item'",
+                                             [issue_id])]
+    store.begin_send(db, issue_id, "the draft as sent", in_email)
     db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", [store.iso(NOW), issue_id])
 
 

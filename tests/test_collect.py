@@ -140,7 +140,7 @@ def test_one_broken_feed_never_stops_the_others(setup, feed_server):
     report = by_name(jobs.collect(config, db, now=NOW, settings=FAST))
     assert report["good.xml"].outcome == "new" and report["good.xml"].new_posts == 3
     assert report["missing.xml"].error == "HTTP 404 Not Found"
-    assert report["error.xml"].error == "HTTP 500 Internal Server Error"
+    assert report["error.xml"].error == "HTTP 500 Internal Server Error (2 attempts)"
     assert len(feed_server.hits("/error.xml")) == 2  # retried once
     assert "HTML" in report["html.xml"].error
     assert "well-formed" in report["broken.xml"].error

@@ -56,6 +56,10 @@ class Newsletter:
         return list(self.db.query("SELECT * FROM posts ORDER BY first_seen_at, id"))
 
     def mark_sent(self, week: str, at: datetime) -> None:
+        """As a send does: the email holds the posts placed among its items."""
+        in_email = [row[0] for row in self.db.execute(
+            "SELECT post_id FROM issue_posts WHERE issue_id = ? AND placement = 'item'", [week])]
+        store.begin_send(self.db, week, "the draft as sent", in_email)
         self.db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", [store.iso(at), week])
 
 

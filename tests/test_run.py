@@ -120,7 +120,13 @@ def test_a_run_that_could_not_finish_exits_75_and_the_next_one_resumes_it(projec
 def _post(slug: str, when: datetime) -> Post:
     return Post(id=f"https://blog.example.com/feed#{slug}", feed_url="https://blog.example.com/feed",
                 canonical_url=f"https://blog.example.com/{slug}/", title=slug.title(), author=None,
-                summary=f"All about {slug}.", content_html=f"<p>{slug}</p>", published_at=when)
+                summary=f"All about {slug}.", content_html=f"<p>{slug}</p>", published_at=when,
+                url_key=f"//blog.example.com/{slug}/")
+
+
+def _begin_send(db, issue_id: str) -> None:
+    """What `jobs.send` records before the backend starts: the email holds every post offered to the draft."""
+    store.begin_send(db, issue_id, "the draft as sent", store.offered_post_ids(db, issue_id))
 
 
 @pytest.fixture
@@ -137,8 +143,10 @@ def weekly(tmp_path, server, monkeypatch):
                               _post("w13", datetime(2026, 3, 25, 12, tzinfo=timezone.utc)),
                               _post("w14", datetime(2026, 4, 1, 12, tzinfo=timezone.utc))])
     assert jobs.build(config, db, "2026-W12", now=now).outcome == "built"
+    _begin_send(db, "2026-W12")
     db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = '2026-W12'", [store.iso(now)])
     assert jobs.build(config, db, "2026-W13", now=now).items == 1
+    _begin_send(db, "2026-W13")
     store.start_deliveries(db, "2026-W13", ["reader00000@example.com"], now)  # as a send that was interrupted
     return config, db, now
 

@@ -102,7 +102,8 @@ def test_each_message_is_complete_personal_and_well_formed(tmp_path, server, run
 
         url = links.url(person["email"])
         token = re.search(r"token=([\w.-]+)", url)[1]
-        assert verify_token(SECRET, token) == person["email"]
+        assert verify_token(SECRET, config.newsletter.list_identifier, token) == person["email"]
+        assert verify_token(SECRET, "another-newsletter.example.com", token) is None
         assert message["List-Unsubscribe"] == f"<{url}>, <mailto:editor@example.com?subject=unsubscribe>"
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
@@ -217,13 +218,33 @@ def test_unsubscribed_bounced_and_invalid_are_never_mailed_and_the_database_wins
     assert "1 sent, 0 failed, 0 pending" in out and "2 bounced" in out and "2 unsubscribed" in out
 
 
-def test_unsubscribe_accepts_the_token_of_a_link(tmp_path, server, run_cli):
-    make_project(tmp_path, server.port, subscribers(1))
-    url = UnsubscribeLinks(mailto="", url_template="https://x.example/u?t={token}", secret=SECRET).url("a@example.com")
-    code, out, _ = run_cli("unsubscribe", url.split("t=")[1], cwd=tmp_path)
+def test_unsubscribe_accepts_the_token_of_a_link_of_this_newsletter_only(tmp_path, server, run_cli):
+    config = load_config(make_project(tmp_path, server.port, subscribers(1)))
+    links = UnsubscribeLinks.for_newsletter(config.newsletter)
+    token = links.url("a@example.com").split("token=")[1]
+    code, out, _ = run_cli("unsubscribe", token, cwd=tmp_path)
     assert code == 0 and out == "a@example.com: unsubscribed\n"
-    code, _, err = run_cli("unsubscribe", url.split("t=")[1][:-2] + "xx", cwd=tmp_path)
+    code, _, err = run_cli("unsubscribe", token[:-2] + "xx", cwd=tmp_path)
     assert code == 2 and "neither an address nor a token" in err
+    other = UnsubscribeLinks(mailto="", url_template="https://x.example/u?t={token}", secret=SECRET,
+                             newsletter="another.example.com").url("b@example.com").split("t=")[1]
+    assert run_cli("unsubscribe", other, cwd=tmp_path)[0] == 2  # same secret, another newsletter
+
+
+def test_tokens_of_release_0_1_0_still_unsubscribe_ascii_addresses_only(tmp_path, server, run_cli):
+    import base64
+    import hashlib
+    import hmac
+
+    def legacy(email: str) -> str:  # how 0.1.0 made them
+        b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+        signature = hmac.new(SECRET.encode(), b"digest-unsubscribe\0" + email.casefold().encode(), hashlib.sha256)
+        return f"{b64(email.encode())}.{b64(signature.digest()[:18])}"
+
+    make_project(tmp_path, server.port, subscribers(1))
+    code, out, _ = run_cli("unsubscribe", legacy("Old@Example.com"), cwd=tmp_path)
+    assert code == 0 and out == "Old@Example.com: unsubscribed\n"
+    assert run_cli("unsubscribe", legacy("\u017f@example.com"), cwd=tmp_path)[0] == 2  # ſ folds to s
 
 
 def test_a_second_send_sends_nothing(tmp_path, server, run_cli):
@@ -285,7 +306,8 @@ def test_a_refused_login_never_shows_the_password(tmp_path, run_cli, monkeypatch
     assert err.startswith("error: SMTP login as 'digest-user' at 127.0.0.1:") and "refused: 535" in err
     assert err.count("\n") == 1 and "hunter2" not in out + err
     assert server.logins and not server.messages
-    assert {row["status"] for row in ledger(tmp_path).values()} == {"pending"}
+    assert "nothing was delivered, 2026-W14 is a draft again" in err
+    assert not ledger(tmp_path) and issue_row(tmp_path)["status"] == "draft"  # the editor may still change it
     assert "hunter2" not in (tmp_path / "digest.db").read_bytes().decode("latin-1")
 
 
@@ -444,6 +466,5 @@ def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, serv
     monkeypatch.setattr(store, "mark_sending", disk_full)
     code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 1
-    assert err == "error: database: disk I/O error\n"
-    assert server.messages == []
-    assert {row["status"] for row in ledger(tmp_path).values()} == {"pending"}
+    assert err == "error: database: disk I/O error; nothing was delivered, 2026-W14 is a draft again\n"
+    assert server.messages == [] and not ledger(tmp_path)

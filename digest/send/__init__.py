@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,10 @@ class SetupError(Exception):
 
 class SendError(Exception):
     """The backend could not do its job (server unreachable, login refused, API error): one line, exit 1."""
+
+
+class Unrecorded(SendError):
+    """The drafts folder's receipt says the issue began sending, and the database knows nothing of it."""
 
 
 class Clipped(SendError):
@@ -36,6 +41,7 @@ class SendReport:
     remote_id: str | None = None  # buttondown's id of the email
     remote_status: str | None = None  # "draft" or "about_to_send"
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) of this run's permanent failures
+    returned_to_draft: bool = False  # nothing was delivered, so the issue is a draft again (editable, rebuildable)
     last_error: str | None = None  # why rows are still pending
     seconds: float = 0.0
 
@@ -50,16 +56,36 @@ class Backend(Protocol):
 def env_secret(name: str) -> str | None:
     """A secret from the environment: NAME itself, else the file named by NAME_FILE (trailing newline dropped).
 
-    Secrets are only ever read here; no message of this program contains one.
+    Secrets are only ever read here, and each one read is remembered so that `redact` can take it out of
+    anything printed or stored (a proxy or server that echoes request headers back in an error).
     """
     value = os.environ.get(name)
+    if not value:
+        path = os.environ.get(f"{name}_FILE")
+        if not path:
+            return None
+        try:
+            value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SetupError(f"{name}_FILE: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if value:
-        return value
-    path = os.environ.get(f"{name}_FILE")
-    if not path:
-        return None
-    try:
-        value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SetupError(f"{name}_FILE: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        remember_secret(value)
     return value or None
+
+
+_SECRETS: set[str] = set()
+_CREDENTIALS = re.compile(r"\b(Token|Bearer|Basic)\s+[\w.~+/=-]+", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def remember_secret(*secrets: str) -> None:
+    """Also take these out of output (forms of a secret: the base64 an SMTP AUTH sends, say)."""
+    _SECRETS.update(secret for secret in secrets if len(secret) >= 4)
+
+
+def redact(text: str) -> str:
+    """`text` without any secret this process read, nor anything after an Authorization scheme's name."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _CREDENTIALS.sub(lambda match: f"{match.group(1)} {REDACTED}", text)

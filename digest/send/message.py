@@ -16,9 +16,8 @@ import secrets
 from email import policy
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
-from urllib.parse import urlsplit
 
-from ..config import Newsletter
+from ..config import Newsletter, address_key
 from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
 from ..render import personalize
 from ..text import one_line
@@ -88,22 +87,12 @@ def _to_header(email: str, name: str) -> bytes:
     return f"To: {phrase} <{email}>\r\n".encode("utf-8")
 
 
-def list_id(newsletter: Newsletter) -> str:
-    """RFC 2919's list-id: `newsletter.list_id`, else the title's words joined by hyphens, a dot, and the
-    domain of site_url (else of the sender): `django-digest.digest.example.com`."""
-    if newsletter.list_id:
-        return newsletter.list_id
-    label = "-".join(re.findall(r"[a-z0-9]+", newsletter.title.lower())) or "newsletter"
-    domain = urlsplit(newsletter.site_url or "").hostname or parseaddr(newsletter.from_address)[1].rpartition("@")[2]
-    return f"{label}.{domain or 'localhost'}"
-
-
 def list_id_header(newsletter: Newsletter) -> str:
     """`Django Digest <django-digest.digest.example.com>`: the title as a phrase, quoted when it needs it."""
     title = one_line(newsletter.title)
     if not re.fullmatch(r"[\w .'!-]*", title, re.ASCII):
         title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{title} <{list_id(newsletter)}>".strip()
+    return f"{title} <{newsletter.list_identifier}>".strip()
 
 
 class Unmailable(ValueError):
@@ -140,7 +129,7 @@ class MessageFactory:
 
     def message_id(self, email: str) -> str:
         """The same for every attempt at one (issue, subscriber): a resend after a crash can be recognized."""
-        digest = hashlib.sha256(f"{self.issue_id}\0{email.casefold()}".encode("utf-8")).hexdigest()[:24]
+        digest = hashlib.sha256(f"{self.issue_id}\0{address_key(email)}".encode("utf-8")).hexdigest()[:24]
         return f"<{self.issue_id}.{digest}@{self.domain}>"
 
     def test_message_id(self) -> str:

@@ -19,6 +19,8 @@ that drops after the message was sent but before the server's answer arrived.
 
 from __future__ import annotations
 
+import base64
+import os
 import queue
 import smtplib
 import sqlite3
@@ -32,9 +34,9 @@ from typing import Callable
 import sqlite_utils
 
 from .. import store
-from ..config import Newsletter, SmtpSettings, Subscriber
+from ..config import Newsletter, SmtpSettings, Subscriber, address_key
 from ..models import RenderedIssue
-from . import SendError, SendReport, SetupError, env_secret
+from . import SendError, SendReport, SetupError, env_secret, redact, remember_secret
 from .message import MessageFactory, Unmailable
 from .unsubscribe import UnsubscribeLinks
 
@@ -46,11 +48,23 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """Which file the database is: a send must notice that it was deleted or replaced under it."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def smtp_password(settings: SmtpSettings) -> str | None:
     """From the environment only; required when smtp.username is set."""
     password = env_secret(PASSWORD_ENV)
     if settings.username and not password:
         raise SetupError(f"{PASSWORD_ENV} (or {PASSWORD_ENV}_FILE) is not set, and smtp.username is")
+    if settings.username and password:  # what AUTH PLAIN and LOGIN send, should a server echo it
+        remember_secret(*(base64.b64encode(text.encode()).decode() for text in
+                          (password, f"\0{settings.username}\0{password}")))
     return password
 
 
@@ -67,7 +81,29 @@ class Refused(Exception):
 
 
 def _text(reply: bytes | str) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    """A server's reply as stored and printed: decoded, and without any secret it may echo."""
+    return redact(reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply))
+
+
+def _setup_problem(exc: BaseException, settings: SmtpSettings) -> SendError | None:
+    """What no retry can fix when connecting (TLS, certificates, login, a server that refuses us), as the
+    SendError that stops the run (exit 1); None for what time may fix (a refused or dropped connection,
+    a timeout, a 4xx greeting), which is retried and then left pending (exit 75)."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return SendError(f"TLS to {where}: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return SendError(f"TLS with {where} failed ({exc.reason or exc}): is smtp.security right for this port? "
+                         f"(ssl is TLS from the first byte, usually port 465; starttls upgrades a plain "
+                         f"connection, usually port 587)")
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return SendError(f"SMTP login as {settings.username!r} at {where} refused: "
+                         f"{exc.smtp_code} {_text(exc.smtp_error)}")
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500:
+        return SendError(f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}")
+    if isinstance(exc, (smtplib.SMTPNotSupportedError, smtplib.SMTPHeloError)):
+        return SendError(f"{where}: {_text(str(exc))}")
+    return None
 
 
 class Connection:
@@ -83,13 +119,7 @@ class Connection:
             self._open()
         except BaseException as exc:
             self.close()
-            where = f"{self.settings.host}:{self.settings.port}"
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                raise SendError(f"TLS to {where}: {exc.verify_message}") from None
-            if isinstance(exc, smtplib.SMTPAuthenticationError):
-                raise SendError(f"SMTP login as {self.settings.username!r} at {where} refused: "
-                                f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
-            raise
+            raise _setup_problem(exc, self.settings) or exc
 
     def _open(self) -> None:
         s = self.settings
@@ -150,13 +180,15 @@ class SmtpBackend:
     name = "smtp"
 
     def __init__(self, settings: SmtpSettings, newsletter: Newsletter, recipients: list[Subscriber], *,
-                 on_result: Callable[[str, str], None] | None = None, sleep: Callable[[float], None] = time.sleep):
+                 on_result: Callable[[str, str], None] | None = None,
+                 sleep: Callable[[float], object] | None = None):
         self.settings, self.newsletter, self.recipients = settings, newsletter, recipients
         self.password = smtp_password(settings)
         self.links = UnsubscribeLinks.for_newsletter(newsletter)
-        self.on_result, self.sleep = on_result, sleep
-        self._lock = threading.Lock()
         self._stop = threading.Event()
+        # A pause before a retry ends early when the run is told to stop (Ctrl-C, SIGTERM from systemd).
+        self.on_result, self.sleep = on_result, sleep or self._stop.wait
+        self._lock = threading.Lock()
         self._fatal: SendError | None = None
         self._last_error: str | None = None
         self._counts = {"sent": 0, "failed": 0}
@@ -179,7 +211,7 @@ class SmtpBackend:
     def deliver(self, db: sqlite_utils.Database, issue_id: str, rendered: RenderedIssue) -> SendReport:
         started = time.perf_counter()
         factory = MessageFactory(rendered, self.newsletter, self.links, issue_id)
-        by_key = {subscriber.email.casefold(): subscriber for subscriber in self.recipients}
+        by_key = {address_key(subscriber.email): subscriber for subscriber in self.recipients}
         resent = store.start_deliveries(db, issue_id, list(by_key), _now())
         todo = store.delivery_keys(db, issue_id, "pending")
         work: queue.SimpleQueue[tuple[str, Subscriber]] = queue.SimpleQueue()
@@ -187,33 +219,41 @@ class SmtpBackend:
             if key in todo:
                 work.put((key, subscriber))
         path = store.database_path(db)
+        self._database = _identity(path)
         threads = [threading.Thread(target=self._worker, args=(path, issue_id, factory, work), name=f"smtp-{n}",
                                     daemon=True)
                    for n in range(min(self.settings.connections, len(todo)))]
         for thread in threads:
             thread.start()
+        interrupt: KeyboardInterrupt | None = None
         try:
             for thread in threads:
                 while thread.is_alive():
-                    thread.join(0.5)  # wakes up for Ctrl-C
-        except KeyboardInterrupt:
+                    thread.join(0.5)  # wakes up for Ctrl-C and SIGTERM
+        except KeyboardInterrupt as exc:
+            interrupt = exc
             self._stop.set()  # each worker records its message in flight, then stops
             for thread in threads:
                 thread.join()
-            raise
         try:
             complete = store.finish_deliveries(db, issue_id, _now())
+            counts = store.delivery_counts(db, issue_id)
+            returned = not complete and store.return_to_draft_if_undelivered(db, issue_id)
         except sqlite3.Error:
             if self._fatal:  # the database that stopped a worker: say so once
                 raise self._fatal from None
             raise
+        if interrupt is not None:
+            raise interrupt
         if self._fatal:
+            if returned:
+                raise SendError(f"{self._fatal}; nothing was delivered, {issue_id} is a draft again") from None
             raise self._fatal
-        counts = store.delivery_counts(db, issue_id)
         pending = counts.get("pending", 0) + counts.get("sending", 0)
         return SendReport(issue=issue_id, backend=self.name, sent=self._counts["sent"], failed=self._counts["failed"],
                           pending=pending, resent=resent, complete=complete, failures=self._failures,
-                          last_error=self._last_error if pending else None, seconds=time.perf_counter() - started)
+                          last_error=self._last_error if pending else None, returned_to_draft=returned,
+                          seconds=time.perf_counter() - started)
 
     # --- the workers ------------------------------------------------------------------
 
@@ -230,6 +270,11 @@ class SmtpBackend:
                     key, subscriber = work.get_nowait()
                 except queue.Empty:
                     return
+                if _identity(path) != self._database:
+                    work.put((key, subscriber))
+                    raise SendError(f"the database {path} was removed or replaced during the send: stopped, "
+                                    f"so that no one is mailed twice from an empty ledger; put it back and run "
+                                    f"again to resume")
                 if not self._deliver(db, connection, factory, issue_id, key, subscriber):
                     work.put((key, subscriber))  # this connection gave up: another worker, or the next run
                     return

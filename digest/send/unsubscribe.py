@@ -1,8 +1,11 @@
 """Per-subscriber unsubscribe links: an HMAC-signed token, the one-click URL (RFC 8058) and the mailto fallback.
 
-The token carries the address and its signature (`<address, base64url>.<HMAC-SHA256, base64url>`), so the
-page behind newsletter.unsubscribe_url needs only the secret to know who clicked, and nobody can
-unsubscribe an address they did not receive mail at.
+A token carries its version, the address and a signature: `2.<address, base64url>.<HMAC-SHA256, base64url>`,
+so the page behind newsletter.unsubscribe_url needs only the secret to know who clicked, and nobody can
+unsubscribe an address they did not receive mail at. The signature covers the version, the newsletter
+(its list-id: a token of one newsletter means nothing to another sharing the secret) and the address as
+`address_key` compares it (no Unicode case folding: `ſ@x` is not `s@x`). Tokens of release 0.1.0 (no
+version) are still honoured for ASCII addresses, whose links are in inboxes already.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from urllib.parse import quote
 
-from ..config import Newsletter
+from ..config import Newsletter, address_key
 from . import SetupError, env_secret
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
@@ -31,24 +34,42 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _signature(secret: str, email: str) -> bytes:
+TOKEN_VERSION = "2"
+
+
+def _signature(secret: str, newsletter: str, email: str) -> bytes:
+    message = "\0".join(("digest-unsubscribe", TOKEN_VERSION, newsletter, address_key(email))).encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()[:18]
+
+
+def _legacy_signature(secret: str, email: str) -> bytes:
+    """Release 0.1.0's signature, over the case-folded address."""
     message = b"digest-unsubscribe\0" + email.casefold().encode("utf-8")
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()[:18]
 
 
-def make_token(secret: str, email: str) -> str:
-    return f"{_b64(email.encode('utf-8'))}.{_b64(_signature(secret, email))}"
+def make_token(secret: str, newsletter: str, email: str) -> str:
+    """The token of `email` for the newsletter whose list-id is `newsletter`."""
+    return f"{TOKEN_VERSION}.{_b64(email.encode('utf-8'))}.{_b64(_signature(secret, newsletter, email))}"
 
 
-def verify_token(secret: str, token: str) -> str | None:
-    """The address a token was made for, or None when it was not made with this secret."""
-    address_part, _, signature_part = token.strip().partition(".")
+def verify_token(secret: str, newsletter: str, token: str) -> str | None:
+    """The address a token was made for by this newsletter with this secret, or None."""
+    parts = token.strip().split(".")
     try:
-        email = _unb64(address_part).decode("utf-8")
-        signature = _unb64(signature_part)
+        if len(parts) == 3 and parts[0] == TOKEN_VERSION:
+            email, signature = _unb64(parts[1]).decode("utf-8"), _unb64(parts[2])
+            expected = _signature(secret, newsletter, email)
+        elif len(parts) == 2:
+            email, signature = _unb64(parts[0]).decode("utf-8"), _unb64(parts[1])
+            if not email.isascii():  # case folding could make it someone else's token
+                return None
+            expected = _legacy_signature(secret, email)
+        else:
+            return None
     except (binascii.Error, ValueError):
         return None
-    return email if hmac.compare_digest(signature, _signature(secret, email)) else None
+    return email if hmac.compare_digest(signature, expected) else None
 
 
 def mailto_url(newsletter: Newsletter) -> str:
@@ -67,7 +88,8 @@ def longest_url(newsletter: Newsletter) -> str:
     """The longest unsubscribe link a subscriber can get (a 254-character address): for size checks."""
     if not newsletter.unsubscribe_url:
         return mailto_url(newsletter)
-    return newsletter.unsubscribe_url.format(token=make_token("size", LONGEST_ADDRESS), email=LONGEST_ADDRESS)
+    token = make_token("size", newsletter.list_identifier, LONGEST_ADDRESS)
+    return newsletter.unsubscribe_url.format(token=token, email=LONGEST_ADDRESS)
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,7 @@ class UnsubscribeLinks:
     mailto: str
     url_template: str | None = None  # newsletter.unsubscribe_url: holds {token}, maybe {email}
     secret: str | None = None
+    newsletter: str = ""  # the list-id the tokens are bound to
 
     @classmethod
     def for_newsletter(cls, newsletter: Newsletter) -> UnsubscribeLinks:
@@ -89,7 +112,8 @@ class UnsubscribeLinks:
         if not secret:
             raise SetupError(f"{SECRET_ENV} is not set: it signs the unsubscribe links of newsletter.unsubscribe_url "
                              f"(use a long random string, and the same one on the unsubscribe page)")
-        links = cls(mailto=mailto_url(newsletter), url_template=newsletter.unsubscribe_url, secret=secret)
+        links = cls(mailto=mailto_url(newsletter), url_template=newsletter.unsubscribe_url, secret=secret,
+                    newsletter=newsletter.list_identifier)
         longest = len(links.header_line(LONGEST_ADDRESS))
         if longest > MAX_LINE:
             raise SetupError(f"newsletter.unsubscribe_url: too long: for a 254-character address the "
@@ -106,7 +130,8 @@ class UnsubscribeLinks:
         """The link in the email's footer: the signed URL when configured, else the mailto."""
         if not self.url_template:
             return self.mailto
-        return self.url_template.format(token=make_token(self.secret, email), email=quote(email, safe="@"))
+        return self.url_template.format(token=make_token(self.secret, self.newsletter, email),
+                                        email=quote(email, safe="@"))
 
     def header_line(self, email: str) -> bytes:
         """The first physical line of the List-Unsubscribe header (the one holding the URL), as sent."""
