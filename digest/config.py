@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from .text import one_line
+
 DEFAULT_SECTIONS = ("News", "Articles", "Videos", "Projects", "Jobs")
 DEFAULT_SUBJECT = "{title}: {start:%b %-d} – {end:%b %-d, %Y}"
 # RFC 2919's list-id: a dot-atom whose last part is a domain ("weekly.digest.example.com").
@@ -68,7 +70,7 @@ class Newsletter:
         `django-digest.digest.example.com`."""
         if self.list_id:
             return self.list_id
-        label = "-".join(re.findall(r"[a-z0-9]+", self.title.lower())) or "newsletter"
+        label = "-".join(re.findall(r"[a-z0-9]+", one_line(self.title).lower())) or "newsletter"
         domain = urlsplit(self.site_url or "").hostname or parseaddr(self.from_address)[1].rpartition("@")[2]
         return f"{label}.{domain or 'localhost'}"
 
@@ -366,10 +368,8 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
     for key in ("title", "from", "reply_to", "subject"):
         reader.one_line(key, values.get(fields[key]))
     for key in ("from", "reply_to"):
-        address = parseaddr(values.get(fields[key], "") or "")[1]
-        if fields[key] in values and not is_valid_email(address):
-            raise reader.error(key, f"must be an email address such as \"Digest <digest@example.com>\", "
-                                    f"got {values[fields[key]]!r}")
+        if fields[key] in values:
+            values[fields[key]] = _mailbox(reader, key, values[fields[key]])
     _check_placeholders(reader, "archive_url", values.get("archive_url"), allowed={"issue"}, required=set())
     _check_placeholders(reader, "unsubscribe_url", values.get("unsubscribe_url"), allowed={"token", "email"},
                         required={"token"})
@@ -392,6 +392,26 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
     if "\r" in sample or "\n" in sample:
         raise reader.error("subject", "must give one line (no line breaks)")
     return newsletter
+
+
+def _mailbox(reader: MappingReader, key: str, value: str) -> str:
+    """A sender or reply-to as a mail header can carry it: the display name without invisible controls, the
+    domain in its ASCII (IDNA) form; an address that is not one, or whose local part is not ASCII, is refused."""
+    name, address = parseaddr(value)
+    local, _, domain = address.rpartition("@")
+    try:
+        address = f"{local}@{domain.encode('idna').decode('ascii')}" if local and not domain.isascii() else address
+    except UnicodeError:
+        pass
+    if not is_valid_email(address) or not address.isascii():
+        raise reader.error(key, f"must be an email address with an ASCII local part, such as "
+                                f"\"Digest <digest@example.com>\", got {value!r}")
+    name = one_line(name)
+    if not name:
+        return address
+    if not re.fullmatch(r"[\w .'!-]*", name, re.ASCII):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
 
 
 def _check_placeholders(reader: MappingReader, key: str, value: str | None, *, allowed: set[str],
@@ -568,18 +588,12 @@ def is_valid_email(address: str) -> bool:
 
 
 def clean_name(name: str) -> str:
-    """A display name fit for a To header: control and format characters (NUL, CR, LF, bidi overrides...)
-    removed, a control character between two words counting as a space, white space collapsed."""
-    if name.isascii() and name.isprintable():
-        return " ".join(name.split())
-    kept = []
-    for char in name:
-        category = unicodedata.category(char)
-        if category == "Cc":
-            kept.append(" ")
-        elif category != "Cf":
-            kept.append(char)
-    return " ".join("".join(kept).split())
+    """A display name fit for a To header: a control character counts as a space (CR, LF, NUL...), invisible
+    controls go (bidi overrides...; joiners stay inside words), white space is collapsed."""
+    return one_line(_CONTROLS.sub(" ", name))
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:

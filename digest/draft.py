@@ -21,7 +21,7 @@ from .config import YAML_LOADER, ConfigError, MappingReader, check_url, load_yam
 from .models import Draft, DraftItem, DraftSection, MoreGroup, Sponsor
 from .select import MORE, STALE, SelectedPost
 from .store import from_iso
-from .urls import host_of, url_key
+from .urls import clean_url, host_of, url_key
 from .weeks import BadWeek, week_dates
 
 HEADER = """\
@@ -87,21 +87,23 @@ class Added:
     items: int = 0  # in the email
     more: int = 0  # held back: over their feed's max_items
     stale: int = 0  # held back: dated long before the week
-    already: int = 0  # not added: the draft already holds their link (the editor added it by hand)
+    already: int = 0  # not added: the editor wrote their link into the draft by hand
 
 
-def add_posts(draft: Draft, posts: list[SelectedPost], section_order: tuple[str, ...], tz: ZoneInfo) -> Added:
+def add_posts(draft: Draft, posts: list[SelectedPost], section_order: tuple[str, ...], tz: ZoneInfo,
+              offered_links: set[str] = frozenset()) -> Added:
     """Append posts where `select` placed them: a section's items, its `more` group of the post's feed, or
-    its stale list (creating a section the editor removed). A post whose link the draft held before this
-    build is not added twice; two posts of one build that share a link are both added."""
-    known = {url_key(item.url) for item in _all_items(draft) if item.url}
+    its stale list (creating a section the editor removed). A post whose link the editor wrote into the
+    draft by hand (a link no post offered to it has: `offered_links` are their url_keys) is not added
+    twice; posts that share a link with another post are all added (distinct entries of a feed)."""
+    by_hand = {url_key(clean_url(item.url) or item.url) for item in _all_items(draft) if item.url} - offered_links
     added = Added()
     for post in posts:
         item = item_from_post(post, tz)
-        if item.url and url_key(item.url) in known:
+        if item.url and url_key(item.url) in by_hand:
             added.already += 1
             continue
-        section = next((s for s in draft.sections if s.title == post.section), None)
+        section = next((s for s in draft.sections if s.title.strip() == post.section), None)
         if section is None:
             section = DraftSection(title=post.section)
             draft.sections.insert(_section_position(draft, post.section, section_order), section)
@@ -267,7 +269,7 @@ def merged_text(path: Path, draft: Draft) -> str | None:
     None when that is not possible or would not read back as exactly `draft`. `draft` must be the file's
     draft with entries appended (as `add_posts` does)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # as it is: line ends too
         old = parse_draft(path, text)
         root = yaml.compose(text, Loader=YAML_LOADER)  # parse_draft checked its depth, anchors and aliases
     except (OSError, UnicodeDecodeError, ConfigError, yaml.YAMLError):
@@ -298,6 +300,8 @@ def merged_text(path: Path, draft: Draft) -> str | None:
     if not edits.changed:
         return None
     merged = edits.apply()
+    if "\r\n" in text:  # the editor's line ends, in what is added too
+        merged = merged.replace("\r\n", "\n").replace("\n", "\r\n")
     try:
         if parse_draft(path, merged) != draft:
             return None

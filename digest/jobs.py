@@ -31,7 +31,7 @@ from .draft import (add_posts, draft_path, new_draft, parse_draft, read_draft, w
 from .models import Draft, ParsedFeed, RenderedIssue
 from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, size_advice
 from .select import new_for_issue
-from .urls import url_key
+from .urls import clean_url, url_key
 from .send import Backend, Clipped, SendReport, SetupError, Unrecorded, env_secret
 from .send.buttondown import ButtondownBackend, request_body
 from .send.message import MessageFactory
@@ -244,7 +244,8 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
     if issue is not None and issue["status"] != "draft":
         return BuildReport(issue=issue_id, outcome=issue["status"])
     check_receipt(config, db, issue_id)
-    fresh = new_for_issue(db, config, issue_id, now)
+    selection = new_for_issue(db, config, issue_id, now)
+    fresh = selection.posts
     path = draft_path(config.drafts_dir, issue_id)
     if path.exists():
         draft = read_draft(path)
@@ -252,11 +253,13 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
         return BuildReport(issue=issue_id, outcome="empty")
     else:
         draft = new_draft(issue_id, subject_for(config, issue_id), list(config.newsletter.sections))
-    added = add_posts(draft, fresh, config.newsletter.sections, config.newsletter.tz)
+    offered_links = {post["url_key"] for post in store.offered_posts(db, issue_id) if post["url_key"]}
+    added = add_posts(draft, fresh, config.newsletter.sections, config.newsletter.tz, offered_links)
     if added.items or added.more or added.stale or not path.exists():
         write_draft(path, draft)
     store.ensure_issue(db, issue_id, draft.subject, now)
-    store.add_offered(db, issue_id, [(post.id, post.placement) for post in fresh], now)
+    store.add_offered(db, issue_id, [(post.id, post.placement, post.feed.url) for post in fresh], now,
+                      selection.seen_seq)
     html_path, text_path, html_bytes = render_files(config, draft, path)
     report = BuildReport(issue=issue_id, outcome="built", draft=path, html=html_path, text=text_path,
                          items=len(draft.items), new_items=added.items, held_more=draft.held_more,
@@ -307,6 +310,19 @@ class SendPlan:
     @property
     def clipped(self) -> bool:
         return self.html_bytes > GMAIL_CLIP_BYTES
+
+
+def _sent_html_bytes(config: Config, plan: SendPlan, send_now: bool) -> int:
+    """The size of the HTML as a subscriber gets it: with the longest unsubscribe link digest can give, or, for
+    Buttondown, the body it is sent (template syntax escaped) with room for Buttondown's own link."""
+    if plan.backend == "buttondown":
+        body = request_body(plan.rendered, plan.issue, send_now=send_now)["body"]
+        return len(body.encode("utf-8")) + BUTTONDOWN_LINK_ROOM
+    html = personalize(plan.rendered.html, unsubscribe_url=longest_url(config.newsletter), name="", html=True)
+    return len(html.encode("utf-8"))
+
+
+BUTTONDOWN_LINK_ROOM = 200  # bytes Buttondown's unsubscribe link may take beyond its template variable
 
 
 def issue_done(db: sqlite_utils.Database, issue_id: str, backend: str, *, send_now: bool = False) -> str | None:
@@ -360,8 +376,7 @@ def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend:
         plan.done = f"{issue_id}: {path} has no items, nothing to send"
         return plan
     plan.rendered = render_issue(plan.draft, config.newsletter)
-    plan.html_bytes = len(personalize(plan.rendered.html, unsubscribe_url=longest_url(config.newsletter), name="",
-                                      html=True).encode("utf-8"))
+    plan.html_bytes = _sent_html_bytes(config, plan, send_now)
     if plan.clipped and not (allow_clipped or dry_run or sending_began(db, issue_id)):
         raise Clipped(f"{issue_id}: the email is {plan.html_bytes / 1024:.0f} KB of HTML, and Gmail clips past "
                       f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: remove items from "
@@ -460,7 +475,7 @@ def check_receipt(config: Config, db: sqlite_utils.Database, issue_id: str) -> N
 
 def _posts_in(draft: Draft, offered: list[dict]) -> list[str]:
     """Which offered posts the email holds: by link, or, for link-less items, by title."""
-    links = {url_key(item.url) for item in draft.items if item.url}
+    links = {url_key(clean_url(item.url) or item.url) for item in draft.items if item.url}
     titles = {item.title for item in draft.items if not item.url}
     return [post["id"] for post in offered
             if (post["url_key"] in links if post["canonical_url"] else post["title"] in titles)]

@@ -88,24 +88,35 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 @migration
 def m002_post_identity(db: sqlite_utils.Database) -> None:
     """Posts as readers see them (issue 7): one canonical URL may belong to several posts (two entries of a
-    feed linking to one page), so its unique index goes; posts keep their guid, the link's identity and a
-    content hash; feeds their site; issues when they were last built; each offered post where it went."""
+    feed linking to one page), so its unique index goes; posts keep their guid, the link's identity, a
+    content hash, their source, the order they were first stored in (seen_seq: a clock would order a slow
+    collect's posts before a build that ran while it stored them) and which feeds brought them; feeds keep
+    their site; issues when and up to which post they were last built; each offered post where it went,
+    and under which feed."""
     from .text import content_key, plain_text
-    from .urls import url_key
+    from .urls import clean_url, url_key
 
     _run(db, """
         ALTER TABLE posts ADD COLUMN guid TEXT;
         ALTER TABLE posts ADD COLUMN url_key TEXT;
         ALTER TABLE posts ADD COLUMN content_key TEXT;
         ALTER TABLE posts ADD COLUMN source TEXT;
+        ALTER TABLE posts ADD COLUMN seen_seq INTEGER;
+        UPDATE posts SET seen_seq = rowid;
         DROP INDEX IF EXISTS idx_posts_canonical_url;
         ALTER TABLE feeds ADD COLUMN site_url TEXT;
         ALTER TABLE issues ADD COLUMN built_at TEXT;
+        ALTER TABLE issues ADD COLUMN built_seq INTEGER;
         ALTER TABLE issue_posts ADD COLUMN placement TEXT NOT NULL DEFAULT 'item';
+        ALTER TABLE issue_posts ADD COLUMN feed_url TEXT;
         UPDATE issues SET built_at = (SELECT max(added_at) FROM issue_posts WHERE issue_id = issues.id);
+        CREATE TABLE post_sources (post_id TEXT NOT NULL REFERENCES posts(id), feed_url TEXT NOT NULL,
+                                   PRIMARY KEY (post_id, feed_url)) WITHOUT ROWID;
+        INSERT INTO post_sources (post_id, feed_url) SELECT id, feed_url FROM posts;
     """)
+    # 0.1.0 kept `ref` and `source` in links, which are tracking parameters now: the same key as a new fetch.
     db.conn.executemany("UPDATE posts SET url_key = ? WHERE id = ?", (
-        (url_key(url), post_id) for post_id, url in
+        (url_key(clean_url(url) or url), post_id) for post_id, url in
         db.execute("SELECT id, canonical_url FROM posts WHERE canonical_url IS NOT NULL").fetchall()))
     db.conn.executemany("UPDATE posts SET content_key = ? WHERE id = ?", (
         (content_key(title, plain_text(html or "")), post_id) for post_id, title, html in
@@ -114,7 +125,7 @@ def m002_post_identity(db: sqlite_utils.Database) -> None:
         CREATE INDEX idx_posts_url_key ON posts (url_key);
         CREATE INDEX idx_posts_feed_guid ON posts (feed_url, guid);
         CREATE INDEX idx_posts_content_key ON posts (content_key);
-        CREATE INDEX idx_posts_first_seen_at ON posts (first_seen_at);
+        CREATE INDEX idx_posts_seen_seq ON posts (seen_seq);
     """)
 
 

@@ -7,8 +7,9 @@ invisible controls (bidi overrides, zero-width and control characters) leave eve
 Identity: what readers see as one post is stored once, and two posts are never merged.
 - Within one feed, an entry is its guid: two entries with different guids are two posts, even when
   their links differ only by the fragment (microblogs: `…/01.html#a1`, `#a2`) or are absent. An entry
-  repeated in one document (the same guid twice) is one post. A guid that several entries with
-  different links share identifies nothing and is ignored.
+  repeated in one document (the same guid twice, with the same link) is one post. A guid that different
+  entries share (different links, or link-less ones with different titles or text) identifies nothing
+  and is ignored.
 - An entry without a guid is its link; without either, a hash of its normalized title and text.
 - Across feeds and fetches, a link is one article whatever its scheme, `www.`, default port or tracking
   parameters (`utm_*`, `ref`, `source`, ...): the same article from an aggregator and from the blog is one
@@ -170,13 +171,14 @@ def _guid(entry) -> str:
 
 
 def _shared_guids(entries, links: list[str | None]) -> set[str]:
-    """Guids that entries with different links share: a generator bug (the feed's URL as every guid)."""
-    keys: dict[str, set[str]] = defaultdict(set)
+    """Guids that different entries share (different links, or link-less ones with different titles or
+    text): a generator bug, such as the feed's URL as every guid."""
+    seen: dict[str, set] = defaultdict(set)
     for entry, link in zip(entries, links):
         guid = _guid(entry)
-        if guid and link:
-            keys[guid].add(url_key(link))
-    return {guid for guid, links_of_guid in keys.items() if len(links_of_guid) > 1}
+        if guid:
+            seen[guid].add(url_key(link) if link else (entry.get("title"), entry.get("summary")))
+    return {guid for guid, entries_of_guid in seen.items() if len(entries_of_guid) > 1}
 
 
 def _post_from_entry(entry, link: str | None, feed_url: str, base_url: str, site_url: str | None,

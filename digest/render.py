@@ -247,14 +247,17 @@ def size_advice(draft: Draft, newsletter: Newsletter, path: Path, html_bytes: in
     """What to tell the editor about an email past WARN_BYTES: how far, and what would bring it under."""
     items = len(draft.items)
     frame = len(render_html(_context(_without_items(draft), newsletter)).encode("utf-8"))
-    per_item = max(1.0, (html_bytes - frame) / max(1, items))
-    cut = min(items, -(-(html_bytes - WARN_BYTES) // int(per_item)))
     clipped = "Gmail clips it past 102 KB and `send` refuses it" if html_bytes > GMAIL_CLIP_BYTES else (
         "Gmail clips past 102 KB")
+    head = f"{path.name} is {html_bytes / 1024:.0f} KB of HTML, over {WARN_BYTES // 1024} KB: {clipped}. "
+    if frame > WARN_BYTES * 0.9:
+        return head + (f"Even without its {items} items it is {frame / 1024:.0f} KB: shorten the intro, the sponsor "
+                       f"and the section titles")
+    per_item = max(1.0, (html_bytes - frame) / max(1, items))
+    cut = min(items, -(-(html_bytes - WARN_BYTES) // int(per_item)))
     feeds = ", ".join(f"{name} ({count} items)" for name, count in busiest)
-    return (f"{path.name} is {html_bytes / 1024:.0f} KB of HTML, over {WARN_BYTES // 1024} KB: {clipped}. "
-            f"Removing about {cut} of its {items} items (≈{per_item / 1024:.1f} KB each) from the draft would "
-            f"bring it under" + (f"; or lower max_items of the busiest feeds: {feeds}" if feeds else ""))
+    return head + (f"Removing about {cut} of its {items} items (≈{per_item / 1024:.1f} KB each) from the draft "
+                   f"would bring it under" + (f"; or lower max_items of the busiest feeds: {feeds}" if feeds else ""))
 
 
 def _without_items(draft: Draft) -> Draft:

@@ -132,7 +132,7 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
 
 
 _POST_COLUMNS = ("id", "canonical_url", "feed_url", "title", "author", "summary", "content_html", "guid", "url_key",
-                 "content_key", "source")
+                 "content_key", "source", "seen_seq")
 _NOT_SENT = ("id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
              "WHERE issues.status = 'sent')")
 
@@ -143,10 +143,12 @@ def _insert_posts(db: sqlite_utils.Database, feed_url: str, posts: list[Post], n
         return 0
     matches = _match(db, feed_url, posts, configured)
     new_rows, owned, refreshed, https = [], [], [], []
+    seq = db.execute("SELECT coalesce(max(seen_seq), 0) FROM posts").fetchone()[0]
     for index, post in enumerate(posts):
         stored = matches.get(index)
         if stored is None:
-            new_rows.append((*(getattr(post, column) for column in _POST_COLUMNS),
+            seq += 1
+            new_rows.append((*(getattr(post, column) for column in _POST_COLUMNS[:-1]), seq,
                              iso(post.published_at) if post.published_at else now_text,
                              int(post.published_at is not None), now_text))
         elif stored["feed_url"] == feed_url or _unconfigured(stored["feed_url"], configured):
@@ -164,6 +166,8 @@ def _insert_posts(db: sqlite_utils.Database, feed_url: str, posts: list[Post], n
         "UPDATE posts SET title = ?, author = ?, summary = ?, content_html = ?, canonical_url = ?, url_key = ?, "
         f"content_key = ?, source = ? WHERE id = ? AND {_NOT_SENT}", refreshed)
     db.conn.executemany(f"UPDATE posts SET canonical_url = ? WHERE id = ? AND {_NOT_SENT}", https)
+    sources = [(row[0], feed_url) for row in new_rows] + [(stored["id"], feed_url) for stored in matches.values()]
+    db.conn.executemany("INSERT OR IGNORE INTO post_sources (post_id, feed_url) VALUES (?, ?)", sources)
     return len(new_rows)
 
 
@@ -172,40 +176,51 @@ def _match(db: sqlite_utils.Database, feed_url: str, posts: list[Post],
     """Which stored post each entry is (by its index in `posts`); entries without one are new posts.
 
     First the entry's own identity: its id, or its guid within this feed. Then, for entries still
-    unmatched, the same article: a stored post with the same link (from any feed: an aggregator and the
-    blog), or, for a link-less entry, a link-less post of this feed (or of a feed no longer configured)
-    with the same title and text. A stored post is matched by one entry at most, and one that the first
-    pass matched is taken: so two entries of one document that share a link but not a guid are two posts,
-    while an entry whose guid changed (the old guid gone from the feed, or a generator that makes a new
-    one on every fetch) is the post it was.
+    unmatched, the same article: a stored post with the same link from another feed (an aggregator and
+    the blog), or from this feed when it is the same entry under a new guid (same title and text, or a
+    post stored without a guid); for a link-less entry, a link-less post of this feed (or of a feed no
+    longer configured) with the same title and text. A stored post is matched by one entry at most. So
+    two entries of one feed that share a link but not a guid are two posts (a linked post and a sponsor
+    post, jobs that all link to the board), while an entry whose guid changed (a generator that makes a
+    new one on every fetch) is the post it was. A post stored by release 0.1.0, which dropped fragments,
+    is found by the link without its fragment.
     """
     by_id = _stored_by(db, "id", [post.id for post in posts])
     by_guid = _stored_by(db, "guid", [post.guid for post in posts if post.guid], where=" AND feed_url = ?",
                          params=[feed_url])
     matches: dict[int, dict] = {}
     claimed: set[str] = set()
-    for index, post in enumerate(posts):
-        stored = by_id.get(post.id) or (by_guid.get(post.guid) if post.guid else None)
-        if stored is not None and stored[0]["id"] not in claimed:
-            matches[index] = stored[0]
-            claimed.add(stored[0]["id"])
-    rest = [(index, post) for index, post in enumerate(posts) if index not in matches]
-    if not rest:
-        return matches
-    by_url = _stored_by(db, "url_key", [post.url_key for _, post in rest if post.url_key])
-    by_text = _stored_by(db, "content_key", [post.content_key for _, post in rest if not post.url_key],
-                         where=" AND canonical_url IS NULL")
-    for index, post in rest:
-        if post.url_key:
-            candidates = by_url.get(post.url_key, [])
-        else:
-            candidates = [row for row in by_text.get(post.content_key, [])
-                          if row["feed_url"] == feed_url or _unconfigured(row["feed_url"], configured)]
+
+    def claim(index: int, candidates: list[dict]) -> None:
         stored = next((row for row in candidates if row["id"] not in claimed), None)
         if stored is not None:
             matches[index] = stored
             claimed.add(stored["id"])
+
+    for index, post in enumerate(posts):
+        claim(index, (by_id.get(post.id) or []) + (by_guid.get(post.guid, []) if post.guid else []))
+    rest = [(index, post) for index, post in enumerate(posts) if index not in matches]
+    if not rest:
+        return matches
+    by_url = _stored_by(db, "url_key", [post.url_key for _, post in rest if post.url_key])
+    by_page = _stored_by(db, "url_key", [post.url_key.split("#")[0] for _, post in rest if "#" in (post.url_key or "")],
+                         where=" AND content_key IS NULL")  # stored by 0.1.0
+    by_text = _stored_by(db, "content_key", [post.content_key for _, post in rest if not post.url_key],
+                         where=" AND canonical_url IS NULL")
+    for index, post in rest:
+        if post.url_key:
+            candidates = [row for row in by_url.get(post.url_key, []) + by_page.get(post.url_key.split("#")[0], [])
+                          if row["feed_url"] != feed_url or _same_entry(row, post)]
+        else:
+            candidates = [row for row in by_text.get(post.content_key, [])
+                          if row["feed_url"] == feed_url or _unconfigured(row["feed_url"], configured)]
+        claim(index, candidates)
     return matches
+
+
+def _same_entry(stored: dict, post: Post) -> bool:
+    """Whether a stored post of this feed with this entry's link is this entry under another guid."""
+    return stored["guid"] is None or post.guid is None or stored["content_key"] in (None, post.content_key)
 
 
 def _unconfigured(feed_url: str, configured: Collection[str]) -> bool:
@@ -220,10 +235,11 @@ def _stored_by(db: sqlite_utils.Database, column: str, values: list, *, where: s
     unique = list(dict.fromkeys(values))
     for start in range(0, len(unique), 500):
         chunk = unique[start:start + 500]
-        sql = (f"SELECT {column}, id, feed_url, canonical_url FROM posts WHERE {column} IN "
+        sql = (f"SELECT {column}, id, feed_url, canonical_url, guid, content_key FROM posts WHERE {column} IN "
                f"({','.join('?' * len(chunk))}){where} ORDER BY first_seen_at, id")
-        for value, post_id, feed_url, canonical_url in db.execute(sql, [*chunk, *(params or [])]).fetchall():
-            found.setdefault(value, []).append({"id": post_id, "feed_url": feed_url, "canonical_url": canonical_url})
+        for value, *row in db.execute(sql, [*chunk, *(params or [])]).fetchall():
+            found.setdefault(value, []).append(dict(zip(("id", "feed_url", "canonical_url", "guid", "content_key"),
+                                                        row)))
     return found
 
 
@@ -249,8 +265,9 @@ def ensure_issue(db: sqlite_utils.Database, issue_id: str, subject: str, now: da
 
 
 def last_sent_issue(db: sqlite_utils.Database, before: str | None = None) -> dict | None:
-    """The latest sent issue (by week id), optionally only those before a given week."""
-    sql = "SELECT * FROM issues WHERE status = 'sent'"
+    """The latest issue sent or being sent (by week id: a Buttondown draft stays `sending`), optionally only
+    those before a given week."""
+    sql = "SELECT * FROM issues WHERE status IN ('sending', 'sent')"
     params: list[str] = []
     if before:
         sql += " AND id < ?"
@@ -267,38 +284,59 @@ def offered_post_ids(db: sqlite_utils.Database, issue_id: str) -> set[str]:
 def offered_items_per_feed(db: sqlite_utils.Database, issue_id: str) -> dict[str, int]:
     """How many posts of each feed this issue's builds put among the email's items (not held back)."""
     return dict(db.execute(
-        "SELECT posts.feed_url, count(*) FROM issue_posts JOIN posts ON posts.id = post_id "
-        "WHERE issue_id = ? AND placement = 'item' GROUP BY posts.feed_url", [issue_id]).fetchall())
+        "SELECT coalesce(issue_posts.feed_url, posts.feed_url) AS feed, count(*) FROM issue_posts "
+        "JOIN posts ON posts.id = post_id WHERE issue_id = ? AND placement = 'item' GROUP BY feed",
+        [issue_id]).fetchall())
 
 
-def add_offered(db: sqlite_utils.Database, issue_id: str, placements: Iterable[tuple[str, str]],
-                now: datetime) -> None:
-    """Record the posts a build put in the draft, each with where it went (item, more or stale), and when
-    the issue was built: posts first seen after a sent issue's last build are offered to the next one."""
+def add_offered(db: sqlite_utils.Database, issue_id: str, offers: Iterable[tuple[str, str, str]], now: datetime,
+                seen_seq: int) -> None:
+    """Record the posts a build put in the draft, each with where it went (item, more or stale) and the feed
+    it went under, and how far the build saw: posts stored after it are offered to the next issue."""
     with transaction(db):
         db.conn.executemany(
-            "INSERT OR IGNORE INTO issue_posts (issue_id, post_id, added_at, placement) VALUES (?, ?, ?, ?)",
-            [(issue_id, post_id, iso(now), placement) for post_id, placement in placements],
-        )
-        db.execute("UPDATE issues SET built_at = ? WHERE id = ?", [iso(now), issue_id])
+            "INSERT OR IGNORE INTO issue_posts (issue_id, post_id, added_at, placement, feed_url) "
+            "VALUES (?, ?, ?, ?, ?)", [(issue_id, post_id, iso(now), placement, feed) for post_id, placement, feed in offers])
+        db.execute("UPDATE issues SET built_at = ?, built_seq = ? WHERE id = ?", [iso(now), seen_seq, issue_id])
 
 
 def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: str,
-                    seen_since: str | None = None) -> list[dict]:
-    """Posts dated in [since, until), or first seen at or after `seen_since` and dated before `until`; none
-    dated in the future, none in the email of an issue sent or being sent; oldest first.
+                    last: dict | None = None) -> tuple[list[dict], int]:
+    """The posts an issue may hold, oldest first, and how far the posts stored so far go (seen_seq), read in
+    one snapshot: a post stored after it is someone else's news.
 
-    An issue being sent (`sending`: partly mailed, or handed to Buttondown) is as good as sent: its posts
-    must not come back in a later issue, whether or not that send is ever finished.
+    Dated in [since, until); or, once an issue `last` has been sent or begun, stored after its last build,
+    or dated after that build (it was in the future then), and dated before `until`. None dated in the
+    future; none in the email of an issue sent or being sent.
     """
-    return list(db.query(
-        "SELECT * FROM posts WHERE published_at < ? AND published_at <= ? "
-        "AND (published_at >= ? OR first_seen_at >= ?) AND posts.id NOT IN "
-        "(SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
-        "WHERE issues.status IN ('sending', 'sent') AND in_email = 1) "
-        "ORDER BY published_at, posts.id",
-        [until, now, since, seen_since or "9999"],
-    ))
+    late, params = "0", []
+    if last is not None and last.get("built_seq") is not None:
+        late, params = "(seen_seq > ? OR published_at > ?)", [last["built_seq"], last["built_at"]]
+    elif last is not None:  # built by 0.1.0, which kept no order
+        late, params = "first_seen_at >= ?", [last["built_at"] or last["sent_at"] or last["created_at"]]
+    db.execute("BEGIN")
+    try:
+        seen = db.execute("SELECT coalesce(max(seen_seq), 0) FROM posts").fetchone()[0]
+        rows = list(db.query(
+            f"SELECT * FROM posts WHERE published_at < ? AND published_at <= ? AND (published_at >= ? OR {late}) "
+            "AND posts.id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
+            "WHERE issues.status IN ('sending', 'sent') AND in_email = 1) ORDER BY published_at, posts.id",
+            [until, now, since, *params]))
+    finally:
+        db.execute("COMMIT")
+    return rows, seen
+
+
+def post_sources(db: sqlite_utils.Database, post_ids: list[str]) -> dict[str, list[str]]:
+    """Every feed that brought each post (the same article from an aggregator and the blog)."""
+    found: dict[str, list[str]] = {}
+    for start in range(0, len(post_ids), 500):
+        chunk = post_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for post_id, feed_url in db.execute(f"SELECT post_id, feed_url FROM post_sources WHERE post_id IN ({marks})",
+                                            chunk):
+            found.setdefault(post_id, []).append(feed_url)
+    return found
 
 
 def feed_sites(db: sqlite_utils.Database) -> dict[str, str]:

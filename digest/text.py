@@ -10,43 +10,56 @@ import re
 import unicodedata
 from html.parser import HTMLParser
 
-# Always removed: C0 and C1 controls (tab and line breaks become spaces first), bidi embeddings, overrides
-# and isolates (U+202E turns "Invoice \u202egnp.exe" into "Invoice exe.png"), and zero-width characters
-# that carry nothing a reader sees: zero-width space, word joiner, BOM, Mongolian vowel separator.
-_REMOVED = {code: None for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F),
-                                    *range(0x2066, 0x206A), 0x200B, 0x2060, 0xFEFF, 0x180E,
-                                    *range(0xD800, 0xE000), 0xFFFE, 0xFFFF)}  # and what is no character at all
+# Always removed: C0 and C1 controls (tab and line breaks become spaces first); bidi embeddings, overrides
+# and isolates (U+202E turns "Invoice \u202egnp.exe" into "Invoice exe.png"); characters that show nothing:
+# zero-width space, word joiner, invisible operators, deprecated format controls, BOM, interlinear
+# annotation, Mongolian vowel separator, Hangul fillers; and what is no character at all (surrogates,
+# U+FFFE, U+FFFF).
+_REMOVED = {code: None for code in (
+    *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+    0x200B, *range(0x2060, 0x2065), *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFC), 0x180E,
+    0x115F, 0x1160, 0x3164, 0xFFA0, *range(0xD800, 0xE000), 0xFFFE, 0xFFFF)}
 _SPACES = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " ", 0x2028: " ", 0x2029: " ", 0x85: " "}
 _LINE_BREAKS = {ord("\r"): "\n", 0x2028: "\n", 0x2029: "\n", 0x85: "\n"}
-# ZWJ and ZWNJ shape text in Persian, Arabic and Indic scripts and join emoji (👩‍💻): kept between two
-# letters, marks or symbols, removed anywhere else.
+# Kept only where they do something. ZWJ and ZWNJ shape Persian, Arabic and Indic words and join emoji
+# (👩‍💻): kept after a letter, mark or symbol (a Bengali or Malayalam word may end in one), removed
+# elsewhere. Tag characters spell out flags after 🏴 (England, Scotland); elsewhere they hide text.
 _JOINERS = "\u200c\u200d"
 
 
-def _joins(char: str) -> bool:
-    return unicodedata.category(char)[0] in "LMS"
+_TAGS = re.compile("[\U000E0000-\U000E007F]")
+_FLAG = re.compile("\U0001F3F4[\U000E0020-\U000E007E]{1,6}\U000E007F")  # 🏴 and its region's tag letters
+
+
+def _without_tags(text: str) -> str:
+    """Tag characters only inside flag sequences: anywhere else they carry text nobody sees."""
+    kept, end = [], 0
+    for flag in _FLAG.finditer(text):
+        kept += [_TAGS.sub("", text[end:flag.start()]), flag.group()]
+        end = flag.end()
+    return "".join(kept) + _TAGS.sub("", text[end:])
 
 
 def strip_invisible(text: str, *, keep_newlines: bool = False) -> str:
     """`text` without the invisible controls above; tabs and line breaks become spaces unless `keep_newlines`."""
     if not text:
         return ""
-    text = text.translate(_LINE_BREAKS if keep_newlines else _SPACES)
     if keep_newlines:
-        text = text.replace("\t", " ")
-        kept = text.split("\n")
-        return "\n".join(strip_invisible(line) for line in kept)
+        lines = text.replace("\r\n", "\n").translate(_LINE_BREAKS).split("\n")
+        return "\n".join(strip_invisible(line) for line in lines)
+    text = text.translate(_SPACES).translate(_REMOVED)
     if text.isascii():
-        return text.translate(_REMOVED)
-    text = text.translate(_REMOVED)
+        return text
+    if _TAGS.search(text):
+        text = _without_tags(text)
     if "\u200c" not in text and "\u200d" not in text:
         return text
-    chars = list(text)
-    for index, char in enumerate(chars):
-        if char in _JOINERS and not (0 < index < len(chars) - 1 and _joins(chars[index - 1])
-                                     and _joins(chars[index + 1])):
-            chars[index] = ""
-    return "".join(chars)
+    kept, before = [], ""
+    for char in text:
+        if char not in _JOINERS or (before and unicodedata.category(before)[0] in "LMS"):
+            kept.append(char)
+        before = char
+    return "".join(kept)
 
 
 def one_line(text: str | None) -> str:

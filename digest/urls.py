@@ -1,7 +1,7 @@
 """The links of posts: the clean form a reader is shown, and the identity that tells two articles apart.
 
 - `clean_url`: absolute http(s), host lower-cased, default port and tracking parameters (`utm_*`, `fbclid`,
-  `ref`, `source`, ...) removed. Scheme, `www.` and the fragment stay: `scripting.com/…/01.html#a1` and `#a2`
+  `ref` unless on a code host, `source` when it names where the link was shared, ...) removed. Scheme, `www.` and the fragment stay: `scripting.com/…/01.html#a1` and `#a2`
   are two posts, and not every site answers without `www.` or over https. Fragments that only track
   (`#tk.rss_all`, `#xtor=RSS-8`) go.
 - `url_key`: what two links must share to be one article: the clean form without its scheme, `www.` and
@@ -14,17 +14,22 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 # Query parameters that only say who sent the reader: the same article with and without them is one post.
 _TRACKING_PARAMETERS = {
     "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid",
-    "_hsenc", "_hsmi", "mkt_tok", "ref", "ref_src", "ref_url", "referrer", "source", "oly_anon_id", "oly_enc_id",
-    "vero_id", "wt_mc", "spm", "s_cid", "cmpid", "sr_share",
+    "_hsenc", "_hsmi", "mkt_tok", "ref_src", "ref_url", "referrer", "oly_anon_id", "oly_enc_id", "vero_id", "wt_mc",
+    "spm", "s_cid", "cmpid", "sr_share",
 }
 _TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "at_", "ga_")
-# Fragments that only track: parameters (`#utm_source=…`, `#xtor=RSS-8`), `#tk.rss_all`, AddThis's `#.VtCA1eS6FaQ`.
-_TRACKING_FRAGMENT = re.compile(r"=|utm_|^tk\.|^xtor|^\.[\w-]{8,}$", re.IGNORECASE)
+# `ref` names a referrer (Ghost's ?ref=blog.example.com), except on code hosts, where it names a branch;
+# `source` is a tracker when it says where the link was shared (Medium's ?source=rss----…), else content.
+_CODE_HOSTS = ("github.com", "gitlab.com", "bitbucket.org", "codeberg.org", "sr.ht")
+_TRACKING_SOURCE = re.compile(r"^(rss|feed|atom|twitter|facebook|linkedin|newsletter|e?mail|social|share|reddit)",
+                              re.IGNORECASE)
+# Fragments that only track: `#utm_source=…`, `#xtor=RSS-8`, `#tk.rss_all`, AddThis's `#.VtCA1eS6FaQ`.
+_TRACKING_FRAGMENT = re.compile(r"utm_|^xtor=|^tk\.|^\.[\w-]{8,}$|^ref=", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # host -> (path, the query parameter holding the target)
 _REDIRECTORS = {
@@ -40,9 +45,15 @@ _OPAQUE = {
 }
 
 
-def _is_tracking(parameter: str) -> bool:
-    parameter = parameter.lower()
-    return parameter in _TRACKING_PARAMETERS or parameter.startswith(_TRACKING_PREFIXES)
+def _is_tracking(pair: str, host: str) -> bool:
+    """Whether one raw `name=value` pair of a query only tracks the reader."""
+    name, _, value = (unquote(part) for part in pair.partition("="))
+    name = name.lower()
+    if name == "ref":
+        return not host.endswith(_CODE_HOSTS)
+    if name == "source":
+        return bool(_TRACKING_SOURCE.match(value))
+    return name in _TRACKING_PARAMETERS or name.startswith(_TRACKING_PREFIXES)
 
 
 def clean_url(url: str | None, base: str | None = None) -> str | None:
@@ -63,9 +74,11 @@ def clean_url(url: str | None, base: str | None = None) -> str | None:
         host = f"[{host}]"
     if port and port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
-    query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(key)]
+    # The query's own text is kept, pair by pair: decoding and encoding it again would change it (`%2B`, a
+    # latin-1 `%E9`) and could make two articles one.
+    query = "&".join(pair for pair in parts.query.split("&") if pair and not _is_tracking(pair, host))
     fragment = "" if _TRACKING_FRAGMENT.search(parts.fragment) else parts.fragment
-    return urlunsplit((scheme, host, parts.path or "/", urlencode(query, safe="/:,@!$'()*+;~"), fragment))
+    return urlunsplit((scheme, host, parts.path or "/", query, fragment))
 
 
 def url_key(url: str) -> str:

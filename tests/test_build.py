@@ -58,7 +58,7 @@ def local(*args) -> datetime:
 
 
 def titles(db, config, week, now=NOW) -> list[str]:
-    return [p.row["title"] for p in select_posts(db, config, week, now)]
+    return [p.row["title"] for p in select_posts(db, config, week, now).posts]
 
 
 def mark_sent(db, issue_id):
@@ -98,7 +98,7 @@ def test_post_at_sunday_2359_is_in_that_week_and_monday_0000_in_the_next(db, con
 def test_sections_follow_the_config_order_and_posts_their_date(db, config):
     add(db, post("b-article", local(2026, 4, 2)), post("a-article", local(2026, 4, 1)))
     add(db, post("release", local(2026, 4, 3), feed=WEBLOG), feed=WEBLOG)
-    selected = select_posts(db, config, "2026-W14", NOW)
+    selected = select_posts(db, config, "2026-W14", NOW).posts
     assert [(p.section, p.row["title"]) for p in selected] == [
         ("News", "Release"), ("Articles", "A Article"), ("Articles", "B Article")]
 

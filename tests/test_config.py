@@ -239,3 +239,35 @@ def test_an_smtp_password_never_goes_unencrypted_to_another_machine(tmp_path):
     assert error.field == "smtp.security" and "unencrypted" in error.problem
     local = load_config(write(tmp_path, f"{FEED}smtp:\n  host: 127.0.0.1\n  security: none\n  username: ada\n"))
     assert local.smtp.username == "ada"  # a relay on this machine
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("unsubscribe_url", "https://x.example/u", "must hold {token}"),
+    ("unsubscribe_url", "https://x.example/u?t={0}&token={token}", "unknown placeholder {0}"),
+    ("unsubscribe_url", "https://x.example/u?t={token", "bad pattern"),
+    ("archive_url", "https://x.example/{week}/", "unknown placeholder {week}"),
+    ("from", "not an address", "must be an email address"),
+    ("reply_to", "editor at example.com", "must be an email address"),
+    ("from", "Ünï <ü@example.com>", "ASCII local part"),
+])
+def test_settings_that_would_break_a_later_command_are_refused_when_read(tmp_path, key, value, words):
+    text = GOOD.replace("  title: Django Digest\n", f"  title: Django Digest\n  {key}: '{value}'\n")
+    error = error_of(write(tmp_path, text))
+    assert error.line == 3 and error.field == f"newsletter.{key}" and words in error.problem
+
+
+@pytest.mark.parametrize("value, header", [
+    ("Digest <redaktion@bücher.example>", "Digest <redaktion@xn--bcher-kva.example>"),  # IDNA, as mail needs
+    ("Dj\u202eango \u2066Digest <d@example.com>", "Django Digest <d@example.com>"),  # no bidi controls
+    ('"Zoë, \\"the\\" editor" <z@example.com>', '"Zoë, \\"the\\" editor" <z@example.com>'),  # quoted as needed
+])
+def test_the_sender_is_kept_in_a_form_a_mail_header_carries(tmp_path, value, header):
+    text = GOOD.replace("  title: Django Digest\n", f"  title: Django Digest\n  from: '{value}'\n")
+    assert load_config(write(tmp_path, text)).newsletter.from_address == header
+
+
+@pytest.mark.parametrize("week", ["9999-W52", "0001-W01", "1969-W52"])
+def test_weeks_far_from_now_are_refused_in_one_line(tmp_path, run_cli, week):
+    write(tmp_path, GOOD)
+    code, _, err = run_cli("build", "--week", week, cwd=tmp_path)
+    assert code == 2 and err.startswith("error: --week: ") and "between 1970 and 2999" in err

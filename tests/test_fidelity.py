@@ -421,3 +421,170 @@ def test_ids_of_posts_never_collide_across_kinds_of_identity(count):
     entries += [{"title": f"C{n}", "description": f"d{n}", "date": when(1)} for n in range(count)]
     posts = parse_feed(rss(entries), "https://x.example.com/feed").posts
     assert len({post.id for post in posts}) == len(posts) == 3 * count
+
+
+# --- what a hostile review found ------------------------------------------------------------
+
+
+def test_doubled_joiners_in_a_title_are_collected_and_built(newsletter):
+    site = newsletter(["persian"])
+    site.serve("persian", rss([{"title": "می\u200c\u200cخواهم and a\u200d\u200db", "link": "https://fa.example.com/1/",
+                                "guid": "1", "description": "x", "date": when(1)}]))
+    site.collect()
+    assert site.build().items == 1
+    assert site.draft().items[0].title == "می\u200cخواهم and a\u200db"
+
+
+def test_entries_of_one_feed_linking_to_one_page_stay_distinct_across_weeks(newsletter):
+    site = newsletter(["jobs"])
+    job = {"link": "https://jobs.example.com/", "description": "Apply on the board."}
+    site.serve("jobs", rss([{**job, "title": "Job A: Django dev", "guid": "job-a", "date": when(2)}]))
+    site.collect()
+    site.build()
+    site.mark_sent(WEEK, NOW + timedelta(hours=1))
+    later = NOW + timedelta(days=5)
+    site.serve("jobs", rss([{**job, "title": "Job B: Wagtail dev", "guid": "job-b", "date": when(-4)}]))
+    assert site.collect(now=later).new_posts == 1
+    site.build("2026-W15", now=later)
+    assert titles_of(site.draft("2026-W15")) == ["Job B: Wagtail dev"]
+    assert {row["title"] for row in site.posts()} == {"Job A: Django dev", "Job B: Wagtail dev"}
+
+
+def test_a_rebuild_adds_a_new_post_sharing_a_link_with_one_already_in_the_draft(newsletter):
+    site = newsletter(["podcast"])
+    episode = {"link": "https://podcast.example.com/", "date": when(2)}
+    site.serve("podcast", rss([{**episode, "title": "Episode 1", "guid": "e1", "description": "One."}]))
+    site.collect()
+    site.build()
+    site.serve("podcast", rss([{**episode, "title": "Episode 1", "guid": "e1", "description": "One."},
+                               {**episode, "title": "Episode 2", "guid": "e2", "description": "Two."}]))
+    later = NOW + timedelta(hours=1)
+    site.collect(now=later)
+    built = site.build(now=later)
+    assert titles_of(site.draft()) == ["Episode 1", "Episode 2"] and built.items == 2 and built.already == 0
+
+
+def test_a_post_the_editor_added_by_hand_is_not_added_again(newsletter):
+    site = newsletter(["blog"])
+    site.serve("blog", rss([{"title": "First", "link": "https://blog.example.com/1/", "guid": "1",
+                             "description": "x", "date": when(2)}]))
+    site.collect()
+    site.build()
+    path = draft_path(site.config.drafts_dir, WEEK)
+    data = yaml.safe_load(path.read_text())
+    articles = next(section for section in data["sections"] if section["title"] == "Articles")
+    articles["items"].append({"title": "My own words on it", "url": "https://blog.example.com/2/?utm_source=me"})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    site.serve("blog", rss([{"title": "First", "link": "https://blog.example.com/1/", "guid": "1", "description": "x",
+                             "date": when(2)},
+                            {"title": "Second", "link": "https://blog.example.com/2/", "guid": "2", "description": "x",
+                             "date": when(1)}]))
+    later = NOW + timedelta(hours=1)
+    site.collect(now=later)
+    built = site.build(now=later)
+    assert titles_of(site.draft()) == ["First", "My own words on it"] and built.already == 1
+
+
+def test_a_post_an_aggregator_filters_out_goes_out_under_the_blog_that_has_it_too(newsletter):
+    site = newsletter({"aggregator": {"include": ["django"], "section": "News"}, "blog": {"section": "Articles"}})
+    tips = {"title": "Flask tips", "link": "https://blog.example.com/flask/", "description": "x", "date": when(1)}
+    site.serve("aggregator", rss([{**tips, "guid": "agg-1"}]))
+    site.serve("blog", status=503, body=b"down")
+    jobs.collect(site.config, site.db, now=NOW, settings=FAST)  # the blog is down: the aggregator stores it first
+    site.serve("blog", rss([{**tips, "guid": "blog-1"}]))
+    later = NOW + timedelta(hours=1)
+    site.collect(now=later)
+    site.build(now=later)
+    draft = site.draft()
+    assert [(section.title, [item.title for item in section.items]) for section in draft.sections if section.items] == [
+        ("Articles", ["Flask tips"])]
+
+
+def test_a_post_dated_after_the_build_of_its_week_goes_out_the_week_after(newsletter):
+    site = newsletter(["blog"])
+    now_post = {"title": "Now", "link": "https://blog.example.com/now/", "guid": "n", "description": "x",
+                "date": when(1)}
+    scheduled = {"title": "Scheduled for 17:00", "link": "https://blog.example.com/later/", "guid": "s",
+                 "description": "x", "date": format_datetime(NOW + timedelta(hours=5))}
+    site.serve("blog", rss([now_post, scheduled]))
+    site.collect()
+    site.build()
+    assert titles_of(site.draft()) == ["Now"]  # 17:00 is still in the future at noon
+    site.mark_sent(WEEK, NOW + timedelta(hours=4))
+    next_week = NOW + timedelta(days=7)
+    site.build("2026-W15", now=next_week)
+    assert titles_of(site.draft("2026-W15")) == ["Scheduled for 17:00"]
+
+
+def test_posts_a_slow_collect_stores_during_a_build_are_offered_to_the_next_issue(newsletter):
+    """The collect began before the build and stored its posts after it: their first-seen time is earlier than
+    the build's, so only the order posts were stored in (seen_seq) tells that the build never saw them."""
+    site = newsletter(["blog"])
+    site.serve("blog", rss([{"title": "On time", "link": "https://blog.example.com/1/", "guid": "1",
+                             "description": "x", "date": when(2)}]))
+    site.collect()
+    site.build(now=NOW + timedelta(minutes=10))
+    site.serve("blog", rss([{"title": "Stored after the build", "link": "https://blog.example.com/2/", "guid": "2",
+                             "description": "x", "date": when(2)}]))
+    site.collect(now=NOW + timedelta(minutes=5))  # began before the build; stores after it
+    site.mark_sent(WEEK, NOW + timedelta(hours=1))
+    site.build("2026-W15", now=NOW + timedelta(days=7))
+    assert titles_of(site.draft("2026-W15")) == ["Stored after the build"]
+
+
+def test_an_issue_handed_to_buttondown_as_a_draft_counts_as_sent_for_late_posts(newsletter):
+    site = newsletter(["blog"])
+    site.serve("blog", rss([{"title": "Week 14", "link": "https://blog.example.com/1/", "guid": "1",
+                             "description": "x", "date": when(2)}]))
+    site.collect()
+    site.build()
+    store.begin_send(site.db, WEEK, "the draft as sent", store.offered_post_ids(site.db, WEEK))
+    store.begin_remote(site.db, WEEK, "buttondown", "digest-2026-W14-key")
+    store.record_remote(site.db, WEEK, "buttondown", "em_1", sent=False, now=NOW)  # a draft there: stays `sending`
+    site.serve("blog", rss([{"title": "Saturday's", "link": "https://blog.example.com/2/", "guid": "2",
+                             "description": "x", "date": format_datetime(NOW + timedelta(days=1))}]))
+    site.collect(now=NOW + timedelta(days=2))
+    site.build("2026-W15", now=NOW + timedelta(days=7))
+    assert titles_of(site.draft("2026-W15")) == ["Saturday's"]
+
+
+def test_entries_sharing_a_guid_but_not_a_link_or_text_are_all_kept(newsletter):
+    site = newsletter(["status"])
+    feed_url = site.feeds[0]["url"]
+    site.serve("status", rss([{"title": f"Incident {n}", "guid": feed_url, "description": f"Resolved {n}.",
+                               "date": when(1 + n / 24)} for n in range(3)]
+                             + [{"title": "Linked", "guid": feed_url, "link": "https://status.example.com/4/",
+                                 "description": "x", "date": when(1)}]))
+    site.collect()
+    assert len(site.posts()) == 4
+
+
+def test_a_rebuild_keeps_the_editors_crlf_line_ends(newsletter):
+    site = newsletter(["blog"])
+    site.serve("blog", rss([{"title": "One", "link": "https://blog.example.com/1/", "guid": "1", "description": "x",
+                             "date": when(2)}]))
+    site.collect()
+    site.build()
+    path = draft_path(site.config.drafts_dir, WEEK)
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n").replace(b"sections:", b"# mine\r\nsections:"))
+    site.serve("blog", rss([{"title": "Two", "link": "https://blog.example.com/2/", "guid": "2", "description": "x",
+                             "date": when(1)}]))
+    later = NOW + timedelta(hours=1)
+    site.collect(now=later)
+    site.build(now=later)
+    data = path.read_bytes()
+    assert b"# mine\r\n" in data and data.count(b"\n") == data.count(b"\r\n") and b"Two" in data
+
+
+def test_the_size_advice_for_an_email_whose_intro_alone_is_too_long(newsletter):
+    site = newsletter(["blog"])
+    site.serve("blog", rss([{"title": "One", "link": "https://blog.example.com/1/", "guid": "1", "description": "x",
+                             "date": when(2)}]))
+    site.collect()
+    site.build()
+    path = draft_path(site.config.drafts_dir, WEEK)
+    data = yaml.safe_load(path.read_text())
+    data["intro"] = "\n\n".join("A paragraph of welcome that goes on and on. " * 20 for _ in range(120))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    built = site.build(now=NOW + timedelta(minutes=1))
+    assert "Even without its 1 items it is" in built.size_warning and "shorten the intro" in built.size_warning

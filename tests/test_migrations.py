@@ -75,3 +75,30 @@ def test_a_new_database_gets_the_same_schema_as_an_upgraded_one(old_db, tmp_path
     store.open_db(old_db).close()
     store.open_db(tmp_path / "new.db").close()
     assert schema(old_db) == schema(tmp_path / "new.db")
+
+
+def test_posts_stored_by_0_1_0_are_found_by_their_links_as_this_release_cleans_them(old_db):
+    """0.1.0 kept `ref` and `source` in links and dropped fragments; the same entries fetched again, as this
+    release cleans their links, are the posts already stored (and sent), not new ones."""
+    legacy = sqlite3.connect(old_db)
+    legacy.executemany(
+        "INSERT INTO posts (id, canonical_url, feed_url, title, summary, content_html, published_at, dated_by_feed, "
+        "first_seen_at) VALUES (?, ?, ?, ?, '', '', '2026-04-01T10:00:00+00:00', 1, '2026-04-01T10:00:00+00:00')",
+        [("legacy-ref", "https://ghost.example.com/post/?ref=rss", BLOGS, "Ghost post"),
+         ("legacy-page", "https://micro.example.com/2026/04/01.html", BLOGS, "Microblog page")])
+    legacy.executemany("INSERT INTO issue_posts (issue_id, post_id, added_at) VALUES ('2026-W14', ?, '')",
+                       [("legacy-ref",), ("legacy-page",)])
+    legacy.commit()
+    legacy.close()
+    from digest.parse import parse_feed
+    from feedserver import rss
+
+    db = store.open_db(old_db)
+    entries = rss([{"title": "Ghost post", "link": "https://ghost.example.com/post/?ref=rss", "description": "x"},
+                   {"title": "First thought", "link": "https://micro.example.com/2026/04/01.html#a1", "description": "x"},
+                   {"title": "Second thought", "link": "https://micro.example.com/2026/04/01.html#a2",
+                    "description": "y"}])
+    posts = parse_feed(entries, BLOGS).posts
+    added = store.record_fetch(db, url=BLOGS, name="Blogs", section="Articles", outcome=store.FetchOutcome(status=200),
+                               posts=posts, now=datetime(2026, 4, 12, tzinfo=timezone.utc), configured={BLOGS})
+    assert added == 1  # the second thought on that page: 0.1.0 had merged it into the page, and never sent it

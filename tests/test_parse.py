@@ -37,6 +37,11 @@ def one_post(item: str):
     ("https://blog.example.com/a/?id=3&fbclid=x&gclid=y#comments", "https://blog.example.com/a/?id=3#comments"),
     ("https://blog.example.com/a/?ref=newsletter&source=rss----5517fd7b58a6---4", "https://blog.example.com/a/"),
     ("https://blog.example.com/a/#utm_source=feed", "https://blog.example.com/a/"),
+    ("http://x.example.com/?q=a+b%2Bc&t=%E9", "http://x.example.com/?q=a+b%2Bc&t=%E9"),  # the query as written
+    ("http://x.example.com/#!/news?id=42", "http://x.example.com/#!/news?id=42"),  # an app's route, not a tracker
+    ("http://x.example.com/p#tk.rss_all", "http://x.example.com/p"),
+    ("https://github.com/a/b/tree?ref=main", "https://github.com/a/b/tree?ref=main"),  # a branch on a code host
+    ("http://x.example.com/f?source=main.py&ref=hn", "http://x.example.com/f?source=main.py"),
     ("https://blog.example.com:443/a", "https://blog.example.com/a"),
     ("http://blog.example.com:8080/a?mc_cid=1&page=2", "http://blog.example.com:8080/a?page=2"),
     ("/relative/post/", "https://blog.example.com/relative/post/"),

@@ -284,6 +284,8 @@ class SmtpBackend:
             self._stop_run(SendError(f"database: {exc}"))
         except OSError as exc:
             self._stop_run(SendError(f"{exc.strerror or exc}"))
+        except Exception as exc:  # a bug or an input nobody foresaw: one line and a stopped run, never a thread's traceback
+            self._stop_run(SendError(f"{type(exc).__name__}: {exc}"))
         finally:
             connection.close()
             if db is not None:
