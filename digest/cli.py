@@ -287,6 +287,8 @@ SEND_NOW = typer.Option(False, "--send-now", help="buttondown: send the email, n
 YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (required without a terminal).")
 ALLOW_CLIPPED = typer.Option(False, "--allow-clipped",
                              help="Send even an email past Gmail's ~102 KB clipping limit (refused otherwise).")
+FORCE = typer.Option(False, "--force", help="Send although the drafts folder's receipt says this issue began "
+                                           "sending and the database has no record of it (everyone may get it twice).")
 
 
 @app.command("send")
@@ -300,6 +302,7 @@ def send_command(
     send_now: bool = SEND_NOW,
     yes: bool = YES,
     allow_clipped: bool = ALLOW_CLIPPED,
+    force: bool = FORCE,
 ) -> None:
     """Send exactly what drafts/<week>.yaml says. A re-run resumes; an issue already sent is not sent again."""
     config = _config(ctx)
@@ -328,14 +331,15 @@ def send_command(
                 _say(f"  {path.name}")
             return
         with hold(_paths(ctx)["db"]):
-            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now, allow_clipped=allow_clipped)
+            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now, allow_clipped=allow_clipped,
+                         force=force)
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
 def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, yes: bool = YES,
-        allow_clipped: bool = ALLOW_CLIPPED) -> None:
+        allow_clipped: bool = ALLOW_CLIPPED, force: bool = FORCE) -> None:
     """The weekly job (cron, a systemd timer, CI): collect, build and send this week's issue.
 
     Safe to run twice (an issue already sent is left alone) and never twice at once (exit 75).
@@ -355,6 +359,8 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
             if done:
                 _say(done)
                 return
+            if not force:
+                jobs.check_receipt(config, db, issue_id)  # before collecting into the draft of a lost send
             if jobs.sending_began(db, issue_id):
                 _say(f"{issue_id}: an earlier run began sending it; resuming, without collecting or building")
             else:
@@ -370,17 +376,21 @@ def run(ctx: typer.Context, backend: str = BACKEND, send_now: bool = SEND_NOW, y
                 _say(f"build {issue_id}: {_build_counts(built)}")
                 if built.size_warning:
                     typer.echo(f"warning: {built.size_warning}", err=True)
-            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now, allow_clipped=allow_clipped)
+            code = _send(config, db, issue_id, backend, yes=yes, send_now=send_now, allow_clipped=allow_clipped,
+                         force=force)
     if feeds_down and not code:
         _fail("every feed failed this time: the issue holds only posts collected earlier", EXIT_FAILED)
     if code:
         raise typer.Exit(code)
 
 
-def _send(config: Config, db, issue_id: str, backend: str, *, yes: bool, send_now: bool, allow_clipped: bool) -> int:
+def _send(config: Config, db, issue_id: str, backend: str, *, yes: bool, send_now: bool, allow_clipped: bool,
+          force: bool) -> int:
     """Plan, confirm, send, summarize; returns the exit code."""
-    plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now, allow_clipped=allow_clipped)
+    plan = jobs.plan_send(config, db, issue_id, backend, send_now=send_now, allow_clipped=allow_clipped, force=force)
     _warn_problems(plan)
+    if plan.snapshot_note:
+        typer.echo(f"warning: {plan.snapshot_note}", err=True)
     if plan.done:
         _say(plan.done)
         return 0
@@ -446,7 +456,11 @@ class Terminated(KeyboardInterrupt):
     finished and recorded, and a resumed send mails no one twice."""
 
 
+_TERMINATED = threading.Event()
+
+
 def _terminate(signum, frame) -> None:
+    _TERMINATED.set()  # Typer turns every KeyboardInterrupt into exit code 130: this tells SIGTERM apart
     raise Terminated()
 
 
@@ -472,15 +486,18 @@ def main() -> None:
     except typer.Abort:  # the confirmation was declined (or its prompt got Ctrl-C or end of input)
         typer.echo("aborted, nothing sent", err=True)
         sys.exit(EXIT_FAILED)
-    except Terminated:
-        typer.echo("stopped by SIGTERM (what was in flight is recorded; run again to resume)", err=True)
-        sys.exit(EXIT_TERMINATED)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # outside a command (Typer answers inside with 130)
+        terminated = _TERMINATED.is_set()
+        typer.echo("stopped by SIGTERM" if terminated else "interrupted", err=True)
+        sys.exit(EXIT_TERMINATED if terminated else 130)
     except Exception as exc:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # Typer's usage errors: unknown option...
             exc.show()
             sys.exit(EXIT_BAD_INPUT)
         raise
+    if _TERMINATED.is_set():
+        typer.echo("stopped by SIGTERM (what was in flight is recorded; run again to resume)", err=True)
+        sys.exit(EXIT_TERMINATED)
+    if result == 130:  # Typer's answer to Ctrl-C
+        typer.echo("interrupted (what was in flight is recorded; run again to resume)", err=True)
     sys.exit(result if isinstance(result, int) else 0)

@@ -33,7 +33,7 @@ import xml.sax
 from calendar import timegm
 from collections import defaultdict
 from datetime import datetime, timezone
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import feedparser
 import nh3
@@ -193,7 +193,7 @@ def _post_from_entry(entry, link: str | None, feed_url: str, base_url: str, site
         title = _title_from(summary or body_text)
         summary = summarize(body_text.removeprefix(title).strip()) if body_text.startswith(title) else summary
     if not title and link:
-        title = cut_at_word(host_of(link) + urlsplit(link).path, TITLE_LIMIT)
+        title = cut_at_word(one_line(host_of(link) + unquote(urlsplit(link).path)), TITLE_LIMIT)
     if not title:
         return None  # neither title, text nor link: nothing a reader could be shown
     guid = _guid(entry)

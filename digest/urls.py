@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 # Query parameters that only say who sent the reader: the same article with and without them is one post.
@@ -45,6 +46,11 @@ _OPAQUE = {
 }
 
 
+def _invisible(char: str) -> bool:
+    """Controls and format characters (a bidi override in a link would make it read as another)."""
+    return ord(char) < 32 or (ord(char) > 126 and unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
 def _is_tracking(pair: str, host: str) -> bool:
     """Whether one raw `name=value` pair of a query only tracks the reader."""
     name, _, value = (unquote(part) for part in pair.partition("="))
@@ -68,7 +74,7 @@ def clean_url(url: str | None, base: str | None = None) -> str | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not host or any(char.isspace() or ord(char) < 32 for char in url):
+    if scheme not in _DEFAULT_PORTS or not host or any(char.isspace() or _invisible(char) for char in url):
         return None
     if ":" in host:
         host = f"[{host}]"

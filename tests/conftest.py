@@ -10,7 +10,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from buttondownfake import KEY, FakeButtondown  # noqa: E402
 from feedserver import FeedServer  # noqa: E402
+from smtpserver import SmtpServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +38,24 @@ def feed_server():
     server = FeedServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server():
+    """An SMTP server (aiosmtpd) on loopback that records what it receives."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(monkeypatch):
+    """A fake of Buttondown's API on loopback, and the key digest reads from the environment."""
+    monkeypatch.setenv("BUTTONDOWN_API_KEY", KEY)
+    monkeypatch.delenv("BUTTONDOWN_API_URL", raising=False)
+    fake = FakeButtondown()
+    yield fake
+    fake.stop()
 
 
 def write_config(directory: Path, feeds: list[dict], **newsletter) -> Path:

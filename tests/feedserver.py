@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 for feed tests: routes with status, headers, body, delay; records requests."""
+"""A real HTTP server on loopback for feed tests: routes with status, headers, body, delay, a slow drip, a false
+length; records requests."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class Route:
     delay: float = 0.0  # seconds before answering (a slow server)
     etag: str | None = None  # answer 304 to a matching If-None-Match
     drop: bool = False  # close the connection without answering
+    drip: float = 0.0  # seconds between the body's bytes, sent one at a time (a slow drip never times out a read)
+    length: int | None = None  # the Content-Length to claim, when it should not be the body's; -1: none, read to the end
 
 
 class _Server(ThreadingHTTPServer):
@@ -27,7 +30,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class FeedServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         server = self
@@ -58,20 +61,34 @@ class FeedServer:
                     self.send_header(name, value)
                 if route.etag:
                     self.send_header("ETag", route.etag)
-                self.send_header("Content-Length", str(len(route.body)))
+                if route.length == -1:
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(route.body) if route.length is None else route.length))
                 self.end_headers()
-                self.wfile.write(route.body)
+                if not route.drip:
+                    self.wfile.write(route.body)
+                    return
+                try:
+                    for byte in route.body:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        if server.stopping.wait(route.drip):
+                            return
+                except OSError:  # the client gave up, as it should
+                    self.close_connection = True
 
             def log_message(self, format: str, *args) -> None:  # noqa: A002
                 pass
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.stopping = threading.Event()
+        self.httpd = _Server((host, 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"http://{self.httpd.server_address[0]}:{self.httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -84,6 +101,7 @@ class FeedServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -43,6 +43,8 @@ class Behaviour:
     drop_at_data: dict[str, int] = field(default_factory=dict)  # address → how many times to hang up at DATA
     delay: float = 0.0  # seconds before answering each message
     refuse_login: bool = False
+    echo_login: bool = False  # a refused login's reply repeats the credentials (a server bug digest must not print)
+    too_big: set[str] = field(default_factory=set)  # 552 to the message (too large for the mailbox)
 
 
 class _Handler:
@@ -71,6 +73,8 @@ class _Handler:
             return "421 dropped"
         if rcpt in behaviour.refuse_data:
             return "554 5.7.1 message refused"
+        if rcpt in behaviour.too_big:
+            return "552 5.3.4 message too big for this mailbox"
         self.server.messages.append(Received(envelope.mail_from, rcpt, bytes(envelope.original_content),
                                              tuple(session.peer)))
         return f"250 2.0.0 Ok: queued as Q{len(self.server.messages)}"
@@ -96,6 +100,9 @@ class SmtpServer:
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         self.logins.append(auth_data.login.decode())
+        if self.behaviour.refuse_login and self.behaviour.echo_login:
+            return AuthResult(success=False, handled=False, message=(
+                f"535 5.7.8 no user {auth_data.login.decode()} with password {auth_data.password.decode()}"))
         return AuthResult(success=not self.behaviour.refuse_login, handled=False)
 
     @property

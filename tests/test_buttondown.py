@@ -4,108 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from jsonschema import Draft202012Validator
 
+from buttondownfake import KEY, Answer
 from conftest import SHARED
 from digest import jobs, store
 from digest.config import load_config
 from digest.send.buttondown import ButtondownBackend
 from smtpserver import WEEK, make_project, subscribers
 
-KEY = "bd-test-key-0123456789"
 OPENAPI = json.loads((SHARED / "reference" / "buttondown-openapi.json").read_text(encoding="utf-8"))
 EMAIL_INPUT = Draft202012Validator({"$ref": "#/components/schemas/EmailInput", "components": OPENAPI["components"]})
-
-
-@dataclass
-class Answer:
-    status: int = 201
-    body: dict = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]  # lower-cased names
-    body: dict
-
-
-class FakeButtondown:
-    """Answers from a script, in order (then 201 with a new id), and records every request.
-
-    Like Buttondown, it remembers the email a POST created under its X-Idempotency-Key and answers a
-    repeat of that key with the same email, whatever the repeat's body says.
-    """
-
-    def __init__(self) -> None:
-        self.script: list[Answer] = []
-        self.requests: list[Request] = []
-        self.created: dict[str, dict] = {}  # idempotency key → the email created with it
-        self.slow = 0.0  # seconds added to every answer (longer than the client's timeout: answers lost)
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def answer(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                fake.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                                             body))
-                key = self.headers.get("X-Idempotency-Key")
-                if self.command == "POST" and key in fake.created:
-                    answer = Answer(201, fake.created[key])
-                else:
-                    answer = fake.script.pop(0) if fake.script else Answer()
-                    if answer.status < 300 and not answer.body:
-                        answer.body = {"id": f"em_{len(fake.requests)}", "status": body.get("status", "draft")}
-                    if answer.status < 300 and self.command == "POST" and key:
-                        fake.created[key] = answer.body
-                time.sleep(answer.delay + fake.slow)
-                payload = json.dumps(answer.body).encode()
-                try:
-                    self.send_response(answer.status)
-                    for name, value in {"Content-Type": "application/json", **answer.headers}.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:  # the client gave up waiting (a timeout test): no traceback in a later test's stderr
-                    self.close_connection = True
-
-            do_POST = do_PATCH = answer  # noqa: N815 - http.server's names
-
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def api(monkeypatch):
-    monkeypatch.setenv("BUTTONDOWN_API_KEY", KEY)
-    monkeypatch.delenv("BUTTONDOWN_API_URL", raising=False)
-    fake = FakeButtondown()
-    yield fake
-    fake.stop()
 
 
 def project(tmp_path, api, **options):
@@ -141,7 +52,7 @@ def test_creates_a_draft_once_then_sends_it_on_request(tmp_path, api, run_cli):
     assert body["subject"] == "Test Digest – Mar 30 to Apr 5, 2026 ✨" and body["status"] == "draft"
     assert body["body"].startswith("<!-- buttondown-editor-mode: fancy -->\n")
     assert "{{ unsubscribe_url }}" in body["body"] and "%%DIGEST" not in body["body"]
-    assert body["metadata"] == {"digest_issue": WEEK}
+    assert body["metadata"] == {"digest_issue": WEEK, "digest_key": request.headers["x-idempotency-key"]}
     row = issue(tmp_path)
     assert (row["backend"], row["remote_id"], row["status"]) == ("buttondown", "em_1", "sending")
     assert row["idempotency_key"] == request.headers["x-idempotency-key"]
@@ -187,8 +98,10 @@ def test_the_key_is_kept_across_runs_until_buttondown_answers(tmp_path, api, run
     stored = issue(tmp_path)["idempotency_key"]
     assert stored and issue(tmp_path)["remote_id"] is None
     assert send(run_cli, tmp_path)[0] == 0
-    assert {r.headers["x-idempotency-key"] for r in api.requests} == {stored} and len(api.requests) == 4
-    assert issue(tmp_path)["remote_id"] == "em_4"
+    posts = [r for r in api.requests if r.method == "POST"]
+    assert {r.headers["x-idempotency-key"] for r in posts} == {stored} and len(posts) == 4
+    assert [r.method for r in api.requests[3:]] == ["GET", "POST"]  # looked up first: nothing there, created
+    assert issue(tmp_path)["remote_id"] == "em_5"
 
 
 def test_429_waits_for_retry_after(tmp_path, api):
@@ -255,8 +168,8 @@ def test_once_handed_to_buttondown_the_issue_is_frozen(tmp_path, api, run_cli):
     code, _, err = run_cli("send", "--week", WEEK, "--backend", "smtp", "--yes", cwd=tmp_path)
     assert code == 2 and "was handed to buttondown; finish it with --backend buttondown" in err
     assert send(run_cli, tmp_path)[0] == 0  # the same key again: at most one email
-    assert len({r.headers["x-idempotency-key"] for r in api.requests}) == 1
-    assert (issue(tmp_path)["status"], issue(tmp_path)["remote_id"]) == ("sending", "em_4")
+    assert len({r.headers["x-idempotency-key"] for r in api.requests if r.method == "POST"}) == 1
+    assert (issue(tmp_path)["status"], issue(tmp_path)["remote_id"]) == ("sending", "em_5")
     code, out, _ = run_cli("build", "--week", WEEK, cwd=tmp_path)
     assert out == f"{WEEK}: already sending, draft left as it is\n" and draft.read_text() == before
 
@@ -299,7 +212,7 @@ def test_a_replayed_answer_is_believed_over_this_runs_wish(tmp_path, api, run_cl
         patch = api.requests[-1]
         assert (patch.method, patch.path, patch.body) == ("PATCH", f"/v1/emails/{created['id']}",
                                                           {"status": "about_to_send"})
-    else:  # it was sent by the lost request: say so, whatever this run asked for
+    else:  # it was sent by the lost request: found by its key, whatever this run asked for
         assert out == f"send {WEEK} via buttondown: handed over for sending, id {created['id']}\n"
-        assert api.requests[-1].method == "POST"
+        assert api.requests[-1].method == "GET" and len(api.created) == 1
     assert (issue(tmp_path)["status"], issue(tmp_path)["remote_id"]) == ("sent", created["id"])

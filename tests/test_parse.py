@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from digest.parse import parse_feed, sanitize_html, summarize
-from digest.urls import clean_url, url_key
+from digest.urls import clean_url
 
 FEED = "https://blog.example.com/feed.xml"
 

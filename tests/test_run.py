@@ -15,18 +15,11 @@ from digest.lock import hold
 from digest.models import Post
 from digest.weeks import parse_week, week_id
 from feedserver import Route, rss
-from smtpserver import SmtpServer, make_project, subscribers
+from smtpserver import make_project, subscribers
 
 LONDON = ZoneInfo("Europe/London")
 WEEK = week_id((datetime.now(timezone.utc) - timedelta(days=7)).astimezone(LONDON).date())  # wholly in the past
 POSTED = datetime.combine(parse_week(WEEK) + timedelta(days=2), time(12), LONDON)  # its Wednesday noon
-
-
-@pytest.fixture
-def server():
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

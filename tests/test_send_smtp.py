@@ -29,13 +29,6 @@ from smtpserver import WEEK, Behaviour, SmtpServer, make_project, self_signed_ce
 SECRET = "test-unsubscribe-secret"
 
 
-@pytest.fixture
-def server():
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def secret(monkeypatch):
     monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)

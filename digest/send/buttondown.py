@@ -3,9 +3,13 @@
 The idempotency key is stored in the issue row before the first request, with the issue marked `sending`
 (frozen: `build` leaves its draft alone, its posts are not offered again, smtp is refused), and reused by
 every retry and re-run, so a request whose answer was lost cannot create a second email; the returned id is
-stored, so a later run never posts again. A 4xx refusal created nothing: its key is dropped, the issue is a
-plain draft again, and a corrected re-run gets a fresh key (an idempotent API may otherwise replay the old
-refusal).
+stored, so a later run never posts again. The key also goes into the email's metadata, and a run that finds
+a key stored but no id (the answer to an earlier request was lost) first looks the email up by it.
+
+The key is dropped (the issue a plain draft again, a corrected re-run getting a fresh key) only on a
+definitive refusal: a 4xx to the first attempt of a run whose lookup found nothing. A 4xx after an attempt
+whose answer was lost (a timeout, a dropped connection, a 5xx) proves nothing about that attempt: the key is
+kept, the run stops, and the next one looks the email up.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from .. import store
 from ..config import ButtondownSettings
 from ..models import RenderedIssue
 from ..render import personalize
-from . import SendError, SendReport, SetupError, env_secret
+from . import SendError, SendReport, SetupError, env_secret, redact
 
 KEY_ENV = "BUTTONDOWN_API_KEY"
 API_VERSION = "2026-04-01"  # creates drafts by default; sending needs the confirmation header below
@@ -52,6 +56,10 @@ def request_body(rendered: RenderedIssue, issue_id: str, *, send_now: bool) -> d
 class Refusal(SendError):
     """A 4xx (other than 429) from Buttondown: retrying the same request cannot help."""
 
+    def __init__(self, message: str, *, after_lost_answer: bool = False):
+        super().__init__(message)
+        self.after_lost_answer = after_lost_answer  # an earlier attempt of this call may have been carried out
+
 
 class ButtondownBackend:
     name = "buttondown"
@@ -75,14 +83,21 @@ class ButtondownBackend:
         issue = store.get_issue(db, issue_id)
         remote_id, status = issue["remote_id"], "draft"
         if remote_id is None:
+            earlier = issue["idempotency_key"]  # an earlier run sent a request whose answer never came
             key = store.begin_remote(db, issue_id, self.name, f"digest-{issue_id}-{secrets.token_hex(8)}")
             body = request_body(rendered, issue_id, send_now=self.send_now)
-            headers = {"X-Idempotency-Key": key, **(CONFIRM_SEND if self.send_now else {})}
-            try:
-                answer = self._call("POST", "/emails", body, headers)
-            except Refusal:
-                store.forget_remote(db, issue_id)
-                raise
+            body["metadata"]["digest_key"] = key
+            answer = self._find(key, rendered.subject) if earlier else None
+            if answer is None:
+                headers = {"X-Idempotency-Key": key, **(CONFIRM_SEND if self.send_now else {})}
+                try:
+                    answer = self._call("POST", "/emails", body, headers)
+                except Refusal as refusal:
+                    if refusal.after_lost_answer:
+                        raise SendError(f"{refusal}; an earlier attempt got no answer and may have created the "
+                                        f"email, so {issue_id} stays handed over: the next run looks it up") from None
+                    store.forget_remote(db, issue_id)
+                    raise
             remote_id, status = str(answer["id"]), str(answer.get("status") or body["status"])
             store.record_remote(db, issue_id, self.name, remote_id, sent=False, now=datetime.now(timezone.utc))
         if self.send_now and status == "draft":  # PATCH needs no confirmation header
@@ -93,25 +108,38 @@ class ButtondownBackend:
         return SendReport(issue=issue_id, backend=self.name, remote_id=remote_id, complete=sent,
                           remote_status=status, seconds=time.perf_counter() - started)
 
-    def _call(self, method: str, path: str, body: dict, headers: dict[str, str]) -> dict:
+    def _find(self, key: str, subject: str) -> dict | None:
+        """The email an earlier request with this key created, if Buttondown has it: by the key in its metadata,
+        among the emails with this subject."""
+        page = self._call("GET", "/emails", None, {}, query={"subject": subject[:200], "ordering": "-creation_date"},
+                          listing=True)
+        for email in page.get("results") or []:
+            if isinstance(email, dict) and email.get("id") and (email.get("metadata") or {}).get("digest_key") == key:
+                return email
+        return None
+
+    def _call(self, method: str, path: str, body: dict | None, headers: dict[str, str], *,
+              query: dict | None = None, listing: bool = False) -> dict:
         """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal."""
         url = self.settings.api_url.rstrip("/") + path
-        problem = ""
+        problem, lost = "", False
         with httpx.Client(timeout=self.settings.timeout, headers=self.headers) as client:
             for attempt in range(1, self.settings.max_attempts + 1):
                 wait = self.settings.backoff * 2 ** (attempt - 1)
                 try:
-                    response = client.request(method, url, json=body, headers=headers)
+                    response = client.request(method, url, json=body, headers=headers, params=query)
                 except httpx.TransportError as exc:  # timeouts, refused or dropped connections
-                    problem = f"{type(exc).__name__}: {exc}"
+                    problem, lost = redact(f"{type(exc).__name__}: {exc}"), True
                 else:
                     if response.is_success:
-                        return _answer(response, method, path)
+                        return _answer(response, method, path, listing=listing)
                     problem = f"{response.status_code} {_detail(response)}"
                     if response.status_code == 429:
                         wait = _retry_after(response, wait)
                     elif response.status_code < 500:
-                        raise Refusal(f"Buttondown refused {method} {path}: {problem}")
+                        raise Refusal(f"Buttondown refused {method} {path}: {problem}", after_lost_answer=lost)
+                    else:
+                        lost = True  # a 5xx may come after the work was done
                 if attempt < self.settings.max_attempts:
                     self.sleep(wait)
         raise SendError(f"Buttondown: {method} {path} failed {self.settings.max_attempts} times, last: {problem}")
@@ -125,19 +153,20 @@ def _detail(response: httpx.Response) -> str:
         detail = None
     if isinstance(detail, list):
         detail = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
-    return " ".join(str(detail or response.text or response.reason_phrase).split())[:500]
+    return redact(" ".join(str(detail or response.text or response.reason_phrase).split()))[:500]
 
 
-def _answer(response: httpx.Response, method: str, path: str) -> dict:
-    """A success's JSON object, which must carry the email's id."""
+def _answer(response: httpx.Response, method: str, path: str, *, listing: bool = False) -> dict:
+    """A success's JSON object, which must carry the email's id (or, for a listing, its results)."""
     try:
         data = response.json()
     except ValueError:
         data = None
-    if not isinstance(data, dict) or not data.get("id"):
-        text = " ".join(response.text.split())[:200]
-        raise SendError(f"Buttondown: {method} {path} answered {response.status_code} without an email id: {text!r}")
-    return data
+    if isinstance(data, dict) and (data.get("results") is not None if listing else data.get("id")):
+        return data
+    text = redact(" ".join(response.text.split()))[:200]
+    wanted = "a list of emails" if listing else "an email id"
+    raise SendError(f"Buttondown: {method} {path} answered {response.status_code} without {wanted}: {text!r}")
 
 
 def _retry_after(response: httpx.Response, default: float) -> float:

@@ -81,9 +81,10 @@ def _to_header(email: str, name: str) -> bytes:
     """To, built by hand: the email package's refolding can drop the quotes around a decoded display name."""
     if not name:
         return f"To: {email}\r\n".encode("utf-8")
-    if name.isascii():
-        return f"To: {formataddr((name, email))}\r\n".encode("utf-8")
-    phrase = Header(name, "utf-8", header_name="To").encode(linesep="\r\n")
+    if name.isascii():  # quoted as needed (formataddr wants an ASCII address: an SMTPUTF8 one is written as is)
+        phrase = formataddr((name, "x@x")).rpartition(" <")[0]
+    else:
+        phrase = Header(name, "utf-8", header_name="To").encode(linesep="\r\n")
     return f"To: {phrase} <{email}>\r\n".encode("utf-8")
 
 

@@ -220,21 +220,11 @@ class SmtpBackend:
                 work.put((key, subscriber))
         path = store.database_path(db)
         self._database = _identity(path)
-        threads = [threading.Thread(target=self._worker, args=(path, issue_id, factory, work), name=f"smtp-{n}",
-                                    daemon=True)
-                   for n in range(min(self.settings.connections, len(todo)))]
-        for thread in threads:
-            thread.start()
-        interrupt: KeyboardInterrupt | None = None
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.5)  # wakes up for Ctrl-C and SIGTERM
-        except KeyboardInterrupt as exc:
-            interrupt = exc
-            self._stop.set()  # each worker records its message in flight, then stops
-            for thread in threads:
-                thread.join()
+        finished = [threading.Event() for _ in range(min(self.settings.connections, len(todo)))]
+        for number, done in enumerate(finished):
+            threading.Thread(target=self._worker, args=(path, issue_id, factory, work, done), name=f"smtp-{number}",
+                             daemon=True).start()
+        interrupt = self._wait_for(finished)
         try:
             complete = store.finish_deliveries(db, issue_id, _now())
             counts = store.delivery_counts(db, issue_id)
@@ -255,9 +245,26 @@ class SmtpBackend:
                           last_error=self._last_error if pending else None, returned_to_draft=returned,
                           seconds=time.perf_counter() - started)
 
+    def _wait_for(self, finished: list[threading.Event]) -> KeyboardInterrupt | None:
+        """Wait until every worker has finished, and return the Ctrl-C or SIGTERM that came meanwhile, if any:
+        then each worker records the message it has in flight and stops. Workers say they are done with an
+        Event: Thread.join interrupted by a signal can report a running thread as stopped (CPython 3.11), and
+        the process would then end under a message in flight, leaving it `sending`."""
+        interrupt = None
+        while not all(done.is_set() for done in finished):
+            try:
+                for done in finished:
+                    while not done.wait(0.5):  # wakes up for Ctrl-C and SIGTERM
+                        pass
+            except KeyboardInterrupt as exc:
+                interrupt = interrupt or exc
+                self._stop.set()
+        return interrupt
+
     # --- the workers ------------------------------------------------------------------
 
-    def _worker(self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue) -> None:
+    def _worker(self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue,
+                done: threading.Event) -> None:
         """One connection's loop. What stops the run (a refused sender, a database that cannot record what
         was sent: disk full, locked) is kept for `deliver` to raise as one line, never a thread's traceback."""
         db: sqlite_utils.Database | None = None
@@ -293,6 +300,7 @@ class SmtpBackend:
                     db.close()
                 except sqlite3.Error:
                     pass
+            done.set()
 
     def _stop_run(self, error: SendError) -> None:
         with self._lock:
