@@ -37,9 +37,10 @@ def feed_body(number: int) -> bytes:
         f"</description></item>"
         for n in range(ITEMS)
     )
-    return (f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Feed {number}</title>'
-            f"<link>https://blog{number}.example.com/</link><description>d</description>{items}</channel></rss>"
-            ).encode()
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Feed {number}</title>'
+        f"<link>https://blog{number}.example.com/</link><description>d</description>{items}</channel></rss>"
+    ).encode()
 
 
 def serve(port_queue: multiprocessing.Queue, feeds: int) -> None:
@@ -61,8 +62,11 @@ def serve(port_queue: multiprocessing.Queue, feeds: int) -> None:
                 elif headers.get("if-none-match") == etag:
                     writer.write(f"HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nContent-Length: 0\r\n\r\n".encode())
                 else:
-                    writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\nETag: {etag}\r\n"
-                                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                    writer.write(
+                        f"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\nETag: {etag}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -81,8 +85,12 @@ def serve(port_queue: multiprocessing.Queue, feeds: int) -> None:
 def run_collect(workdir: Path) -> tuple[float, float, float]:
     """Wall seconds of one `digest collect` process, the seconds its collect took inside it, peak RSS (MB)."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "digest", "collect", "--json"], cwd=workdir,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digest", "collect", "--json"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
@@ -99,15 +107,21 @@ def bench(feeds: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as directory:
             workdir = Path(directory)
-            config = {"newsletter": {"title": "Bench", "sections": ["Articles"]},
-                      "feeds": [{"name": f"Feed {n}", "url": f"http://127.0.0.1:{port}/feed/{n}.xml",
-                                 "section": "Articles"} for n in range(feeds)]}
+            config = {
+                "newsletter": {"title": "Bench", "sections": ["Articles"]},
+                "feeds": [
+                    {"name": f"Feed {n}", "url": f"http://127.0.0.1:{port}/feed/{n}.xml", "section": "Articles"}
+                    for n in range(feeds)
+                ],
+            }
             (workdir / "feeds.yaml").write_text(yaml.safe_dump(config))
             for label in ("first run", "unchanged re-run"):
                 wall, inside, peak = run_collect(workdir)
-                print(f"{feeds:>5} feeds x {ITEMS} items, {label:<16}: {wall:6.2f} s wall "
-                      f"({inside:5.2f} s collecting, the rest is starting Python and importing), "
-                      f"{feeds / wall:5.0f} feeds/s, peak {peak:4.0f} MB")
+                print(
+                    f"{feeds:>5} feeds x {ITEMS} items, {label:<16}: {wall:6.2f} s wall "
+                    f"({inside:5.2f} s collecting, the rest is starting Python and importing), "
+                    f"{feeds / wall:5.0f} feeds/s, peak {peak:4.0f} MB"
+                )
     finally:
         server.terminate()
 
@@ -116,4 +130,6 @@ if __name__ == "__main__":
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, server answers after {DELAY * 1000:.0f} ms")
     for count in [int(arg) for arg in sys.argv[1:]] or [100, 1000]:
         bench(count)
-    print(f"(peak = max RSS of the digest process; resource limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} files)")
+    print(
+        f"(peak = max RSS of the digest process; resource limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} files)"
+    )

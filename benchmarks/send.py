@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from smtpserver import WEEK, make_project, subscribers  # noqa: E402
+from helpers.project import WEEK, make_project, subscribers
 
 
 def sink(port_pipe, count_pipe) -> None:
@@ -34,7 +34,7 @@ def sink(port_pipe, count_pipe) -> None:
     class Counter:
         received = 0
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        async def handle_DATA(self, server, session, envelope):
             Counter.received += 1
             return "250 OK"
 
@@ -55,6 +55,7 @@ def sink(port_pipe, count_pipe) -> None:
 
 def ceiling(port: int, message: bytes, total: int, connections: int) -> float:
     """Messages per second of plain smtplib sending one pre-built message over `connections` connections."""
+
     def worker(count: int) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             for n in range(count):
@@ -74,8 +75,14 @@ def digest(directory: Path, *args: str) -> tuple[str, float, int]:
     """Run the real command; returns its output, wall time and peak RSS in KB (wait4: that process only)."""
     env = dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET="benchmark-secret")
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "digest", *args], cwd=directory, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digest", *args],
+        cwd=directory,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -107,8 +114,10 @@ def main() -> None:
         make_project(directory, port, subscribers(total), items=20, smtp={"connections": connections})
         digest(directory, "send", "--week", WEEK, "--dry-run")
         sample = next((directory / "drafts" / f"{WEEK}.dry-run").glob("*.eml")).read_bytes()
-        print(f"{total:,} subscribers, {connections} connections, message {len(sample) / 1024:.0f} KB, "
-              f"sink pid {server.pid}")
+        print(
+            f"{total:,} subscribers, {connections} connections, message {len(sample) / 1024:.0f} KB, "
+            f"sink pid {server.pid}"
+        )
 
         before = ceiling(port, sample, total, connections)
         received(reset=True)
@@ -121,10 +130,14 @@ def main() -> None:
         assert sent == total == delivered, (sent, total, delivered, output)
 
         print(f"ceiling (plain smtplib, one pre-built message): {before:,.0f} msg/s before, {after:,.0f} after")
-        print(f"digest send, sending phase (render excluded, ledger included): {sent / seconds:,.0f} msg/s "
-              f"= {sent / seconds / best:.0%} of the ceiling")
-        print(f"digest send, whole command (start-up, render, ledger): {wall:.1f} s = {sent / wall:,.0f} msg/s "
-              f"= {sent / wall / best:.0%} of the ceiling")
+        print(
+            f"digest send, sending phase (render excluded, ledger included): {sent / seconds:,.0f} msg/s "
+            f"= {sent / seconds / best:.0%} of the ceiling"
+        )
+        print(
+            f"digest send, whole command (start-up, render, ledger): {wall:.1f} s = {sent / wall:,.0f} msg/s "
+            f"= {sent / wall / best:.0%} of the ceiling"
+        )
         print(f"peak memory of the sending process (ru_maxrss): {peak_kb / 1024:.0f} MB")
     count_parent.send("stop")
     server.join(10)

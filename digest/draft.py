@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import yaml
 
-from .config import YAML_LOADER, ConfigError, MappingReader, check_url, load_yaml_with_lines, read_text_file
-from .models import Draft, DraftItem, DraftSection, MoreGroup, Sponsor
-from .select import MORE, STALE, SelectedPost
+from .errors import BadWeek, ConfigError
+from .models import Draft, DraftItem, DraftSection, MoreGroup, Placement, Sponsor
+from .selection import SelectedPost
 from .store import from_iso
 from .urls import clean_url, host_of, url_key
-from .weeks import BadWeek, week_dates
+from .weeks import week_dates
+from .yamlfile import YAML_LOADER, MappingReader, check_url, load_yaml_with_lines, read_text_file
 
 HEADER = """\
 # Draft of {issue} ({start:%a %d %b} – {end:%a %d %b %Y}).
@@ -36,22 +38,27 @@ _COMMENTS = {
     "preheader": "# The line an inbox shows after the subject (empty: the intro's start, else the first titles).\n",
     "intro": "# Paragraphs above the first section: indent them under `intro: |`, a blank line between two.\n",
     "sponsor": "# The sponsored block; `sponsor: null` leaves it out.\n",
-    "no sponsor": ("# A sponsored block: replace `null` with three indented lines, e.g.\n"
-                   "#   title: Acme Hosting\n#   url: https://acme.example.com/?ref=digest\n"
-                   "#   text: One or two sentences.\n"),
+    "no sponsor": (
+        "# A sponsored block: replace `null` with three indented lines, e.g.\n"
+        "#   title: Acme Hosting\n#   url: https://acme.example.com/?ref=digest\n"
+        "#   text: One or two sentences.\n"
+    ),
     "sections": (
         "# In the order of the email. An item needs a title; without a url (a post with no link of its own)\n"
         "# the title is shown unlinked: set url to the `site` below it to link it to its feed's site.\n"
         "# Held back, not in the email: `more` (a feed's posts past its max_items; the email says \"and 3 more\n"
-        "# from ...\") and `stale` (dated long before this week). Move an item into `items` to send it.\n"),
+        '# from ...") and `stale` (dated long before this week). Move an item into `items` to send it.\n'
+    ),
 }
 
 DraftError = ConfigError  # same shape: file, line, field, problem
 
 # PyYAML's words for the slips an editor makes, and what to do about them.
 _YAML_HINTS = (
-    ("mapping values are not allowed", "text holding ': ' needs quotes around it, or `>-` and the text "
-                                       "indented on the next lines"),
+    (
+        "mapping values are not allowed",
+        "text holding ': ' needs quotes around it, or `>-` and the text indented on the next lines",
+    ),
     ("cannot start any token", "indent with spaces, not tabs; text starting with @ or ` needs quotes"),
 )
 
@@ -68,16 +75,25 @@ def item_from_post(post: SelectedPost, tz: ZoneInfo) -> DraftItem:
     row = post.row
     url = row["canonical_url"]
     return DraftItem(
-        title=row["title"], url=url, summary=row["summary"] or "",
-        source=row["source"] or source_of(url) or source_of(post.site), author=row["author"] or None,
-        published=from_iso(row["published_at"]).astimezone(tz).date(), site=None if url else post.site,
+        title=row["title"],
+        url=url,
+        summary=row["summary"] or "",
+        source=row["source"] or source_of(url) or source_of(post.site),
+        author=row["author"] or None,
+        published=from_iso(row["published_at"]).astimezone(tz).date(),
+        site=None if url else post.site,
     )
 
 
 def new_draft(issue_id: str, subject: str, sections: list[str]) -> Draft:
     start, end = week_dates(issue_id)
-    return Draft(issue=issue_id, week_start=start, week_end=end, subject=subject,
-                 sections=[DraftSection(title=name) for name in sections])
+    return Draft(
+        issue=issue_id,
+        week_start=start,
+        week_end=end,
+        subject=subject,
+        sections=[DraftSection(title=name) for name in sections],
+    )
 
 
 @dataclass
@@ -90,8 +106,13 @@ class Added:
     already: int = 0  # not added: the editor wrote their link into the draft by hand
 
 
-def add_posts(draft: Draft, posts: list[SelectedPost], section_order: tuple[str, ...], tz: ZoneInfo,
-              offered_links: set[str] = frozenset()) -> Added:
+def add_posts(
+    draft: Draft,
+    posts: list[SelectedPost],
+    section_order: tuple[str, ...],
+    tz: ZoneInfo,
+    offered_links: AbstractSet[str] = frozenset(),
+) -> Added:
     """Append posts where `select` placed them: a section's items, its `more` group of the post's feed, or
     its stale list (creating a section the editor removed). A post whose link the editor wrote into the
     draft by hand (a link no post offered to it has: `offered_links` are their url_keys) is not added
@@ -107,10 +128,10 @@ def add_posts(draft: Draft, posts: list[SelectedPost], section_order: tuple[str,
         if section is None:
             section = DraftSection(title=post.section)
             draft.sections.insert(_section_position(draft, post.section, section_order), section)
-        if post.placement == STALE:
+        if post.placement == Placement.STALE:
             section.stale.append(item)
             added.stale += 1
-        elif post.placement == MORE:
+        elif post.placement == Placement.MORE:
             group = next((g for g in section.more if g.feed == post.feed.name), None)
             if group is None:
                 group = MoreGroup(feed=post.feed.name, site=post.site)
@@ -157,6 +178,7 @@ class _DraftDumper(yaml.SafeDumper):
 
     def choose_scalar_style(self) -> str:
         event = self.event
+        assert isinstance(event, yaml.ScalarEvent)  # the emitter asks only about scalars
         prose = event.style == self.PROSE_STYLE
         if prose:
             event.style = None
@@ -166,8 +188,14 @@ class _DraftDumper(yaml.SafeDumper):
             if prose:
                 event.style = self.PROSE_STYLE
         value = event.value
-        if prose and self.analysis.allow_block and not self.simple_key_context and _blockable(value) and (
-                style != "" or len(value) > self.PLAIN_PROSE_CHARS or "\n" in value):
+        if (
+            prose
+            and self.analysis is not None
+            and self.analysis.allow_block
+            and not self.simple_key_context
+            and _blockable(value)
+            and (style != "" or len(value) > self.PLAIN_PROSE_CHARS or "\n" in value)
+        ):
             return "|" if "\n" in value else ">"
         if style == "'" and "'" in value and '"' not in value and "\\" not in value:
             return '"'
@@ -178,12 +206,14 @@ def _blockable(value: str) -> bool:
     """Whether PyYAML writes `value` as a block that reads back the same: it folds "more indented" lines
     wrongly, so no line may start with white space, and line breaks other than \\n stay quoted."""
     return not any(char in value for char in "\t\r\x85\u2028\u2029") and not any(
-        line[:1].isspace() for line in value.split("\n"))
+        line[:1].isspace() for line in value.split("\n")
+    )
 
 
 _DraftDumper.add_representer(
-    _Prose, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", str(value),
-                                                          style=_DraftDumper.PROSE_STYLE))
+    _Prose,
+    lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style=_DraftDumper.PROSE_STYLE),
+)
 _PROSE_KEYS = {"summary", "text", "intro", "preheader"}
 
 
@@ -250,8 +280,12 @@ def dump_draft(draft: Draft) -> str:
             lines.insert(start, comment)
             start += 1
     sections = "".join(map(_section_yaml, draft.sections))
-    return (HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end) + "".join(lines)
-            + _COMMENTS["sections"] + ("sections:\n" + sections if sections else "sections: []\n"))
+    return (
+        HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end)
+        + "".join(lines)
+        + _COMMENTS["sections"]
+        + ("sections:\n" + sections if sections else "sections: []\n")
+    )
 
 
 def write_draft(path: Path, draft: Draft) -> None:
@@ -292,7 +326,7 @@ def merged_text(path: Path, draft: Draft) -> str | None:
     for index, section in enumerate(draft.sections):
         node = nodes.get(section.title)
         if node is None:
-            later = [nodes[s.title] for s in draft.sections[index + 1:] if s.title in nodes]
+            later = [nodes[s.title] for s in draft.sections[index + 1 :] if s.title in nodes]
             line = later[0].start_mark.line if later else _end_line(lines, sections_node.value[-1], section_column)
             edits.insert(line, _indent(_section_yaml(section), section_column))
         elif not _merge_section(edits, node, section_column, old_sections[section.title], section):
@@ -332,16 +366,18 @@ def _merge_section(edits: _TextEdits, node, column: int, old: DraftSection, new:
         group_node = group_nodes.get(group.feed)
         if tail is None or (tail and group_node is None):
             return False
-        if tail and not edits.append(group_node, more_node.start_mark.column, "items",
-                                     _held_yaml([_item_data(item) for item in tail])):
+        if tail and not edits.append(
+            group_node, more_node.start_mark.column, "items", _held_yaml([_item_data(item) for item in tail])
+        ):
             return False
-    return ((not new_groups or edits.append(node, column, "more", _held_yaml([_group_data(g) for g in new_groups])))
-            and (not new_stale or edits.append(node, column, "stale", _held_yaml([_item_data(i) for i in new_stale]))))
+    return (
+        not new_groups or edits.append(node, column, "more", _held_yaml([_group_data(g) for g in new_groups]))
+    ) and (not new_stale or edits.append(node, column, "stale", _held_yaml([_item_data(i) for i in new_stale])))
 
 
 def _tail(old: list, new: list) -> list | None:
     """What `new` appends to `old`, or None when `new` does not start with `old`."""
-    return new[len(old):] if new[:len(old)] == old else None
+    return new[len(old) :] if new[: len(old)] == old else None
 
 
 class _TextEdits:
@@ -371,15 +407,18 @@ class _TextEdits:
             line = key_node.start_mark.line
             if value.end_mark.line != line or line in self.replaced:
                 return False
-            rest = self.lines[line][value.end_mark.column:].strip()
+            rest = self.lines[line][value.end_mark.column :].strip()
             if rest and not rest.startswith("#"):
                 return False
             column = key_node.start_mark.column
-            self.replaced[line] = (" " * column + f"{key}:" + (" " + rest if rest else "") + "\n"
-                                   + _indent(block, column))
+            self.replaced[line] = (
+                " " * column + f"{key}:" + (" " + rest if rest else "") + "\n" + _indent(block, column)
+            )
         elif value is None and isinstance(parent, yaml.MappingNode) and parent.value:
             column = parent.value[0][0].start_mark.column
-            self.insert(_end_line(self.lines, parent, parent_column), " " * column + f"{key}:\n" + _indent(block, column))
+            self.insert(
+                _end_line(self.lines, parent, parent_column), " " * column + f"{key}:\n" + _indent(block, column)
+            )
         else:
             return False
         return True
@@ -387,7 +426,7 @@ class _TextEdits:
     def apply(self) -> str:
         out: list[str] = []
         pending = sorted(self.inserts)
-        for number, line in enumerate(self.lines + [""]):
+        for number, line in enumerate([*self.lines, ""]):
             while pending and pending[0][0] == number:
                 out.append(pending.pop(0)[2])
             if number < len(self.lines):
@@ -503,8 +542,11 @@ def parse_draft(path: Path, text: str) -> Draft:
     sponsor_reader = top.sub("sponsor")
     if sponsor_reader is not None:
         sponsor_reader.check_keys({"title", "url", "text"})
-        sponsor = Sponsor(title=sponsor_reader.get("title", str, required=True),
-                          url=_url(sponsor_reader, "url"), text=sponsor_reader.get("text", str, ""))
+        sponsor = Sponsor(
+            title=sponsor_reader.get("title", str, required=True),
+            url=_url(sponsor_reader, "url") or "",  # required: never empty
+            text=sponsor_reader.get("text", str, ""),
+        )
     sections_node = top.mapping.get("sections")
     sections: list[DraftSection] = []
     if sections_node is not None and sections_node.value is not None:
@@ -513,14 +555,26 @@ def parse_draft(path: Path, text: str) -> Draft:
         for index, section_node in enumerate(sections_node.value):
             section = MappingReader(path, section_node, f"sections[{index}]")
             section.check_keys({"title", "items", "more", "stale"})
-            sections.append(DraftSection(title=section.get("title", str, required=True),
-                                         items=_items(path, section, "items"), more=_groups(path, section),
-                                         stale=_items(path, section, "stale")))
+            sections.append(
+                DraftSection(
+                    title=section.get("title", str, required=True),
+                    items=_items(path, section, "items"),
+                    more=_groups(path, section),
+                    stale=_items(path, section, "stale"),
+                )
+            )
     subject = top.get("subject", str, required=True)
     top.one_line("subject", subject)  # a line break would start a mail header of its own
-    return Draft(issue=issue_id, week_start=start, week_end=end,
-                 subject=subject, preheader=top.get("preheader", str, ""),
-                 intro=top.get("intro", str, ""), sponsor=sponsor, sections=sections)
+    return Draft(
+        issue=issue_id,
+        week_start=start,
+        week_end=end,
+        subject=subject,
+        preheader=top.get("preheader", str, ""),
+        intro=top.get("intro", str, ""),
+        sponsor=sponsor,
+        sections=sections,
+    )
 
 
 def _list(reader: MappingReader, key: str) -> list:
@@ -542,10 +596,17 @@ def _items(path: Path, parent: MappingReader, key: str) -> list[DraftItem]:
             published = published.date()
         url = _url(item, "url", required=False)
         site = _url(item, "site", required=False)
-        items.append(DraftItem(title=item.get("title", str, required=True), url=url,
-                               summary=item.get("summary", str, ""),
-                               source=item.get("source", str, source_of(url or site)),
-                               author=item.get("author", str), published=published, site=site))
+        items.append(
+            DraftItem(
+                title=item.get("title", str, required=True),
+                url=url,
+                summary=item.get("summary", str, ""),
+                source=item.get("source", str, source_of(url or site)),
+                author=item.get("author", str),
+                published=published,
+                site=site,
+            )
+        )
     return items
 
 
@@ -554,8 +615,13 @@ def _groups(path: Path, section: MappingReader) -> list[MoreGroup]:
     for index, group_node in enumerate(_list(section, "more")):
         group = MappingReader(path, group_node, f"{section.where}.more[{index}]")
         group.check_keys({"feed", "site", "items"})
-        groups.append(MoreGroup(feed=group.get("feed", str, required=True), site=_url(group, "site", required=False),
-                                items=_items(path, group, "items")))
+        groups.append(
+            MoreGroup(
+                feed=group.get("feed", str, required=True),
+                site=_url(group, "site", required=False),
+                items=_items(path, group, "items"),
+            )
+        )
     return groups
 
 

@@ -1,50 +1,48 @@
-"""The weekly job's steps as plain functions: collect (fetch → parse → store) and build (select → draft → render).
+"""The weekly job as plain functions, each one command: collect (fetch → parse → store), build (select → draft
+→ render), run_week (the whole week, as cron runs it) and unsubscribe. Sending is sending.py's.
 
-The CLI is a thin layer over these; tests and the demo call them directly.
+The CLI calls one of these (or of sending.py) per command and prints the report it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
-import re
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import sqlite_utils
 
 from . import store
-from .collect import FetchRequest, FetchResult, configured_private, fetch_all
-from .config import (CollectSettings, Config, ConfigError, FeedConfig, Subscriber, address_key, is_valid_email,
-                     read_subscribers, read_text_file)
-from .draft import (add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft,
-                    write_durably)
-from .models import Draft, ParsedFeed, RenderedIssue
-from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, size_advice
-from .select import new_for_issue
-from .urls import clean_url, url_key
-from .send import Backend, Clipped, SendReport, SetupError, Unrecorded, env_secret
-from .send.buttondown import ButtondownBackend, request_body
-from .send.message import MessageFactory
-from .send.smtp import SmtpBackend
-from .send.unsubscribe import SECRET_ENV, UnsubscribeLinks, longest_url, sample_url, verify_token
-from .weeks import week_dates
+from .config import CollectSettings, Config, FeedConfig
+from .credentials import env_secret
+from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
+from .errors import SetupError
+from .fetch import FetchRequest, FetchResult, configured_private, fetch_all
+from .lock import hold
+from .models import FeedOutcome, IssueStatus, ParsedFeed
+from .render import WARN_BYTES, personalize, render_issue, size_advice
+from .selection import new_for_issue
+from .send import SendPlan, SendReport, backend_class, check_backend
+from .send.unsubscribe import SECRET_ENV, sample_url, verify_token
+from .sending import check_receipt, send_locked, sending_began
+from .subscribers import is_valid_email
+from .weeks import current_week, week_dates
 
 
 @dataclass
 class FeedReport:
     name: str
     url: str
-    outcome: str  # "new", "unchanged", "failed"
+    outcome: FeedOutcome
     new_posts: int = 0
     http_status: int | None = None
     error: str | None = None
@@ -58,7 +56,7 @@ class CollectReport:
 
     @property
     def failed(self) -> list[FeedReport]:
-        return [feed for feed in self.feeds if feed.outcome == "failed"]
+        return [feed for feed in self.feeds if feed.outcome == FeedOutcome.FAILED]
 
     @property
     def new_posts(self) -> int:
@@ -69,23 +67,35 @@ class CollectReport:
         return bool(self.feeds) and len(self.failed) == len(self.feeds)
 
 
-def collect(config: Config, db: sqlite_utils.Database, *, now: datetime | None = None,
-            settings: CollectSettings | None = None, on_feed: Callable[[FeedReport], None] | None = None,
-            transport: httpx.AsyncBaseTransport | None = None) -> CollectReport:
+def collect(
+    config: Config,
+    db: sqlite_utils.Database,
+    *,
+    now: datetime | None = None,
+    settings: CollectSettings | None = None,
+    on_feed: Callable[[FeedReport], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> CollectReport:
     """Fetch every feed concurrently, parse the changed ones on all cores, store new posts.
 
     One failing feed never stops the others: its error is in the report and in the feeds table.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     settings = settings or config.collect
     started = time.perf_counter()
     states = store.feed_states(db)
     requests = []
     for feed in config.feeds:
         state = states.get(feed.url, {})
-        requests.append(FetchRequest(key=feed.url, url=state.get("redirect_url") or feed.url,
-                                     etag=state.get("etag"), last_modified=state.get("last_modified"),
-                                     allow_private=feed.private or configured_private(feed.url)))
+        requests.append(
+            FetchRequest(
+                key=feed.url,
+                url=state.get("redirect_url") or feed.url,
+                etag=state.get("etag"),
+                last_modified=state.get("last_modified"),
+                allow_private=feed.private or configured_private(feed.url),
+            )
+        )
     report = CollectReport()
     with _ParsePool(len(requests)) as pool:
         asyncio.run(_collect(config, db, requests, now, settings, pool, transport, report, on_feed))
@@ -129,26 +139,48 @@ def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: 
     return parse_feed(content, feed_url, headers, fetched_url)
 
 
-def _store(db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime,
-           configured: set[str]) -> FeedReport:
+def _store(
+    db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime, configured: set[str]
+) -> FeedReport:
     error = result.error or (parsed.error if parsed else None)
     outcome = store.FetchOutcome(
-        status=result.status, error=error, etag=result.etag, last_modified=result.last_modified,
-        permanent_url=result.permanent_url, forget_redirect=result.refused, title=parsed.title if parsed else None,
-        not_modified=result.not_modified, warning=parsed.warning if parsed else None,
+        status=result.status,
+        error=error,
+        etag=result.etag,
+        last_modified=result.last_modified,
+        permanent_url=result.permanent_url,
+        forget_redirect=result.refused,
+        title=parsed.title if parsed else None,
+        not_modified=result.not_modified,
+        warning=parsed.warning if parsed else None,
         site_url=parsed.site_url if parsed else None,
     )
     posts = parsed.posts if parsed and not error else []
-    new_posts = store.record_fetch(db, url=feed.url, name=feed.name, section=feed.section, outcome=outcome,
-                                   posts=posts, now=now, configured=configured)
+    new_posts = store.record_fetch(
+        db,
+        url=feed.url,
+        name=feed.name,
+        section=feed.section,
+        outcome=outcome,
+        posts=posts,
+        now=now,
+        configured=configured,
+    )
     if error:
-        kind = "failed"
+        kind = FeedOutcome.FAILED
     elif result.not_modified:
-        kind = "unchanged"
+        kind = FeedOutcome.UNCHANGED
     else:
-        kind = "new" if new_posts else "unchanged"
-    return FeedReport(name=feed.name, url=feed.url, outcome=kind, new_posts=new_posts,
-                      http_status=result.status, error=error, warning=None if error else outcome.warning)
+        kind = FeedOutcome.NEW if new_posts else FeedOutcome.UNCHANGED
+    return FeedReport(
+        name=feed.name,
+        url=feed.url,
+        outcome=kind,
+        new_posts=new_posts,
+        http_status=result.status,
+        error=error,
+        warning=None if error else outcome.warning,
+    )
 
 
 class _InlineExecutor(Executor):
@@ -184,14 +216,17 @@ class _ParsePool:
     async def parse(self, content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
         executor = self.executor
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, _parse, content, feed_url, headers,
-                                                                    fetched_url)
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, _parse, content, feed_url, headers, fetched_url
+            )
         except BrokenProcessPool:
             if self.executor is executor:
                 executor.shutdown(wait=False, cancel_futures=True)
                 self.executor = self._start("spawn")
-            raise BrokenProcessPool("the parsing process died (out of memory, or killed) while this feed or "
-                                    "another was being parsed; it is fetched again next time") from None
+            raise BrokenProcessPool(
+                "the parsing process died (out of memory, or killed) while this feed or "
+                "another was being parsed; it is fetched again next time"
+            ) from None
 
     def __enter__(self) -> _ParsePool:
         return self
@@ -207,6 +242,30 @@ def _import_parser() -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:300]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def feed_health(config: Config, db: sqlite_utils.Database) -> list[dict]:
+    """Each configured feed's last fetch, status, error or warning, posts stored, failures in a row and
+    remembered permanent redirect."""
+    health = {row["url"]: row for row in store.feed_health(db)}
+    rows = []
+    for feed in config.feeds:
+        row = health.get(feed.url, {})
+        rows.append(
+            {
+                "name": feed.name,
+                "url": feed.url,
+                "section": feed.section,
+                "last_fetched_at": row.get("last_fetched_at"),
+                "last_status": row.get("last_status"),
+                "last_error": row.get("last_error"),
+                "last_warning": row.get("last_warning"),
+                "posts": row.get("posts", 0),
+                "consecutive_failures": row.get("consecutive_failures", 0),
+                "redirect_url": row.get("redirect_url"),
+            }
+        )
+    return rows
 
 
 # --- build ---------------------------------------------------------------------------
@@ -227,6 +286,18 @@ class BuildReport:
     html_bytes: int = 0
     size_warning: str | None = None  # the email is near or past Gmail's clipping limit, and what to do
 
+    @property
+    def counts(self) -> str:
+        """ "27 items (3 new since the last build); held back in the draft: 12 over max_items, 2 stale"."""
+        line = f"{self.items} items ({self.new_items} new since the last build)"
+        held = [f"{self.held_more} over their feed's max_items"] if self.held_more else []
+        held += [f"{self.held_stale} stale"] if self.held_stale else []
+        if held:
+            line += "; held back in the draft: " + ", ".join(held)
+        if self.already:
+            line += f"; {self.already} new posts whose link the draft already holds"
+        return line
+
 
 def subject_for(config: Config, issue_id: str) -> str:
     start, end = week_dates(issue_id)
@@ -234,14 +305,19 @@ def subject_for(config: Config, issue_id: str) -> str:
 
 
 def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime | None = None) -> BuildReport:
-    """Write (or update) drafts/<issue>.yaml with the week's posts, then render .html and .txt.
+    """Write (or update) drafts/<issue>.yaml with the week's posts, then render .html and .txt, under the send
+    lock (a build never changes an issue, or its posts, under a send: exit 75 while one runs).
 
     An existing draft keeps the editor's edits; only posts never offered to it are
-    appended, each where `select` placed it. A broken draft raises DraftError before anything is written.
+    appended, each where `select` placed it. A broken draft raises ConfigError before anything is written.
     """
-    now = now or datetime.now(timezone.utc)
+    with hold(store.database_path(db)):
+        return _build(config, db, issue_id, now=now or datetime.now(UTC))
+
+
+def _build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime) -> BuildReport:
     issue = store.get_issue(db, issue_id)
-    if issue is not None and issue["status"] != "draft":
+    if issue is not None and issue["status"] != IssueStatus.DRAFT:
         return BuildReport(issue=issue_id, outcome=issue["status"])
     check_receipt(config, db, issue_id)
     selection = new_for_issue(db, config, issue_id, now)
@@ -258,23 +334,46 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
     if added.items or added.more or added.stale or not path.exists():
         write_draft(path, draft)
     store.ensure_issue(db, issue_id, draft.subject, now)
-    store.add_offered(db, issue_id, [(post.id, post.placement, post.feed.url) for post in fresh], now,
-                      selection.seen_seq)
+    store.add_offered(
+        db, issue_id, [(post.id, post.placement, post.feed.url) for post in fresh], now, selection.seen_seq
+    )
     html_path, text_path, html_bytes = render_files(config, draft, path)
-    report = BuildReport(issue=issue_id, outcome="built", draft=path, html=html_path, text=text_path,
-                         items=len(draft.items), new_items=added.items, held_more=draft.held_more,
-                         held_stale=draft.held_stale, already=added.already, html_bytes=html_bytes)
+    report = BuildReport(
+        issue=issue_id,
+        outcome="built",
+        draft=path,
+        html=html_path,
+        text=text_path,
+        items=len(draft.items),
+        new_items=added.items,
+        held_more=draft.held_more,
+        held_stale=draft.held_stale,
+        already=added.already,
+        html_bytes=html_bytes,
+    )
     if html_bytes > WARN_BYTES:
-        busiest = sorted(((count, config.feed(url).name) for url, count in
-                          store.offered_items_per_feed(db, issue_id).items() if config.feed(url)), reverse=True)
-        report.size_warning = size_advice(draft, config.newsletter, html_path, html_bytes,
-                                          [(name, count) for count, name in busiest[:3]])
+        busiest = sorted(
+            (
+                (count, feed.name)
+                for url, count in store.offered_items_per_feed(db, issue_id).items()
+                if (feed := config.feed(url))
+            ),
+            reverse=True,
+        )
+        report.size_warning = size_advice(
+            draft,
+            config.newsletter,
+            html_path,
+            html_bytes,
+            [(name, count) for count, name in busiest[:3]],
+            config.folder,
+        )
     return report
 
 
 def render_files(config: Config, draft, path: Path) -> tuple[Path, Path, int]:
     """Render the draft next to its YAML, with a sample unsubscribe link, for the editor to look at."""
-    rendered = render_issue(draft, config.newsletter)
+    rendered = render_issue(draft, config.newsletter, config.folder)
     unsubscribe = sample_url(config.newsletter)
     html = personalize(rendered.html, unsubscribe_url=unsubscribe, name="", html=True)
     text = personalize(rendered.text, unsubscribe_url=unsubscribe, name="", html=False)
@@ -284,242 +383,92 @@ def render_files(config: Config, draft, path: Path) -> tuple[Path, Path, int]:
     return html_path, text_path, len(html.encode("utf-8"))
 
 
-# --- send and run --------------------------------------------------------------------
-
-BACKENDS = ("smtp", "buttondown")
-DRY_RUN_SAMPLES = 3
+# --- the week ---------------------------------------------------------------------------
 
 
 @dataclass
-class SendPlan:
-    """What a send would do, for the confirmation question; nothing is written until `send`."""
+class WeekReport:
+    """What `digest run` did: nothing (already done), or collect, build and send; or, resuming, only send."""
 
     issue: str
-    backend: str
-    draft: Draft | None = None
-    done: str | None = None  # why there is nothing to do
-    recipients: list[Subscriber] = field(default_factory=list)  # smtp: still to be mailed
-    already: int = 0  # subscribers an earlier, interrupted run already mailed
-    not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
-    problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
-    draft_text: str = ""  # the draft as sent: a resumed send sends what the first subscribers got
-    snapshot_note: str | None = None  # the draft file changed since the send began
-    rendered: RenderedIssue | None = None  # the email, rendered once for the size check and the send
-    html_bytes: int = 0  # its HTML with the longest unsubscribe link a subscriber can get
+    done: str | None = None  # nothing to do, and why
+    resumed: bool = False  # an earlier run began sending it: no collect, no build
+    collected: CollectReport | None = None
+    built: BuildReport | None = None
+    sent: SendReport | None = None
 
     @property
-    def clipped(self) -> bool:
-        return self.html_bytes > GMAIL_CLIP_BYTES
+    def problem(self) -> str | None:
+        """What cron must hear about although the week went on: every feed failed."""
+        if self.collected is None or not self.collected.all_failed:
+            return None
+        if self.sent is None:
+            return "every feed failed: nothing was collected"
+        return "every feed failed this time: the issue holds only posts collected earlier"
+
+    @property
+    def exit_code(self) -> int:
+        if self.sent is not None and self.sent.exit_code:
+            return self.sent.exit_code
+        return 1 if self.problem else 0
 
 
-def _sent_html_bytes(config: Config, plan: SendPlan, send_now: bool) -> int:
-    """The size of the HTML as a subscriber gets it: with the longest unsubscribe link digest can give, or, for
-    Buttondown, the body it is sent (template syntax escaped) with room for Buttondown's own link."""
-    if plan.backend == "buttondown":
-        body = request_body(plan.rendered, plan.issue, send_now=send_now)["body"]
-        return len(body.encode("utf-8")) + BUTTONDOWN_LINK_ROOM
-    html = personalize(plan.rendered.html, unsubscribe_url=longest_url(config.newsletter), name="", html=True)
-    return len(html.encode("utf-8"))
+def run_week(
+    config: Config,
+    db: sqlite_utils.Database,
+    *,
+    now: datetime | None = None,
+    backend: str | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    send_now: bool = False,
+    allow_clipped: bool = False,
+    force: bool = False,
+    on_feed: Callable[[FeedReport], None] | None = None,
+    on_result: Callable[[str, str], None] | None = None,
+    on_plan: Callable[[SendPlan], None] | None = None,
+) -> WeekReport:
+    """The weekly job, for cron: collect, build and send the current week, under the send lock.
 
-
-BUTTONDOWN_LINK_ROOM = 200  # bytes Buttondown's unsubscribe link may take beyond its template variable
-
-
-def issue_done(db: sqlite_utils.Database, issue_id: str, backend: str, *, send_now: bool = False) -> str | None:
-    """Why the issue needs no sending (already sent, or already a Buttondown draft), or None.
-
-    Raises SetupError when the issue was started with the other backend: finishing it elsewhere could mail
-    people twice.
+    Safe to run twice (an issue already sent is left alone) and to interrupt: a send an earlier run began
+    is resumed without collecting or building, so its draft does not change. The backend's secrets are
+    read, and the receipt checked, before anything is fetched.
     """
-    issue = store.get_issue(db, issue_id) or {}
-    if issue.get("backend") not in (None, backend):
-        raise SetupError(f"{issue_id} was handed to {issue['backend']}; finish it with --backend {issue['backend']}")
-    if issue.get("status") == "sent":
-        return f"{issue_id}: already sent ({issue['backend']}, {issue['sent_at']}), nothing to do"
-    if issue.get("remote_id") and not send_now:
-        return (f"{issue_id}: already a draft at Buttondown (id {issue['remote_id']}), nothing to do; "
-                f"--send-now sends it")
-    return None
+    now = now or datetime.now(UTC)
+    report = WeekReport(issue=current_week(now, config.newsletter.tz))
+    with hold(store.database_path(db)):
+        kind = backend_class(backend)
+        check_backend(db, report.issue, kind.name)
+        chosen = kind(config, send_now=send_now)
+        report.done = chosen.done(db, report.issue)
+        if report.done:
+            return report
+        if not force:
+            check_receipt(config, db, report.issue)  # before collecting into the draft of a lost send
+        report.resumed = sending_began(db, report.issue)
+        if not report.resumed:
+            report.collected = collect(config, db, now=now, on_feed=on_feed)
+            report.built = _build(config, db, report.issue, now=now)
+            if report.built.outcome == "empty":
+                return report
+        report.sent = send_locked(
+            config,
+            db,
+            report.issue,
+            backend=backend,
+            confirm=confirm,
+            send_now=send_now,
+            allow_clipped=allow_clipped,
+            force=force,
+            now=None,
+            on_result=on_result,
+            on_plan=on_plan,
+        )
+    return report
 
 
-def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
-    """Whether an earlier run began sending (smtp rows, or a Buttondown draft): the draft must not change now."""
-    issue = store.get_issue(db, issue_id) or {}
-    return issue.get("status") == "sending" or issue.get("remote_id") is not None
-
-
-def plan_send(config: Config, db: sqlite_utils.Database, issue_id: str, backend: str, *,
-              send_now: bool = False, dry_run: bool = False, allow_clipped: bool = False,
-              force: bool = False) -> SendPlan:
-    """Read the draft and, for smtp, who is still to be mailed: active, not suppressed, not yet done.
-
-    With nobody to mail and nothing begun, there is nothing to do (a dry run still shows a sample): an issue
-    "sent" to nobody would use up its posts. An email that Gmail would clip is refused (Clipped) unless
-    `allow_clipped`, a dry run, or a send that began with it allowed. A send the drafts folder's receipt
-    knows of but the database does not is refused (Unrecorded) unless `force`. A resumed send reads the
-    draft as it was when the send began, whatever the file says now.
-    """
-    plan = SendPlan(issue=issue_id, backend=backend, done=issue_done(db, issue_id, backend, send_now=send_now))
-    if plan.done:
-        return plan
-    if not force:
-        check_receipt(config, db, issue_id)
-    path = draft_path(config.drafts_dir, issue_id)
-    file_text = read_text_file(path, "no draft for this week (run `digest build` first)")
-    kept = (store.get_issue(db, issue_id) or {}).get("sent_draft") if sending_began(db, issue_id) else None
-    plan.draft_text = kept if kept is not None else file_text
-    plan.draft = parse_draft(path, plan.draft_text)
-    if kept is not None and kept != file_text:
-        plan.snapshot_note = (f"{path} changed since the send began; the rest of the subscribers get the "
-                              f"version the first ones got")
-    if not plan.draft.items:
-        plan.done = f"{issue_id}: {path} has no items, nothing to send"
-        return plan
-    plan.rendered = render_issue(plan.draft, config.newsletter)
-    plan.html_bytes = _sent_html_bytes(config, plan, send_now)
-    if plan.clipped and not (allow_clipped or dry_run or sending_began(db, issue_id)):
-        raise Clipped(f"{issue_id}: the email is {plan.html_bytes / 1024:.0f} KB of HTML, and Gmail clips past "
-                      f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: remove items from "
-                      f"{path} (or lower max_items in feeds.yaml and build again), or add --allow-clipped "
-                      f"to send it clipped")
-    if backend != "smtp":
-        return plan
-    subscribers, plan.problems = read_subscribers(config.subscribers_path)
-    suppressed = store.suppressions(db)
-    sent = store.delivery_keys(db, issue_id, "sent")
-    failed = store.delivery_keys(db, issue_id, "failed")
-    for subscriber in subscribers:
-        key = address_key(subscriber.email)
-        reason = suppressed.get(key) or (subscriber.status if subscriber.status != "active" else None)
-        if reason is None and key in failed:
-            reason = "failed"
-        if reason:
-            plan.not_mailed[reason] = plan.not_mailed.get(reason, 0) + 1
-        elif key in sent:
-            plan.already += 1
-        else:
-            plan.recipients.append(subscriber)
-    if not plan.recipients and not dry_run and not store.delivery_counts(db, issue_id):  # a resumed send finishes
-        plan.done = (f"{issue_id}: nobody to mail, {config.subscribers_path.name} has no active subscriber; "
-                     f"nothing sent, nothing recorded")
-    return plan
-
-
-def backend_for(config: Config, plan: SendPlan, *, send_now: bool = False,
-                on_result: Callable[[str, str], None] | None = None) -> Backend:
-    """The backend, with its secrets read now, so that a missing one stops us before any question or write."""
-    if plan.backend == "smtp":
-        return SmtpBackend(config.smtp, config.newsletter, plan.recipients, on_result=on_result)
-    return ButtondownBackend(config.buttondown, send_now=send_now)
-
-
-def send(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, *,
-         now: datetime | None = None) -> SendReport:
-    """Deliver the issue as rendered by the plan; the database records each step so that a re-run resumes.
-
-    First the draft is kept in the database (with which posts the email holds) and a durable receipt is
-    written next to it; the receipt follows the issue's state when the backend is done, or stops.
-    """
-    now = now or datetime.now(timezone.utc)
-    store.ensure_issue(db, plan.issue, plan.draft.subject, now)
-    store.begin_send(db, plan.issue, plan.draft_text, _posts_in(plan.draft, store.offered_posts(db, plan.issue)))
-    receipt = draft_path(config.drafts_dir, plan.issue, RECEIPT)
-    _write_receipt(receipt, db, plan.issue, plan.backend, now, status="sending")
-    try:
-        return backend.deliver(db, plan.issue, plan.rendered)
-    finally:
-        issue = store.get_issue(db, plan.issue) or {}
-        if issue.get("status") in ("sending", "sent"):
-            _write_receipt(receipt, db, plan.issue, plan.backend, now, status=issue["status"])
-        else:
-            receipt.unlink(missing_ok=True)  # nothing was delivered: a draft again
-
-
-RECEIPT = ".receipt.json"
-
-
-def _write_receipt(path: Path, db: sqlite_utils.Database, issue_id: str, backend: str, now: datetime, *,
-                   status: str) -> None:
-    """drafts/<issue>.receipt.json: that this issue began sending (or was sent), and how far it got. It
-    outlives a lost or replaced database, whose empty ledger would otherwise mail everyone again."""
-    try:
-        began = json.loads(path.read_text(encoding="utf-8")).get("began")
-    except (OSError, ValueError, AttributeError):
-        began = None
-    issue = store.get_issue(db, issue_id) or {}
-    receipt = {"issue": issue_id, "status": status, "backend": backend, "began": began or store.iso(now),
-               "updated": store.iso(datetime.now(timezone.utc)),
-               "delivered": store.delivery_counts(db, issue_id).get("sent", 0), "remote_id": issue.get("remote_id"),
-               "database": store.database_path(db)}
-    write_durably(path, json.dumps(receipt, indent=2) + "\n")
-
-
-def check_receipt(config: Config, db: sqlite_utils.Database, issue_id: str) -> None:
-    """Refuse (Unrecorded) when the receipt says the issue began sending or was sent and the database knows
-    nothing of it: the database was lost or replaced, and its empty ledger would mail everyone again."""
-    path = draft_path(config.drafts_dir, issue_id, RECEIPT)
-    if not path.exists():
-        return
-    issue = store.get_issue(db, issue_id) or {}
-    if issue.get("status") in ("sending", "sent") or issue.get("remote_id") or issue.get("sent_draft"):
-        return
-    try:
-        receipt = json.loads(path.read_text(encoding="utf-8"))
-        how = f"{receipt['status']} ({receipt['delivered']} delivered by {receipt['updated']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        how = "sending"
-    raise Unrecorded(f"{path} says {issue_id} was {how}, but {store.database_path(db)} has no record of it: the "
-                     f"database was lost or replaced. Put back the database that sent it; or, to start again "
-                     f"from an empty ledger (everyone may get it twice), add --force")
-
-
-def _posts_in(draft: Draft, offered: list[dict]) -> list[str]:
-    """Which offered posts the email holds: by link, or, for link-less items, by title."""
-    links = {url_key(clean_url(item.url) or item.url) for item in draft.items if item.url}
-    titles = {item.title for item in draft.items if not item.url}
-    return [post["id"] for post in offered
-            if (post["url_key"] in links if post["canonical_url"] else post["title"] in titles)]
-
-
-def send_test(config: Config, issue_id: str, address: str) -> str:
-    """One copy of the issue to one address over SMTP, recording nothing; returns the server's reply."""
-    if not is_valid_email(address):
-        raise SetupError(f"--to: not a valid address: {address!r}")
-    draft = read_draft(draft_path(config.drafts_dir, issue_id))
-    backend = SmtpBackend(config.smtp, config.newsletter, [])
-    return backend.send_test(render_issue(draft, config.newsletter), issue_id, address)
-
-
-def dry_run(config: Config, plan: SendPlan, *, send_now: bool = False) -> list[Path]:
-    """Write what would be sent, sending nothing: a few complete .eml files (smtp) or the API request (buttondown).
-
-    They go to drafts/<issue>.dry-run/, readable by their owner only (they hold subscribers' addresses and
-    signed unsubscribe links); the samples are the first subscribers still to be mailed.
-    """
-    rendered = plan.rendered
-    directory = draft_path(config.drafts_dir, plan.issue, ".dry-run")
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    if plan.backend == "buttondown":
-        path = directory / "buttondown-request.json"
-        body = request_body(rendered, plan.issue, send_now=send_now)
-        write_atomically(path, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
-        return [path]
-    factory = MessageFactory(rendered, config.newsletter, UnsubscribeLinks.for_newsletter(config.newsletter),
-                             plan.issue)
-    samples = plan.recipients[:DRY_RUN_SAMPLES] or [Subscriber(email="subscriber@example.com", name="Sample Reader")]
-    paths = []
-    for number, subscriber in enumerate(samples, 1):
-        path = directory / f"{number:02d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', subscriber.email)}.eml"
-        path.unlink(missing_ok=True)
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
-            stream.write(factory.copy(subscriber.email, subscriber.name, factory.message_id(subscriber.email)))
-        paths.append(path)
-    return paths
-
-
-def unsubscribe(config: Config, db: sqlite_utils.Database, address_or_token: str, *,
-                now: datetime | None = None) -> tuple[str, bool]:
+def unsubscribe(
+    config: Config, db: sqlite_utils.Database, address_or_token: str, *, now: datetime | None = None
+) -> tuple[str, bool]:
     """Record that an address (or the one an unsubscribe token of this newsletter was signed for) is never
     mailed again. The database wins over subscribers.csv. Returns the address and whether it is newly
     unsubscribed."""
@@ -530,8 +479,9 @@ def unsubscribe(config: Config, db: sqlite_utils.Database, address_or_token: str
         email = text
     else:
         secret = env_secret(SECRET_ENV)
-        email = verify_token(secret, config.newsletter.list_identifier, text) if secret else None
-        if email is None:
+        signed_for = verify_token(secret, config.newsletter.list_identifier, text) if secret else None
+        if signed_for is None:
             raise SetupError(f"{text!r} is neither an address nor a token of this newsletter signed with {SECRET_ENV}")
-    new = store.suppress(db, email, "unsubscribed", now or datetime.now(timezone.utc), detail="digest unsubscribe")
+        email = signed_for
+    new = store.suppress(db, email, "unsubscribed", now or datetime.now(UTC), detail="digest unsubscribe")
     return email, new

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-
-class Busy(Exception):
-    """Another process holds the lock."""
+from .errors import Busy
 
 
 def lock_path(db_path: Path | str) -> Path:

@@ -9,7 +9,7 @@ why m001 creates only what is missing. Never edit a released migration: add the 
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 import sqlite_utils
 
@@ -30,8 +30,10 @@ def migrate(db: sqlite_utils.Database, path: str) -> int:
     """Apply the pending migrations; returns the version. A database newer than this code is refused."""
     known = len(MIGRATIONS)
     if schema_version(db) > known:
-        raise sqlite3.DatabaseError(f"{path} was written by a newer digest (schema version {schema_version(db)}, "
-                                    f"this one knows {known}): upgrade digest")
+        raise sqlite3.DatabaseError(
+            f"{path} was written by a newer digest (schema version {schema_version(db)}, "
+            f"this one knows {known}): upgrade digest"
+        )
     for number, apply in enumerate(MIGRATIONS, 1):
         if schema_version(db) >= number:
             continue
@@ -57,7 +59,9 @@ def _run(db: sqlite_utils.Database, script: str) -> None:
 @migration
 def m001_initial(db: sqlite_utils.Database) -> None:
     """The schema of release 0.1.0."""
-    _run(db, """
+    _run(
+        db,
+        """
         CREATE TABLE IF NOT EXISTS feeds (
             url TEXT PRIMARY KEY NOT NULL, name TEXT, section TEXT, title TEXT, etag TEXT, last_modified TEXT,
             last_status INTEGER, last_error TEXT, last_warning TEXT, last_fetched_at TEXT, last_ok_at TEXT,
@@ -82,7 +86,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         CREATE TABLE IF NOT EXISTS suppressions (
             email TEXT PRIMARY KEY NOT NULL, reason TEXT NOT NULL, detail TEXT, issue_id TEXT,
             created_at TEXT NOT NULL);
-    """)
+    """,
+    )
 
 
 @migration
@@ -96,7 +101,9 @@ def m002_post_identity(db: sqlite_utils.Database) -> None:
     from .text import content_key, plain_text
     from .urls import clean_url, url_key
 
-    _run(db, """
+    _run(
+        db,
+        """
         ALTER TABLE posts ADD COLUMN guid TEXT;
         ALTER TABLE posts ADD COLUMN url_key TEXT;
         ALTER TABLE posts ADD COLUMN content_key TEXT;
@@ -113,20 +120,36 @@ def m002_post_identity(db: sqlite_utils.Database) -> None:
         CREATE TABLE post_sources (post_id TEXT NOT NULL REFERENCES posts(id), feed_url TEXT NOT NULL,
                                    PRIMARY KEY (post_id, feed_url)) WITHOUT ROWID;
         INSERT INTO post_sources (post_id, feed_url) SELECT id, feed_url FROM posts;
-    """)
+    """,
+    )
     # 0.1.0 kept `ref` and `source` in links, which are tracking parameters now: the same key as a new fetch.
-    db.conn.executemany("UPDATE posts SET url_key = ? WHERE id = ?", (
-        (url_key(clean_url(url) or url), post_id) for post_id, url in
-        db.execute("SELECT id, canonical_url FROM posts WHERE canonical_url IS NOT NULL").fetchall()))
-    db.conn.executemany("UPDATE posts SET content_key = ? WHERE id = ?", (
-        (content_key(title, plain_text(html or "")), post_id) for post_id, title, html in
-        db.execute("SELECT id, title, content_html FROM posts WHERE canonical_url IS NULL").fetchall()))
-    _run(db, """
+    db.conn.executemany(
+        "UPDATE posts SET url_key = ? WHERE id = ?",
+        (
+            (url_key(clean_url(url) or url), post_id)
+            for post_id, url in db.execute(
+                "SELECT id, canonical_url FROM posts WHERE canonical_url IS NOT NULL"
+            ).fetchall()
+        ),
+    )
+    db.conn.executemany(
+        "UPDATE posts SET content_key = ? WHERE id = ?",
+        (
+            (content_key(title, plain_text(html or "")), post_id)
+            for post_id, title, html in db.execute(
+                "SELECT id, title, content_html FROM posts WHERE canonical_url IS NULL"
+            ).fetchall()
+        ),
+    )
+    _run(
+        db,
+        """
         CREATE INDEX idx_posts_url_key ON posts (url_key);
         CREATE INDEX idx_posts_feed_guid ON posts (feed_url, guid);
         CREATE INDEX idx_posts_content_key ON posts (content_key);
         CREATE INDEX idx_posts_seen_seq ON posts (seen_seq);
-    """)
+    """,
+    )
 
 
 @migration
@@ -134,8 +157,12 @@ def m003_send_snapshot(db: sqlite_utils.Database) -> None:
     """A send keeps the draft it began with (a resumed send mails what the first subscribers got), and marks
     which offered posts the email holds: only those are never offered again (issue 8). Offers of issues
     already sent or being sent count as in the email, as they did."""
-    _run(db, """
+    _run(
+        db,
+        """
         ALTER TABLE issues ADD COLUMN sent_draft TEXT;
         ALTER TABLE issue_posts ADD COLUMN in_email INTEGER NOT NULL DEFAULT 0;
-        UPDATE issue_posts SET in_email = 1 WHERE issue_id IN (SELECT id FROM issues WHERE status IN ('sending', 'sent'));
-    """)
+        UPDATE issue_posts SET in_email = 1
+            WHERE issue_id IN (SELECT id FROM issues WHERE status IN ('sending', 'sent'));
+    """,
+    )

@@ -4,12 +4,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 
 # Per-subscriber parts are substituted into the finished bytes of the rendered
 # email (render once per issue, never per subscriber). These markers stand in
 # for them; render.py guarantees feed content cannot produce them.
 UNSUBSCRIBE_URL_MARK = "%%DIGEST_UNSUBSCRIBE_URL%%"
 SUBSCRIBER_NAME_MARK = "%%DIGEST_SUBSCRIBER_NAME%%"
+
+
+class IssueStatus(StrEnum):
+    """An issue goes draft → sending (ledger rows, or handed to a backend) → sent."""
+
+    DRAFT = "draft"
+    SENDING = "sending"
+    SENT = "sent"
+
+
+class DeliveryStatus(StrEnum):
+    """A ledger row goes pending → sending (committed before the message) → sent or failed; back to pending
+    for a retry; skipped when the address left the list before it was mailed."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class FeedOutcome(StrEnum):
+    NEW = "new"  # new posts were stored
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+
+
+class Placement(StrEnum):
+    """Where a build put a post: the email's items, or held back in the draft."""
+
+    ITEM = "item"
+    MORE = "more"  # over its feed's max_items
+    STALE = "stale"  # dated long before the issue's week
 
 
 @dataclass

@@ -32,7 +32,7 @@ import re
 import xml.sax
 from calendar import timegm
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import unquote, urljoin, urlsplit
 
 import feedparser
@@ -47,15 +47,75 @@ TITLE_LIMIT = 200
 GUID_LIMIT = 1000
 
 _ALLOWED_TAGS = {
-    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "dl", "dt", "em", "figcaption", "figure",
-    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "ol", "p", "pre", "q", "s",
-    "small", "strong", "sub", "sup", "table", "tbody", "td", "th", "thead", "tr", "u", "ul",
+    "a",
+    "abbr",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "dd",
+    "del",
+    "dl",
+    "dt",
+    "em",
+    "figcaption",
+    "figure",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "ins",
+    "kbd",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "q",
+    "s",
+    "small",
+    "strong",
+    "sub",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "th",
+    "thead",
+    "tr",
+    "u",
+    "ul",
 }
-_ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height"},
-                       "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"}}
+_ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan"},
+}
 # Removed together with everything inside them, not just unwrapped.
-_DROPPED_WITH_CONTENT = {"script", "style", "iframe", "object", "embed", "form", "noscript", "template",
-                         "svg", "math", "frame", "frameset", "applet", "select", "textarea", "button", "title"}
+_DROPPED_WITH_CONTENT = {
+    "script",
+    "style",
+    "iframe",
+    "object",
+    "embed",
+    "form",
+    "noscript",
+    "template",
+    "svg",
+    "math",
+    "frame",
+    "frameset",
+    "applet",
+    "select",
+    "textarea",
+    "button",
+    "title",
+}
 _URL_SCHEMES = {"http", "https", "mailto"}
 # Where feeds put the article's own address when their <link> goes through a click tracker.
 _ORIGINAL_LINK_KEYS = ("feedburner_origlink", "pheedo_origlink", "feedpress_origlink", "origlink")
@@ -78,8 +138,9 @@ _BOILERPLATE = re.compile(
 )
 
 
-def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = None,
-               fetched_url: str | None = None) -> ParsedFeed:
+def parse_feed(
+    content: bytes, feed_url: str, headers: dict[str, str] | None = None, fetched_url: str | None = None
+) -> ParsedFeed:
     """Parse one fetched document. Never raises: a document that is not a usable feed sets `error`."""
     response_headers = {key.lower(): value for key, value in (headers or {}).items()}
     # `feed_url` (as configured) names the feed and its posts; relative links resolve against where the
@@ -87,8 +148,12 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     # would turn a guid such as "S-1" into a link. Links are resolved here, content by sanitize_html.
     base_url = fetched_url or feed_url
     try:
-        parsed = feedparser.parse(_valid_character_references(content), response_headers=response_headers,
-                                  sanitize_html=False, resolve_relative_uris=False)
+        parsed = feedparser.parse(
+            _valid_character_references(content),
+            response_headers=response_headers,
+            sanitize_html=False,
+            resolve_relative_uris=False,
+        )
     except Exception as exc:  # feedparser's own bugs on hostile input: this feed fails, nothing else
         return ParsedFeed(title=None, posts=[], error=f"cannot parse: {type(exc).__name__}: {exc}"[:300])
     error = _unusable(parsed, content, response_headers)
@@ -100,7 +165,7 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
     posts: list[Post] = []
     seen_ids: set[str] = set()
     empty, unreadable = 0, []
-    for entry, link in zip(parsed.entries, links):
+    for entry, link in zip(parsed.entries, links, strict=True):
         try:
             post = _post_from_entry(entry, link, feed_url, base_url, site_url, shared_guids)
         except Exception as exc:  # one hostile entry costs itself, not its feed
@@ -113,8 +178,9 @@ def parse_feed(content: bytes, feed_url: str, headers: dict[str, str] | None = N
             posts.append(post)
     warnings = [f"skipped {empty} {'entry' if empty == 1 else 'entries'} with no title, text or link"] if empty else []
     if unreadable:
-        warnings.append(f"skipped {len(unreadable)} unreadable {'entry' if len(unreadable) == 1 else 'entries'} "
-                        f"({unreadable[0]})")
+        warnings.append(
+            f"skipped {len(unreadable)} unreadable {'entry' if len(unreadable) == 1 else 'entries'} ({unreadable[0]})"
+        )
     feed_title = one_line(plain_text(parsed.feed.get("title", ""))) or None
     malformed = parsed.get("bozo_exception")
     if isinstance(malformed, xml.sax.SAXParseException):
@@ -132,6 +198,7 @@ _CHARACTER_REFERENCE = re.compile(rb"&(?:amp;)?#(x[0-9a-f]+|[0-9]+);", re.IGNORE
 def _valid_character_references(content: bytes) -> bytes:
     """Numeric character references to code points that cannot exist (surrogates, past U+10FFFF, numbers of
     any size) make feedparser raise: they become U+FFFD, in markup and in escaped HTML alike."""
+
     def replace(match: re.Match) -> bytes:
         number = match.group(1)
         digits = number[1:] if number[:1] in (b"x", b"X") else number
@@ -174,15 +241,16 @@ def _shared_guids(entries, links: list[str | None]) -> set[str]:
     """Guids that different entries share (different links, or link-less ones with different titles or
     text): a generator bug, such as the feed's URL as every guid."""
     seen: dict[str, set] = defaultdict(set)
-    for entry, link in zip(entries, links):
+    for entry, link in zip(entries, links, strict=True):
         guid = _guid(entry)
         if guid:
             seen[guid].add(url_key(link) if link else (entry.get("title"), entry.get("summary")))
     return {guid for guid, entries_of_guid in seen.items() if len(entries_of_guid) > 1}
 
 
-def _post_from_entry(entry, link: str | None, feed_url: str, base_url: str, site_url: str | None,
-                     shared_guids: set[str]) -> Post | None:
+def _post_from_entry(
+    entry, link: str | None, feed_url: str, base_url: str, site_url: str | None, shared_guids: set[str]
+) -> Post | None:
     body, body_base = _entry_html(entry)
     # An xml:base in the document wins; else the post's own address (aggregators republish other sites).
     content_html = sanitize_html(body, base=body_base if body_base and body_base != base_url else link or base_url)
@@ -205,9 +273,17 @@ def _post_from_entry(entry, link: str | None, feed_url: str, base_url: str, site
     source = host_of(site_url) if is_opaque_redirect(link) or not link else host_of(link)
     return Post(
         id=hashlib.sha256(f"{feed_url}\0{identity}".encode()).hexdigest()[:32],
-        feed_url=feed_url, canonical_url=link, title=title, author=_author(entry), summary=summary,
-        content_html=content_html, published_at=_date(entry), guid=guid or None, url_key=link_key,
-        content_key=text_key, source=source or None,
+        feed_url=feed_url,
+        canonical_url=link,
+        title=title,
+        author=_author(entry),
+        summary=summary,
+        content_html=content_html,
+        published_at=_date(entry),
+        guid=guid or None,
+        url_key=link_key,
+        content_key=text_key,
+        source=source or None,
     )
 
 
@@ -238,8 +314,9 @@ def _original_link(entry, base_url: str) -> str | None:
         original = clean_url(unwrap(str(entry.get(key) or "")), base_url)
         if original:
             return original
-    candidates = [entry.get("link")] + [link.get("href") for link in entry.get("links", [])
-                                        if link.get("rel", "alternate") == "alternate"]
+    candidates = [entry.get("link")] + [
+        link.get("href") for link in entry.get("links", []) if link.get("rel", "alternate") == "alternate"
+    ]
     for candidate in candidates:
         # An RSS guid without isPermaLink="false" becomes the link in feedparser: only when it is a whole URL
         # (a guid such as "S-1" or "urn:uuid:…" is no address, even resolved against the feed's).
@@ -268,8 +345,13 @@ def sanitize_html(fragment: str, *, base: str) -> str:
             return None
 
     cleaned = nh3.clean(
-        fragment, tags=_ALLOWED_TAGS, attributes=_ALLOWED_ATTRIBUTES, clean_content_tags=_DROPPED_WITH_CONTENT,
-        url_schemes=_URL_SCHEMES, url_relative=absolute, link_rel="noopener noreferrer nofollow",
+        fragment,
+        tags=_ALLOWED_TAGS,
+        attributes=_ALLOWED_ATTRIBUTES,
+        clean_content_tags=_DROPPED_WITH_CONTENT,
+        url_schemes=_URL_SCHEMES,
+        url_relative=absolute,
+        link_rel="noopener noreferrer nofollow",
         strip_comments=True,
     )
     return _IMG.sub(_image_or_nothing, cleaned)
@@ -278,8 +360,8 @@ def sanitize_html(fragment: str, *, base: str) -> str:
 def _image_or_nothing(match: re.Match) -> str:
     attributes = dict(_ATTRIBUTE.findall(match.group(0)))
     source = attributes.get("src", "")
-    tiny = any(_number(attributes.get(side)) is not None and _number(attributes.get(side)) <= 2
-               for side in ("width", "height"))
+    sizes = [_number(attributes.get(side)) for side in ("width", "height")]
+    tiny = any(size is not None and size <= 2 for size in sizes)
     if not source or tiny or _PIXEL_SOURCE.search(source):
         return ""
     if "alt" not in attributes:
@@ -328,7 +410,7 @@ def _date(entry) -> datetime | None:
         moment = entry.get(key)
         if moment:
             try:
-                return datetime.fromtimestamp(timegm(moment), tz=timezone.utc)
+                return datetime.fromtimestamp(timegm(moment), tz=UTC)
             except (OverflowError, ValueError, OSError):
                 continue
     return None

@@ -21,13 +21,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .draft import draft_path, read_draft
+from .errors import ConfigError
+from .render import GMAIL_CLIP_BYTES, WARN_BYTES, forget_templates, personalize, render_issue, template_folders
 from .send.unsubscribe import sample_url
-from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue
 
 POLL_SECONDS = 0.2
-TEMPLATES = Path(str(files("digest") / "templates"))
 # The preview's copies of the email (never the sent one): links open a new tab instead of replacing the
 # email inside its frame, and ?dark=1 applies the email's dark-mode rules as a client in dark mode does.
 _HEAD = re.compile(r"<head[^>]*>", re.IGNORECASE)
@@ -54,9 +54,20 @@ class PreviewState:
 
     def as_json(self) -> dict:
         size = len(self.html.encode("utf-8"))
-        return {"version": self.version, "text": self.text, "subject": self.subject, "preheader": self.preheader,
-                "sender": self.sender, "links": self.links, "error": self.error, "html_bytes": size,
-                "target_bytes": WARN_BYTES, "clip_bytes": GMAIL_CLIP_BYTES, "clipped": size > GMAIL_CLIP_BYTES, "has_email": bool(self.html)}
+        return {
+            "version": self.version,
+            "text": self.text,
+            "subject": self.subject,
+            "preheader": self.preheader,
+            "sender": self.sender,
+            "links": self.links,
+            "error": self.error,
+            "html_bytes": size,
+            "target_bytes": WARN_BYTES,
+            "clip_bytes": GMAIL_CLIP_BYTES,
+            "clipped": size > GMAIL_CLIP_BYTES,
+            "has_email": bool(self.html),
+        }
 
 
 class _LinkCollector(HTMLParser):
@@ -98,10 +109,14 @@ class Preview:
         self._config_stamp: tuple | None = ()
 
     def watched(self, config: Config | None) -> list[Path]:
-        paths = [self.config_path, *sorted(TEMPLATES.glob("*"))]
-        if config is not None:
-            paths.append(draft_path(config.drafts_dir, self.issue_id))
-        return paths
+        """feeds.yaml and the draft."""
+        return [self.config_path] + ([draft_path(config.drafts_dir, self.issue_id)] if config is not None else [])
+
+    def templates(self) -> list[Path]:
+        """Every template, the built-in ones and the folder's own, and their folders (an override added or
+        removed changes its folder)."""
+        folders = template_folders(self.config_path.resolve().parent)
+        return [*folders, *(path for folder in folders for path in sorted(folder.glob("*")))]
 
     def refresh(self) -> bool:
         """Re-render when any watched file changed since the last look; returns whether it did."""
@@ -112,9 +127,12 @@ class Preview:
                 self._config = load_config(self.config_path)
             except ConfigError:
                 self._config = None  # _render reports the error
-        stamp = tuple((str(path), _file_stamp(path)) for path in self.watched(self._config))
+        templates = tuple((str(path), _file_stamp(path)) for path in self.templates())
+        stamp = (templates, tuple((str(path), _file_stamp(path)) for path in self.watched(self._config)))
         if stamp == self._stamp:
             return False
+        if not self._stamp or templates != self._stamp[0]:
+            forget_templates()
         self._stamp = stamp
         self._render()
         return True
@@ -125,7 +143,7 @@ class Preview:
         try:
             config = self._config or load_config(self.config_path)
             draft = read_draft(draft_path(config.drafts_dir, self.issue_id))
-            rendered = render_issue(draft, config.newsletter)
+            rendered = render_issue(draft, config.newsletter, config.folder)
         except ConfigError as exc:
             state.error = str(exc)
         except Exception as exc:  # a template error must show on the page, not stop the preview
@@ -168,15 +186,17 @@ class PreviewServer:
         self.preview = Preview(config_path, issue_id)
         self.preview.refresh()
         self._stopping = threading.Event()
+        self.host = host
         self.httpd = ThreadingHTTPServer((host, port), _handler(self.preview, self._stopping))
         self.httpd.daemon_threads = True
-        self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
-                         threading.Thread(target=self._watch, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self.httpd.serve_forever, daemon=True),
+            threading.Thread(target=self._watch, daemon=True),
+        ]
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{self.host}:{self.httpd.server_port}/"
 
     def start(self) -> PreviewServer:
         for thread in self._threads:
@@ -203,10 +223,10 @@ def _loopback_host(host: str) -> bool:
 
 
 def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
-    page = (files("digest") / "templates" / "preview.html").read_text(encoding="utf-8")
+    page = (files("digest") / "preview.html").read_text(encoding="utf-8")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
             if not _loopback_host(self.headers.get("Host", "")):
                 # A page elsewhere whose name an attacker re-points at 127.0.0.1 (DNS rebinding) would send
@@ -255,7 +275,7 @@ def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPReques
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
+        def log_message(self, format: str, *args) -> None:
             pass
 
     return Handler

@@ -1,6 +1,7 @@
 """The render stage: a Draft becomes the finished email of an issue (HTML and text), once per issue.
 
-HTML: Jinja2 (autoescape on) renders templates/email.mjml.j2 to MJML, mjml-python (mrml) turns it
+HTML: Jinja2 (autoescape on) renders templates/email.mjml.j2 (the newsletter folder's own copy when it has
+one) to MJML, mjml-python (mrml) turns it
 into HTML (no web fonts), then premailer inlines the CSS with network access off, keeping the media
 queries (responsive columns, dark mode) in <head>. Text: templates/text.txt.j2, its own template.
 
@@ -24,16 +25,20 @@ from urllib.parse import urlsplit
 
 import jinja2
 
-from .config import Newsletter, is_http_url
+from .config import Newsletter
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
 from .text import cut_at_word, strip_invisible
+from .urls import is_http_url
 
-__all__ = ["render_issue", "personalize"]
+__all__ = ["personalize", "render_issue"]
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HTML, the unsubscribe link too
 WARN_BYTES = 90 * 1024  # `build` warns past this: room for the per-subscriber link and a few late edits
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
+# The email's templates: the repository's templates/ folder, shipped inside the package (digest/templates is
+# a link to it). A newsletter folder's own templates/, beside its feeds.yaml, overrides them file by file.
+BUILT_IN_TEMPLATES = Path(__file__).parent / "templates"
+OVERRIDES = "templates"
 HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "text.txt.j2"
 MARK_PREFIX = "%%DIGEST_"  # common to every mark: feed text loses it before rendering
@@ -47,18 +52,28 @@ def _wrap(text: str, width: int = TEXT_WIDTH) -> str:
     return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False) if text else ""
 
 
-def _environment(autoescape: bool) -> jinja2.Environment:
-    # auto_reload (the default) re-reads a template only when its file changed: the live preview
-    # picks up edits, and every other render uses the compiled template.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=autoescape,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+def template_folders(folder: Path | None) -> list[Path]:
+    """Where templates are looked for, first first: the newsletter folder's own, then the built-in ones."""
+    return ([folder / OVERRIDES] if folder is not None else []) + [BUILT_IN_TEMPLATES]
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(folder: Path | None, autoescape: bool) -> jinja2.Environment:
+    """One per newsletter folder, shared by render and preview. auto_reload (the default) re-reads a template
+    only when its file changed: the preview picks up edits, and every other render uses the compiled one."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(path) for path in template_folders(folder)]),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.filters["wrap"] = _wrap
     return env
 
 
-_HTML_ENV = _environment(autoescape=True)
-_TEXT_ENV = _environment(autoescape=False)
-
+def forget_templates() -> None:
+    """Look for templates afresh: an override was added or removed (the preview calls this)."""
+    _environment.cache_clear()
 
 
 @functools.cache
@@ -72,9 +87,16 @@ def _premailer():
     from premailer import Premailer
 
     cssutils.log.setLevel(logging.CRITICAL)  # premailer's CSS parser complains about valid email CSS
-    return Premailer(allow_network=False, allow_loading_external_files=False, strip_important=False,
-                     disable_validation=True, keep_style_tags=False, remove_classes=False,
-                     cssutils_logging_level=logging.CRITICAL)
+    return Premailer(
+        allow_network=False,
+        allow_loading_external_files=False,
+        strip_important=False,
+        disable_validation=True,
+        keep_style_tags=False,
+        remove_classes=False,
+        cssutils_logging_level=logging.CRITICAL,
+    )
+
 
 # MJML's own reset block belongs in <head> (MJML never inlines it); premailer leaves it alone.
 # Inlining it would add `border-collapse`, `display:block`... to every table, td and p: measured on
@@ -99,7 +121,7 @@ class _Item:
 
 @dataclass(frozen=True)
 class _More:
-    """"and 37 more from Example Blog": a feed's posts held back past its max_items."""
+    """ "and 37 more from Example Blog": a feed's posts held back past its max_items."""
 
     count: int
     feed: str
@@ -147,7 +169,7 @@ def _paragraphs(text: str | None) -> list[str]:
 
 
 def format_dates(start: date, end: date) -> str:
-    """"Mar 30 – Apr 5, 2026" (English month abbreviations whatever the locale)."""
+    """ "Mar 30 – Apr 5, 2026" (English month abbreviations whatever the locale)."""
     first = f"{_MONTHS[start.month - 1]} {start.day}"
     last = f"{_MONTHS[end.month - 1]} {end.day}, {end.year}"
     if start.year != end.year:
@@ -169,10 +191,19 @@ def _section(section: DraftSection) -> _Section:
     items = []
     for item in section.items:
         meta = " · ".join(part for part in (_one_line(item.source), _one_line(item.author)) if part)
-        items.append(_Item(title=_one_line(item.title) or "(untitled)", url=_http_url(item.url),
-                           summary=_one_line(item.summary), meta=meta))
-    more = tuple(_More(count=len(group.items), feed=_one_line(group.feed), site=_http_url(group.site))
-                 for group in section.more if group.items)
+        items.append(
+            _Item(
+                title=_one_line(item.title) or "(untitled)",
+                url=_http_url(item.url),
+                summary=_one_line(item.summary),
+                meta=meta,
+            )
+        )
+    more = tuple(
+        _More(count=len(group.items), feed=_one_line(group.feed), site=_http_url(group.site))
+        for group in section.more
+        if group.items
+    )
     return _Section(title=_one_line(section.title), items=tuple(items), more=more)
 
 
@@ -181,8 +212,9 @@ def _context(draft: Draft, newsletter: Newsletter) -> dict:
     sections = [rendered for rendered in map(_section, draft.sections) if rendered.items or rendered.more]
     sponsor = None
     if draft.sponsor is not None:
-        sponsor = _Sponsor(title=_one_line(draft.sponsor.title), url=_http_url(draft.sponsor.url),
-                           text=_one_line(draft.sponsor.text))
+        sponsor = _Sponsor(
+            title=_one_line(draft.sponsor.title), url=_http_url(draft.sponsor.url), text=_one_line(draft.sponsor.text)
+        )
     archive_url = None
     if newsletter.archive_url:
         archive_url = _http_url(newsletter.archive_url.replace("{issue}", draft.issue))
@@ -222,42 +254,59 @@ def _inline(html: str) -> str:
     return "<!doctype html>" + _premailer().transform(html, pretty_print=False)
 
 
-def render_html(context: dict) -> str:
+def render_html(context: dict, folder: Path | None = None) -> str:
     from mjml import mjml2html
 
-    mjml = _HTML_ENV.get_template(HTML_TEMPLATE).render(context)
+    mjml = _environment(folder, True).get_template(HTML_TEMPLATE).render(context)
     return _inline(mjml2html(mjml, disable_comments=True, fonts={}))
 
 
-def render_text(context: dict) -> str:
-    text = _TEXT_ENV.get_template(TEXT_TEMPLATE).render(context)
+def render_text(context: dict, folder: Path | None = None) -> str:
+    text = _environment(folder, False).get_template(TEXT_TEMPLATE).render(context)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip("\n") + "\n"
 
 
-def render_issue(draft: Draft, newsletter: Newsletter) -> RenderedIssue:
+def render_issue(draft: Draft, newsletter: Newsletter, folder: Path | None = None) -> RenderedIssue:
     """The issue's email with the per-subscriber marks still in it: render once, personalize per copy."""
     context = _context(draft, newsletter)
-    return RenderedIssue(subject=context["subject"], preheader=context["preheader"],
-                         html=render_html(context), text=render_text(context))
+    return RenderedIssue(
+        subject=context["subject"],
+        preheader=context["preheader"],
+        html=render_html(context, folder),
+        text=render_text(context, folder),
+    )
 
 
-def size_advice(draft: Draft, newsletter: Newsletter, path: Path, html_bytes: int,
-                busiest: list[tuple[str, int]]) -> str:
+def size_advice(
+    draft: Draft,
+    newsletter: Newsletter,
+    path: Path,
+    html_bytes: int,
+    busiest: list[tuple[str, int]],
+    folder: Path | None = None,
+) -> str:
     """What to tell the editor about an email past WARN_BYTES: how far, and what would bring it under."""
     items = len(draft.items)
-    frame = len(render_html(_context(_without_items(draft), newsletter)).encode("utf-8"))
-    clipped = "Gmail clips it past 102 KB and `send` refuses it" if html_bytes > GMAIL_CLIP_BYTES else (
-        "Gmail clips past 102 KB")
+    frame = len(render_html(_context(_without_items(draft), newsletter), folder).encode("utf-8"))
+    clipped = (
+        "Gmail clips it past 102 KB and `send` refuses it"
+        if html_bytes > GMAIL_CLIP_BYTES
+        else ("Gmail clips past 102 KB")
+    )
     head = f"{path.name} is {html_bytes / 1024:.0f} KB of HTML, over {WARN_BYTES // 1024} KB: {clipped}. "
     if frame > WARN_BYTES * 0.9:
-        return head + (f"Even without its {items} items it is {frame / 1024:.0f} KB: shorten the intro, the sponsor "
-                       f"and the section titles")
+        return head + (
+            f"Even without its {items} items it is {frame / 1024:.0f} KB: shorten the intro, the sponsor "
+            f"and the section titles"
+        )
     per_item = max(1.0, (html_bytes - frame) / max(1, items))
     cut = min(items, -(-(html_bytes - WARN_BYTES) // int(per_item)))
     feeds = ", ".join(f"{name} ({count} items)" for name, count in busiest)
-    return head + (f"Removing about {cut} of its {items} items (≈{per_item / 1024:.1f} KB each) from the draft "
-                   f"would bring it under" + (f"; or lower max_items of the busiest feeds: {feeds}" if feeds else ""))
+    return head + (
+        f"Removing about {cut} of its {items} items (≈{per_item / 1024:.1f} KB each) from the draft "
+        f"would bring it under" + (f"; or lower max_items of the busiest feeds: {feeds}" if feeds else "")
+    )
 
 
 def _without_items(draft: Draft) -> Draft:

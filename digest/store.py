@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Collection, Iterable, Iterator
 
 import sqlite_utils
 
-from .config import address_key
 from .migrations import migrate
 from .models import Post
+from .subscribers import address_key
 from .urls import prefer
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def from_iso(text: str) -> datetime:
@@ -42,8 +42,10 @@ def open_db(path: Path | str) -> sqlite_utils.Database:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         if path.stat().st_size == 0:
-            raise sqlite3.DatabaseError(f"{path} is empty (0 bytes): restore it from a backup, or delete it to "
-                                        f"start a new database (which knows of no sent issue)") from None
+            raise sqlite3.DatabaseError(
+                f"{path} is empty (0 bytes): restore it from a backup, or delete it to "
+                f"start a new database (which knows of no sent issue)"
+            ) from None
     else:
         os.close(descriptor)
     connection = sqlite3.connect(str(path), timeout=30, isolation_level=None)
@@ -90,8 +92,17 @@ def feed_states(db: sqlite_utils.Database) -> dict[str, dict]:
     return {row["url"]: row for row in db["feeds"].rows}
 
 
-def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str, outcome: FetchOutcome,
-                 posts: Iterable[Post], now: datetime, configured: Collection[str] = ()) -> int:
+def record_fetch(
+    db: sqlite_utils.Database,
+    *,
+    url: str,
+    name: str,
+    section: str,
+    outcome: FetchOutcome,
+    posts: Iterable[Post],
+    now: datetime,
+    configured: Collection[str] = (),
+) -> int:
     """Store one feed's fetch and its posts in a single transaction; returns how many posts are new.
 
     Which entries are posts already stored is decided by `_match` (the identity rules of parse.py).
@@ -106,8 +117,13 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
         previous = next(db.query("SELECT consecutive_failures FROM feeds WHERE url = ?", [url]), None)
         failures = 0 if outcome.error is None else (previous["consecutive_failures"] if previous else 0) + 1
         row = {
-            "url": url, "name": name, "section": section, "last_status": outcome.status,
-            "last_error": outcome.error, "last_fetched_at": now_text, "consecutive_failures": failures,
+            "url": url,
+            "name": name,
+            "section": section,
+            "last_status": outcome.status,
+            "last_error": outcome.error,
+            "last_fetched_at": now_text,
+            "consecutive_failures": failures,
         }
         if not outcome.not_modified:
             row["last_warning"] = None if outcome.error else outcome.warning
@@ -126,19 +142,36 @@ def record_fetch(db: sqlite_utils.Database, *, url: str, name: str, section: str
         new_count = _insert_posts(db, url, posts, now_text, configured)
         columns = ", ".join(row)
         updates = ", ".join(f"{column} = excluded.{column}" for column in row if column != "url")
-        db.execute(f"INSERT INTO feeds ({columns}) VALUES ({', '.join('?' * len(row))}) "
-                   f"ON CONFLICT(url) DO UPDATE SET {updates}", list(row.values()))
+        db.execute(
+            f"INSERT INTO feeds ({columns}) VALUES ({', '.join('?' * len(row))}) "
+            f"ON CONFLICT(url) DO UPDATE SET {updates}",
+            list(row.values()),
+        )
         return new_count
 
 
-_POST_COLUMNS = ("id", "canonical_url", "feed_url", "title", "author", "summary", "content_html", "guid", "url_key",
-                 "content_key", "source", "seen_seq")
-_NOT_SENT = ("id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
-             "WHERE issues.status = 'sent')")
+_POST_COLUMNS = (
+    "id",
+    "canonical_url",
+    "feed_url",
+    "title",
+    "author",
+    "summary",
+    "content_html",
+    "guid",
+    "url_key",
+    "content_key",
+    "source",
+    "seen_seq",
+)
+_NOT_SENT = (
+    "id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id WHERE issues.status = 'sent')"
+)
 
 
-def _insert_posts(db: sqlite_utils.Database, feed_url: str, posts: list[Post], now_text: str,
-                  configured: Collection[str]) -> int:
+def _insert_posts(
+    db: sqlite_utils.Database, feed_url: str, posts: list[Post], now_text: str, configured: Collection[str]
+) -> int:
     if not posts:
         return 0
     matches = _match(db, feed_url, posts, configured)
@@ -148,31 +181,50 @@ def _insert_posts(db: sqlite_utils.Database, feed_url: str, posts: list[Post], n
         stored = matches.get(index)
         if stored is None:
             seq += 1
-            new_rows.append((*(getattr(post, column) for column in _POST_COLUMNS[:-1]), seq,
-                             iso(post.published_at) if post.published_at else now_text,
-                             int(post.published_at is not None), now_text))
+            new_rows.append(
+                (
+                    *(getattr(post, column) for column in _POST_COLUMNS[:-1]),
+                    seq,
+                    iso(post.published_at) if post.published_at else now_text,
+                    int(post.published_at is not None),
+                    now_text,
+                )
+            )
         elif stored["feed_url"] == feed_url or _unconfigured(stored["feed_url"], configured):
             owned.append((feed_url, post.guid, stored["id"]))
-            refreshed.append((post.title, post.author, post.summary, post.content_html,
-                              prefer(stored["canonical_url"], post.canonical_url), post.url_key, post.content_key,
-                              post.source, stored["id"]))
+            refreshed.append(
+                (
+                    post.title,
+                    post.author,
+                    post.summary,
+                    post.content_html,
+                    prefer(stored["canonical_url"], post.canonical_url),
+                    post.url_key,
+                    post.content_key,
+                    post.source,
+                    stored["id"],
+                )
+            )
         elif prefer(stored["canonical_url"], post.canonical_url) != stored["canonical_url"]:
             https.append((post.canonical_url, stored["id"]))  # another feed's post: only its https form
     db.conn.executemany(
         f"INSERT INTO posts ({', '.join(_POST_COLUMNS)}, published_at, dated_by_feed, first_seen_at) "
-        f"VALUES ({', '.join('?' * (len(_POST_COLUMNS) + 3))})", new_rows)
+        f"VALUES ({', '.join('?' * (len(_POST_COLUMNS) + 3))})",
+        new_rows,
+    )
     db.conn.executemany("UPDATE posts SET feed_url = ?, guid = coalesce(?, guid) WHERE id = ?", owned)
     db.conn.executemany(
         "UPDATE posts SET title = ?, author = ?, summary = ?, content_html = ?, canonical_url = ?, url_key = ?, "
-        f"content_key = ?, source = ? WHERE id = ? AND {_NOT_SENT}", refreshed)
+        f"content_key = ?, source = ? WHERE id = ? AND {_NOT_SENT}",
+        refreshed,
+    )
     db.conn.executemany(f"UPDATE posts SET canonical_url = ? WHERE id = ? AND {_NOT_SENT}", https)
     sources = [(row[0], feed_url) for row in new_rows] + [(stored["id"], feed_url) for stored in matches.values()]
     db.conn.executemany("INSERT OR IGNORE INTO post_sources (post_id, feed_url) VALUES (?, ?)", sources)
     return len(new_rows)
 
 
-def _match(db: sqlite_utils.Database, feed_url: str, posts: list[Post],
-           configured: Collection[str]) -> dict[int, dict]:
+def _match(db: sqlite_utils.Database, feed_url: str, posts: list[Post], configured: Collection[str]) -> dict[int, dict]:
     """Which stored post each entry is (by its index in `posts`); entries without one are new posts.
 
     First the entry's own identity: its id, or its guid within this feed. Then, for entries still
@@ -186,8 +238,9 @@ def _match(db: sqlite_utils.Database, feed_url: str, posts: list[Post],
     is found by the link without its fragment.
     """
     by_id = _stored_by(db, "id", [post.id for post in posts])
-    by_guid = _stored_by(db, "guid", [post.guid for post in posts if post.guid], where=" AND feed_url = ?",
-                         params=[feed_url])
+    by_guid = _stored_by(
+        db, "guid", [post.guid for post in posts if post.guid], where=" AND feed_url = ?", params=[feed_url]
+    )
     matches: dict[int, dict] = {}
     claimed: set[str] = set()
 
@@ -203,17 +256,31 @@ def _match(db: sqlite_utils.Database, feed_url: str, posts: list[Post],
     if not rest:
         return matches
     by_url = _stored_by(db, "url_key", [post.url_key for _, post in rest if post.url_key])
-    by_page = _stored_by(db, "url_key", [post.url_key.split("#")[0] for _, post in rest if "#" in (post.url_key or "")],
-                         where=" AND content_key IS NULL")  # stored by 0.1.0
-    by_text = _stored_by(db, "content_key", [post.content_key for _, post in rest if not post.url_key],
-                         where=" AND canonical_url IS NULL")
+    by_page = _stored_by(
+        db,
+        "url_key",
+        [post.url_key.split("#")[0] for _, post in rest if post.url_key and "#" in post.url_key],
+        where=" AND content_key IS NULL",
+    )  # stored by 0.1.0
+    by_text = _stored_by(
+        db,
+        "content_key",
+        [post.content_key for _, post in rest if not post.url_key],
+        where=" AND canonical_url IS NULL",
+    )
     for index, post in rest:
         if post.url_key:
-            candidates = [row for row in by_url.get(post.url_key, []) + by_page.get(post.url_key.split("#")[0], [])
-                          if row["feed_url"] != feed_url or _same_entry(row, post)]
+            candidates = [
+                row
+                for row in by_url.get(post.url_key, []) + by_page.get(post.url_key.split("#")[0], [])
+                if row["feed_url"] != feed_url or _same_entry(row, post)
+            ]
         else:
-            candidates = [row for row in by_text.get(post.content_key, [])
-                          if row["feed_url"] == feed_url or _unconfigured(row["feed_url"], configured)]
+            candidates = [
+                row
+                for row in by_text.get(post.content_key or "", [])
+                if row["feed_url"] == feed_url or _unconfigured(row["feed_url"], configured)
+            ]
         claim(index, candidates)
     return matches
 
@@ -228,26 +295,32 @@ def _unconfigured(feed_url: str, configured: Collection[str]) -> bool:
     return bool(configured) and feed_url not in configured
 
 
-def _stored_by(db: sqlite_utils.Database, column: str, values: list, *, where: str = "",
-               params: list | None = None) -> dict[str, list[dict]]:
+def _stored_by(
+    db: sqlite_utils.Database, column: str, values: list, *, where: str = "", params: list | None = None
+) -> dict[str, list[dict]]:
     """Stored posts whose `column` is one of `values` (and `where` holds), grouped by that value, oldest first."""
     found: dict[str, list[dict]] = {}
     unique = list(dict.fromkeys(values))
     for start in range(0, len(unique), 500):
-        chunk = unique[start:start + 500]
-        sql = (f"SELECT {column}, id, feed_url, canonical_url, guid, content_key FROM posts WHERE {column} IN "
-               f"({','.join('?' * len(chunk))}){where} ORDER BY first_seen_at, id")
+        chunk = unique[start : start + 500]
+        sql = (
+            f"SELECT {column}, id, feed_url, canonical_url, guid, content_key FROM posts WHERE {column} IN "
+            f"({','.join('?' * len(chunk))}){where} ORDER BY first_seen_at, id"
+        )
         for value, *row in db.execute(sql, [*chunk, *(params or [])]).fetchall():
-            found.setdefault(value, []).append(dict(zip(("id", "feed_url", "canonical_url", "guid", "content_key"),
-                                                        row)))
+            found.setdefault(value, []).append(
+                dict(zip(("id", "feed_url", "canonical_url", "guid", "content_key"), row, strict=True))
+            )
     return found
 
 
 def feed_health(db: sqlite_utils.Database) -> list[dict]:
-    return list(db.query(
-        "SELECT feeds.*, (SELECT count(*) FROM posts WHERE posts.feed_url = feeds.url) AS posts "
-        "FROM feeds ORDER BY feeds.name"
-    ))
+    return list(
+        db.query(
+            "SELECT feeds.*, (SELECT count(*) FROM posts WHERE posts.feed_url = feeds.url) AS posts "
+            "FROM feeds ORDER BY feeds.name"
+        )
+    )
 
 
 # --- issues ----------------------------------------------------------------------
@@ -258,10 +331,20 @@ def get_issue(db: sqlite_utils.Database, issue_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
+def issue_row(db: sqlite_utils.Database, issue_id: str) -> dict:
+    """An issue that must exist by now (its send has begun)."""
+    row = get_issue(db, issue_id)
+    if row is None:
+        raise LookupError(f"{issue_id}: not in the database")
+    return row
+
+
 def ensure_issue(db: sqlite_utils.Database, issue_id: str, subject: str, now: datetime) -> dict:
-    db.execute("INSERT OR IGNORE INTO issues (id, subject, status, created_at) VALUES (?, ?, 'draft', ?)",
-               [issue_id, subject, iso(now)])
-    return get_issue(db, issue_id)
+    db.execute(
+        "INSERT OR IGNORE INTO issues (id, subject, status, created_at) VALUES (?, ?, 'draft', ?)",
+        [issue_id, subject, iso(now)],
+    )
+    return issue_row(db, issue_id)
 
 
 def last_sent_issue(db: sqlite_utils.Database, before: str | None = None) -> dict | None:
@@ -283,25 +366,32 @@ def offered_post_ids(db: sqlite_utils.Database, issue_id: str) -> set[str]:
 
 def offered_items_per_feed(db: sqlite_utils.Database, issue_id: str) -> dict[str, int]:
     """How many posts of each feed this issue's builds put among the email's items (not held back)."""
-    return dict(db.execute(
-        "SELECT coalesce(issue_posts.feed_url, posts.feed_url) AS feed, count(*) FROM issue_posts "
-        "JOIN posts ON posts.id = post_id WHERE issue_id = ? AND placement = 'item' GROUP BY feed",
-        [issue_id]).fetchall())
+    return dict(
+        db.execute(
+            "SELECT coalesce(issue_posts.feed_url, posts.feed_url) AS feed, count(*) FROM issue_posts "
+            "JOIN posts ON posts.id = post_id WHERE issue_id = ? AND placement = 'item' GROUP BY feed",
+            [issue_id],
+        ).fetchall()
+    )
 
 
-def add_offered(db: sqlite_utils.Database, issue_id: str, offers: Iterable[tuple[str, str, str]], now: datetime,
-                seen_seq: int) -> None:
+def add_offered(
+    db: sqlite_utils.Database, issue_id: str, offers: Iterable[tuple[str, str, str]], now: datetime, seen_seq: int
+) -> None:
     """Record the posts a build put in the draft, each with where it went (item, more or stale) and the feed
     it went under, and how far the build saw: posts stored after it are offered to the next issue."""
     with transaction(db):
         db.conn.executemany(
             "INSERT OR IGNORE INTO issue_posts (issue_id, post_id, added_at, placement, feed_url) "
-            "VALUES (?, ?, ?, ?, ?)", [(issue_id, post_id, iso(now), placement, feed) for post_id, placement, feed in offers])
+            "VALUES (?, ?, ?, ?, ?)",
+            [(issue_id, post_id, iso(now), placement, feed) for post_id, placement, feed in offers],
+        )
         db.execute("UPDATE issues SET built_at = ?, built_seq = ? WHERE id = ?", [iso(now), seen_seq, issue_id])
 
 
-def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: str,
-                    last: dict | None = None) -> tuple[list[dict], int]:
+def candidate_posts(
+    db: sqlite_utils.Database, *, since: str, until: str, now: str, last: dict | None = None
+) -> tuple[list[dict], int]:
     """The posts an issue may hold, oldest first, and how far the posts stored so far go (seen_seq), read in
     one snapshot: a post stored after it is someone else's news.
 
@@ -317,11 +407,14 @@ def candidate_posts(db: sqlite_utils.Database, *, since: str, until: str, now: s
     db.execute("BEGIN")
     try:
         seen = db.execute("SELECT coalesce(max(seen_seq), 0) FROM posts").fetchone()[0]
-        rows = list(db.query(
-            f"SELECT * FROM posts WHERE published_at < ? AND published_at <= ? AND (published_at >= ? OR {late}) "
-            "AND posts.id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
-            "WHERE issues.status IN ('sending', 'sent') AND in_email = 1) ORDER BY published_at, posts.id",
-            [until, now, since, *params]))
+        rows = list(
+            db.query(
+                f"SELECT * FROM posts WHERE published_at < ? AND published_at <= ? AND (published_at >= ? OR {late}) "
+                "AND posts.id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
+                "WHERE issues.status IN ('sending', 'sent') AND in_email = 1) ORDER BY published_at, posts.id",
+                [until, now, since, *params],
+            )
+        )
     finally:
         db.execute("COMMIT")
     return rows, seen
@@ -331,10 +424,11 @@ def post_sources(db: sqlite_utils.Database, post_ids: list[str]) -> dict[str, li
     """Every feed that brought each post (the same article from an aggregator and the blog)."""
     found: dict[str, list[str]] = {}
     for start in range(0, len(post_ids), 500):
-        chunk = post_ids[start:start + 500]
+        chunk = post_ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        for post_id, feed_url in db.execute(f"SELECT post_id, feed_url FROM post_sources WHERE post_id IN ({marks})",
-                                            chunk):
+        for post_id, feed_url in db.execute(
+            f"SELECT post_id, feed_url FROM post_sources WHERE post_id IN ({marks})", chunk
+        ):
             found.setdefault(post_id, []).append(feed_url)
     return found
 
@@ -363,12 +457,20 @@ def suppressions(db: sqlite_utils.Database) -> dict[str, str]:
     return dict(db.execute("SELECT email, reason FROM suppressions").fetchall())
 
 
-def suppress(db: sqlite_utils.Database, email: str, reason: str, now: datetime, *, detail: str | None = None,
-             issue_id: str | None = None) -> bool:
+def suppress(
+    db: sqlite_utils.Database,
+    email: str,
+    reason: str,
+    now: datetime,
+    *,
+    detail: str | None = None,
+    issue_id: str | None = None,
+) -> bool:
     """Never mail this address again; the first record (and its reason) wins. Returns whether it is new."""
     cursor = db.execute(
         "INSERT OR IGNORE INTO suppressions (email, reason, detail, issue_id, created_at) VALUES (?, ?, ?, ?, ?)",
-        [address_key(email), reason, detail, issue_id, iso(now)])
+        [address_key(email), reason, detail, issue_id, iso(now)],
+    )
     return cursor.rowcount == 1
 
 
@@ -382,47 +484,68 @@ def start_deliveries(db: sqlite_utils.Database, issue_id: str, keys: list[str], 
     """
     now_text = iso(now)
     with transaction(db):
-        db.execute("UPDATE issues SET status = 'sending', backend = 'smtp' WHERE id = ? AND status = 'draft'",
-                   [issue_id])
+        db.execute(
+            "UPDATE issues SET status = 'sending', backend = 'smtp' WHERE id = ? AND status = 'draft'", [issue_id]
+        )
         db.conn.executemany(
             "INSERT INTO deliveries (issue_id, email, status, attempts, updated_at) VALUES (?, ?, 'pending', 0, ?) "
             "ON CONFLICT (issue_id, email) DO UPDATE SET status = 'pending', updated_at = excluded.updated_at "
-            "WHERE status = 'skipped'", [(issue_id, key, now_text) for key in keys])
+            "WHERE status = 'skipped'",
+            [(issue_id, key, now_text) for key in keys],
+        )
         in_flight = db.execute(
             "UPDATE deliveries SET status = 'pending', updated_at = ?, "
             "last_reply = 'the previous run stopped while sending this one' WHERE issue_id = ? AND status = 'sending'",
-            [now_text, issue_id]).rowcount
+            [now_text, issue_id],
+        ).rowcount
         wanted = set(keys)
-        gone = [(now_text, issue_id, row[0]) for row in db.execute(
-            "SELECT email FROM deliveries WHERE issue_id = ? AND status = 'pending'", [issue_id]) if row[0] not in wanted]
-        db.conn.executemany("UPDATE deliveries SET status = 'skipped', last_reply = 'no longer to be mailed', "
-                            "updated_at = ? WHERE issue_id = ? AND email = ?", gone)
+        gone = [
+            (now_text, issue_id, row[0])
+            for row in db.execute("SELECT email FROM deliveries WHERE issue_id = ? AND status = 'pending'", [issue_id])
+            if row[0] not in wanted
+        ]
+        db.conn.executemany(
+            "UPDATE deliveries SET status = 'skipped', last_reply = 'no longer to be mailed', "
+            "updated_at = ? WHERE issue_id = ? AND email = ?",
+            gone,
+        )
     return in_flight
 
 
 def delivery_keys(db: sqlite_utils.Database, issue_id: str, *statuses: str) -> set[str]:
     marks = ",".join("?" * len(statuses))
-    return {row[0] for row in db.execute(
-        f"SELECT email FROM deliveries WHERE issue_id = ? AND status IN ({marks})", [issue_id, *statuses])}
+    return {
+        row[0]
+        for row in db.execute(
+            f"SELECT email FROM deliveries WHERE issue_id = ? AND status IN ({marks})", [issue_id, *statuses]
+        )
+    }
 
 
 def delivery_counts(db: sqlite_utils.Database, issue_id: str) -> dict[str, int]:
-    return dict(db.execute("SELECT status, count(*) FROM deliveries WHERE issue_id = ? GROUP BY status",
-                           [issue_id]).fetchall())
+    return dict(
+        db.execute("SELECT status, count(*) FROM deliveries WHERE issue_id = ? GROUP BY status", [issue_id]).fetchall()
+    )
 
 
 def mark_sending(db: sqlite_utils.Database, issue_id: str, key: str, message_id: str, now: datetime) -> None:
-    db.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated_at = ? "
-               "WHERE issue_id = ? AND email = ?", [message_id, iso(now), issue_id, key])
+    db.execute(
+        "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated_at = ? "
+        "WHERE issue_id = ? AND email = ?",
+        [message_id, iso(now), issue_id, key],
+    )
 
 
-def mark_delivery(db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, now: datetime,
-                  *, bounced: bool = False) -> None:
+def mark_delivery(
+    db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, now: datetime, *, bounced: bool = False
+) -> None:
     """Record the outcome of one attempt (sent, failed or pending); a bounce also suppresses the address."""
     now_text = iso(now)
-    update = ("UPDATE deliveries SET status = ?, last_reply = ?, updated_at = ?, "
-              "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE issue_id = ? AND email = ?",
-              [status, reply, now_text, status, now_text, issue_id, key])
+    update = (
+        "UPDATE deliveries SET status = ?, last_reply = ?, updated_at = ?, "
+        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE issue_id = ? AND email = ?",
+        [status, reply, now_text, status, now_text, issue_id, key],
+    )
     if not bounced:
         db.execute(*update)
         return
@@ -434,19 +557,28 @@ def mark_delivery(db: sqlite_utils.Database, issue_id: str, key: str, status: st
 def finish_deliveries(db: sqlite_utils.Database, issue_id: str, now: datetime) -> bool:
     """The issue becomes `sent` once no row is pending or sending; returns whether it is."""
     with transaction(db):
-        open_rows = next(db.execute("SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN "
-                                    "('pending', 'sending')", [issue_id]))[0]
+        open_rows = next(
+            db.execute(
+                "SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN ('pending', 'sending')", [issue_id]
+            )
+        )[0]
         if open_rows:
             return False
-        db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ? AND status != 'sent'",
-                   [iso(now), issue_id])
+        db.execute(
+            "UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ? AND status != 'sent'", [iso(now), issue_id]
+        )
     return True
 
 
 def offered_posts(db: sqlite_utils.Database, issue_id: str) -> list[dict]:
     """The posts builds put in this issue's draft: id, canonical_url, url_key, title."""
-    return list(db.query("SELECT posts.id, canonical_url, url_key, title FROM issue_posts JOIN posts "
-                         "ON posts.id = post_id WHERE issue_id = ?", [issue_id]))
+    return list(
+        db.query(
+            "SELECT posts.id, canonical_url, url_key, title FROM issue_posts JOIN posts "
+            "ON posts.id = post_id WHERE issue_id = ?",
+            [issue_id],
+        )
+    )
 
 
 def begin_send(db: sqlite_utils.Database, issue_id: str, draft_text: str, in_email: Iterable[str]) -> None:
@@ -458,8 +590,10 @@ def begin_send(db: sqlite_utils.Database, issue_id: str, draft_text: str, in_ema
             return
         db.execute("UPDATE issues SET sent_draft = ? WHERE id = ?", [draft_text, issue_id])
         db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
-        db.conn.executemany("UPDATE issue_posts SET in_email = 1 WHERE issue_id = ? AND post_id = ?",
-                            [(issue_id, post_id) for post_id in in_email])
+        db.conn.executemany(
+            "UPDATE issue_posts SET in_email = 1 WHERE issue_id = ? AND post_id = ?",
+            [(issue_id, post_id) for post_id in in_email],
+        )
 
 
 def return_to_draft_if_undelivered(db: sqlite_utils.Database, issue_id: str) -> bool:
@@ -467,13 +601,17 @@ def return_to_draft_if_undelivered(db: sqlite_utils.Database, issue_id: str) -> 
     again and its ledger rows go: nothing was promised to anyone, and the editor may still change it.
     Returns whether it did."""
     with transaction(db):
-        delivered = db.execute("SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN ('sent', 'sending')",
-                               [issue_id]).fetchone()[0]
+        delivered = db.execute(
+            "SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN ('sent', 'sending')", [issue_id]
+        ).fetchone()[0]
         if delivered:
             return False
         db.execute("DELETE FROM deliveries WHERE issue_id = ?", [issue_id])
-        db.execute("UPDATE issues SET status = 'draft', backend = NULL, sent_draft = NULL WHERE id = ? "
-                   "AND status = 'sending' AND remote_id IS NULL", [issue_id])
+        db.execute(
+            "UPDATE issues SET status = 'draft', backend = NULL, sent_draft = NULL WHERE id = ? "
+            "AND status = 'sending' AND remote_id IS NULL",
+            [issue_id],
+        )
         db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
     return True
 
@@ -485,25 +623,32 @@ def begin_remote(db: sqlite_utils.Database, issue_id: str, backend: str, candida
     so that a request whose answer is lost leaves the issue frozen: `build` leaves it alone, its posts are
     not offered again, another backend is refused, and a re-run repeats the request with the same key.
     """
-    db.execute("UPDATE issues SET idempotency_key = coalesce(idempotency_key, ?), backend = ?, "
-               "status = CASE WHEN status = 'draft' THEN 'sending' ELSE status END WHERE id = ?",
-               [candidate_key, backend, issue_id])
-    return get_issue(db, issue_id)["idempotency_key"]
+    db.execute(
+        "UPDATE issues SET idempotency_key = coalesce(idempotency_key, ?), backend = ?, "
+        "status = CASE WHEN status = 'draft' THEN 'sending' ELSE status END WHERE id = ?",
+        [candidate_key, backend, issue_id],
+    )
+    return issue_row(db, issue_id)["idempotency_key"]
 
 
 def forget_remote(db: sqlite_utils.Database, issue_id: str) -> None:
     """The backend refused the request, so nothing was created: back to a plain draft, without a key."""
     with transaction(db):
-        forgotten = db.execute("UPDATE issues SET idempotency_key = NULL, backend = NULL, status = 'draft', "
-                               "sent_draft = NULL WHERE id = ? AND remote_id IS NULL AND status = 'sending'",
-                               [issue_id]).rowcount
+        forgotten = db.execute(
+            "UPDATE issues SET idempotency_key = NULL, backend = NULL, status = 'draft', "
+            "sent_draft = NULL WHERE id = ? AND remote_id IS NULL AND status = 'sending'",
+            [issue_id],
+        ).rowcount
         if forgotten:
             db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
 
 
-def record_remote(db: sqlite_utils.Database, issue_id: str, backend: str, remote_id: str, *, sent: bool,
-                  now: datetime) -> None:
+def record_remote(
+    db: sqlite_utils.Database, issue_id: str, backend: str, remote_id: str, *, sent: bool, now: datetime
+) -> None:
     """The backend's id of the email; `sent` when it was handed over for sending (not just drafted)."""
-    db.execute("UPDATE issues SET backend = ?, remote_id = ?, status = CASE WHEN ? THEN 'sent' ELSE status END, "
-               "sent_at = CASE WHEN ? THEN ? ELSE sent_at END WHERE id = ?",
-               [backend, remote_id, sent, sent, iso(now), issue_id])
+    db.execute(
+        "UPDATE issues SET backend = ?, remote_id = ?, status = CASE WHEN ? THEN 'sent' ELSE status END, "
+        "sent_at = CASE WHEN ? THEN ? ELSE sent_at END WHERE id = ?",
+        [backend, remote_id, sent, sent, iso(now), issue_id],
+    )

@@ -15,10 +15,28 @@ from html.parser import HTMLParser
 # zero-width space, word joiner, invisible operators, deprecated format controls, BOM, interlinear
 # annotation, Mongolian vowel separator, Hangul fillers; and what is no character at all (surrogates,
 # U+FFFE, U+FFFF).
-_REMOVED = {code: None for code in (
-    *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A),
-    0x200B, *range(0x2060, 0x2065), *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFC), 0x180E,
-    0x115F, 0x1160, 0x3164, 0xFFA0, *range(0xD800, 0xE000), 0xFFFE, 0xFFFF)}
+_REMOVED = dict.fromkeys(
+    (
+        *range(32),
+        127,
+        *range(128, 160),
+        *range(8234, 8239),
+        *range(8294, 8298),
+        8203,
+        *range(8288, 8293),
+        *range(8298, 8304),
+        65279,
+        *range(65529, 65532),
+        6158,
+        4447,
+        4448,
+        12644,
+        65440,
+        *range(55296, 57344),
+        65534,
+        65535,
+    )
+)
 _SPACES = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " ", 0x2028: " ", 0x2029: " ", 0x85: " "}
 _LINE_BREAKS = {ord("\r"): "\n", 0x2028: "\n", 0x2029: "\n", 0x85: "\n"}
 # Kept only where they do something. ZWJ and ZWNJ shape Persian, Arabic and Indic words and join emoji
@@ -27,15 +45,15 @@ _LINE_BREAKS = {ord("\r"): "\n", 0x2028: "\n", 0x2029: "\n", 0x85: "\n"}
 _JOINERS = "\u200c\u200d"
 
 
-_TAGS = re.compile("[\U000E0000-\U000E007F]")
-_FLAG = re.compile("\U0001F3F4[\U000E0020-\U000E007E]{1,6}\U000E007F")  # 🏴 and its region's tag letters
+_TAGS = re.compile("[\U000e0000-\U000e007f]")
+_FLAG = re.compile("\U0001f3f4[\U000e0020-\U000e007e]{1,6}\U000e007f")  # 🏴 and its region's tag letters
 
 
 def _without_tags(text: str) -> str:
     """Tag characters only inside flag sequences: anywhere else they carry text nobody sees."""
     kept, end = [], 0
     for flag in _FLAG.finditer(text):
-        kept += [_TAGS.sub("", text[end:flag.start()]), flag.group()]
+        kept += [_TAGS.sub("", text[end : flag.start()]), flag.group()]
         end = flag.end()
     return "".join(kept) + _TAGS.sub("", text[end:])
 
@@ -72,7 +90,7 @@ def cut_at_word(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
-    if " " in cut[limit // 2:]:
+    if " " in cut[limit // 2 :]:
         cut = cut[: cut.rindex(" ")]
     return cut.rstrip(" ,;:-–—·") + "…"
 
@@ -84,9 +102,11 @@ def content_key(title: str, text: str) -> str:
 
 
 class _TextExtractor(HTMLParser):
-    _BLOCKS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
-               "table", "tr", "figure", "figcaption", "dd", "dt", "hr", "section", "article", "header"}
-    _SKIPPED = {"script", "style", "template", "noscript", "iframe", "svg"}
+    _BLOCKS = frozenset(
+        {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "tr"}
+        | {"figure", "figcaption", "dd", "dt", "hr", "section", "article", "header"}
+    )
+    _SKIPPED = frozenset({"script", "style", "template", "noscript", "iframe", "svg"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -119,8 +139,9 @@ def plain_text(fragment: str) -> str:
         extractor.feed(fragment)
         extractor.close()
         text = "".join(extractor.parts)
-    lines = (" ".join(line.split()) for line in strip_invisible(text.replace("\xa0", " "), keep_newlines=True)
-             .splitlines())
+    lines = (
+        " ".join(line.split()) for line in strip_invisible(text.replace("\xa0", " "), keep_newlines=True).splitlines()
+    )
     return "\n".join(line for line in lines if line)
 
 

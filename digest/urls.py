@@ -1,9 +1,9 @@
 """The links of posts: the clean form a reader is shown, and the identity that tells two articles apart.
 
 - `clean_url`: absolute http(s), host lower-cased, default port and tracking parameters (`utm_*`, `fbclid`,
-  `ref` unless on a code host, `source` when it names where the link was shared, ...) removed. Scheme, `www.` and the fragment stay: `scripting.com/…/01.html#a1` and `#a2`
-  are two posts, and not every site answers without `www.` or over https. Fragments that only track
-  (`#tk.rss_all`, `#xtor=RSS-8`) go.
+  `ref` unless on a code host, `source` when it names where the link was shared, ...) removed. Scheme, `www.`
+  and the fragment stay: `scripting.com/…/01.html#a1` and `#a2` are two posts, and not every site answers
+  without `www.` or over https. Fragments that only track (`#tk.rss_all`, `#xtor=RSS-8`) go.
 - `url_key`: what two links must share to be one article: the clean form without its scheme, `www.` and
   default port, so `http://www.example.com:80/a?ref=x` and `https://example.com/a` are one post.
 - `unwrap`: the target of a redirector that carries it in the query (Facebook, Google, Tumblr, ...).
@@ -19,30 +19,64 @@ from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 # Query parameters that only say who sent the reader: the same article with and without them is one post.
 _TRACKING_PARAMETERS = {
-    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid",
-    "_hsenc", "_hsmi", "mkt_tok", "ref_src", "ref_url", "referrer", "oly_anon_id", "oly_enc_id", "vero_id", "wt_mc",
-    "spm", "s_cid", "cmpid", "sr_share",
+    "fbclid",
+    "gclid",
+    "dclid",
+    "gbraid",
+    "wbraid",
+    "msclkid",
+    "yclid",
+    "twclid",
+    "igshid",
+    "mc_cid",
+    "mc_eid",
+    "_hsenc",
+    "_hsmi",
+    "mkt_tok",
+    "ref_src",
+    "ref_url",
+    "referrer",
+    "oly_anon_id",
+    "oly_enc_id",
+    "vero_id",
+    "wt_mc",
+    "spm",
+    "s_cid",
+    "cmpid",
+    "sr_share",
 }
 _TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "at_", "ga_")
 # `ref` names a referrer (Ghost's ?ref=blog.example.com), except on code hosts, where it names a branch;
 # `source` is a tracker when it says where the link was shared (Medium's ?source=rss----…), else content.
 _CODE_HOSTS = ("github.com", "gitlab.com", "bitbucket.org", "codeberg.org", "sr.ht")
-_TRACKING_SOURCE = re.compile(r"^(rss|feed|atom|twitter|facebook|linkedin|newsletter|e?mail|social|share|reddit)",
-                              re.IGNORECASE)
+_TRACKING_SOURCE = re.compile(
+    r"^(rss|feed|atom|twitter|facebook|linkedin|newsletter|e?mail|social|share|reddit)", re.IGNORECASE
+)
 # Fragments that only track: `#utm_source=…`, `#xtor=RSS-8`, `#tk.rss_all`, AddThis's `#.VtCA1eS6FaQ`.
 _TRACKING_FRAGMENT = re.compile(r"utm_|^xtor=|^tk\.|^\.[\w-]{8,}$|^ref=", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # host -> (path, the query parameter holding the target)
 _REDIRECTORS = {
-    "l.facebook.com": ("/l.php", "u"), "lm.facebook.com": ("/l.php", "u"), "www.google.com": ("/url", "q url"),
-    "google.com": ("/url", "q url"), "t.umblr.com": ("/redirect", "z"), "www.linkedin.com": ("/redir/redirect", "url"),
-    "out.reddit.com": (None, "url"), "slack-redir.net": ("/link", "url"), "www.youtube.com": ("/redirect", "q"),
+    "l.facebook.com": ("/l.php", "u"),
+    "lm.facebook.com": ("/l.php", "u"),
+    "www.google.com": ("/url", "q url"),
+    "google.com": ("/url", "q url"),
+    "t.umblr.com": ("/redirect", "z"),
+    "www.linkedin.com": ("/redir/redirect", "url"),
+    "out.reddit.com": (None, "url"),
+    "slack-redir.net": ("/link", "url"),
+    "www.youtube.com": ("/redirect", "q"),
     "href.li": (None, None),
 }
 # host -> path prefix of links that redirect to the article by an id alone
 _OPAQUE = {
-    "tracking.feedpress.it": "/link/", "feedpress.me": "/link/", "feedproxy.google.com": "/~r/",
-    "feeds.feedburner.com": "/~r/", "feeds2.feedburner.com": "/~r/", "rss.feedsportal.com": "/", "da.feedsportal.com": "/",
+    "tracking.feedpress.it": "/link/",
+    "feedpress.me": "/link/",
+    "feedproxy.google.com": "/~r/",
+    "feeds.feedburner.com": "/~r/",
+    "feeds2.feedburner.com": "/~r/",
+    "rss.feedsportal.com": "/",
+    "da.feedsportal.com": "/",
 }
 
 
@@ -139,3 +173,30 @@ def host_of(url: str | None) -> str:
         return (urlsplit(url or "").hostname or "").removeprefix("www.")
     except ValueError:
         return ""
+
+
+def is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host, that urllib and httpx can take apart (brackets, port)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not any(unicodedata.category(char) == "Cc" for char in url)
+    )
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def secret_url_problem(url: str) -> str | None:
+    """Why a secret (an API key) must not be sent to this URL: https only, but for http to this machine (tests)."""
+    if not is_http_url(url):
+        return f"must be an https URL, got {url!r}"
+    parts = urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in LOOPBACK_HOSTS:
+        return f"must be an https URL (the API key must not travel unencrypted), got {url!r}"
+    return None

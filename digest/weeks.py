@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+from .errors import BadWeek
 
 _WEEK_ID = re.compile(r"^(\d{4})-W(\d{2})$")
 FIRST_YEAR, LAST_YEAR = 1970, 2999  # far from the ends of what dates and time zones can hold
-
-
-class BadWeek(ValueError):
-    pass
 
 
 def parse_week(issue_id: str) -> date:
@@ -43,7 +41,7 @@ def week_span(issue_id: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
     monday = parse_week(issue_id)
     start = datetime.combine(monday, time(), tzinfo=tz)
     end = datetime.combine(monday + timedelta(days=7), time(), tzinfo=tz)
-    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def week_dates(issue_id: str) -> tuple[date, date]:

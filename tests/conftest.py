@@ -10,9 +10,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from buttondownfake import KEY, FakeButtondown  # noqa: E402
-from feedserver import FeedServer  # noqa: E402
-from smtpserver import SmtpServer  # noqa: E402
+from helpers.buttondown import KEY, FakeButtondown
+from helpers.feeds import FeedServer
+from helpers.smtp import SmtpServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +22,9 @@ def _shared_dir() -> Path:
     the checkout, else beside the repository this one was cloned from (CI runs from a fresh clone)."""
     candidates = [Path(os.environ["DIGEST_SHARED_DIR"])] if os.environ.get("DIGEST_SHARED_DIR") else []
     candidates.append(REPO.parent / "shared")
-    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
-                            capture_output=True, text=True).stdout.strip()
+    origin = subprocess.run(
+        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+    ).stdout.strip()
     if origin and "://" not in origin and ":" not in origin.split("/")[0]:  # a local path, not a URL
         candidates.append((REPO / origin).resolve().parent / "shared")
     return next((path for path in candidates if path.is_dir()), REPO.parent / "shared")
@@ -53,14 +54,17 @@ def api(monkeypatch):
     """A fake of Buttondown's API on loopback, and the key digest reads from the environment."""
     monkeypatch.setenv("BUTTONDOWN_API_KEY", KEY)
     monkeypatch.delenv("BUTTONDOWN_API_URL", raising=False)
-    fake = FakeButtondown()
+    fake = FakeButtondown().start()
     yield fake
     fake.stop()
 
 
 def write_config(directory: Path, feeds: list[dict], **newsletter) -> Path:
-    settings = {"title": "Test Digest", "timezone": "Europe/London",
-                "sections": ["News", "Articles", "Videos", "Projects", "Jobs"]}
+    settings = {
+        "title": "Test Digest",
+        "timezone": "Europe/London",
+        "sections": ["News", "Articles", "Videos", "Projects", "Jobs"],
+    }
     settings.update(newsletter)
     path = directory / "feeds.yaml"
     path.write_text(yaml.safe_dump({"newsletter": settings, "feeds": feeds}, sort_keys=False), encoding="utf-8")
@@ -68,21 +72,16 @@ def write_config(directory: Path, feeds: list[dict], **newsletter) -> Path:
 
 
 @pytest.fixture
-def run_cli(monkeypatch, capsys):
-    """Run `digest ARGS` in this process through the real entry point; returns (exit code, stdout, stderr)."""
-    from digest.cli import main
+def run_cli(monkeypatch):
+    """Run `digest ARGS` in this process with Typer's CliRunner; returns (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
 
-    def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    from digest.cli import app
+
+    def run(*args: str, cwd: Path | None = None, input: str | None = None) -> tuple[int, str, str]:
         if cwd is not None:
             monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["digest", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
+        result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
 
     return run

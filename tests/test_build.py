@@ -5,34 +5,41 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 from freezegun import freeze_time
 
-from conftest import write_config
 from digest import jobs, store
-from digest.config import ConfigError, load_config
+from digest.config import load_config
 from digest.draft import draft_path, read_draft
+from digest.errors import ConfigError
 from digest.models import Post
-from digest.select import select_posts
+from digest.selection import select_posts
 from digest.urls import url_key
 from digest.weeks import current_week, week_span
 
+from conftest import write_config
+
 LONDON = ZoneInfo("Europe/London")
-NOW = datetime(2026, 4, 10, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 4, 10, 12, 0, tzinfo=UTC)
 WEBLOG = "https://www.djangoproject.com/rss/weblog/"
 BLOGS = "https://www.djangoproject.com/rss/community/blogs/"
 
 
 @pytest.fixture
 def config(tmp_path):
-    return load_config(write_config(tmp_path, [
-        {"name": "Weblog", "url": WEBLOG, "section": "News"},
-        {"name": "Blogs", "url": BLOGS, "section": "Articles", "exclude": ["casino"]},
-    ]))
+    return load_config(
+        write_config(
+            tmp_path,
+            [
+                {"name": "Weblog", "url": WEBLOG, "section": "News"},
+                {"name": "Blogs", "url": BLOGS, "section": "Articles", "exclude": ["casino"]},
+            ],
+        )
+    )
 
 
 @pytest.fixture
@@ -42,15 +49,23 @@ def db(tmp_path):
 
 def post(slug: str, when: datetime | None, feed: str = BLOGS, url: str | None = None, **fields) -> Post:
     url = url or f"https://blog.example.com/{slug}/"
-    return Post(id=f"{feed}#{slug}", feed_url=feed, canonical_url=url,
-                title=fields.get("title", slug.replace("-", " ").title()), author=fields.get("author"),
-                summary=fields.get("summary", f"All about {slug}."), content_html=f"<p>All about {slug}.</p>",
-                published_at=when, url_key=url_key(url))
+    return Post(
+        id=f"{feed}#{slug}",
+        feed_url=feed,
+        canonical_url=url,
+        title=fields.get("title", slug.replace("-", " ").title()),
+        author=fields.get("author"),
+        summary=fields.get("summary", f"All about {slug}."),
+        content_html=f"<p>All about {slug}.</p>",
+        published_at=when,
+        url_key=url_key(url),
+    )
 
 
 def add(db, *posts: Post, feed: str = BLOGS, now: datetime = NOW) -> int:
-    return store.record_fetch(db, url=feed, name=feed, section="Articles", outcome=store.FetchOutcome(status=200),
-                              posts=posts, now=now)
+    return store.record_fetch(
+        db, url=feed, name=feed, section="Articles", outcome=store.FetchOutcome(status=200), posts=posts, now=now
+    )
 
 
 def local(*args) -> datetime:
@@ -63,8 +78,10 @@ def titles(db, config, week, now=NOW) -> list[str]:
 
 def mark_sent(db, issue_id):
     """As a send does: the email holds the posts placed among its items."""
-    in_email = [row[0] for row in db.execute("SELECT post_id FROM issue_posts WHERE issue_id = ? AND placement = 'item'",
-                                             [issue_id])]
+    in_email = [
+        row[0]
+        for row in db.execute("SELECT post_id FROM issue_posts WHERE issue_id = ? AND placement = 'item'", [issue_id])
+    ]
     store.begin_send(db, issue_id, "the draft as sent", in_email)
     db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", [store.iso(NOW), issue_id])
 
@@ -72,15 +89,18 @@ def mark_sent(db, issue_id):
 # --- weeks ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("moment, week", [
-    ("2026-04-05 22:59:00", "2026-W14"),  # Sunday 23:59 in London (BST, UTC+1)
-    ("2026-04-05 23:00:00", "2026-W15"),  # Monday 00:00 in London
-    ("2026-12-31 12:00:00", "2026-W53"),
-    ("2027-01-04 00:00:00", "2027-W01"),
-])
+@pytest.mark.parametrize(
+    "moment, week",
+    [
+        ("2026-04-05 22:59:00", "2026-W14"),  # Sunday 23:59 in London (BST, UTC+1)
+        ("2026-04-05 23:00:00", "2026-W15"),  # Monday 00:00 in London
+        ("2026-12-31 12:00:00", "2026-W53"),
+        ("2027-01-04 00:00:00", "2027-W01"),
+    ],
+)
 def test_current_week_turns_at_monday_midnight_local_time(moment, week):
     with freeze_time(moment):
-        assert current_week(datetime.now(timezone.utc), LONDON) == week
+        assert current_week(datetime.now(UTC), LONDON) == week
 
 
 def test_post_at_sunday_2359_is_in_that_week_and_monday_0000_in_the_next(db, config):
@@ -88,8 +108,8 @@ def test_post_at_sunday_2359_is_in_that_week_and_monday_0000_in_the_next(db, con
     assert titles(db, config, "2026-W14") == ["Sunday Night"]
     assert titles(db, config, "2026-W15") == ["Monday Morning"]
     start, end = week_span("2026-W14", LONDON)
-    assert start == datetime(2026, 3, 29, 23, 0, tzinfo=timezone.utc)  # Monday 00:00 BST
-    assert end == datetime(2026, 4, 5, 23, 0, tzinfo=timezone.utc)
+    assert start == datetime(2026, 3, 29, 23, 0, tzinfo=UTC)  # Monday 00:00 BST
+    assert end == datetime(2026, 4, 5, 23, 0, tzinfo=UTC)
 
 
 # --- selection ------------------------------------------------------------------------
@@ -100,7 +120,10 @@ def test_sections_follow_the_config_order_and_posts_their_date(db, config):
     add(db, post("release", local(2026, 4, 3), feed=WEBLOG), feed=WEBLOG)
     selected = select_posts(db, config, "2026-W14", NOW).posts
     assert [(p.section, p.row["title"]) for p in selected] == [
-        ("News", "Release"), ("Articles", "A Article"), ("Articles", "B Article")]
+        ("News", "Release"),
+        ("Articles", "A Article"),
+        ("Articles", "B Article"),
+    ]
 
 
 def test_exclude_keywords_drop_posts(db, config):
@@ -116,9 +139,9 @@ def test_same_article_from_two_feeds_is_one_post(db, config):
 
 
 def test_first_seen_and_dates_are_never_rewritten(db, config):
-    first = datetime(2026, 4, 1, 9, 0, tzinfo=timezone.utc)
+    first = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
     add(db, post("undated", None), now=first)
-    add(db, post("undated", None, title="Undated, edited"), now=datetime(2026, 4, 8, 9, 0, tzinfo=timezone.utc))
+    add(db, post("undated", None, title="Undated, edited"), now=datetime(2026, 4, 8, 9, 0, tzinfo=UTC))
     row = next(db.query("SELECT * FROM posts"))
     assert row["first_seen_at"] == row["published_at"] == store.iso(first)
     assert row["title"] == "Undated, edited"  # content of an unsent post is refreshed
@@ -168,9 +191,14 @@ def test_build_writes_draft_html_and_text(db, config):
     draft = yaml.safe_load(report.draft.read_text())
     assert draft["issue"] == "2026-W14"
     articles = next(s for s in draft["sections"] if s["title"] == "Articles")
-    assert articles["items"][0] == {"title": "First", "url": "https://blog.example.com/first/",
-                                    "summary": "All about first.", "source": "blog.example.com",
-                                    "author": "Ada", "published": datetime(2026, 4, 1).date()}
+    assert articles["items"][0] == {
+        "title": "First",
+        "url": "https://blog.example.com/first/",
+        "summary": "All about first.",
+        "source": "blog.example.com",
+        "author": "Ada",
+        "published": datetime(2026, 4, 1).date(),
+    }
     assert "https://blog.example.com/second/" in report.text.read_text()
     assert 'href="https://blog.example.com/second/"' in report.html.read_text()
 
@@ -180,7 +208,7 @@ def test_rebuild_keeps_the_editors_edits_and_appends_only_new_posts(db, config):
     report = jobs.build(config, db, "2026-W14", now=NOW)
     data = yaml.safe_load(report.draft.read_text())
     articles = next(s for s in data["sections"] if s["title"] == "Articles")
-    one, two, three = articles["items"]
+    _one, two, three = articles["items"]
     two["summary"] = "Rewritten by the editor."
     articles["items"] = [three, two]  # "one" deleted, order changed
     data["intro"] = "Hello readers."
@@ -192,7 +220,10 @@ def test_rebuild_keeps_the_editors_edits_and_appends_only_new_posts(db, config):
     draft = read_draft(again.draft)
     assert draft.intro == "Hello readers."
     assert [(i.title, i.summary) for i in draft.items] == [
-        ("Three", "All about three."), ("Two", "Rewritten by the editor."), ("Four", "All about four.")]
+        ("Three", "All about three."),
+        ("Two", "Rewritten by the editor."),
+        ("Four", "All about four."),
+    ]
     assert "Rewritten by the editor." in again.html.read_text()
 
     third = jobs.build(config, db, "2026-W14", now=NOW)
@@ -230,8 +261,15 @@ def test_rebuild_keeps_the_editors_comments_layout_and_commented_out_items(db, c
     text = text[:start] + "".join(f"# {line}" for line in text[start:end].splitlines(keepends=True)) + text[end:]
     report.draft.write_text(text)
 
-    add(db, post("four", local(2026, 4, 2), summary="Four: a summary with a colon, and it's long enough to be "
-                                                    "folded over two lines of the draft file by the dumper."))
+    add(
+        db,
+        post(
+            "four",
+            local(2026, 4, 2),
+            summary="Four: a summary with a colon, and it's long enough to be "
+            "folded over two lines of the draft file by the dumper.",
+        ),
+    )
     again = jobs.build(config, db, "2026-W14", now=NOW)
     assert again.new_items == 1
     after = again.draft.read_text()
@@ -257,7 +295,9 @@ def test_a_post_for_an_empty_section_fills_it_in_place(db, config):
     assert after.replace("  items:\n  - title: Release\n", "  items: []\n").count("\n") >= text.count("\n")
     assert "# News first this week\n- title: News\n  items:\n  - title: Release\n" in after
     assert [(s.title, [i.title for i in s.items]) for s in read_draft(report.draft).sections][:2] == [
-        ("News", ["Release"]), ("Articles", ["Article"])]
+        ("News", ["Release"]),
+        ("Articles", ["Article"]),
+    ]
 
 
 def test_the_draft_file_is_easy_to_edit(db, config):
@@ -270,11 +310,14 @@ def test_the_draft_file_is_easy_to_edit(db, config):
     assert read_draft(draft_path(config.drafts_dir, "2026-W14")).items[0].summary == summary
 
 
-@pytest.mark.parametrize("damage, line, words", [
-    (lambda text: text.replace("sections:", "sections: [", 1), None, "not valid YAML"),
-    (lambda text: text.replace("- title: One\n", "- title: ''\n", 1), None, "title: must not be empty"),
-    (lambda text: text.replace("https://blog.example.com/one/", "javascript:alert(1)", 1), None, "http(s) URL"),
-])
+@pytest.mark.parametrize(
+    "damage, line, words",
+    [
+        (lambda text: text.replace("sections:", "sections: [", 1), None, "not valid YAML"),
+        (lambda text: text.replace("- title: One\n", "- title: ''\n", 1), None, "title: must not be empty"),
+        (lambda text: text.replace("https://blog.example.com/one/", "javascript:alert(1)", 1), None, "http(s) URL"),
+    ],
+)
 def test_broken_draft_names_file_and_line_and_keeps_the_last_rendering(db, config, damage, line, words):
     add(db, post("one", local(2026, 3, 30)))
     report = jobs.build(config, db, "2026-W14", now=NOW)
@@ -313,8 +356,9 @@ def test_draft_files_get_the_usual_mode_and_keep_the_editors(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "a: 2\n"
 
 
-@pytest.mark.parametrize("subject", ['"Week 14\\nBcc: everyone@example.com"', '"Week 14\\r"',
-                                     "|\n  Week 14\n  Bcc: everyone@example.com"])
+@pytest.mark.parametrize(
+    "subject", ['"Week 14\\nBcc: everyone@example.com"', '"Week 14\\r"', "|\n  Week 14\n  Bcc: everyone@example.com"]
+)
 def test_a_line_break_in_the_drafts_subject_is_refused(db, config, subject):
     add(db, post("one", local(2026, 3, 30)))
     path = jobs.build(config, db, "2026-W14", now=NOW).draft
@@ -326,11 +370,14 @@ def test_a_line_break_in_the_drafts_subject_is_refused(db, config, subject):
     assert (caught.value.line, caught.value.field) == (line, "subject") and "line break" in str(caught.value)
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda text: text.replace("sections:", "sections: &all", 1), "anchors (&all) are not supported"),
-    (lambda text: text.replace("sponsor: null", "sponsor: *nothing", 1), "aliases (*nothing) are not supported"),
-    (lambda text: text.replace("sponsor: null", "{[a]: b}: c", 1), "key must be plain text"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda text: text.replace("sections:", "sections: &all", 1), "anchors (&all) are not supported"),
+        (lambda text: text.replace("sponsor: null", "sponsor: *nothing", 1), "aliases (*nothing) are not supported"),
+        (lambda text: text.replace("sponsor: null", "{[a]: b}: c", 1), "key must be plain text"),
+    ],
+)
 def test_yaml_features_a_draft_does_not_take_are_one_line(db, config, damage, words):
     add(db, post("one", local(2026, 3, 30)))
     path = jobs.build(config, db, "2026-W14", now=NOW).draft

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC
 
 import pytest
 from jsonschema import Draft202012Validator
 
-from buttondownfake import KEY, Answer
-from conftest import SHARED
-from digest import jobs, store
+from digest import store
 from digest.config import load_config
 from digest.send.buttondown import ButtondownBackend
-from smtpserver import WEEK, make_project, subscribers
+from digest.sending import send_issue
+
+from conftest import SHARED
+from helpers.buttondown import KEY, Answer
+from helpers.project import WEEK, make_project, subscribers
 
 OPENAPI = json.loads((SHARED / "reference" / "buttondown-openapi.json").read_text(encoding="utf-8"))
 EMAIL_INPUT = Draft202012Validator({"$ref": "#/components/schemas/EmailInput", "components": OPENAPI["components"]})
@@ -83,7 +86,7 @@ def test_send_now_posts_about_to_send_with_the_confirmation_header(tmp_path, api
 def test_5xx_and_timeouts_are_retried_with_the_same_idempotency_key(tmp_path, api, run_cli):
     project(tmp_path, api)
     api.script = [Answer(503, {"detail": "Service Unavailable"}), Answer(201, {"id": "em_slow"}, delay=1.0)]
-    code, out, err = send(run_cli, tmp_path)
+    code, _out, err = send(run_cli, tmp_path)
     assert code == 0, err
     assert len(api.requests) == 3  # 503, a timeout (the answer was lost), then the replay
     assert len({r.headers["x-idempotency-key"] for r in api.requests}) == 1
@@ -109,17 +112,22 @@ def test_429_waits_for_retry_after(tmp_path, api):
     api.script = [Answer(429, {"detail": "Slow down."}, {"Retry-After": "1"})]
     waits = []
     db = store.open_db(tmp_path / "digest.db")
-    plan = jobs.plan_send(config, db, WEEK, "buttondown")
-    report = jobs.send(config, db, plan, ButtondownBackend(config.buttondown, send_now=False, sleep=waits.append))
+    report = send_issue(config, db, WEEK, backend=ButtondownBackend(config, sleep=waits.append))
     assert waits == [1.0] and report.remote_id == "em_2" and len(api.requests) == 2
 
 
-@pytest.mark.parametrize("status, detail", [(400, "The subject is too long."), (401, "Invalid token."),
-                                            (422, [{"loc": ["body", "status"], "msg": "Input should be a status"}])])
+@pytest.mark.parametrize(
+    "status, detail",
+    [
+        (400, "The subject is too long."),
+        (401, "Invalid token."),
+        (422, [{"loc": ["body", "status"], "msg": "Input should be a status"}]),
+    ],
+)
 def test_other_4xx_stop_with_buttondowns_message(tmp_path, api, run_cli, status, detail):
     project(tmp_path, api)
     api.script = [Answer(status, {"code": "invalid", "detail": detail})]
-    code, out, err = send(run_cli, tmp_path)
+    code, _out, err = send(run_cli, tmp_path)
     message = detail if isinstance(detail, str) else "Input should be a status"
     assert code == 1 and err == f"error: Buttondown refused POST /emails: {status} {message}\n"
     assert len(api.requests) == 1
@@ -134,8 +142,9 @@ def test_a_missing_api_key_is_one_line_and_exit_2(tmp_path, api, run_cli, monkey
     project(tmp_path, api)
     monkeypatch.delenv("BUTTONDOWN_API_KEY")
     code, _, err = send(run_cli, tmp_path)
-    assert code == 2 and err == ("error: BUTTONDOWN_API_KEY (or BUTTONDOWN_API_KEY_FILE) is not set: "
-                                 "the API key from Buttondown's settings\n")
+    assert code == 2 and err == (
+        "error: BUTTONDOWN_API_KEY (or BUTTONDOWN_API_KEY_FILE) is not set: the API key from Buttondown's settings\n"
+    )
     assert not api.requests and issue(tmp_path) is None
 
 
@@ -175,16 +184,15 @@ def test_once_handed_to_buttondown_the_issue_is_frozen(tmp_path, api, run_cli):
 
 
 def test_429_with_a_date_in_retry_after(tmp_path, api):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
     from email.utils import format_datetime
 
     config = load_config(project(tmp_path, api))
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     api.script = [Answer(429, {"detail": "Slow down."}, {"Retry-After": later})]
     waits = []
     db = store.open_db(tmp_path / "digest.db")
-    plan = jobs.plan_send(config, db, WEEK, "buttondown")
-    jobs.send(config, db, plan, ButtondownBackend(config.buttondown, send_now=False, sleep=waits.append))
+    send_issue(config, db, WEEK, backend=ButtondownBackend(config, sleep=waits.append))
     assert len(waits) == 1 and 25 <= waits[0] <= 30
 
 
@@ -210,8 +218,11 @@ def test_a_replayed_answer_is_believed_over_this_runs_wish(tmp_path, api, run_cl
     if then:  # it asked for a draft before: now it is sent
         assert out == f"send {WEEK} via buttondown: handed over for sending, id {created['id']}\n"
         patch = api.requests[-1]
-        assert (patch.method, patch.path, patch.body) == ("PATCH", f"/v1/emails/{created['id']}",
-                                                          {"status": "about_to_send"})
+        assert (patch.method, patch.path, patch.body) == (
+            "PATCH",
+            f"/v1/emails/{created['id']}",
+            {"status": "about_to_send"},
+        )
     else:  # it was sent by the lost request: found by its key, whatever this run asked for
         assert out == f"send {WEEK} via buttondown: handed over for sending, id {created['id']}\n"
         assert api.requests[-1].method == "GET" and len(api.created) == 1

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from conftest import write_config
 from digest import jobs, store
-from digest.collect import USER_AGENT
-from digest.config import CollectSettings
-from digest.config import load_config
-from feedserver import Route, rss
+from digest.config import CollectSettings, load_config
+from digest.fetch import USER_AGENT
 
-NOW = datetime(2026, 4, 3, 12, 0, tzinfo=timezone.utc)
-FAST = CollectSettings(timeout=2.0, retries=1, backoff=0.0)
+from conftest import write_config
+from helpers.feeds import Route, rss
+
+NOW = datetime(2026, 4, 3, 12, 0, tzinfo=UTC)
+FAST = CollectSettings(timeout=2.0, max_attempts=2, backoff=0.0)
 
 
 def items(prefix: str, count: int = 3) -> list[dict]:
-    return [{"title": f"{prefix} post {n}", "link": f"https://{prefix}.example.com/{n}/?utm_source=rss",
-             "guid": f"{prefix}-{n}", "description": f"<p>Post {n} of {prefix}.</p>",
-             "date": f"Wed, 0{n % 5 + 1} Apr 2026 10:00:00 +0000"} for n in range(count)]
+    return [
+        {
+            "title": f"{prefix} post {n}",
+            "link": f"https://{prefix}.example.com/{n}/?utm_source=rss",
+            "guid": f"{prefix}-{n}",
+            "description": f"<p>Post {n} of {prefix}.</p>",
+            "date": f"Wed, 0{n % 5 + 1} Apr 2026 10:00:00 +0000",
+        }
+        for n in range(count)
+    ]
 
 
 @pytest.fixture
@@ -30,6 +37,7 @@ def setup(tmp_path, feed_server):
         feeds = [{"name": path.strip("/"), "url": feed_server.url(path), "section": "Articles"} for path in routes]
         config = load_config(write_config(tmp_path, feeds))
         return config, store.open_db(tmp_path / "digest.db")
+
     return make
 
 
@@ -47,9 +55,15 @@ def test_collect_stores_posts_with_clean_urls_and_sends_our_user_agent(setup, fe
 
 
 def test_second_collect_sends_etag_back_and_stores_nothing_new(setup, feed_server):
-    config, db = setup({"/a.xml": Route(rss(items("a")), etag='"v1"',
-                                        headers={"Content-Type": "application/rss+xml",
-                                                 "Last-Modified": "Fri, 03 Apr 2026 10:00:00 GMT"})})
+    config, db = setup(
+        {
+            "/a.xml": Route(
+                rss(items("a")),
+                etag='"v1"',
+                headers={"Content-Type": "application/rss+xml", "Last-Modified": "Fri, 03 Apr 2026 10:00:00 GMT"},
+            )
+        }
+    )
     jobs.collect(config, db, now=NOW, settings=FAST)
     report = jobs.collect(config, db, now=NOW, settings=FAST)
     second = feed_server.hits("/a.xml")[1]
@@ -68,10 +82,12 @@ def test_unchanged_feed_without_validators_adds_nothing_twice(setup):
 
 
 def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_server):
-    config, db = setup({
-        "/moved.xml": Route(status=301, headers={"Location": "/new-home.xml"}),
-        "/temp.xml": Route(status=302, headers={"Location": "/elsewhere.xml"}),
-    })
+    config, db = setup(
+        {
+            "/moved.xml": Route(status=301, headers={"Location": "/new-home.xml"}),
+            "/temp.xml": Route(status=302, headers={"Location": "/elsewhere.xml"}),
+        }
+    )
     feed_server.routes["/new-home.xml"] = Route(rss(items("moved")))
     feed_server.routes["/elsewhere.xml"] = Route(rss(items("temp")))
     jobs.collect(config, db, now=NOW, settings=FAST)
@@ -84,11 +100,14 @@ def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_serve
     assert db["posts"].count == 6
 
 
-@pytest.mark.parametrize("target", [
-    Route(status=404, headers={"Content-Type": "text/plain"}),
-    Route(b"<!doctype html><html><body>Parked domain</body></html>", headers={"Content-Type": "text/html"}),
-    Route(status=500, headers={"Content-Type": "text/plain"}),
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        Route(status=404, headers={"Content-Type": "text/plain"}),
+        Route(b"<!doctype html><html><body>Parked domain</body></html>", headers={"Content-Type": "text/html"}),
+        Route(status=500, headers={"Content-Type": "text/plain"}),
+    ],
+)
 def test_a_permanent_redirect_to_a_target_that_fails_is_not_remembered(setup, feed_server, target):
     config, db = setup({"/moved.xml": Route(status=301, headers={"Location": "/broken-home.xml"})})
     feed_server.routes["/broken-home.xml"] = target
@@ -105,8 +124,19 @@ def test_a_permanent_redirect_to_a_target_that_fails_is_not_remembered(setup, fe
 
 def test_posts_of_a_redirected_feed_belong_to_the_feed_as_configured_and_reach_the_issue(setup, feed_server):
     config, db = setup({"/old.xml": Route(status=302, headers={"Location": "/blog/new.xml"})})
-    feed_server.routes["/blog/new.xml"] = Route(rss(items("moved") + [
-        {"title": "Relative", "link": "relative/post/", "guid": "rel", "date": "Thu, 02 Apr 2026 10:00:00 +0000"}]))
+    feed_server.routes["/blog/new.xml"] = Route(
+        rss(
+            [
+                *items("moved"),
+                {
+                    "title": "Relative",
+                    "link": "relative/post/",
+                    "guid": "rel",
+                    "date": "Thu, 02 Apr 2026 10:00:00 +0000",
+                },
+            ]
+        )
+    )
     jobs.collect(config, db, now=NOW, settings=FAST)
     assert {row["feed_url"] for row in db["posts"].rows} == {feed_server.url("/old.xml")}
     assert feed_server.url("/blog/relative/post/") in {row["canonical_url"] for row in db["posts"].rows}
@@ -127,16 +157,20 @@ def test_a_feed_whose_address_changes_in_feeds_yaml_keeps_its_posts(tmp_path, fe
 
 
 def test_one_broken_feed_never_stops_the_others(setup, feed_server):
-    config, db = setup({
-        "/good.xml": Route(rss(items("good"))),
-        "/missing.xml": Route(status=404, body=b"not here"),
-        "/error.xml": Route(status=500, body=b"oops"),
-        "/html.xml": Route(b"<!doctype html><html><head><title>Blog</title></head><body><p>Hi</p></body></html>",
-                           headers={"Content-Type": "text/html; charset=utf-8"}),
-        "/broken.xml": Route(b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title><item><title>a &'),
-        "/slow.xml": Route(rss(items("slow")), delay=3.0),
-        "/dropped.xml": Route(drop=True),
-    })
+    config, db = setup(
+        {
+            "/good.xml": Route(rss(items("good"))),
+            "/missing.xml": Route(status=404, body=b"not here"),
+            "/error.xml": Route(status=500, body=b"oops"),
+            "/html.xml": Route(
+                b"<!doctype html><html><head><title>Blog</title></head><body><p>Hi</p></body></html>",
+                headers={"Content-Type": "text/html; charset=utf-8"},
+            ),
+            "/broken.xml": Route(b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title><item><title>a &'),
+            "/slow.xml": Route(rss(items("slow")), delay=3.0),
+            "/dropped.xml": Route(drop=True),
+        }
+    )
     report = by_name(jobs.collect(config, db, now=NOW, settings=FAST))
     assert report["good.xml"].outcome == "new" and report["good.xml"].new_posts == 3
     assert report["missing.xml"].error == "HTTP 404 Not Found"
@@ -165,7 +199,7 @@ def test_failures_count_up_and_reset_on_success(setup, feed_server):
 
 def test_response_over_the_size_cap_is_refused(setup):
     config, db = setup({"/huge.xml": Route(rss(items("huge", 200)))})
-    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(max_bytes=10_000, retries=0))
+    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(max_megabytes=10_000 / 2**20, max_attempts=1))
     assert "larger than" in report.feeds[0].error and db["posts"].count == 0
 
 
@@ -180,9 +214,11 @@ def test_many_feeds_are_fetched_concurrently_and_parsed_in_a_pool(setup):
 def test_feed_server_cannot_make_feedparser_read_local_files(setup, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP-SECRET")
-    body = (f'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY x SYSTEM "file://{secret}">]>'
-            '<rss version="2.0"><channel><title>t</title><item><title>&x;</title><link>https://e.example/1</link>'
-            '<description>d</description></item></channel></rss>').encode()
+    body = (
+        f'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY x SYSTEM "file://{secret}">]>'
+        '<rss version="2.0"><channel><title>t</title><item><title>&x;</title><link>https://e.example/1</link>'
+        "<description>d</description></item></channel></rss>"
+    ).encode()
     config, db = setup({"/xxe.xml": Route(body)})
     jobs.collect(config, db, now=NOW, settings=FAST)
     assert all("TOP-SECRET" not in str(row) for row in db["posts"].rows)

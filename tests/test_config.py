@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from digest.config import ConfigError, load_config, read_subscribers
+from digest.config import load_config
+from digest.errors import ConfigError
+from digest.subscribers import read_subscribers
 
 GOOD = """\
 newsletter:
@@ -50,17 +52,20 @@ def test_keyword_filters_match_title_and_summary_case_insensitively(tmp_path):
     assert not feed.wants("Django tips (Sponsored)", "")
 
 
-@pytest.mark.parametrize("text, line, field, words", [
-    ("feeds:\n  - url: [a\n  - b: c\n", 3, None, "not valid YAML"),
-    ("newsletter:\n  titel: X\nfeeds: []\n", 2, "newsletter.titel", "unknown key"),
-    ("feeds:\n  - name: A\n    section: News\n", 2, "feeds[0].url", "is required"),
-    ("feeds:\n  - url: https://a.example/feed\n    section: Sports\n", 3, "feeds[0].section", "unknown section"),
-    ("feeds:\n  - url: file:///etc/passwd\n", 2, "feeds[0].url", "http(s) URL"),
-    ("newsletter:\n  timezone: Mars/Olympus\nfeeds: []\n", 2, "newsletter.timezone", "unknown time zone"),
-    ("feeds:\n  - url: https://a.example/f\n  - url: https://a.example/f\n", 3, "feeds[1].url", "listed twice"),
-    ("newsletter:\n  subject: '{nope}'\nfeeds: []\n", 2, "newsletter.subject", "bad pattern"),
-    ("", 1, "feeds", "empty"),
-])
+@pytest.mark.parametrize(
+    "text, line, field, words",
+    [
+        ("feeds:\n  - url: [a\n  - b: c\n", 3, None, "not valid YAML"),
+        ("newsletter:\n  titel: X\nfeeds: []\n", 2, "newsletter.titel", "unknown key"),
+        ("feeds:\n  - name: A\n    section: News\n", 2, "feeds[0].url", "is required"),
+        ("feeds:\n  - url: https://a.example/feed\n    section: Sports\n", 3, "feeds[0].section", "unknown section"),
+        ("feeds:\n  - url: file:///etc/passwd\n", 2, "feeds[0].url", "http(s) URL"),
+        ("newsletter:\n  timezone: Mars/Olympus\nfeeds: []\n", 2, "newsletter.timezone", "unknown time zone"),
+        ("feeds:\n  - url: https://a.example/f\n  - url: https://a.example/f\n", 3, "feeds[1].url", "listed twice"),
+        ("newsletter:\n  subject: '{nope}'\nfeeds: []\n", 2, "newsletter.subject", "bad pattern"),
+        ("", 1, "feeds", "empty"),
+    ],
+)
 def test_bad_config_names_file_line_and_field(tmp_path, text, line, field, words):
     path = write(tmp_path, text)
     error = error_of(path)
@@ -75,9 +80,13 @@ def test_missing_config_says_how_to_make_one(tmp_path):
 
 
 def test_subscribers_merge_duplicates_and_report_bad_rows(tmp_path):
-    path = write(tmp_path, "email,name,status\nada@example.com,Ada,active\nnot-an-address,Bob,active\n"
-                           "ADA@example.com,Ada again,active\ngrace@example.com,Grace,unsubscribed\n"
-                           "grace@example.com,Grace,active\n", "subscribers.csv")
+    path = write(
+        tmp_path,
+        "email,name,status\nada@example.com,Ada,active\nnot-an-address,Bob,active\n"
+        "ADA@example.com,Ada again,active\ngrace@example.com,Grace,unsubscribed\n"
+        "grace@example.com,Grace,active\n",
+        "subscribers.csv",
+    )
     subscribers, problems = read_subscribers(path)
     assert [s.email.lower() for s in subscribers] == ["ada@example.com", "grace@example.com"]
     assert {s.email.lower(): s.status for s in subscribers}["grace@example.com"] == "unsubscribed"
@@ -92,13 +101,16 @@ def test_subscribers_merge_duplicates_and_report_bad_rows(tmp_path):
 FEED = "feeds:\n  - url: https://a.example/feed\n"
 
 
-@pytest.mark.parametrize("key, value", [
-    ("title", '"Digest\\nBcc: everyone@example.com"'),
-    ("from", '"Digest <d@example.com>\\r\\nBcc: everyone@example.com"'),
-    ("reply_to", '"editor@example.com\\rBcc: everyone@example.com"'),
-    ("subject", '"{title}\\nBcc: x@example.com"'),
-    ("subject", '"{title} {start:%n}"'),  # strftime's %n is a line break too
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("title", '"Digest\\nBcc: everyone@example.com"'),
+        ("from", '"Digest <d@example.com>\\r\\nBcc: everyone@example.com"'),
+        ("reply_to", '"editor@example.com\\rBcc: everyone@example.com"'),
+        ("subject", '"{title}\\nBcc: x@example.com"'),
+        ("subject", '"{title} {start:%n}"'),  # strftime's %n is a line break too
+    ],
+)
 def test_a_line_break_in_a_header_field_is_refused(tmp_path, key, value):
     path = write(tmp_path, f"newsletter:\n  language: en\n  {key}: {value}\n{FEED}")
     error = error_of(path)
@@ -112,19 +124,26 @@ def test_a_subject_pattern_that_cannot_be_filled_in_is_bad_input(tmp_path, subje
     assert (error.line, error.field) == (2, "newsletter.subject") and "bad pattern" in error.problem
 
 
-@pytest.mark.parametrize("text, line, field, words", [
-    ("{[a]: 1}\n", 1, None, "key must be plain text"),
-    ("feeds:\n  ? {a: 1}\n  : 2\n", 2, "feeds", "key must be plain text"),
-    ("feeds: &a [*a]\n", 1, None, "anchors (&a) are not supported"),
-    ("newsletter: {title: T}\nfeeds:\n  - url: https://a.example/f\n    name: *x\n", 4, None,
-     "aliases (*x) are not supported"),
-    (FEED + "collect:\n  timeout: 2026-13-45\n", 4, "collect.timeout", "cannot read '2026-13-45'"),
-    (FEED + "collect:\n  retries: !!int many\n", 4, "collect.retries", "cannot read 'many' as int"),
-    (FEED + "collect:\n  retries: !!python/name:os.system x\n", 4, "collect.retries", "constructor"),
-    ("feeds:\n  - url: 'http://[x/feed'\n", 2, "feeds[0].url", "http(s) URL"),
-    ("feeds:\n  - url: 'http://a.example:99999/feed'\n", 2, "feeds[0].url", "http(s) URL"),
-    (FEED + "collect:\n  timeout: .inf\n", 4, "collect.timeout", "finite"),
-])
+@pytest.mark.parametrize(
+    "text, line, field, words",
+    [
+        ("{[a]: 1}\n", 1, None, "key must be plain text"),
+        ("feeds:\n  ? {a: 1}\n  : 2\n", 2, "feeds", "key must be plain text"),
+        ("feeds: &a [*a]\n", 1, None, "anchors (&a) are not supported"),
+        (
+            "newsletter: {title: T}\nfeeds:\n  - url: https://a.example/f\n    name: *x\n",
+            4,
+            None,
+            "aliases (*x) are not supported",
+        ),
+        (FEED + "collect:\n  timeout: 2026-13-45\n", 4, "collect.timeout", "cannot read '2026-13-45'"),
+        (FEED + "collect:\n  max_attempts: !!int many\n", 4, "collect.max_attempts", "cannot read 'many' as int"),
+        (FEED + "collect:\n  max_attempts: !!python/name:os.system x\n", 4, "collect.max_attempts", "constructor"),
+        ("feeds:\n  - url: 'http://[x/feed'\n", 2, "feeds[0].url", "http(s) URL"),
+        ("feeds:\n  - url: 'http://a.example:99999/feed'\n", 2, "feeds[0].url", "http(s) URL"),
+        (FEED + "collect:\n  timeout: .inf\n", 4, "collect.timeout", "finite"),
+    ],
+)
 def test_yaml_the_loader_refuses_is_one_line_not_a_traceback(tmp_path, text, line, field, words):
     path = write(tmp_path, text)
     error = error_of(path)
@@ -132,54 +151,78 @@ def test_yaml_the_loader_refuses_is_one_line_not_a_traceback(tmp_path, text, lin
     assert words in error.problem and str(error).startswith(f"{path}:{line}: ") and "\n" not in str(error)
 
 
-@pytest.mark.parametrize("section, key, value, words", [
-    ("collect", "timeout", 0, "more than 0"),
-    ("collect", "timeout", -1.5, "more than 0"),
-    ("collect", "max_megabytes", 0, "more than 0"),
-    ("collect", "retries", -1, "at least 0"),
-    ("collect", "concurrency", 0, "at least 1"),
-    ("smtp", "port", 0, "at least 1"),
-    ("smtp", "port", 65536, "at most 65535"),
-    ("smtp", "timeout", 0, "more than 0"),
-    ("smtp", "connections", 0, "at least 1"),
-    ("smtp", "max_attempts", 0, "at least 1"),
-    ("smtp", "backoff", -1, "at least 0"),
-    ("buttondown", "timeout", -3, "more than 0"),
-    ("buttondown", "max_attempts", 0, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("collect", "timeout", 0, "more than 0"),
+        ("collect", "timeout", -1.5, "more than 0"),
+        ("collect", "max_megabytes", 0, "more than 0"),
+        ("collect", "retries", -1, "at least 0"),
+        ("collect", "max_attempts", 0, "at least 1"),
+        ("collect", "backoff", -1, "at least 0"),
+        ("smtp", "security", "tls", "must be starttls, ssl or none"),
+        ("collect", "concurrency", 0, "at least 1"),
+        ("smtp", "port", 0, "at least 1"),
+        ("smtp", "port", 65536, "at most 65535"),
+        ("smtp", "timeout", 0, "more than 0"),
+        ("smtp", "connections", 0, "at least 1"),
+        ("smtp", "max_attempts", 0, "at least 1"),
+        ("smtp", "backoff", -1, "at least 0"),
+        ("buttondown", "timeout", -3, "more than 0"),
+        ("buttondown", "max_attempts", 0, "at least 1"),
+    ],
+)
 def test_settings_out_of_range_are_refused_not_clamped(tmp_path, section, key, value, words):
     error = error_of(write(tmp_path, f"{FEED}{section}:\n  {key}: {value}\n"))
     assert (error.line, error.field) == (4, f"{section}.{key}") and words in error.problem
 
 
 def test_settings_in_range_are_kept(tmp_path):
-    config = load_config(write(tmp_path, f"{FEED}collect:\n  retries: 0\n  concurrency: 1\n  timeout: 0.5\n"
-                                         f"smtp:\n  port: 65535\n  backoff: 0\n"))
-    assert (config.collect.retries, config.collect.concurrency, config.collect.timeout) == (0, 1, 0.5)
-    assert (config.smtp.port, config.smtp.backoff) == (65535, 0)
+    config = load_config(
+        write(
+            tmp_path,
+            f"{FEED}collect:\n  max_attempts: 1\n  concurrency: 1\n  timeout: 0.5\n"
+            f"  backoff: 0\nsmtp:\n  port: 65535\n  backoff: 0\n",
+        )
+    )
+    assert (config.collect.max_attempts, config.collect.concurrency, config.collect.timeout) == (1, 1, 0.5)
+    assert config.collect.backoff == 0 and config.warnings == ()
+    assert (config.backends["smtp"].port, config.backends["smtp"].backoff) == (65535, 0)
 
 
-@pytest.mark.parametrize("url, ok", [
-    ("https://api.buttondown.com/v1", True),
-    ("http://127.0.0.1:8025/v1", True),
-    ("http://[::1]:8025/v1", True),
-    ("http://localhost/v1", True),
-    ("http://api.buttondown.com/v1", False),
-    ("http://127.0.0.1.example.com/v1", False),
-    ("ftp://127.0.0.1/v1", False),
-])
+def test_the_retries_of_earlier_releases_are_read_with_a_deprecation_line(tmp_path):
+    path = write(tmp_path, f"{FEED}collect:\n  retries: 0\n")
+    config = load_config(path)
+    assert config.collect.max_attempts == 1
+    assert config.warnings == (
+        f"{path}:4: collect.retries is deprecated: write max_attempts: 1 instead (one attempt more than retries)",
+    )
+
+
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("https://api.buttondown.com/v1", True),
+        ("http://127.0.0.1:8025/v1", True),
+        ("http://[::1]:8025/v1", True),
+        ("http://localhost/v1", True),
+        ("http://api.buttondown.com/v1", False),
+        ("http://127.0.0.1.example.com/v1", False),
+        ("ftp://127.0.0.1/v1", False),
+    ],
+)
 def test_the_buttondown_key_only_travels_over_https_or_loopback(tmp_path, monkeypatch, url, ok):
     monkeypatch.delenv("BUTTONDOWN_API_URL", raising=False)
     path = write(tmp_path, f"{FEED}buttondown:\n  api_url: '{url}'\n")
     if ok:
-        assert load_config(path).buttondown.api_url == url
+        assert load_config(path).backends["buttondown"].api_url == url
     else:
         error = error_of(path)
         assert (error.line, error.field) == (4, "buttondown.api_url") and "https" in error.problem
     monkeypatch.setenv("BUTTONDOWN_API_URL", url)
     path = write(tmp_path, FEED)
     if ok:
-        assert load_config(path).buttondown.api_url == url
+        assert load_config(path).backends["buttondown"].api_url == url
     else:
         assert str(error_of(path)).startswith("BUTTONDOWN_API_URL: must be an https URL")
 
@@ -225,12 +268,18 @@ def test_unreadable_subscribers_file_is_one_line(tmp_path, monkeypatch):
 
 
 def test_subscriber_names_lose_control_characters_and_addresses_with_them_are_refused(tmp_path):
-    path = write(tmp_path, 'email,name\nada@example.com,"Ada\r\nBcc: all@example.com"\n'
-                           "grace@example.com,Gr\x00ace\u202e \x7fHopper\u200b\n"
-                           "nul\x00@example.com,Nul\n", "subscribers.csv")
+    path = write(
+        tmp_path,
+        'email,name\nada@example.com,"Ada\r\nBcc: all@example.com"\n'
+        "grace@example.com,Gr\x00ace\u202e \x7fHopper\u200b\n"
+        "nul\x00@example.com,Nul\n",
+        "subscribers.csv",
+    )
     subscribers, problems = read_subscribers(path)
-    assert [(s.email, s.name) for s in subscribers] == [("ada@example.com", "Ada Bcc: all@example.com"),
-                                                        ("grace@example.com", "Gr ace Hopper")]
+    assert [(s.email, s.name) for s in subscribers] == [
+        ("ada@example.com", "Ada Bcc: all@example.com"),
+        ("grace@example.com", "Gr ace Hopper"),
+    ]
     assert [(p.line, p.field) for p in problems] == [(5, "email")]
 
 
@@ -238,29 +287,35 @@ def test_an_smtp_password_never_goes_unencrypted_to_another_machine(tmp_path):
     error = error_of(write(tmp_path, f"{FEED}smtp:\n  host: mail.example.com\n  security: none\n  username: ada\n"))
     assert error.field == "smtp.security" and "unencrypted" in error.problem
     local = load_config(write(tmp_path, f"{FEED}smtp:\n  host: 127.0.0.1\n  security: none\n  username: ada\n"))
-    assert local.smtp.username == "ada"  # a relay on this machine
+    assert local.backends["smtp"].username == "ada"  # a relay on this machine
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("unsubscribe_url", "https://x.example/u", "must hold {token}"),
-    ("unsubscribe_url", "https://x.example/u?t={0}&token={token}", "unknown placeholder {0}"),
-    ("unsubscribe_url", "https://x.example/u?t={token", "bad pattern"),
-    ("archive_url", "https://x.example/{week}/", "unknown placeholder {week}"),
-    ("from", "not an address", "must be an email address"),
-    ("reply_to", "editor at example.com", "must be an email address"),
-    ("from", "Ünï <ü@example.com>", "ASCII local part"),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("unsubscribe_url", "https://x.example/u", "must hold {token}"),
+        ("unsubscribe_url", "https://x.example/u?t={0}&token={token}", "unknown placeholder {0}"),
+        ("unsubscribe_url", "https://x.example/u?t={token", "bad pattern"),
+        ("archive_url", "https://x.example/{week}/", "unknown placeholder {week}"),
+        ("from", "not an address", "must be an email address"),
+        ("reply_to", "editor at example.com", "must be an email address"),
+        ("from", "Ünï <ü@example.com>", "ASCII local part"),
+    ],
+)
 def test_settings_that_would_break_a_later_command_are_refused_when_read(tmp_path, key, value, words):
     text = GOOD.replace("  title: Django Digest\n", f"  title: Django Digest\n  {key}: '{value}'\n")
     error = error_of(write(tmp_path, text))
     assert error.line == 3 and error.field == f"newsletter.{key}" and words in error.problem
 
 
-@pytest.mark.parametrize("value, header", [
-    ("Digest <redaktion@bücher.example>", "Digest <redaktion@xn--bcher-kva.example>"),  # IDNA, as mail needs
-    ("Dj\u202eango \u2066Digest <d@example.com>", "Django Digest <d@example.com>"),  # no bidi controls
-    ('"Zoë, \\"the\\" editor" <z@example.com>', '"Zoë, \\"the\\" editor" <z@example.com>'),  # quoted as needed
-])
+@pytest.mark.parametrize(
+    "value, header",
+    [
+        ("Digest <redaktion@bücher.example>", "Digest <redaktion@xn--bcher-kva.example>"),  # IDNA, as mail needs
+        ("Dj\u202eango \u2066Digest <d@example.com>", "Django Digest <d@example.com>"),  # no bidi controls
+        ('"Zoë, \\"the\\" editor" <z@example.com>', '"Zoë, \\"the\\" editor" <z@example.com>'),  # quoted as needed
+    ],
+)
 def test_the_sender_is_kept_in_a_form_a_mail_header_carries(tmp_path, value, header):
     text = GOOD.replace("  title: Django Digest\n", f"  title: Django Digest\n  from: '{value}'\n")
     assert load_config(write(tmp_path, text)).newsletter.from_address == header

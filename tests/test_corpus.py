@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import feedparser
 import pytest
 
-from conftest import CORPUS, write_config
 from digest import jobs, store
 from digest.config import CollectSettings, load_config
 from digest.draft import read_draft
-from feedserver import Route
 
-NOW = datetime(2026, 4, 3, 12, 0, tzinfo=timezone.utc)
+from conftest import CORPUS, write_config
+from helpers.feeds import Route
+
+NOW = datetime(2026, 4, 3, 12, 0, tzinfo=UTC)
 BEFORE = NOW - timedelta(days=30)  # an issue sent before the corpus was first collected
 FILES = sorted(path for path in CORPUS.iterdir() if path.suffix != ".md") if CORPUS.is_dir() else []
 # Documents that are no feed at all, or so broken that no post with a link survives: reported, not stored.
 NOT_FEEDS = {
-    "mf__iso88591_utf8_mismatch.xml", "fp__illformed_rss_empty_document.xml", "fp__illformed_aaa_illformed.xml",
-    "fp__illformed_rss_incomplete_cdata.xml", "fp__illformed_undeclared_namespace.xml",
+    "mf__iso88591_utf8_mismatch.xml",
+    "fp__illformed_rss_empty_document.xml",
+    "fp__illformed_aaa_illformed.xml",
+    "fp__illformed_rss_incomplete_cdata.xml",
+    "fp__illformed_undeclared_namespace.xml",
     "fp__encoding_bozo_invalid-bytes-with-bom.xml",
 }
 ALLOWED_SCHEMES = ("http://", "https://", "mailto:")
@@ -43,8 +47,9 @@ class Audit(HTMLParser):
                 self.problems.append(f"{tag} {name}=")
             if name in ("href", "src") and not (value or "").startswith(ALLOWED_SCHEMES):
                 self.problems.append(f"{tag} {name}={value!r}")
-        if tag == "img" and any((attributes.get(side) or "").strip() in ("0", "1", "1px")
-                                for side in ("width", "height")):
+        if tag == "img" and any(
+            (attributes.get(side) or "").strip() in ("0", "1", "1px") for side in ("width", "height")
+        ):
             self.problems.append(f"1x1 image {attributes.get('src')}")
 
 
@@ -56,27 +61,27 @@ def audit(fragment: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory, request):
+def collected(tmp_path_factory):
     if not FILES:
         pytest.fail(f"the feed corpus is missing: {CORPUS}")
-    from feedserver import FeedServer
+    from helpers.feeds import FeedServer
 
     server = FeedServer().start()
-    request.addfinalizer(server.stop)
     directory = tmp_path_factory.mktemp("corpus")
     for path in FILES:
         server.routes[f"/{path.name}"] = Route(path.read_bytes(), headers={"Content-Type": "application/xml"})
     feeds = [{"name": path.name, "url": server.url(f"/{path.name}"), "section": "Articles"} for path in FILES]
     config = load_config(write_config(directory, feeds))
     db = store.open_db(directory / "digest.db")
-    settings = CollectSettings(timeout=10.0, retries=0)
+    settings = CollectSettings(timeout=10.0, max_attempts=1)
     first = jobs.collect(config, db, now=NOW, settings=settings)
     second = jobs.collect(config, db, now=NOW, settings=settings)
-    return db, first, second
+    yield db, first, second
+    server.stop()
 
 
 def test_every_corpus_file_is_collected_or_reported_without_an_exception(collected):
-    db, first, _ = collected
+    _db, first, _ = collected
     assert len(first.feeds) == len(FILES)
     failed = {feed.name: feed.error for feed in first.failed}
     assert set(failed) == NOT_FEEDS, failed
@@ -149,8 +154,11 @@ def test_every_distinct_post_of_the_corpus_is_stored_once_and_reaches_one_issue(
     # One issue, built once an issue has been sent, offers every one of them: in the email, or held back.
     feeds = [{"name": row["name"], "url": row["url"], "section": "Articles"} for row in db["feeds"].rows]
     config = load_config(write_config(tmp_path, feeds))
-    db.execute("INSERT INTO issues (id, subject, status, created_at, sent_at, built_at) "
-               "VALUES ('2026-W13', 's', 'sent', ?, ?, ?)", [store.iso(BEFORE)] * 3)
+    db.execute(
+        "INSERT INTO issues (id, subject, status, created_at, sent_at, built_at) "
+        "VALUES ('2026-W13', 's', 'sent', ?, ?, ?)",
+        [store.iso(BEFORE)] * 3,
+    )
     try:
         built = jobs.build(config, db, "2026-W14", now=NOW)
         draft = read_draft(built.draft)

@@ -15,11 +15,12 @@ from email import policy
 
 import pytest
 
-from digest import jobs, store
+from digest import sending, store
 from digest.config import load_config
 from digest.sample import SAMPLE_WEEK, run_demo
 
-CHROMIUM = "/usr/bin/chromium"
+from helpers.browser import chromium
+
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 
@@ -32,8 +33,7 @@ def demo(tmp_path_factory):
     try:
         config = load_config(directory / "feeds.yaml")
         db = store.open_db(directory / "digest.db")
-        plan = jobs.plan_send(config, db, SAMPLE_WEEK, "smtp", dry_run=True)
-        eml = jobs.dry_run(config, plan)[0]
+        eml = sending.dry_run_issue(config, db, SAMPLE_WEEK)[1][0]
     finally:
         del os.environ["DIGEST_UNSUBSCRIBE_SECRET"]
     return directory, eml
@@ -43,11 +43,12 @@ def test_spamassassin_scores_the_demo_message_below_half_a_point(demo):
     if shutil.which("spamassassin") is None:
         pytest.fail("spamassassin is missing: apt-get install spamassassin", pytrace=False)
     _, eml = demo
-    checked = subprocess.run(["spamassassin", "-t", "-L"], input=eml.read_bytes(), capture_output=True,
-                             timeout=120, check=True)
+    checked = subprocess.run(
+        ["spamassassin", "-t", "-L"], input=eml.read_bytes(), capture_output=True, timeout=120, check=True
+    )
     report = checked.stdout.decode("utf-8", "replace")
-    score = float(re.search(r"^X-Spam-Status: \w+, score=(-?[\d.]+)", report, re.M)[1])
-    assert score < 0.5, report[report.find("Content analysis details"):]
+    score = float(re.search(r"^X-Spam-Status: \w+, score=(-?[\d.]+)", report, re.MULTILINE)[1])
+    assert score < 0.5, report[report.find("Content analysis details") :]
 
 
 def test_the_demo_message_carries_the_headers_of_a_newsletter(demo):
@@ -57,7 +58,7 @@ def test_the_demo_message_carries_the_headers_of_a_newsletter(demo):
     assert message["Precedence"] == "bulk" and message["Auto-Submitted"] == "auto-generated"
     assert message["X-Auto-Response-Suppress"] == "OOF, AutoReply"
     html = message.get_body(("html",)).get_content()
-    assert re.search(r"<h1[^>]*>.*Django Digest.*</h1>", html, re.S)
+    assert re.search(r"<h1[^>]*>.*Django Digest.*</h1>", html, re.DOTALL)
     assert "<!--[if mso]><style>" in html and "font-family: Arial, Helvetica, sans-serif" in html
     hidden = re.search(r'<div style="display:none;[^"]*">', html)[0]
     assert "color" not in hidden  # hidden by display and size, not by a colour (HTML_FONT_LOW_CONTRAST)
@@ -65,22 +66,12 @@ def test_the_demo_message_carries_the_headers_of_a_newsletter(demo):
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_axe_finds_no_wcag_21_aa_violation_in_the_demo_email(demo, scheme):
-    playwright_api = pytest.importorskip("playwright.sync_api")
     from axe_playwright_python.sync_playwright import Axe
 
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver", pytrace=False)
     directory, _ = demo
     html_path = directory / "drafts" / f"{SAMPLE_WEEK}.html"
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"])
-        try:
-            page = browser.new_context(color_scheme=scheme).new_page()
-            page.goto(html_path.as_uri())
-            results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG_21_AA}})
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_context(color_scheme=scheme).new_page()
+        page.goto(html_path.as_uri())
+        results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG_21_AA}})
     assert results.violations_count == 0, results.generate_report()

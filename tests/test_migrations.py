@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,13 +46,39 @@ def test_a_database_of_release_0_1_0_is_upgraded_in_place_and_keeps_its_data(old
 def test_an_upgraded_database_recognizes_its_posts_and_takes_new_ones(old_db):
     db = store.open_db(old_db)
     known = db.execute("SELECT id, canonical_url, title FROM posts WHERE feed_url = ? LIMIT 1", [BLOGS]).fetchone()
-    now = datetime(2026, 4, 12, tzinfo=timezone.utc)
-    seen_again = Post(id="another-id-scheme", feed_url=BLOGS, canonical_url=known[1], title=known[2], author=None,
-                      summary="", content_html="", published_at=None, url_key=url_key(known[1]))
-    new = Post(id="new", feed_url=BLOGS, canonical_url="https://blog.example.com/new/", title="New", author=None,
-               summary="", content_html="", published_at=now, url_key=url_key("https://blog.example.com/new/"))
-    added = store.record_fetch(db, url=BLOGS, name="Blogs", section="Articles", outcome=store.FetchOutcome(status=200),
-                               posts=[seen_again, new], now=now, configured={BLOGS})
+    now = datetime(2026, 4, 12, tzinfo=UTC)
+    seen_again = Post(
+        id="another-id-scheme",
+        feed_url=BLOGS,
+        canonical_url=known[1],
+        title=known[2],
+        author=None,
+        summary="",
+        content_html="",
+        published_at=None,
+        url_key=url_key(known[1]),
+    )
+    new = Post(
+        id="new",
+        feed_url=BLOGS,
+        canonical_url="https://blog.example.com/new/",
+        title="New",
+        author=None,
+        summary="",
+        content_html="",
+        published_at=now,
+        url_key=url_key("https://blog.example.com/new/"),
+    )
+    added = store.record_fetch(
+        db,
+        url=BLOGS,
+        name="Blogs",
+        section="Articles",
+        outcome=store.FetchOutcome(status=200),
+        posts=[seen_again, new],
+        now=now,
+        configured={BLOGS},
+    )
     assert added == 1 and db["posts"].count == 32
 
 
@@ -84,21 +110,38 @@ def test_posts_stored_by_0_1_0_are_found_by_their_links_as_this_release_cleans_t
     legacy.executemany(
         "INSERT INTO posts (id, canonical_url, feed_url, title, summary, content_html, published_at, dated_by_feed, "
         "first_seen_at) VALUES (?, ?, ?, ?, '', '', '2026-04-01T10:00:00+00:00', 1, '2026-04-01T10:00:00+00:00')",
-        [("legacy-ref", "https://ghost.example.com/post/?ref=rss", BLOGS, "Ghost post"),
-         ("legacy-page", "https://micro.example.com/2026/04/01.html", BLOGS, "Microblog page")])
-    legacy.executemany("INSERT INTO issue_posts (issue_id, post_id, added_at) VALUES ('2026-W14', ?, '')",
-                       [("legacy-ref",), ("legacy-page",)])
+        [
+            ("legacy-ref", "https://ghost.example.com/post/?ref=rss", BLOGS, "Ghost post"),
+            ("legacy-page", "https://micro.example.com/2026/04/01.html", BLOGS, "Microblog page"),
+        ],
+    )
+    legacy.executemany(
+        "INSERT INTO issue_posts (issue_id, post_id, added_at) VALUES ('2026-W14', ?, '')",
+        [("legacy-ref",), ("legacy-page",)],
+    )
     legacy.commit()
     legacy.close()
     from digest.parse import parse_feed
-    from feedserver import rss
+
+    from helpers.feeds import rss
 
     db = store.open_db(old_db)
-    entries = rss([{"title": "Ghost post", "link": "https://ghost.example.com/post/?ref=rss", "description": "x"},
-                   {"title": "First thought", "link": "https://micro.example.com/2026/04/01.html#a1", "description": "x"},
-                   {"title": "Second thought", "link": "https://micro.example.com/2026/04/01.html#a2",
-                    "description": "y"}])
+    entries = rss(
+        [
+            {"title": "Ghost post", "link": "https://ghost.example.com/post/?ref=rss", "description": "x"},
+            {"title": "First thought", "link": "https://micro.example.com/2026/04/01.html#a1", "description": "x"},
+            {"title": "Second thought", "link": "https://micro.example.com/2026/04/01.html#a2", "description": "y"},
+        ]
+    )
     posts = parse_feed(entries, BLOGS).posts
-    added = store.record_fetch(db, url=BLOGS, name="Blogs", section="Articles", outcome=store.FetchOutcome(status=200),
-                               posts=posts, now=datetime(2026, 4, 12, tzinfo=timezone.utc), configured={BLOGS})
+    added = store.record_fetch(
+        db,
+        url=BLOGS,
+        name="Blogs",
+        section="Articles",
+        outcome=store.FetchOutcome(status=200),
+        posts=posts,
+        now=datetime(2026, 4, 12, tzinfo=UTC),
+        configured={BLOGS},
+    )
     assert added == 1  # the second thought on that page: 0.1.0 had merged it into the page, and never sent it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,8 +18,10 @@ def rss_item(**fields: str) -> str:
 
 
 def rss(*items: str) -> bytes:
-    return ('<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Blog</title>'
-            f'<link>https://blog.example.com/</link>{"".join(items)}</channel></rss>').encode()
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Blog</title>'
+        f"<link>https://blog.example.com/</link>{''.join(items)}</channel></rss>"
+    ).encode()
 
 
 def escaped(fragment: str) -> str:
@@ -32,25 +34,28 @@ def one_post(item: str):
     return parsed.posts[0]
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("https://Blog.Example.com/a/?utm_source=rss&utm_medium=feed", "https://blog.example.com/a/"),
-    ("https://blog.example.com/a/?id=3&fbclid=x&gclid=y#comments", "https://blog.example.com/a/?id=3#comments"),
-    ("https://blog.example.com/a/?ref=newsletter&source=rss----5517fd7b58a6---4", "https://blog.example.com/a/"),
-    ("https://blog.example.com/a/#utm_source=feed", "https://blog.example.com/a/"),
-    ("http://x.example.com/?q=a+b%2Bc&t=%E9", "http://x.example.com/?q=a+b%2Bc&t=%E9"),  # the query as written
-    ("http://x.example.com/#!/news?id=42", "http://x.example.com/#!/news?id=42"),  # an app's route, not a tracker
-    ("http://x.example.com/p#tk.rss_all", "http://x.example.com/p"),
-    ("https://github.com/a/b/tree?ref=main", "https://github.com/a/b/tree?ref=main"),  # a branch on a code host
-    ("http://x.example.com/f?source=main.py&ref=hn", "http://x.example.com/f?source=main.py"),
-    ("https://blog.example.com:443/a", "https://blog.example.com/a"),
-    ("http://blog.example.com:8080/a?mc_cid=1&page=2", "http://blog.example.com:8080/a?page=2"),
-    ("/relative/post/", "https://blog.example.com/relative/post/"),
-    ("https://blog.example.com", "https://blog.example.com/"),
-    ("javascript:alert(1)", None),
-    ("mailto:someone@example.com", None),
-    ("cocoa-dom:tcmportmapper", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://Blog.Example.com/a/?utm_source=rss&utm_medium=feed", "https://blog.example.com/a/"),
+        ("https://blog.example.com/a/?id=3&fbclid=x&gclid=y#comments", "https://blog.example.com/a/?id=3#comments"),
+        ("https://blog.example.com/a/?ref=newsletter&source=rss----5517fd7b58a6---4", "https://blog.example.com/a/"),
+        ("https://blog.example.com/a/#utm_source=feed", "https://blog.example.com/a/"),
+        ("http://x.example.com/?q=a+b%2Bc&t=%E9", "http://x.example.com/?q=a+b%2Bc&t=%E9"),  # the query as written
+        ("http://x.example.com/#!/news?id=42", "http://x.example.com/#!/news?id=42"),  # an app's route, not a tracker
+        ("http://x.example.com/p#tk.rss_all", "http://x.example.com/p"),
+        ("https://github.com/a/b/tree?ref=main", "https://github.com/a/b/tree?ref=main"),  # a branch on a code host
+        ("http://x.example.com/f?source=main.py&ref=hn", "http://x.example.com/f?source=main.py"),
+        ("https://blog.example.com:443/a", "https://blog.example.com/a"),
+        ("http://blog.example.com:8080/a?mc_cid=1&page=2", "http://blog.example.com:8080/a?page=2"),
+        ("/relative/post/", "https://blog.example.com/relative/post/"),
+        ("https://blog.example.com", "https://blog.example.com/"),
+        ("javascript:alert(1)", None),
+        ("mailto:someone@example.com", None),
+        ("cocoa-dom:tcmportmapper", None),
+        ("", None),
+    ],
+)
 def test_clean_url_is_absolute_http_without_tracking(url, expected):
     assert clean_url(url, FEED) == expected
 
@@ -76,24 +81,41 @@ def test_a_guid_repeated_inside_one_document_gives_one_post():
 
 def test_dates_come_from_published_then_updated_then_nothing():
     published = one_post(rss_item(title="P", guid="p", pubDate="Sun, 05 Apr 2026 23:30:00 +0100"))
-    assert published.published_at == datetime(2026, 4, 5, 22, 30, tzinfo=timezone.utc)
-    atom = ('<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
-            '<entry><title>U</title><id>u</id><updated>2026-04-01T10:00:00Z</updated></entry></feed>').encode()
-    assert parse_feed(atom, FEED).posts[0].published_at == datetime(2026, 4, 1, 10, tzinfo=timezone.utc)
+    assert published.published_at == datetime(2026, 4, 5, 22, 30, tzinfo=UTC)
+    atom = (
+        b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
+        b"<entry><title>U</title><id>u</id><updated>2026-04-01T10:00:00Z</updated></entry></feed>"
+    )
+    assert parse_feed(atom, FEED).posts[0].published_at == datetime(2026, 4, 1, 10, tzinfo=UTC)
     assert one_post(rss_item(title="N", guid="n")).published_at is None
 
 
 def test_sanitizing_keeps_text_and_safe_links_and_drops_everything_active():
-    dirty = ('<p onclick="x()" style="color:red">Hello <a href="/next/" onmouseover="y()">next</a> '
-             '<a href="javascript:alert(1)">bad</a> <a href="#fn1">1</a></p>'
-             '<script>alert("x")</script><iframe src="https://evil.example/"></iframe>'
-             '<form action="https://evil.example/"><input name="q"></form><style>p{}</style>'
-             '<img src="https://track.example.com/open.gif" width="1" height="1">'
-             '<img src="https://feeds.feedburner.com/~r/blog/~4/abc">'
-             '<img src="/images/chart.png" alt="Chart">')
+    dirty = (
+        '<p onclick="x()" style="color:red">Hello <a href="/next/" onmouseover="y()">next</a> '
+        '<a href="javascript:alert(1)">bad</a> <a href="#fn1">1</a></p>'
+        '<script>alert("x")</script><iframe src="https://evil.example/"></iframe>'
+        '<form action="https://evil.example/"><input name="q"></form><style>p{}</style>'
+        '<img src="https://track.example.com/open.gif" width="1" height="1">'
+        '<img src="https://feeds.feedburner.com/~r/blog/~4/abc">'
+        '<img src="/images/chart.png" alt="Chart">'
+    )
     clean = sanitize_html(dirty, base="https://blog.example.com/posts/1/")
-    for banned in ("<script", "alert", "<iframe", "<form", "<input", "<style", "onclick", "onmouseover",
-                   "style=", "javascript:", "open.gif", "feedburner", 'href="#'):
+    for banned in (
+        "<script",
+        "alert",
+        "<iframe",
+        "<form",
+        "<input",
+        "<style",
+        "onclick",
+        "onmouseover",
+        "style=",
+        "javascript:",
+        "open.gif",
+        "feedburner",
+        'href="#',
+    ):
         assert banned not in clean
     assert '<a href="https://blog.example.com/next/"' in clean
     assert '<img src="https://blog.example.com/images/chart.png" alt="Chart"' in clean
@@ -101,8 +123,10 @@ def test_sanitizing_keeps_text_and_safe_links_and_drops_everything_active():
 
 
 def test_summary_is_plain_text_of_one_or_two_sentences_under_the_limit():
-    body = ("<h1>Django 6.0 released</h1><p>The Django team is happy to announce <b>Django 6.0</b>. "
-            "It brings background tasks. It also adds template partials. And much more besides.</p>")
+    body = (
+        "<h1>Django 6.0 released</h1><p>The Django team is happy to announce <b>Django 6.0</b>. "
+        "It brings background tasks. It also adds template partials. And much more besides.</p>"
+    )
     post = one_post(rss_item(title="Django 6.0 released", guid="r", description=escaped(body)))
     assert post.summary == "The Django team is happy to announce Django 6.0. It brings background tasks."
     long_sentence = "word " * 120
@@ -110,30 +134,37 @@ def test_summary_is_plain_text_of_one_or_two_sentences_under_the_limit():
     assert len(cut) <= 300 and cut.endswith("…") and not cut.endswith(" …") and "wor…" not in cut
 
 
-@pytest.mark.parametrize("footer", [
-    "<p>The post Short post appeared first on Example Blog.</p>",  # WordPress
-    '<p><small>9 posts - 6 participants</small></p><p><a href="https://forum.example.com/t/1">Read full topic</a></p>',
-])
+@pytest.mark.parametrize(
+    "footer",
+    [
+        "<p>The post Short post appeared first on Example Blog.</p>",  # WordPress
+        "<p><small>9 posts - 6 participants</small></p>"
+        '<p><a href="https://forum.example.com/t/1">Read full topic</a></p>',
+    ],
+)
 def test_generator_boilerplate_is_not_part_of_the_summary(footer):
     post = one_post(rss_item(title="Short", guid="s", description=escaped("<p>Short post.</p>" + footer)))
     assert post.summary == "Short post."
 
 
 def test_relative_links_resolve_against_xml_base_else_the_posts_own_address():
-    atom = ('<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>Aggregator</title>'
-            '<entry><title>A</title><id>a</id><link href="https://other.example.net/posts/a/"/>'
-            '<content type="html">&lt;a href="/next/"&gt;next&lt;/a&gt;</content></entry>'
-            '<entry xml:base="https://based.example.org/blog/"><title>B</title><id>b</id>'
-            '<link href="https://other.example.net/posts/b/"/>'
-            '<content type="html">&lt;img src="img/b.png" alt="b"&gt;</content></entry></feed>').encode()
+    atom = (
+        b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>Aggregator</title>'
+        b'<entry><title>A</title><id>a</id><link href="https://other.example.net/posts/a/"/>'
+        b'<content type="html">&lt;a href="/next/"&gt;next&lt;/a&gt;</content></entry>'
+        b'<entry xml:base="https://based.example.org/blog/"><title>B</title><id>b</id>'
+        b'<link href="https://other.example.net/posts/b/"/>'
+        b'<content type="html">&lt;img src="img/b.png" alt="b"&gt;</content></entry></feed>'
+    )
     first, second = parse_feed(atom, "https://aggregator.example.com/atom.xml").posts
     assert 'href="https://other.example.net/next/"' in first.content_html
     assert 'src="https://based.example.org/blog/img/b.png"' in second.content_html
 
 
 def test_a_post_without_title_takes_one_from_its_text_and_a_post_without_link_keeps_no_url():
-    post = one_post(rss_item(description="Just shipped a small fix to django-upgrade. Try it!",
-                             guid="tag:blog.example.com,2026:42"))
+    post = one_post(
+        rss_item(description="Just shipped a small fix to django-upgrade. Try it!", guid="tag:blog.example.com,2026:42")
+    )
     assert post.title == "Just shipped a small fix to django-upgrade." and post.canonical_url is None
     assert post.summary == "Try it!"  # the sentence that became the title is not repeated
     micro = one_post(rss_item(description="A link-blog post that is one sentence.", guid="m"))
@@ -167,8 +198,10 @@ def test_posts_recovered_from_a_slightly_broken_feed_are_kept_with_a_warning():
 
 
 def test_undeclared_encoding_is_taken_from_the_http_header():
-    body = ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
-            '<item><title>Caf\xe9 cr\xe8me</title><guid>c</guid></item></channel></rss>').encode("latin-1")
+    body = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        "<item><title>Caf\xe9 cr\xe8me</title><guid>c</guid></item></channel></rss>"
+    ).encode("latin-1")
     parsed = parse_feed(body, FEED, {"Content-Type": "application/rss+xml; charset=iso-8859-1"})
     assert parsed.posts[0].title == "Café crème"
 

@@ -9,37 +9,48 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
-from digest import preview as preview_module
 from digest.config import load_config
-from digest.draft import draft_path, read_draft, write_draft
+from digest.draft import draft_path, write_draft
 from digest.models import Draft, DraftItem, DraftSection
 from digest.preview import GMAIL_CLIP_BYTES, Preview, PreviewServer
 
-CHROMIUM = "/usr/bin/chromium"
-WEEK = "2026-W14"
+from conftest import write_config
+from helpers.browser import chromium
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-if not os.path.exists(CHROMIUM):  # .ci/run installs it; a developer machine may not have it
-    pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver", pytrace=False)
+WEEK = "2026-W14"
 
 
 def make_draft(items: int = 6) -> Draft:
     sections = [DraftSection(title="News"), DraftSection(title="Articles")]
     for n in range(items):
-        sections[n % 2].items.append(DraftItem(
-            title=f"Item {n}: what is new in Django",
-            url=f"https://blog.example.com/2026/04/a-very-long-slug-that-should-wrap-nicely-on-a-phone-{n}/",
-            summary="A short summary of the post, one or two sentences long, as an editor would keep it.",
-            source="blog.example.com", author="Ada", published=date(2026, 4, 1)))
-    return Draft(issue=WEEK, week_start=date(2026, 3, 30), week_end=date(2026, 4, 5),
-                 subject="Django Digest – Mar 30 to Apr 5", intro="Hello, readers.", sections=sections)
+        sections[n % 2].items.append(
+            DraftItem(
+                title=f"Item {n}: what is new in Django",
+                url=f"https://blog.example.com/2026/04/a-very-long-slug-that-should-wrap-nicely-on-a-phone-{n}/",
+                summary="A short summary of the post, one or two sentences long, as an editor would keep it.",
+                source="blog.example.com",
+                author="Ada",
+                published=date(2026, 4, 1),
+            )
+        )
+    return Draft(
+        issue=WEEK,
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="Django Digest – Mar 30 to Apr 5",
+        intro="Hello, readers.",
+        sections=sections,
+    )
 
 
 @pytest.fixture
 def site(tmp_path):
-    config_path = write_config(tmp_path, [], archive_url="https://digest.example.com/issues/{issue}/",
-                               **{"from": "Django Digest <digest@example.com>"})
+    config_path = write_config(
+        tmp_path,
+        [],
+        archive_url="https://digest.example.com/issues/{issue}/",
+        **{"from": "Django Digest <digest@example.com>"},
+    )
     config = load_config(config_path)
     path = draft_path(config.drafts_dir, WEEK)
     write_draft(path, make_draft())
@@ -50,13 +61,8 @@ def site(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"])
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -117,7 +123,8 @@ def test_editing_the_draft_updates_the_page_without_a_reload(site, page):
     edit(path, "Item 3: what is new in Django", "Item 3: rewritten by the editor")
     page.wait_for_function(
         "document.getElementById('mobile').contentDocument?.body?.innerText.includes('rewritten by the editor')",
-        timeout=5000)
+        timeout=5000,
+    )
     elapsed = time.monotonic() - started
     assert page.evaluate("window.notReloaded") is True
     assert "rewritten by the editor" in page.locator("#text").text_content()
@@ -146,20 +153,23 @@ def test_size_meter_warns_past_gmails_clipping_limit(site, page):
     assert "Gmail will clip this email" in page.locator("#size").text_content()
 
 
-def test_a_template_change_re_renders(tmp_path, monkeypatch):
+def test_the_newsletter_folders_own_templates_override_the_built_in_ones_live(tmp_path):
+    """An override added, edited or removed beside feeds.yaml re-renders the preview with it."""
     config_path = write_config(tmp_path, [])
     write_draft(draft_path(load_config(config_path).drafts_dir, WEEK), make_draft())
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    template = templates / "email.mjml.j2"
-    template.write_text("v1")
-    monkeypatch.setattr(preview_module, "TEMPLATES", templates)
     preview = Preview(config_path, WEEK)
-    assert preview.refresh() is True and preview.state.error is None
+    assert preview.refresh() is True and "Item 5" in preview.state.text and preview.state.error is None
     assert preview.refresh() is False
-    os.utime(template, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert preview.refresh() is True and preview.state.version == 2
-    assert read_draft(draft_path(load_config(config_path).drafts_dir, WEEK)).issue == WEEK
+    override = tmp_path / "templates" / "text.txt.j2"
+    override.parent.mkdir()
+    override.write_text("OUR OWN TEXT v1: {{ title }}\n{{ unsubscribe_url }}\n")
+    assert preview.refresh() is True and preview.state.text.startswith("OUR OWN TEXT v1: Test Digest")
+    override.write_text("OUR OWN TEXT v2: {{ title }}\n{{ unsubscribe_url }}\n")
+    os.utime(override, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert preview.refresh() is True and preview.state.text.startswith("OUR OWN TEXT v2")
+    assert "Item 5" in preview.state.html  # the HTML template is still the built-in one
+    override.unlink()
+    assert preview.refresh() is True and "Item 5" in preview.state.text
 
 
 def test_dark_mode_shows_the_inversion_or_the_emails_own_dark_style(site, page, tmp_path):

@@ -11,32 +11,56 @@ from html.parser import HTMLParser
 import pytest
 
 from digest.config import Newsletter
-from digest.models import (SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection,
-                           RenderedIssue, Sponsor)
+from digest.models import (
+    SUBSCRIBER_NAME_MARK,
+    UNSUBSCRIBE_URL_MARK,
+    Draft,
+    DraftItem,
+    DraftSection,
+    RenderedIssue,
+    Sponsor,
+)
 from digest.render import personalize, render_issue
 
 SECTION_TITLES = ("News", "Articles", "Videos", "Forum", "Projects", "Jobs")
-SUMMARY = ("A look at how the new release changes the ORM, with benchmarks on PostgreSQL and SQLite, "
-           "migration notes for projects on older versions, and a few pitfalls worth knowing before upgrading "
-           "production.")
-NEWSLETTER = Newsletter(title="Django Digest", from_address="Django Digest <digest@example.com>",
-                        site_url="https://digest.example.com/", postal_address="1 Example Street\nLawrence, KS 66044",
-                        reason="You subscribed to Django Digest on digest.example.com.")
+SUMMARY = (
+    "A look at how the new release changes the ORM, with benchmarks on PostgreSQL and SQLite, "
+    "migration notes for projects on older versions, and a few pitfalls worth knowing before upgrading "
+    "production."
+)
+NEWSLETTER = Newsletter(
+    title="Django Digest",
+    from_address="Django Digest <digest@example.com>",
+    site_url="https://digest.example.com/",
+    postal_address="1 Example Street\nLawrence, KS 66044",
+    reason="You subscribed to Django Digest on digest.example.com.",
+)
 SUBSCRIBER_URL = "https://digest.example.com/unsubscribe?token=abc&email=ada%40example.com"
 
 
 def make_draft(n_items: int = 12, n_sections: int = 6, **fields) -> Draft:
-    sections = [DraftSection(title=SECTION_TITLES[index % len(SECTION_TITLES)] + ("" if index < 6 else f" {index}"))
-                for index in range(n_sections)]
+    sections = [
+        DraftSection(title=SECTION_TITLES[index % len(SECTION_TITLES)] + ("" if index < 6 else f" {index}"))
+        for index in range(n_sections)
+    ]
     for number in range(n_items):
-        sections[number % n_sections].items.append(DraftItem(
-            title=f"Item {number}: what changed in Django's ORM this week, and why it matters",
-            url=f"https://blog{number % 7}.example.org/2026/04/item-{number}-what-changed-in-the-orm-this-week/",
-            summary=SUMMARY, source=f"blog{number % 7}.example.org",
-            author=None if number % 3 == 0 else f"Author {number}", published=date(2026, 4, 1)))
-    values = dict(issue="2026-W14", week_start=date(2026, 3, 30), week_end=date(2026, 4, 5),
-                  subject="Django Digest: Mar 30 – Apr 5, 2026",
-                  intro="Welcome to the issue.\n\nDjangoCon Europe is next week.")
+        sections[number % n_sections].items.append(
+            DraftItem(
+                title=f"Item {number}: what changed in Django's ORM this week, and why it matters",
+                url=f"https://blog{number % 7}.example.org/2026/04/item-{number}-what-changed-in-the-orm-this-week/",
+                summary=SUMMARY,
+                source=f"blog{number % 7}.example.org",
+                author=None if number % 3 == 0 else f"Author {number}",
+                published=date(2026, 4, 1),
+            )
+        )
+    values = {
+        "issue": "2026-W14",
+        "week_start": date(2026, 3, 30),
+        "week_end": date(2026, 4, 5),
+        "subject": "Django Digest: Mar 30 – Apr 5, 2026",
+        "intro": "Welcome to the issue.\n\nDjangoCon Europe is next week.",
+    }
     values.update(fields)
     return Draft(sections=sections, **values)
 
@@ -95,8 +119,13 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def big() -> tuple[Draft, RenderedIssue]:
-    draft = make_draft(60, 6, sponsor=Sponsor(title="Acme Hosting", url="https://acme.example.com/?ref=digest",
-                                                 text="Deploy Django in minutes."))
+    draft = make_draft(
+        60,
+        6,
+        sponsor=Sponsor(
+            title="Acme Hosting", url="https://acme.example.com/?ref=digest", text="Deploy Django in minutes."
+        ),
+    )
     return draft, render_issue(draft, NEWSLETTER)
 
 
@@ -206,13 +235,19 @@ def test_personalize_replaces_marks_and_escapes_for_html(big):
     _, rendered = big
     url = 'https://example.com/u?a=1&b="2"<x>'
     assert personalize(UNSUBSCRIBE_URL_MARK, unsubscribe_url=url, name="", html=False) == url
-    assert personalize(UNSUBSCRIBE_URL_MARK, unsubscribe_url=url, name="", html=True) == \
-        "https://example.com/u?a=1&amp;b=&quot;2&quot;&lt;x&gt;"
+    assert (
+        personalize(UNSUBSCRIBE_URL_MARK, unsubscribe_url=url, name="", html=True)
+        == "https://example.com/u?a=1&amp;b=&quot;2&quot;&lt;x&gt;"
+    )
     assert personalize(SUBSCRIBER_NAME_MARK, unsubscribe_url=url, name="Ada <&>", html=True) == "Ada &lt;&amp;&gt;"
     assert personalize(SUBSCRIBER_NAME_MARK, unsubscribe_url=url, name="Ada <&>", html=False) == "Ada <&>"
     # one pass: a value holding a mark is not substituted again
-    assert personalize(UNSUBSCRIBE_URL_MARK + SUBSCRIBER_NAME_MARK, unsubscribe_url=SUBSCRIBER_NAME_MARK,
-                       name="Ada", html=False) == SUBSCRIBER_NAME_MARK + "Ada"
+    assert (
+        personalize(
+            UNSUBSCRIBE_URL_MARK + SUBSCRIBER_NAME_MARK, unsubscribe_url=SUBSCRIBER_NAME_MARK, name="Ada", html=False
+        )
+        == SUBSCRIBER_NAME_MARK + "Ada"
+    )
     html = personalize(rendered.html, unsubscribe_url=SUBSCRIBER_URL, name="Ada", html=True)
     assert "%%DIGEST_" not in html
     assert SUBSCRIBER_URL in Page(html).links()
@@ -220,9 +255,13 @@ def test_personalize_replaces_marks_and_escapes_for_html(big):
 
 
 def test_feed_text_cannot_produce_the_marks():
-    draft = make_draft(3, 1, intro=f"Intro {UNSUBSCRIBE_URL_MARK}", preheader=f"Pre {SUBSCRIBER_NAME_MARK}",
-                       sponsor=Sponsor(title=f"S {UNSUBSCRIBE_URL_MARK}", url="https://s.example.com/",
-                                       text=SUBSCRIBER_NAME_MARK))
+    draft = make_draft(
+        3,
+        1,
+        intro=f"Intro {UNSUBSCRIBE_URL_MARK}",
+        preheader=f"Pre {SUBSCRIBER_NAME_MARK}",
+        sponsor=Sponsor(title=f"S {UNSUBSCRIBE_URL_MARK}", url="https://s.example.com/", text=SUBSCRIBER_NAME_MARK),
+    )
     item = draft.sections[0].items[0]
     item.title = f"Trap {UNSUBSCRIBE_URL_MARK} here"
     item.summary = f"%%DIG%%DIGEST_EST_UNSUBSCRIBE_URL%% {SUBSCRIBER_NAME_MARK}"
@@ -239,7 +278,9 @@ def test_feed_text_cannot_produce_the_marks():
 
 
 def hidden_preheader(html: str) -> str:
-    match = re.search(r'<body[^>]*>\s*(?:<div [^>]*role="article"[^>]*>)?\s*<div style="([^"]*)">(.*?)</div>', html, re.S)
+    match = re.search(
+        r'<body[^>]*>\s*(?:<div [^>]*role="article"[^>]*>)?\s*<div style="([^"]*)">(.*?)</div>', html, re.DOTALL
+    )
     assert match, "no preheader div at the start of the body"
     style = match.group(1).replace(" ", "")
     assert "display:none" in style and "max-height:0" in style and "overflow:hidden" in style

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest import cli, jobs, store
+from digest import jobs, store
 from digest.config import load_config
 from digest.draft import read_draft
 from digest.lock import hold
 from digest.models import Post
 from digest.weeks import parse_week, week_id
-from feedserver import Route, rss
-from smtpserver import make_project, subscribers
+
+from helpers.feeds import Route, rss
+from helpers.project import make_project, subscribers
 
 LONDON = ZoneInfo("Europe/London")
-WEEK = week_id((datetime.now(timezone.utc) - timedelta(days=7)).astimezone(LONDON).date())  # wholly in the past
+WEEK = week_id((datetime.now(UTC) - timedelta(days=7)).astimezone(LONDON).date())  # wholly in the past
 POSTED = datetime.combine(parse_week(WEEK) + timedelta(days=2), time(12), LONDON)  # its Wednesday noon
 
 
@@ -26,13 +27,27 @@ POSTED = datetime.combine(parse_week(WEEK) + timedelta(days=2), time(12), LONDON
 def project(tmp_path, feed_server, server, monkeypatch):
     """Two posts of WEEK's issue on a loopback feed; `digest run` sees WEEK as the current week."""
     monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
-    monkeypatch.setattr(cli, "current_week", lambda now, tz: WEEK)
-    feed_server.routes["/feed.xml"] = Route(rss([
-        {"title": f"Post {n}", "link": f"https://blog.example.com/{n}/", "guid": f"p{n}",
-         "description": "What happened in Django this week.", "date": format_datetime(POSTED - timedelta(hours=n))}
-        for n in range(2)]))
-    make_project(tmp_path, server.port, subscribers(3),
-                 feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}])
+    monkeypatch.setattr(jobs, "current_week", lambda now, tz: WEEK)
+    feed_server.routes["/feed.xml"] = Route(
+        rss(
+            [
+                {
+                    "title": f"Post {n}",
+                    "link": f"https://blog.example.com/{n}/",
+                    "guid": f"p{n}",
+                    "description": "What happened in Django this week.",
+                    "date": format_datetime(POSTED - timedelta(hours=n)),
+                }
+                for n in range(2)
+            ]
+        )
+    )
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(3),
+        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
+    )
     return tmp_path
 
 
@@ -53,8 +68,7 @@ def test_run_collects_builds_sends_and_a_second_run_does_nothing(project, server
     assert store.get_issue(store.open_db(project / "digest.db"), WEEK)["status"] == "sent"
 
 
-def test_when_every_feed_fails_run_sends_what_earlier_collects_found_and_exits_1(project, server, feed_server,
-                                                                                run_cli):
+def test_when_every_feed_fails_run_sends_what_earlier_collects_found_and_exits_1(project, server, feed_server, run_cli):
     assert run_cli("collect", cwd=project)[0] == 0  # Wednesday's collect found the two posts
     feed_server.routes["/feed.xml"] = Route(status=500, body=b"down")
     code, out, err = run_cli("run", "--yes", cwd=project)
@@ -81,15 +95,25 @@ def test_a_run_while_another_holds_the_lock_is_refused(project, server, feed_ser
 
 
 def test_a_week_with_nothing_new_sends_nothing(project, server, feed_server, run_cli):
-    feed_server.routes["/feed.xml"] = Route(rss([{"title": "Old", "link": "https://blog.example.com/old/",
-                                                  "guid": "old", "date": "Mon, 06 Jan 2020 10:00:00 +0000"}]))
+    feed_server.routes["/feed.xml"] = Route(
+        rss(
+            [
+                {
+                    "title": "Old",
+                    "link": "https://blog.example.com/old/",
+                    "guid": "old",
+                    "date": "Mon, 06 Jan 2020 10:00:00 +0000",
+                }
+            ]
+        )
+    )
     code, out, _ = run_cli("run", "--yes", cwd=project)
     assert code == 0 and out.splitlines()[-1] == f"build {WEEK}: nothing new this week, nothing sent"
     assert not server.messages and not (project / "drafts" / f"{WEEK}.yaml").exists()
 
 
 def test_without_a_terminal_run_needs_yes_and_does_nothing(project, server, feed_server, run_cli):
-    code, out, err = run_cli("run", cwd=project)
+    code, _out, err = run_cli("run", cwd=project)
     assert code == 2 and err == "error: no terminal to ask for confirmation: add --yes to send without asking\n"
     assert not feed_server.requests and not server.messages
 
@@ -111,10 +135,17 @@ def test_a_run_that_could_not_finish_exits_75_and_the_next_one_resumes_it(projec
 
 
 def _post(slug: str, when: datetime) -> Post:
-    return Post(id=f"https://blog.example.com/feed#{slug}", feed_url="https://blog.example.com/feed",
-                canonical_url=f"https://blog.example.com/{slug}/", title=slug.title(), author=None,
-                summary=f"All about {slug}.", content_html=f"<p>{slug}</p>", published_at=when,
-                url_key=f"//blog.example.com/{slug}/")
+    return Post(
+        id=f"https://blog.example.com/feed#{slug}",
+        feed_url="https://blog.example.com/feed",
+        canonical_url=f"https://blog.example.com/{slug}/",
+        title=slug.title(),
+        author=None,
+        summary=f"All about {slug}.",
+        content_html=f"<p>{slug}</p>",
+        published_at=when,
+        url_key=f"//blog.example.com/{slug}/",
+    )
 
 
 def _begin_send(db, issue_id: str) -> None:
@@ -126,15 +157,29 @@ def _begin_send(db, issue_id: str) -> None:
 def weekly(tmp_path, server, monkeypatch):
     """W12 sent, W13 built and partly sent (left `sending`), a post of W14 waiting; returns (config, db, now)."""
     monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
-    config = load_config(make_project(tmp_path, server.port, subscribers(3), feeds=[
-        {"name": "Blog", "url": "https://blog.example.com/feed", "section": "News"}]))
+    config = load_config(
+        make_project(
+            tmp_path,
+            server.port,
+            subscribers(3),
+            feeds=[{"name": "Blog", "url": "https://blog.example.com/feed", "section": "News"}],
+        )
+    )
     db = store.open_db(tmp_path / "digest.db")
-    now = datetime(2026, 4, 3, 12, tzinfo=timezone.utc)
-    store.record_fetch(db, url="https://blog.example.com/feed", name="Blog", section="News",
-                       outcome=store.FetchOutcome(status=200), now=now,
-                       posts=[_post("w12", datetime(2026, 3, 18, 12, tzinfo=timezone.utc)),
-                              _post("w13", datetime(2026, 3, 25, 12, tzinfo=timezone.utc)),
-                              _post("w14", datetime(2026, 4, 1, 12, tzinfo=timezone.utc))])
+    now = datetime(2026, 4, 3, 12, tzinfo=UTC)
+    store.record_fetch(
+        db,
+        url="https://blog.example.com/feed",
+        name="Blog",
+        section="News",
+        outcome=store.FetchOutcome(status=200),
+        now=now,
+        posts=[
+            _post("w12", datetime(2026, 3, 18, 12, tzinfo=UTC)),
+            _post("w13", datetime(2026, 3, 25, 12, tzinfo=UTC)),
+            _post("w14", datetime(2026, 4, 1, 12, tzinfo=UTC)),
+        ],
+    )
     assert jobs.build(config, db, "2026-W12", now=now).outcome == "built"
     _begin_send(db, "2026-W12")
     db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = '2026-W12'", [store.iso(now)])
@@ -155,9 +200,15 @@ def test_build_leaves_an_issue_being_sent_alone_and_says_so(weekly, run_cli):
     config, db, now = weekly
     draft = config.drafts_dir / "2026-W13.yaml"
     before = draft.read_text()
-    store.record_fetch(db, url="https://blog.example.com/feed", name="Blog", section="News",
-                       outcome=store.FetchOutcome(status=200), now=now,
-                       posts=[_post("late-w13", datetime(2026, 3, 26, 12, tzinfo=timezone.utc))])
+    store.record_fetch(
+        db,
+        url="https://blog.example.com/feed",
+        name="Blog",
+        section="News",
+        outcome=store.FetchOutcome(status=200),
+        now=now,
+        posts=[_post("late-w13", datetime(2026, 3, 26, 12, tzinfo=UTC))],
+    )
     code, out, _ = run_cli("build", "--week", "2026-W13", cwd=config.path.parent)
     assert code == 0 and out == "2026-W13: already sending, draft left as it is\n"
     assert draft.read_text() == before

@@ -10,21 +10,30 @@ import signal
 import ssl
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from email import policy
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 
-from digest import jobs, store
+from digest import sending, store
 from digest.config import Newsletter, load_config
 from digest.draft import draft_path, read_draft, write_draft
-from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection, RenderedIssue
+from digest.models import (
+    SUBSCRIBER_NAME_MARK,
+    UNSUBSCRIBE_URL_MARK,
+    Draft,
+    DraftItem,
+    DraftSection,
+    RenderedIssue,
+)
 from digest.render import personalize, render_issue
 from digest.send.message import MessageFactory
 from digest.send.unsubscribe import UnsubscribeLinks, verify_token
-from smtpserver import WEEK, Behaviour, SmtpServer, make_project, self_signed_certificate, subscribers
+
+from helpers.project import WEEK, make_project, subscribers
+from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
 
 SECRET = "test-unsubscribe-secret"
 
@@ -66,9 +75,11 @@ def issue_row(tmp_path: Path) -> dict | None:
 
 
 def test_each_message_is_complete_personal_and_well_formed(tmp_path, server, run_cli):
-    people = [{"email": "ada+news@example.com", "name": "Ada Lövelace, \"the\" Countess", "status": "active"},
-              {"email": "grace@example.com", "name": "Grace Hopper", "status": "active"},
-              {"email": "anon@example.com", "name": "", "status": "active"}]
+    people = [
+        {"email": "ada+news@example.com", "name": 'Ada Lövelace, "the" Countess', "status": "active"},
+        {"email": "grace@example.com", "name": "Grace Hopper", "status": "active"},
+        {"email": "anon@example.com", "name": "", "status": "active"},
+    ]
     config_path = make_project(tmp_path, server.port, people)
     code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 0, err
@@ -89,7 +100,7 @@ def test_each_message_is_complete_personal_and_well_formed(tmp_path, server, run
         assert message["To"].addresses[0].display_name == person["name"]
         assert message["From"].addresses[0].addr_spec == "digest@example.com"
         assert message["Reply-To"] == "editor@example.com"
-        assert abs(parsedate_to_datetime(message["Date"]) - datetime.now(timezone.utc)) < timedelta(minutes=5)
+        assert abs(parsedate_to_datetime(message["Date"]) - datetime.now(UTC)) < timedelta(minutes=5)
         message_ids.add(message["Message-ID"])
         assert re.fullmatch(r"<2026-W14\.[0-9a-f]{24}@example\.com>", message["Message-ID"])
 
@@ -115,8 +126,18 @@ def test_each_message_is_complete_personal_and_well_formed(tmp_path, server, run
 def test_marks_survive_quoted_printable_at_every_column(column):
     """Wherever a mark falls in a line, the decoded copy holds exactly the subscriber's value."""
     long_url = "https://digest.example.com/unsubscribe?x=" + "t" * 300 + "&token={token}"
-    body = ("x" * column + UNSUBSCRIBE_URL_MARK + SUBSCRIBER_NAME_MARK + " tail=é\n"
-            + "word " * column + SUBSCRIBER_NAME_MARK + "\n" + UNSUBSCRIBE_URL_MARK + "\n\n.leading dot\n" + "y" * 2000)
+    body = (
+        "x" * column
+        + UNSUBSCRIBE_URL_MARK
+        + SUBSCRIBER_NAME_MARK
+        + " tail=é\n"
+        + "word " * column
+        + SUBSCRIBER_NAME_MARK
+        + "\n"
+        + UNSUBSCRIBE_URL_MARK
+        + "\n\n.leading dot\n"
+        + "y" * 2000
+    )
     rendered = RenderedIssue(subject="Marks", preheader="", html=f"<p>{body}</p>", text=body)
     links = UnsubscribeLinks(mailto="mailto:a@example.com?subject=unsubscribe", url_template=long_url, secret="s")
     factory = MessageFactory(rendered, Newsletter(), links, WEEK)
@@ -132,10 +153,9 @@ def test_marks_survive_quoted_printable_at_every_column(column):
 def test_the_issue_is_rendered_once_whatever_the_number_of_subscribers(tmp_path, server, monkeypatch):
     config = load_config(make_project(tmp_path, server.port, subscribers(12)))
     calls = []
-    monkeypatch.setattr(jobs, "render_issue", lambda *args: calls.append(args) or render_issue(*args))
+    monkeypatch.setattr(sending, "render_issue", lambda *args: calls.append(args) or render_issue(*args))
     db = store.open_db(tmp_path / "digest.db")
-    plan = jobs.plan_send(config, db, WEEK, "smtp")
-    report = jobs.send(config, db, plan, jobs.backend_for(config, plan))
+    report = sending.send_issue(config, db, WEEK)
     assert report.sent == 12 and report.complete and len(server.messages) == 12
     assert len(calls) == 1
     assert len({message.peer for message in server.messages}) <= 2  # smtp.connections, each reused
@@ -145,8 +165,12 @@ def test_the_issue_is_rendered_once_whatever_the_number_of_subscribers(tmp_path,
 
 
 def test_4xx_retried_5xx_recorded_and_dropped_connection_retried(tmp_path, run_cli):
-    behaviour = Behaviour(defer_rcpt={"reader00001@example.com": 2}, refuse_rcpt={"reader00002@example.com"},
-                          refuse_data={"reader00003@example.com"}, drop_at_data={"reader00004@example.com": 1})
+    behaviour = Behaviour(
+        defer_rcpt={"reader00001@example.com": 2},
+        refuse_rcpt={"reader00002@example.com"},
+        refuse_data={"reader00003@example.com"},
+        drop_at_data={"reader00004@example.com": 1},
+    )
     server = SmtpServer(behaviour).start()
     try:
         make_project(tmp_path, server.port, subscribers(8))
@@ -189,14 +213,16 @@ def test_retries_run_out_leave_the_rest_pending_and_a_rerun_finishes(tmp_path, r
 
 
 def test_unsubscribed_bounced_and_invalid_are_never_mailed_and_the_database_wins(tmp_path, server, run_cli):
-    csv_text = ("email,name,status\n"
-                "keep@example.com,Keep,active\n"
-                "left@example.com,Left,unsubscribed\n"
-                "gone@example.com,Gone,bounced\n"
-                "not-an-address,Broken,active\n"
-                "KEEP@example.com,Keep again,active\n"
-                "later@example.com,Later,active\n"
-                "bounced-before@example.com,,active\n")
+    csv_text = (
+        "email,name,status\n"
+        "keep@example.com,Keep,active\n"
+        "left@example.com,Left,unsubscribed\n"
+        "gone@example.com,Gone,bounced\n"
+        "not-an-address,Broken,active\n"
+        "KEEP@example.com,Keep again,active\n"
+        "later@example.com,Later,active\n"
+        "bounced-before@example.com,,active\n"
+    )
     make_project(tmp_path, server.port, csv_text)
     db = store.open_db(tmp_path / "digest.db")
     store.suppress(db, "bounced-before@example.com", "bounced", store.from_iso("2026-03-01T00:00:00+00:00"))
@@ -219,8 +245,13 @@ def test_unsubscribe_accepts_the_token_of_a_link_of_this_newsletter_only(tmp_pat
     assert code == 0 and out == "a@example.com: unsubscribed\n"
     code, _, err = run_cli("unsubscribe", token[:-2] + "xx", cwd=tmp_path)
     assert code == 2 and "neither an address nor a token" in err
-    other = UnsubscribeLinks(mailto="", url_template="https://x.example/u?t={token}", secret=SECRET,
-                             newsletter="another.example.com").url("b@example.com").split("t=")[1]
+    other = (
+        UnsubscribeLinks(
+            mailto="", url_template="https://x.example/u?t={token}", secret=SECRET, newsletter="another.example.com"
+        )
+        .url("b@example.com")
+        .split("t=")[1]
+    )
     assert run_cli("unsubscribe", other, cwd=tmp_path)[0] == 2  # same secret, another newsletter
 
 
@@ -230,7 +261,9 @@ def test_tokens_of_release_0_1_0_still_unsubscribe_ascii_addresses_only(tmp_path
     import hmac
 
     def legacy(email: str) -> str:  # how 0.1.0 made them
-        b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
         signature = hmac.new(SECRET.encode(), b"digest-unsubscribe\0" + email.casefold().encode(), hashlib.sha256)
         return f"{b64(email.encode())}.{b64(signature.digest()[:18])}"
 
@@ -273,10 +306,10 @@ def test_dry_run_writes_complete_eml_files_and_sends_nothing(tmp_path, server, r
 
 def test_confirmation_shows_subject_and_count_and_is_required(tmp_path, server, run_cli, monkeypatch):
     make_project(tmp_path, server.port, subscribers(4))
-    code, out, err = run_cli("send", "--week", WEEK, cwd=tmp_path)  # pytest's stdin is no terminal
+    code, _out, err = run_cli("send", "--week", WEEK, cwd=tmp_path)  # pytest's stdin is no terminal
     assert code == 2 and err == "error: no terminal to ask for confirmation: add --yes to send without asking\n"
     questions = []
-    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("digest.cli._terminal", lambda: True)
     monkeypatch.setattr("typer.confirm", lambda question: questions.append(question) or False)
     code, _, err = run_cli("send", "--week", WEEK, cwd=tmp_path)
     assert code == 1 and questions == ["Send 2026-W14 “Test Digest – Mar 30 to Apr 5, 2026 ✨” to 4 subscribers?"]
@@ -378,8 +411,9 @@ def test_a_killed_send_resumes_with_at_most_one_duplicate_per_connection(tmp_pat
 def test_an_empty_list_sends_nothing_and_leaves_the_issue_unsent(tmp_path, server, run_cli):
     make_project(tmp_path, server.port, "email,name,status\nleft@example.com,Left,unsubscribed\n")
     code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
-    assert code == 0 and out == (f"{WEEK}: nobody to mail, subscribers.csv has no active subscriber; "
-                                 f"nothing sent, nothing recorded\n")
+    assert code == 0 and out == (
+        f"{WEEK}: nobody to mail, subscribers.csv has no active subscriber; nothing sent, nothing recorded\n"
+    )
     assert not server.messages and not ledger(tmp_path)
     assert issue_row(tmp_path) is None  # still a draft: its posts are not used up
     code, out, _ = run_cli("send", "--week", WEEK, "--dry-run", cwd=tmp_path)
@@ -390,21 +424,23 @@ def test_an_empty_list_sends_nothing_and_leaves_the_issue_unsent(tmp_path, serve
 def test_an_address_skipped_by_an_earlier_run_and_back_on_the_list_is_mailed(tmp_path, server):
     config = load_config(make_project(tmp_path, server.port, subscribers(2)))
     db = store.open_db(tmp_path / "digest.db")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     store.ensure_issue(db, WEEK, "Subject", now)
     keys = [row["email"] for row in subscribers(2)]
     store.start_deliveries(db, WEEK, keys, now)  # a first run that stopped before mailing anyone
     store.start_deliveries(db, WEEK, keys[:1], now)  # a second one while reader00001 was off the list
     assert ledger(tmp_path)[keys[1]]["status"] == "skipped"
-    plan = jobs.plan_send(config, db, WEEK, "smtp")
-    assert len(plan.recipients) == 2
-    report = jobs.send(config, db, plan, jobs.backend_for(config, plan))
+    report = sending.send_issue(config, db, WEEK)
     assert report.sent == 2 and report.complete and sorted(server.per_recipient()) == keys
 
 
 def test_an_unsubscribe_url_too_long_for_a_mail_line_is_refused_before_sending(tmp_path, server, run_cli):
-    make_project(tmp_path, server.port, subscribers(1),
-                 unsubscribe_url="https://digest.example.com/u?" + "x" * 600 + "&t={token}&e={email}")
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(1),
+        unsubscribe_url="https://digest.example.com/u?" + "x" * 600 + "&t={token}&e={email}",
+    )
     code, _, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 2 and err.startswith("error: newsletter.unsubscribe_url: too long: ") and err.count("\n") == 1
     assert not server.messages and issue_row(tmp_path) is None
@@ -413,15 +449,25 @@ def test_an_unsubscribe_url_too_long_for_a_mail_line_is_refused_before_sending(t
 def test_a_long_issue_rendered_for_real_is_well_formed(tmp_path, server, run_cli):
     """60 items with long titles, URLs and summaries, through render.py and the message factory."""
     make_project(tmp_path, server.port, subscribers(2))
-    items = [DraftItem(title=f"Ünïcode “item” {n}: " + "a very long title " * 8,
-                       url=f"https://example.com/{'deep/' * 60}{n}?q={'x' * 300}",
-                       summary="Sentences with no break at all " * 20 + "€" * 50, source="example.com")
-             for n in range(60)]
-    draft = Draft(issue=WEEK, week_start=date(2026, 3, 30), week_end=date(2026, 4, 5), subject="Long " * 30 + "✨",
-                  intro="Hello " * 200, sections=[DraftSection(title="News", items=items[:30]),
-                                                  DraftSection(title="Articles", items=items[30:])])
+    items = [
+        DraftItem(
+            title=f"Ünïcode “item” {n}: " + "a very long title " * 8,
+            url=f"https://example.com/{'deep/' * 60}{n}?q={'x' * 300}",
+            summary="Sentences with no break at all " * 20 + "€" * 50,
+            source="example.com",
+        )
+        for n in range(60)
+    ]
+    draft = Draft(
+        issue=WEEK,
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="Long " * 30 + "✨",
+        intro="Hello " * 200,
+        sections=[DraftSection(title="News", items=items[:30]), DraftSection(title="Articles", items=items[30:])],
+    )
     write_draft(draft_path(tmp_path / "drafts", WEEK), draft)
-    code, out, err = run_cli("send", "--week", WEEK, "--yes", "--allow-clipped", cwd=tmp_path)  # 115 KB of HTML
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", "--allow-clipped", cwd=tmp_path)  # 115 KB of HTML
     assert code == 0, err
     assert len(server.messages) == 2
     for received in server.messages:
@@ -438,12 +484,14 @@ def test_a_long_issue_rendered_for_real_is_well_formed(tmp_path, server, run_cli
 # --- defences: header lines, a database that fails mid-run ------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["Week 14\r\nBcc: everyone@example.com", "Week 14\n", "Week\r14",
-                                   "Ünïcode week\nBcc: everyone@example.com"])
+@pytest.mark.parametrize(
+    "value",
+    ["Week 14\r\nBcc: everyone@example.com", "Week 14\n", "Week\r14", "Ünïcode week\nBcc: everyone@example.com"],
+)
 def test_the_header_writer_refuses_a_line_break_on_either_path(value):
     from digest.send.message import _header
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a line break in the Subject header"):
         _header("Subject", value)
     assert _header("Subject", "Week 14") == b"Subject: Week 14\r\n"
 
@@ -457,7 +505,7 @@ def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, serv
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(store, "mark_sending", disk_full)
-    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 1
     assert err == "error: database: disk I/O error; nothing was delivered, 2026-W14 is a draft again\n"
     assert server.messages == [] and not ledger(tmp_path)

@@ -5,33 +5,54 @@ from __future__ import annotations
 import functools
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Iterator
+
+from ..errors import BadInput
 
 SAMPLE_WEEK = "2026-W14"
-
-
-class DemoError(Exception):
-    """The demo cannot run where it was asked to: one line for the user."""
 _HERE = files(__name__)
 
 
-def starter_files(config_path: Path) -> dict[Path, str]:
-    """What `digest init` writes: a feeds.yaml of real Django community feeds and a subscribers.csv."""
-    return {
+def starter_files(config_path: Path, *, templates: bool = False) -> dict[Path, bool]:
+    """Write what `digest init` writes, never over an existing file: a feeds.yaml of real Django community feeds
+    (the repository's own feeds.yaml) and a subscribers.csv, and with `templates`, a copy of the email's
+    templates in templates/ beside them, to edit. Returns each file and whether it was written."""
+    from ..render import BUILT_IN_TEMPLATES, OVERRIDES
+
+    folder = config_path.parent
+    wanted = {
         config_path: (_HERE / "starter-feeds.yaml").read_text(encoding="utf-8"),
-        config_path.parent / "subscribers.csv": (_HERE / "starter-subscribers.csv").read_text(encoding="utf-8"),
+        folder / "subscribers.csv": (_HERE / "starter-subscribers.csv").read_text(encoding="utf-8"),
     }
+    if templates:
+        wanted.update(
+            {
+                folder / OVERRIDES / path.name: path.read_text(encoding="utf-8")
+                for path in sorted(BUILT_IN_TEMPLATES.glob("*.j2"))
+            }
+        )
+    written = {}
+    for path, text in wanted.items():
+        written[path] = not path.exists()
+        if written[path]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    return written
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    extensions_map = {".xml": "application/rss+xml", ".atom": "application/atom+xml", "": "application/octet-stream"}
+    extensions_map = {  # noqa: RUF012 - http.server's own attribute, overridden as its documentation says
+        ".xml": "application/rss+xml",
+        ".atom": "application/atom+xml",
+        "": "application/octet-stream",
+    }
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         pass
 
 
@@ -57,8 +78,10 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
 
     directory = Path(directory or tempfile.mkdtemp(prefix="digest-demo-"))
     if directory.exists() and any(directory.iterdir()):
-        raise DemoError(f"--dir: {directory} is not empty; the demo writes feeds.yaml, subscribers.csv and "
-                        "digest.db there, so give it a new or empty folder")
+        raise BadInput(
+            f"--dir: {directory} is not empty; the demo writes feeds.yaml, subscribers.csv and "
+            "digest.db there, so give it a new or empty folder"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     feeds_dir = Path(str(_HERE / "feeds"))
     with serve_directory(feeds_dir) as base:
@@ -66,15 +89,24 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
         config_path = directory / "feeds.yaml"
         config_path.write_text(config_text, encoding="utf-8")
         (directory / "subscribers.csv").write_text(
-            (_HERE / "starter-subscribers.csv").read_text(encoding="utf-8"), encoding="utf-8")
+            (_HERE / "starter-subscribers.csv").read_text(encoding="utf-8"), encoding="utf-8"
+        )
         config = load_config(config_path)
         db = store.open_db(directory / "digest.db")
         say(f"demo: serving {len(config.feeds)} sample feeds on {base}, working in {directory}")
-        report = jobs.collect(config, db, on_feed=lambda feed: say(f"  {feed.name}: " + (
-            f"FAILED ({feed.error})" if feed.outcome == "failed" else f"{feed.new_posts} new posts")))
-        say(f"collect: {report.new_posts} new posts from {len(report.feeds)} feeds in {report.seconds:.2f} s, "
-            f"{len(report.failed)} failed")
-    built = jobs.build(config, db, SAMPLE_WEEK, now=datetime.now(timezone.utc))
+        report = jobs.collect(
+            config,
+            db,
+            on_feed=lambda feed: say(
+                f"  {feed.name}: "
+                + (f"FAILED ({feed.error})" if feed.outcome == "failed" else f"{feed.new_posts} new posts")
+            ),
+        )
+        say(
+            f"collect: {report.new_posts} new posts from {len(report.feeds)} feeds in {report.seconds:.2f} s, "
+            f"{len(report.failed)} failed"
+        )
+    built = jobs.build(config, db, SAMPLE_WEEK, now=datetime.now(UTC))
     say(f"build {SAMPLE_WEEK}: {built.items} items")
     say(f"  draft (edit me): {built.draft}")
     say(f"  html:            {built.html} ({built.html_bytes:,} bytes)")

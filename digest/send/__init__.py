@@ -1,91 +1,271 @@
-"""Delivery backends (smtp, buttondown) behind one small interface, and what they share."""
+"""Delivery backends: one base class with every operation a send needs, and a registry of them by name.
+
+    Backend                        done, plan, question, html_bytes, dry_run, send_test, deliver, describe
+    └── ListBackend                    mails subscribers.csv itself, one ledger row per subscriber
+        ├── smtp.SmtpBackend           over SMTP
+        └── memory.MemoryBackend       into a list in memory (tests; not offered by --backend)
+    buttondown.ButtondownBackend       hands the email to Buttondown, which has its own list
+
+A backend is a module of this package that defines a subclass with a `name` and a `Settings` dataclass
+(its section of feeds.yaml): `registry()` finds it, `--backend` offers it, config reads its section. No
+other module names a backend. The send use case (sending.py) calls only these methods.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlite_utils
 
-from ..models import RenderedIssue
+from .. import store
+from ..errors import SetupError
+from ..models import DeliveryStatus, Draft, IssueStatus, RenderedIssue
+from ..settings import read_section
+from ..subscribers import Subscriber, address_key, read_subscribers
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..errors import ConfigError
+    from ..yamlfile import MappingReader
+
+DEFAULT = "smtp"  # the backend of `digest send` and `digest run` without --backend
+DRY_RUN_SAMPLES = 3
 
 
-class SetupError(Exception):
-    """Something missing or wrong on this machine (an env var, a secret file): one line, exit 2."""
+@dataclass
+class SendPlan:
+    """What a send would do, for the confirmation question; nothing is written until the send."""
 
+    issue: str
+    backend: str
+    draft: Draft | None = None
+    done: str | None = None  # why there is nothing to do
+    recipients: list[Subscriber] = field(default_factory=list)  # list backends: still to be mailed
+    already: int = 0  # subscribers an earlier, interrupted run already mailed
+    not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
+    problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
+    draft_text: str = ""  # the draft as sent: a resumed send sends what the first subscribers got
+    snapshot_note: str | None = None  # the draft file changed since the send began
+    rendered: RenderedIssue | None = None  # the email, rendered once for the size check and the send
+    html_bytes: int = 0  # its HTML as the largest copy a subscriber gets
 
-class SendError(Exception):
-    """The backend could not do its job (server unreachable, login refused, API error): one line, exit 1."""
-
-
-class Unrecorded(SendError):
-    """The drafts folder's receipt says the issue began sending, and the database knows nothing of it."""
-
-
-class Clipped(SendError):
-    """The email is past Gmail's clipping limit, and sending it clipped was not allowed: one line, exit 1."""
+    def ready(self) -> tuple[Draft, RenderedIssue]:
+        """The draft and its email, which every plan with something to do has."""
+        if self.draft is None or self.rendered is None:
+            raise RuntimeError(f"{self.issue}: no draft in this plan ({self.done or 'not made'})")
+        return self.draft, self.rendered
 
 
 @dataclass
 class SendReport:
     issue: str
     backend: str
+    done: str | None = None  # nothing was to be done, and why
     sent: int = 0
     failed: int = 0  # permanently refused (5xx): not retried
     pending: int = 0  # still to send: retries ran out on 4xx or dropped connections; a re-run resumes
     resent: int = 0  # left "sending" by an interrupted run, so sent again (the possible duplicates)
     complete: bool = False  # the issue is now `sent`
-    remote_id: str | None = None  # buttondown's id of the email
+    remote_id: str | None = None  # the email's id at a backend that keeps it (Buttondown)
     remote_status: str | None = None  # "draft" or "about_to_send"
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) of this run's permanent failures
     returned_to_draft: bool = False  # nothing was delivered, so the issue is a draft again (editable, rebuildable)
     last_error: str | None = None  # why rows are still pending
     seconds: float = 0.0
+    lines: list[str] = field(default_factory=list)  # what happened, for the person running it (Backend.describe)
+
+    @property
+    def exit_code(self) -> int:
+        """75 (try again later) while deliveries are pending, or when nothing could be delivered yet."""
+        return 75 if self.pending or self.returned_to_draft else 0
 
 
-class Backend(Protocol):
-    name: str
+_REGISTRY: dict[str, type[Backend]] = {}
 
-    def deliver(self, db: sqlite_utils.Database, issue_id: str, rendered: RenderedIssue) -> SendReport:
+
+class Backend(ABC):
+    """What a delivery backend does. A subclass with a `name` registers itself."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type]  # its section of feeds.yaml, read by settings.read_section
+    listed: ClassVar[bool] = True  # offered by --backend
+    sends_later: ClassVar[bool] = False  # can create the email first and send it later (--send-now sends now)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, config: Config, *, send_now: bool = False, on_result: Callable[[str, str], None] | None = None):
+        """Reads the backend's secrets now, so that a missing one stops the command before any question or write."""
+        if send_now and not self.sends_later:
+            later = ", ".join(name for name, backend in registry().items() if backend.sends_later)
+            raise SetupError(
+                f"--send-now is for backends that create the email first ({later}); {self.name} always sends"
+            )
+        self.config, self.send_now, self.on_result = config, send_now, on_result
+        self.settings = config.backends[self.name]
+
+    @classmethod
+    def read_settings(cls, reader: MappingReader | None, warnings: list[str], environ: Mapping[str, str]) -> Any:
+        """This backend's section of feeds.yaml (defaults when it is absent)."""
+        return read_section(reader, cls.Settings, warnings)
+
+    def done(self, db: sqlite_utils.Database, issue_id: str) -> str | None:
+        """Why the issue needs no sending, or None."""
+        check_backend(db, issue_id, self.name)
+        issue = store.get_issue(db, issue_id) or {}
+        if issue.get("status") == IssueStatus.SENT:
+            return f"{issue_id}: already sent ({issue['backend']}, {issue['sent_at']}), nothing to do"
+        return None
+
+    def plan(self, db: sqlite_utils.Database, plan: SendPlan, *, dry_run: bool) -> None:  # noqa: B027 - optional
+        """Fill in who is to be mailed (a backend with its own list has nothing to add)."""
+
+    @abstractmethod
+    def question(self, plan: SendPlan) -> str:
+        """The confirmation question, naming who gets it."""
+
+    @abstractmethod
+    def html_bytes(self, plan: SendPlan) -> int:
+        """The size of the largest HTML a subscriber gets, against Gmail's clipping limit."""
+
+    @abstractmethod
+    def dry_run(self, plan: SendPlan, directory: Path) -> list[Path]:
+        """Write what would be sent into `directory` (private: it may hold addresses), sending nothing."""
+
+    def send_test(self, plan: SendPlan, address: str) -> str:
+        """One copy to one address, recording nothing; returns what the server answered."""
+        raise SetupError(
+            f"--to: the {self.name} backend cannot send a test copy; use a backend that mails "
+            f"itself (--backend {DEFAULT})"
+        )
+
+    @abstractmethod
+    def deliver(self, db: sqlite_utils.Database, plan: SendPlan) -> SendReport:
         """Deliver the rendered issue, recording progress in the database so that a re-run resumes."""
 
-
-def env_secret(name: str) -> str | None:
-    """A secret from the environment: NAME itself, else the file named by NAME_FILE (trailing newline dropped).
-
-    Secrets are only ever read here, and each one read is remembered so that `redact` can take it out of
-    anything printed or stored (a proxy or server that echoes request headers back in an error).
-    """
-    value = os.environ.get(name)
-    if not value:
-        path = os.environ.get(f"{name}_FILE")
-        if not path:
-            return None
-        try:
-            value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SetupError(f"{name}_FILE: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if value:
-        remember_secret(value)
-    return value or None
+    @abstractmethod
+    def describe(self, report: SendReport, plan: SendPlan) -> list[str]:
+        """What happened, in lines for the person running digest."""
 
 
-_SECRETS: set[str] = set()
-_CREDENTIALS = re.compile(r"\b(Token|Bearer|Basic)\s+[\w.~+/=-]+", re.IGNORECASE)
-REDACTED = "[redacted]"
+def registry() -> dict[str, type[Backend]]:
+    """Every backend by name: the modules of this package are imported (once), and their classes register."""
+    if not _DISCOVERED:
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+        _DISCOVERED.append(True)
+    return _REGISTRY
 
 
-def remember_secret(*secrets: str) -> None:
-    """Also take these out of output (forms of a secret: the base64 an SMTP AUTH sends, say)."""
-    _SECRETS.update(secret for secret in secrets if len(secret) >= 4)
+_DISCOVERED: list[bool] = []
 
 
-def redact(text: str) -> str:
-    """`text` without any secret this process read, nor anything after an Authorization scheme's name."""
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return _CREDENTIALS.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+def check_backend(db: sqlite_utils.Database, issue_id: str, name: str) -> None:
+    """An issue begun with another backend cannot be finished with this one: that could mail people twice."""
+    issue = store.get_issue(db, issue_id) or {}
+    if issue.get("backend") not in (None, name):
+        raise SetupError(f"{issue_id} was handed to {issue['backend']}; finish it with --backend {issue['backend']}")
+
+
+def backend_class(name: str | None) -> type[Backend]:
+    name = name or DEFAULT
+    backends = registry()
+    if name not in backends:
+        listed = ", ".join(key for key, backend in backends.items() if backend.listed)
+        raise SetupError(f"--backend: {name!r} is not one of {listed}")
+    return backends[name]
+
+
+class ListBackend(Backend):
+    """A backend that mails the subscribers of subscribers.csv itself, recording each delivery in the ledger."""
+
+    def __init__(self, config: Config, *, send_now: bool = False, on_result: Callable[[str, str], None] | None = None):
+        from .unsubscribe import UnsubscribeLinks
+
+        super().__init__(config, send_now=send_now, on_result=on_result)
+        self.links = UnsubscribeLinks.for_newsletter(config.newsletter)  # its secret, checked before any write
+
+    def plan(self, db: sqlite_utils.Database, plan: SendPlan, *, dry_run: bool) -> None:
+        """Who is still to be mailed: active, not suppressed, not already mailed or failed for this issue. With
+        nobody to mail and nothing begun, there is nothing to do: an issue "sent" to nobody would use up its
+        posts (a dry run still shows a sample)."""
+        subscribers, plan.problems = read_subscribers(self.config.subscribers_path)
+        suppressed = store.suppressions(db)
+        sent = store.delivery_keys(db, plan.issue, DeliveryStatus.SENT)
+        failed = store.delivery_keys(db, plan.issue, DeliveryStatus.FAILED)
+        for subscriber in subscribers:
+            key = address_key(subscriber.email)
+            reason = suppressed.get(key) or (subscriber.status if subscriber.status != "active" else None)
+            if reason is None and key in failed:
+                reason = "failed"
+            if reason:
+                plan.not_mailed[reason] = plan.not_mailed.get(reason, 0) + 1
+            elif key in sent:
+                plan.already += 1
+            else:
+                plan.recipients.append(subscriber)
+        if not plan.recipients and not dry_run and not store.delivery_counts(db, plan.issue):
+            plan.done = (
+                f"{plan.issue}: nobody to mail, {self.config.subscribers_path.name} has no active "
+                f"subscriber; nothing sent, nothing recorded"
+            )
+
+    def question(self, plan: SendPlan) -> str:
+        return f"Send {plan.issue} “{plan.ready()[0].subject}” to {len(plan.recipients):,} subscribers?"
+
+    def html_bytes(self, plan: SendPlan) -> int:
+        from ..render import personalize
+        from .unsubscribe import longest_url
+
+        html = personalize(
+            plan.ready()[1].html, unsubscribe_url=longest_url(self.config.newsletter), name="", html=True
+        )
+        return len(html.encode("utf-8"))
+
+    def dry_run(self, plan: SendPlan, directory: Path) -> list[Path]:
+        """A few complete .eml files, for the first subscribers still to be mailed (or a sample reader)."""
+        factory = self.message_factory(plan)
+        samples = plan.recipients[:DRY_RUN_SAMPLES] or [
+            Subscriber(email="subscriber@example.com", name="Sample Reader")
+        ]
+        paths = []
+        for number, subscriber in enumerate(samples, 1):
+            path = directory / f"{number:02d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', subscriber.email)}.eml"
+            path.unlink(missing_ok=True)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
+                stream.write(factory.copy(subscriber.email, subscriber.name, factory.message_id(subscriber.email)))
+            paths.append(path)
+        return paths
+
+    def message_factory(self, plan: SendPlan):
+        from .message import MessageFactory
+
+        return MessageFactory(plan.ready()[1], self.config.newsletter, self.links, plan.issue)
+
+    def describe(self, report: SendReport, plan: SendPlan) -> list[str]:
+        notes = [f"{plan.already:,} had it already"] if plan.already else []
+        notes += [f"{count:,} {reason}" for reason, count in sorted(plan.not_mailed.items())]
+        if report.resent:
+            notes.append(f"{report.resent} in flight when the last run stopped, sent again")
+        lines = [
+            f"send {report.issue} via {self.name}: {report.sent:,} sent, {report.failed:,} failed, "
+            f"{report.pending:,} pending in {report.seconds:.1f} s" + (f" ({'; '.join(notes)})" if notes else "")
+        ]
+        lines += [f"  failed: {address}: {reply}" for address, reply in report.failures]
+        if report.returned_to_draft:
+            lines.append(
+                f"  nothing was delivered ({report.last_error}): {report.issue} is a draft again; run again later"
+            )
+        elif report.pending:
+            lines.append(f"  still pending, last error: {report.last_error}; run again later to resume")
+        return lines

@@ -14,23 +14,36 @@ kept, the run stops, and the next one looks the email up.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlite_utils
 
 from .. import store
-from ..config import ButtondownSettings
+from ..config import Config
+from ..credentials import env_secret, redact
+from ..draft import write_atomically
+from ..errors import ConfigError, SendError, SetupError
 from ..models import RenderedIssue
 from ..render import personalize
-from . import SendError, SendReport, SetupError, env_secret, redact
+from ..retry import backoff
+from ..settings import read_section, setting
+from ..urls import secret_url_problem
+from ..yamlfile import MappingReader
+from . import Backend, SendPlan, SendReport
 
 KEY_ENV = "BUTTONDOWN_API_KEY"
+API_URL_ENV = "BUTTONDOWN_API_URL"  # wins over buttondown.api_url (tests point it at a local fake)
+LINK_ROOM = 200  # bytes Buttondown's unsubscribe link may take beyond its template variable
 API_VERSION = "2026-04-01"  # creates drafts by default; sending needs the confirmation header below
 CONFIRM_SEND = {"X-Buttondown-Live-Dangerously": "true"}
 EDITOR_MODE = "<!-- buttondown-editor-mode: fancy -->\n"  # the body is HTML (see EmailInput.body)
@@ -49,8 +62,13 @@ def request_body(rendered: RenderedIssue, issue_id: str, *, send_now: bool) -> d
     """
     html = _TEMPLATE_OPENER.sub("&#123;", rendered.html)
     html = personalize(html, unsubscribe_url=UNSUBSCRIBE_VARIABLE, name="", html=True)
-    return {"subject": rendered.subject, "body": EDITOR_MODE + html, "template": "naked",
-            "status": "about_to_send" if send_now else "draft", "metadata": {"digest_issue": issue_id}}
+    return {
+        "subject": rendered.subject,
+        "body": EDITOR_MODE + html,
+        "template": "naked",
+        "status": "about_to_send" if send_now else "draft",
+        "metadata": {"digest_issue": issue_id},
+    }
 
 
 class Refusal(SendError):
@@ -61,18 +79,85 @@ class Refusal(SendError):
         self.after_lost_answer = after_lost_answer  # an earlier attempt of this call may have been carried out
 
 
-class ButtondownBackend:
-    name = "buttondown"
+@dataclass(frozen=True)
+class ButtondownSettings:
+    api_url: str = setting("https://api.buttondown.com/v1")
+    timeout: float = setting(30.0, above=0)
+    max_attempts: int = setting(5, minimum=1)  # for 429, 5xx and timeouts
+    backoff: float = setting(1.0, minimum=0)  # seconds before the first retry of a 5xx or timeout, doubled each time
 
-    def __init__(self, settings: ButtondownSettings, *, send_now: bool,
-                 sleep: Callable[[float], None] = time.sleep):
+    def check(self, reader: MappingReader) -> None:
+        problem = secret_url_problem(self.api_url)
+        if problem:
+            raise reader.error("api_url", problem)
+
+
+class ButtondownBackend(Backend):
+    """Hands the email to Buttondown, which mails its own subscribers: as a draft to review there, or sent."""
+
+    name = "buttondown"
+    Settings = ButtondownSettings
+    sends_later = True
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        send_now: bool = False,
+        on_result: Callable[[str, str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        super().__init__(config, send_now=send_now, on_result=on_result)
         key = env_secret(KEY_ENV)
         if not key:
             raise SetupError(f"{KEY_ENV} (or {KEY_ENV}_FILE) is not set: the API key from Buttondown's settings")
-        self.settings, self.send_now, self.sleep = settings, send_now, sleep
+        self.sleep = sleep
         self.headers = {"Authorization": f"Token {key}", "X-API-Version": API_VERSION, "Accept": "application/json"}
 
-    def deliver(self, db: sqlite_utils.Database, issue_id: str, rendered: RenderedIssue) -> SendReport:
+    @classmethod
+    def read_settings(
+        cls, reader: MappingReader | None, warnings: list[str], environ: Mapping[str, str]
+    ) -> ButtondownSettings:
+        settings = read_section(reader, ButtondownSettings, warnings)
+        url = environ.get(API_URL_ENV, "").strip()
+        if url:
+            problem = secret_url_problem(url)
+            if problem:
+                raise ConfigError(API_URL_ENV, None, None, problem)
+            settings = replace(settings, api_url=url)
+        return settings
+
+    def done(self, db: sqlite_utils.Database, issue_id: str) -> str | None:
+        done = super().done(db, issue_id)
+        issue = store.get_issue(db, issue_id) or {}
+        if done is None and issue.get("remote_id") and not self.send_now:
+            return (
+                f"{issue_id}: already a draft at Buttondown (id {issue['remote_id']}), nothing to do; "
+                f"--send-now sends it"
+            )
+        return done
+
+    def question(self, plan: SendPlan) -> str:
+        whom = "every Buttondown subscriber (sent now)" if self.send_now else "Buttondown (as a draft)"
+        return f"Send {plan.issue} “{plan.ready()[0].subject}” to {whom}?"
+
+    def html_bytes(self, plan: SendPlan) -> int:
+        """The body as Buttondown gets it (template syntax escaped), with room for its own unsubscribe link."""
+        body = request_body(plan.ready()[1], plan.issue, send_now=self.send_now)["body"]
+        return len(body.encode("utf-8")) + LINK_ROOM
+
+    def dry_run(self, plan: SendPlan, directory: Path) -> list[Path]:
+        """The API request that would be made (without the key)."""
+        path = directory / "buttondown-request.json"
+        body = request_body(plan.ready()[1], plan.issue, send_now=self.send_now)
+        write_atomically(path, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        return [path]
+
+    def describe(self, report: SendReport, plan: SendPlan) -> list[str]:
+        state = "handed over for sending" if report.complete else "created as a draft"
+        return [f"send {report.issue} via {self.name}: {state}, id {report.remote_id}"]
+
+    def deliver(self, db: sqlite_utils.Database, plan: SendPlan) -> SendReport:
         """Create the email (a draft, or sent with send_now); send an earlier draft when send_now.
 
         What Buttondown says the email's status is decides what is recorded: a retry with the stored key may
@@ -80,7 +165,8 @@ class ButtondownBackend:
         this run wants it sent, or sent when this run asked for a draft).
         """
         started = time.perf_counter()
-        issue = store.get_issue(db, issue_id)
+        issue_id, (_, rendered) = plan.issue, plan.ready()
+        issue = store.issue_row(db, issue_id)
         remote_id, status = issue["remote_id"], "draft"
         if remote_id is None:
             earlier = issue["idempotency_key"]  # an earlier run sent a request whose answer never came
@@ -94,38 +180,55 @@ class ButtondownBackend:
                     answer = self._call("POST", "/emails", body, headers)
                 except Refusal as refusal:
                     if refusal.after_lost_answer:
-                        raise SendError(f"{refusal}; an earlier attempt got no answer and may have created the "
-                                        f"email, so {issue_id} stays handed over: the next run looks it up") from None
+                        raise SendError(
+                            f"{refusal}; an earlier attempt got no answer and may have created the "
+                            f"email, so {issue_id} stays handed over: the next run looks it up"
+                        ) from None
                     store.forget_remote(db, issue_id)
                     raise
             remote_id, status = str(answer["id"]), str(answer.get("status") or body["status"])
-            store.record_remote(db, issue_id, self.name, remote_id, sent=False, now=datetime.now(timezone.utc))
+            store.record_remote(db, issue_id, self.name, remote_id, sent=False, now=datetime.now(UTC))
         if self.send_now and status == "draft":  # PATCH needs no confirmation header
             self._call("PATCH", f"/emails/{remote_id}", {"status": "about_to_send"}, {})
             status = "about_to_send"
         sent = status != "draft"
-        store.record_remote(db, issue_id, self.name, remote_id, sent=sent, now=datetime.now(timezone.utc))
-        return SendReport(issue=issue_id, backend=self.name, remote_id=remote_id, complete=sent,
-                          remote_status=status, seconds=time.perf_counter() - started)
+        store.record_remote(db, issue_id, self.name, remote_id, sent=sent, now=datetime.now(UTC))
+        return SendReport(
+            issue=issue_id,
+            backend=self.name,
+            remote_id=remote_id,
+            complete=sent,
+            remote_status=status,
+            seconds=time.perf_counter() - started,
+        )
 
     def _find(self, key: str, subject: str) -> dict | None:
         """The email an earlier request with this key created, if Buttondown has it: by the key in its metadata,
         among the emails with this subject."""
-        page = self._call("GET", "/emails", None, {}, query={"subject": subject[:200], "ordering": "-creation_date"},
-                          listing=True)
+        page = self._call(
+            "GET", "/emails", None, {}, query={"subject": subject[:200], "ordering": "-creation_date"}, listing=True
+        )
         for email in page.get("results") or []:
             if isinstance(email, dict) and email.get("id") and (email.get("metadata") or {}).get("digest_key") == key:
                 return email
         return None
 
-    def _call(self, method: str, path: str, body: dict | None, headers: dict[str, str], *,
-              query: dict | None = None, listing: bool = False) -> dict:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        headers: dict[str, str],
+        *,
+        query: dict | None = None,
+        listing: bool = False,
+    ) -> dict:
         """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal."""
         url = self.settings.api_url.rstrip("/") + path
         problem, lost = "", False
         with httpx.Client(timeout=self.settings.timeout, headers=self.headers) as client:
             for attempt in range(1, self.settings.max_attempts + 1):
-                wait = self.settings.backoff * 2 ** (attempt - 1)
+                wait = backoff(attempt, self.settings.backoff)
                 try:
                     response = client.request(method, url, json=body, headers=headers, params=query)
                 except httpx.TransportError as exc:  # timeouts, refused or dropped connections
@@ -176,7 +279,7 @@ def _retry_after(response: httpx.Response, default: float) -> float:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError, IndexError):
             return default
     return min(MAX_RETRY_AFTER, max(0.0, seconds))

@@ -17,9 +17,10 @@ from email import policy
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 
-from ..config import Newsletter, address_key
+from ..config import Newsletter
 from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
 from ..render import personalize
+from ..subscribers import address_key
 from ..text import one_line
 from .unsubscribe import MAX_LINE, UnsubscribeLinks
 
@@ -80,12 +81,12 @@ def _header(name: str, value: str) -> bytes:
 def _to_header(email: str, name: str) -> bytes:
     """To, built by hand: the email package's refolding can drop the quotes around a decoded display name."""
     if not name:
-        return f"To: {email}\r\n".encode("utf-8")
+        return f"To: {email}\r\n".encode()
     if name.isascii():  # quoted as needed (formataddr wants an ASCII address: an SMTPUTF8 one is written as is)
         phrase = formataddr((name, "x@x")).rpartition(" <")[0]
     else:
         phrase = Header(name, "utf-8", header_name="To").encode(linesep="\r\n")
-    return f"To: {phrase} <{email}>\r\n".encode("utf-8")
+    return f"To: {phrase} <{email}>\r\n".encode()
 
 
 def list_id_header(newsletter: Newsletter) -> str:
@@ -115,14 +116,22 @@ class MessageFactory:
             common.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         # What mailbox providers expect of a newsletter (RFC 2919, RFC 3834), and no out-of-office replies
         # from Exchange flooding the editor's inbox.
-        common += [_header("List-Id", list_id_header(newsletter)), b"Precedence: bulk\r\n",
-                   b"Auto-Submitted: auto-generated\r\n", b"X-Auto-Response-Suppress: OOF, AutoReply\r\n"]
-        common += [b"MIME-Version: 1.0\r\n",
-                   f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")]
+        common += [
+            _header("List-Id", list_id_header(newsletter)),
+            b"Precedence: bulk\r\n",
+            b"Auto-Submitted: auto-generated\r\n",
+            b"X-Auto-Response-Suppress: OOF, AutoReply\r\n",
+        ]
+        common += [
+            b"MIME-Version: 1.0\r\n",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii"),
+        ]
         chunks: list[bytes | tuple[str, bool]] = [b"".join(common)]
         for subtype, body in (("plain", rendered.text), ("html", rendered.html)):
-            chunks.append(f'--{boundary}\r\nContent-Type: text/{subtype}; charset="utf-8"\r\n'
-                          f"Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"))
+            chunks.append(
+                f'--{boundary}\r\nContent-Type: text/{subtype}; charset="utf-8"\r\n'
+                f"Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii")
+            )
             chunks += [(piece, subtype == "html") if isinstance(piece, str) else piece for piece in _qp_part(body)]
             chunks.append(b"\r\n")
         chunks.append(f"--{boundary}--\r\n".encode("ascii"))
@@ -130,7 +139,7 @@ class MessageFactory:
 
     def message_id(self, email: str) -> str:
         """The same for every attempt at one (issue, subscriber): a resend after a crash can be recognized."""
-        digest = hashlib.sha256(f"{self.issue_id}\0{address_key(email)}".encode("utf-8")).hexdigest()[:24]
+        digest = hashlib.sha256(f"{self.issue_id}\0{address_key(email)}".encode()).hexdigest()[:24]
         return f"<{self.issue_id}.{digest}@{self.domain}>"
 
     def test_message_id(self) -> str:
@@ -147,12 +156,14 @@ class MessageFactory:
         unsubscribe = f"List-Unsubscribe: {self.links.header(email)}\r\n".encode("ascii")
         if len(unsubscribe.split(b"\r\n", 1)[0]) > MAX_LINE:  # only for addresses longer than any real one
             raise Unmailable(f"its List-Unsubscribe line would exceed {MAX_LINE} bytes")
-        head = b"".join((
-            _to_header(email, name),
-            _header("Date", formatdate(usegmt=True)),
-            _header("Message-ID", message_id),
-            unsubscribe,
-        ))
+        head = b"".join(
+            (
+                _to_header(email, name),
+                _header("Date", formatdate(usegmt=True)),
+                _header("Message-ID", message_id),
+                unsubscribe,
+            )
+        )
         return head + b"".join([chunk if isinstance(chunk, bytes) else values[chunk] for chunk in self._chunks])
 
 

@@ -20,6 +20,7 @@ that drops after the message was sent but before the server's answer arrived.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import queue
 import smtplib
@@ -27,25 +28,49 @@ import sqlite3
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 import sqlite_utils
 
 from .. import store
-from ..config import Newsletter, SmtpSettings, Subscriber, address_key
-from ..models import RenderedIssue
-from . import SendError, SendReport, SetupError, env_secret, redact, remember_secret
+from ..config import Config
+from ..credentials import env_secret, redact, remember_secret
+from ..errors import DatabaseProblem, DigestError, SendError, SetupError
+from ..models import DeliveryStatus
+from ..retry import backoff
+from ..settings import setting
+from ..subscribers import Subscriber, address_key
+from ..urls import LOOPBACK_HOSTS
+from ..yamlfile import MappingReader
+from . import ListBackend, SendPlan, SendReport
 from .message import MessageFactory, Unmailable
-from .unsubscribe import UnsubscribeLinks
 
 PASSWORD_ENV = "DIGEST_SMTP_PASSWORD"
-MAX_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = setting("localhost")
+    port: int = setting(587, minimum=1, maximum=65535)
+    security: str = setting("starttls", choices=("starttls", "ssl", "none"))
+    username: str | None = setting(None)
+    connections: int = setting(4, minimum=1)  # used in parallel, each reused for many messages
+    timeout: float = setting(30.0, above=0)  # seconds, for every connection and command
+    max_attempts: int = setting(5, minimum=1)  # per subscriber, for 4xx replies and dropped connections
+    backoff: float = setting(1.0, minimum=0)  # seconds before the first retry, doubled each time (at most 60)
+
+    def check(self, reader: MappingReader) -> None:
+        if self.security == "none" and self.username and self.host not in LOOPBACK_HOSTS:
+            raise reader.error(
+                "security",
+                f"none with a username would send the password to {self.host} unencrypted: use starttls or ssl",
+            )
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -63,8 +88,9 @@ def smtp_password(settings: SmtpSettings) -> str | None:
     if settings.username and not password:
         raise SetupError(f"{PASSWORD_ENV} (or {PASSWORD_ENV}_FILE) is not set, and smtp.username is")
     if settings.username and password:  # what AUTH PLAIN and LOGIN send, should a server echo it
-        remember_secret(*(base64.b64encode(text.encode()).decode() for text in
-                          (password, f"\0{settings.username}\0{password}")))
+        remember_secret(
+            *(base64.b64encode(text.encode()).decode() for text in (password, f"\0{settings.username}\0{password}"))
+        )
     return password
 
 
@@ -93,12 +119,15 @@ def _setup_problem(exc: BaseException, settings: SmtpSettings) -> SendError | No
     if isinstance(exc, ssl.SSLCertVerificationError):
         return SendError(f"TLS to {where}: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
-        return SendError(f"TLS with {where} failed ({exc.reason or exc}): is smtp.security right for this port? "
-                         f"(ssl is TLS from the first byte, usually port 465; starttls upgrades a plain "
-                         f"connection, usually port 587)")
+        return SendError(
+            f"TLS with {where} failed ({exc.reason or exc}): is smtp.security right for this port? "
+            f"(ssl is TLS from the first byte, usually port 465; starttls upgrades a plain "
+            f"connection, usually port 587)"
+        )
     if isinstance(exc, smtplib.SMTPAuthenticationError):
-        return SendError(f"SMTP login as {settings.username!r} at {where} refused: "
-                         f"{exc.smtp_code} {_text(exc.smtp_error)}")
+        return SendError(
+            f"SMTP login as {settings.username!r} at {where} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+        )
     if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500:
         return SendError(f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}")
     if isinstance(exc, (smtplib.SMTPNotSupportedError, smtplib.SMTPHeloError)):
@@ -119,7 +148,10 @@ class Connection:
             self._open()
         except BaseException as exc:
             self.close()
-            raise _setup_problem(exc, self.settings) or exc
+            problem = _setup_problem(exc, self.settings)
+            if problem is None:
+                raise
+            raise problem from exc
 
     def _open(self) -> None:
         s = self.settings
@@ -137,29 +169,36 @@ class Connection:
         if s.username:
             if not self.smtp.has_extn("auth"):
                 raise SendError(f"{s.host}:{s.port} does not offer AUTH here (see smtp.security and smtp.username)")
-            self.smtp.login(s.username, self._password)
+            self.smtp.login(s.username, self._password or "")
 
     def transact(self, sender: str, recipient: str, message: bytes) -> str:
         """One MAIL/RCPT/DATA transaction; returns the final reply or raises Refused / OSError."""
         if self.smtp is None:
             self.open()
         smtp = self.smtp
+        assert smtp is not None  # open() connected, or raised
         options = [f"SIZE={len(message)}"] if smtp.has_extn("size") else []
         if not recipient.isascii():
             options.append("SMTPUTF8")  # smtplib raises SMTPNotSupportedError if the server lacks it
-        for stage, answer in (("MAIL", lambda: smtp.mail(sender, options)), ("RCPT", lambda: smtp.rcpt(recipient)),
-                              ("DATA", lambda: smtp.data(message))):
+        for stage, answer in (
+            ("MAIL", lambda: smtp.mail(sender, options)),
+            ("RCPT", lambda: smtp.rcpt(recipient)),
+            ("DATA", lambda: smtp.data(message)),
+        ):
+            reply: bytes | str
             try:
                 code, reply = answer()
             except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
                 code, reply = exc.smtp_code, exc.smtp_error
             if not 200 <= code < 300:
-                if code == 421 or stage != "DATA" and not self._reset():
+                if code == 421 or (stage != "DATA" and not self._reset()):
                     self.close()
                 raise Refused(stage, code, _text(reply))
         return f"{code} {_text(reply)}"
 
     def _reset(self) -> bool:
+        if self.smtp is None:
+            return False
         try:
             return self.smtp.rset()[0] == 250
         except (OSError, smtplib.SMTPException):
@@ -174,29 +213,34 @@ class Connection:
             self.smtp = None
 
 
-class SmtpBackend:
+class SmtpBackend(ListBackend):
     """Sends one issue to a list of subscribers; the deliveries table makes a re-run resume."""
 
     name = "smtp"
+    Settings = SmtpSettings
 
-    def __init__(self, settings: SmtpSettings, newsletter: Newsletter, recipients: list[Subscriber], *,
-                 on_result: Callable[[str, str], None] | None = None,
-                 sleep: Callable[[float], object] | None = None):
-        self.settings, self.newsletter, self.recipients = settings, newsletter, recipients
-        self.password = smtp_password(settings)
-        self.links = UnsubscribeLinks.for_newsletter(newsletter)
+    def __init__(
+        self,
+        config: Config,
+        *,
+        send_now: bool = False,
+        on_result: Callable[[str, str], None] | None = None,
+        sleep: Callable[[float], object] | None = None,
+    ):
+        super().__init__(config, send_now=send_now, on_result=on_result)
+        self.password = smtp_password(self.settings)
         self._stop = threading.Event()
         # A pause before a retry ends early when the run is told to stop (Ctrl-C, SIGTERM from systemd).
-        self.on_result, self.sleep = on_result, sleep or self._stop.wait
+        self.sleep = sleep or self._stop.wait
         self._lock = threading.Lock()
-        self._fatal: SendError | None = None
+        self._fatal: DigestError | None = None
         self._last_error: str | None = None
-        self._counts = {"sent": 0, "failed": 0}
+        self._counts: dict[str, int] = {DeliveryStatus.SENT: 0, DeliveryStatus.FAILED: 0}
         self._failures: list[tuple[str, str]] = []
 
-    def send_test(self, rendered: RenderedIssue, issue_id: str, address: str) -> str:
+    def send_test(self, plan: SendPlan, address: str) -> str:
         """One copy to one address, with a message id of its own; nothing is recorded."""
-        factory = MessageFactory(rendered, self.newsletter, self.links, issue_id)
+        factory = self.message_factory(plan)
         connection = Connection(self.settings, self.password)
         message = factory.copy(address, "", factory.test_message_id())
         try:
@@ -208,12 +252,13 @@ class SmtpBackend:
         finally:
             connection.close()
 
-    def deliver(self, db: sqlite_utils.Database, issue_id: str, rendered: RenderedIssue) -> SendReport:
+    def deliver(self, db: sqlite_utils.Database, plan: SendPlan) -> SendReport:
         started = time.perf_counter()
-        factory = MessageFactory(rendered, self.newsletter, self.links, issue_id)
-        by_key = {address_key(subscriber.email): subscriber for subscriber in self.recipients}
+        issue_id = plan.issue
+        factory = self.message_factory(plan)
+        by_key = {address_key(subscriber.email): subscriber for subscriber in plan.recipients}
         resent = store.start_deliveries(db, issue_id, list(by_key), _now())
-        todo = store.delivery_keys(db, issue_id, "pending")
+        todo = store.delivery_keys(db, issue_id, DeliveryStatus.PENDING)
         work: queue.SimpleQueue[tuple[str, Subscriber]] = queue.SimpleQueue()
         for key, subscriber in by_key.items():
             if key in todo:
@@ -222,8 +267,9 @@ class SmtpBackend:
         self._database = _identity(path)
         finished = [threading.Event() for _ in range(min(self.settings.connections, len(todo)))]
         for number, done in enumerate(finished):
-            threading.Thread(target=self._worker, args=(path, issue_id, factory, work, done), name=f"smtp-{number}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._worker, args=(path, issue_id, factory, work, done), name=f"smtp-{number}", daemon=True
+            ).start()
         interrupt = self._wait_for(finished)
         try:
             complete = store.finish_deliveries(db, issue_id, _now())
@@ -239,11 +285,20 @@ class SmtpBackend:
             if returned:
                 raise SendError(f"{self._fatal}; nothing was delivered, {issue_id} is a draft again") from None
             raise self._fatal
-        pending = counts.get("pending", 0) + counts.get("sending", 0)
-        return SendReport(issue=issue_id, backend=self.name, sent=self._counts["sent"], failed=self._counts["failed"],
-                          pending=pending, resent=resent, complete=complete, failures=self._failures,
-                          last_error=self._last_error if pending else None, returned_to_draft=returned,
-                          seconds=time.perf_counter() - started)
+        pending = counts.get(DeliveryStatus.PENDING, 0) + counts.get(DeliveryStatus.SENDING, 0)
+        return SendReport(
+            issue=issue_id,
+            backend=self.name,
+            sent=self._counts[DeliveryStatus.SENT],
+            failed=self._counts[DeliveryStatus.FAILED],
+            pending=pending,
+            resent=resent,
+            complete=complete,
+            failures=self._failures,
+            last_error=self._last_error if pending else None,
+            returned_to_draft=returned,
+            seconds=time.perf_counter() - started,
+        )
 
     def _wait_for(self, finished: list[threading.Event]) -> KeyboardInterrupt | None:
         """Wait until every worker has finished, and return the Ctrl-C or SIGTERM that came meanwhile, if any:
@@ -263,8 +318,9 @@ class SmtpBackend:
 
     # --- the workers ------------------------------------------------------------------
 
-    def _worker(self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue,
-                done: threading.Event) -> None:
+    def _worker(
+        self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue, done: threading.Event
+    ) -> None:
         """One connection's loop. What stops the run (a refused sender, a database that cannot record what
         was sent: disk full, locked) is kept for `deliver` to raise as one line, never a thread's traceback."""
         db: sqlite_utils.Database | None = None
@@ -279,43 +335,52 @@ class SmtpBackend:
                     return
                 if _identity(path) != self._database:
                     work.put((key, subscriber))
-                    raise SendError(f"the database {path} was removed or replaced during the send: stopped, "
-                                    f"so that no one is mailed twice from an empty ledger; put it back and run "
-                                    f"again to resume")
+                    raise DatabaseProblem(
+                        f"the database {path} was removed or replaced during the send: stopped, "
+                        f"so that no one is mailed twice from an empty ledger; put it back and "
+                        f"run again to resume"
+                    )
                 if not self._deliver(db, connection, factory, issue_id, key, subscriber):
                     work.put((key, subscriber))  # this connection gave up: another worker, or the next run
                     return
-        except SendError as exc:
+        except DigestError as exc:
             self._stop_run(exc)
         except sqlite3.Error as exc:
             self._stop_run(SendError(f"database: {exc}"))
         except OSError as exc:
             self._stop_run(SendError(f"{exc.strerror or exc}"))
-        except Exception as exc:  # a bug or an input nobody foresaw: one line and a stopped run, never a thread's traceback
+        except (
+            Exception
+        ) as exc:  # a bug or an input nobody foresaw: one line and a stopped run, never a thread's traceback
             self._stop_run(SendError(f"{type(exc).__name__}: {exc}"))
         finally:
             connection.close()
             if db is not None:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     db.close()
-                except sqlite3.Error:
-                    pass
             done.set()
 
-    def _stop_run(self, error: SendError) -> None:
+    def _stop_run(self, error: DigestError) -> None:
         with self._lock:
             if self._fatal is None:  # the first cause, not what it set off in the other workers
                 self._fatal = error
         self._stop.set()
 
-    def _deliver(self, db: sqlite_utils.Database, connection: Connection, factory: MessageFactory, issue_id: str,
-                 key: str, subscriber: Subscriber) -> bool:
+    def _deliver(
+        self,
+        db: sqlite_utils.Database,
+        connection: Connection,
+        factory: MessageFactory,
+        issue_id: str,
+        key: str,
+        subscriber: Subscriber,
+    ) -> bool:
         """Try one recipient up to max_attempts times; False when this worker's connection keeps failing."""
         message_id = factory.message_id(subscriber.email)
         try:
             message = factory.copy(subscriber.email, subscriber.name, message_id)
         except Unmailable as exc:
-            self._record(db, issue_id, key, "failed", f"not sent: {exc}")
+            self._record(db, issue_id, key, DeliveryStatus.FAILED, f"not sent: {exc}")
             return True
         attempts = self.settings.max_attempts
         dropped = 0
@@ -329,38 +394,41 @@ class SmtpBackend:
                 reply = connection.transact(factory.sender, subscriber.email, message)
             except Refused as refused:
                 if refused.code < 500:
-                    self._record(db, issue_id, key, "pending", str(refused))
+                    self._record(db, issue_id, key, DeliveryStatus.PENDING, str(refused))
                 elif refused.stage == "MAIL":
-                    self._record(db, issue_id, key, "pending", str(refused))
+                    self._record(db, issue_id, key, DeliveryStatus.PENDING, str(refused))
                     raise SendError(f"the server refused the sender {factory.sender}: {refused}") from None
                 else:
-                    self._record(db, issue_id, key, "failed", str(refused), bounced=refused.stage == "RCPT")
+                    self._record(
+                        db, issue_id, key, DeliveryStatus.FAILED, str(refused), bounced=refused.stage == "RCPT"
+                    )
                     return True
             except smtplib.SMTPNotSupportedError as exc:
-                self._record(db, issue_id, key, "failed", f"{exc}")
+                self._record(db, issue_id, key, DeliveryStatus.FAILED, f"{exc}")
                 return True
             except (OSError, smtplib.SMTPException) as exc:  # dropped, timed out, refused to connect
                 connection.close()
                 dropped += 1
-                self._record(db, issue_id, key, "pending", f"connection: {exc or type(exc).__name__}")
+                self._record(db, issue_id, key, DeliveryStatus.PENDING, f"connection: {exc or type(exc).__name__}")
                 if dropped >= attempts:
                     return False
             else:
-                self._record(db, issue_id, key, "sent", reply)
+                self._record(db, issue_id, key, DeliveryStatus.SENT, reply)
                 return True
             if attempt < attempts:
-                self.sleep(min(MAX_BACKOFF, self.settings.backoff * 2 ** (attempt - 1)))
+                self.sleep(backoff(attempt, self.settings.backoff))
         return True
 
-    def _record(self, db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, *,
-                bounced: bool = False) -> None:
+    def _record(
+        self, db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, *, bounced: bool = False
+    ) -> None:
         store.mark_delivery(db, issue_id, key, status, reply, _now(), bounced=bounced)
         with self._lock:
             if status in self._counts:
                 self._counts[status] += 1
-            if status == "failed":
+            if status == DeliveryStatus.FAILED:
                 self._failures.append((key, reply))
-            elif status == "pending":
+            elif status == DeliveryStatus.PENDING:
                 self._last_error = reply
-            if self.on_result and status != "pending":
+            if self.on_result and status != DeliveryStatus.PENDING:
                 self.on_result(key, status)

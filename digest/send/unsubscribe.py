@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from urllib.parse import quote
 
-from ..config import Newsletter, address_key
-from . import SetupError, env_secret
+from ..config import Newsletter
+from ..credentials import env_secret
+from ..errors import SetupError
+from ..subscribers import address_key
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
 MAX_LINE = 998  # bytes in a line of a message, CRLF excluded (RFC 5322 2.1.1)
@@ -110,15 +112,23 @@ class UnsubscribeLinks:
             raise SetupError("newsletter.unsubscribe_url: percent-encode it, a mail header holds only ASCII")
         secret = env_secret(SECRET_ENV)
         if not secret:
-            raise SetupError(f"{SECRET_ENV} is not set: it signs the unsubscribe links of newsletter.unsubscribe_url "
-                             f"(use a long random string, and the same one on the unsubscribe page)")
-        links = cls(mailto=mailto_url(newsletter), url_template=newsletter.unsubscribe_url, secret=secret,
-                    newsletter=newsletter.list_identifier)
+            raise SetupError(
+                f"{SECRET_ENV} is not set: it signs the unsubscribe links of newsletter.unsubscribe_url "
+                f"(use a long random string, and the same one on the unsubscribe page)"
+            )
+        links = cls(
+            mailto=mailto_url(newsletter),
+            url_template=newsletter.unsubscribe_url,
+            secret=secret,
+            newsletter=newsletter.list_identifier,
+        )
         longest = len(links.header_line(LONGEST_ADDRESS))
         if longest > MAX_LINE:
-            raise SetupError(f"newsletter.unsubscribe_url: too long: for a 254-character address the "
-                             f"List-Unsubscribe line would be {longest} bytes, over the {MAX_LINE} "
-                             f"a mail line may have")
+            raise SetupError(
+                f"newsletter.unsubscribe_url: too long: for a 254-character address the "
+                f"List-Unsubscribe line would be {longest} bytes, over the {MAX_LINE} "
+                f"a mail line may have"
+            )
         return links
 
     @property
@@ -130,8 +140,11 @@ class UnsubscribeLinks:
         """The link in the email's footer: the signed URL when configured, else the mailto."""
         if not self.url_template:
             return self.mailto
-        return self.url_template.format(token=make_token(self.secret, self.newsletter, email),
-                                        email=quote(email, safe="@"))
+        if self.secret is None:  # for_newsletter refuses an unsubscribe_url without its secret
+            raise RuntimeError("an unsubscribe_url without the secret that signs its tokens")
+        return self.url_template.format(
+            token=make_token(self.secret, self.newsletter, email), email=quote(email, safe="@")
+        )
 
     def header_line(self, email: str) -> bytes:
         """The first physical line of the List-Unsubscribe header (the one holding the URL), as sent."""

@@ -10,25 +10,37 @@ import gzip
 import time
 import tracemalloc
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from conftest import write_config
-from digest import collect as collect_module
+from digest import fetch as fetch_module
 from digest import jobs, store
 from digest.config import CollectSettings, load_config
-from feedserver import FeedServer, Route, rss
 
-NOW = datetime(2026, 4, 3, 12, 0, tzinfo=timezone.utc)
-GOOD = rss([{"title": "A good post", "link": "https://good.example.com/1/", "guid": "g1", "description": "Fine.",
-             "date": "Wed, 01 Apr 2026 10:00:00 +0000"}])
+from conftest import write_config
+from helpers.feeds import FeedServer, Route, rss
+
+NOW = datetime(2026, 4, 3, 12, 0, tzinfo=UTC)
+GOOD = rss(
+    [
+        {
+            "title": "A good post",
+            "link": "https://good.example.com/1/",
+            "guid": "g1",
+            "description": "Fine.",
+            "date": "Wed, 01 Apr 2026 10:00:00 +0000",
+        }
+    ]
+)
 
 
 def entry_feed(title: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>T</title><item>'
-            f'<title>{title}</title><link>https://bad.example.com/1/</link><guid>b1</guid>'
-            f'<description>&lt;p&gt;{title}&lt;/p&gt;</description></item></channel></rss>').encode()
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>T</title><item>'
+        f"<title>{title}</title><link>https://bad.example.com/1/</link><guid>b1</guid>"
+        f"<description>&lt;p&gt;{title}&lt;/p&gt;</description></item></channel></rss>"
+    ).encode()
 
 
 @pytest.fixture
@@ -37,8 +49,9 @@ def newsletter(tmp_path, feed_server):
         feed_server.routes.update(routes)
         feeds = [{"name": path.strip("/"), "url": feed_server.url(path), "section": "News"} for path in routes]
         config = load_config(write_config(tmp_path, feeds))
-        settings = CollectSettings(**{"timeout": 2.0, "retries": 0, "backoff": 0.0, **collect})
+        settings = CollectSettings(**{"timeout": 2.0, "max_attempts": 1, "backoff": 0.0, **collect})
         return config, store.open_db(tmp_path / "digest.db"), settings
+
     return make
 
 
@@ -49,11 +62,13 @@ def by_name(report: jobs.CollectReport) -> dict[str, jobs.FeedReport]:
 # --- 1. one feed stops the week ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reference", ["&#xD800;", "&#xDFFF;", "&#x110000;", "&#99999999999;",
-                                       "&#x7FFFFFFFFFFFFFFFF;", "&amp;#xD800;"])
+@pytest.mark.parametrize(
+    "reference", ["&#xD800;", "&#xDFFF;", "&#x110000;", "&#99999999999;", "&#x7FFFFFFFFFFFFFFFF;", "&amp;#xD800;"]
+)
 def test_impossible_character_references_cost_nothing_but_a_replacement_character(newsletter, reference):
-    config, db, settings = newsletter({"/bad.xml": Route(entry_feed(f"Before {reference} after")),
-                                       "/good.xml": Route(GOOD)})
+    config, db, settings = newsletter(
+        {"/bad.xml": Route(entry_feed(f"Before {reference} after")), "/good.xml": Route(GOOD)}
+    )
     report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
     assert report["good.xml"].outcome == "new" and report["bad.xml"].outcome == "new"
     title = next(row["title"] for row in db["posts"].rows if "Before" in row["title"])
@@ -72,7 +87,9 @@ def test_anything_raised_while_storing_one_feed_is_that_feeds_failure(newsletter
     monkeypatch.setattr(store, "_insert_posts", poisoned)
     report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
     assert report["good.xml"].outcome == "new"
-    assert report["bad.xml"].outcome == "failed" and report["bad.xml"].error.startswith("cannot store: UnicodeEncodeError")
+    assert report["bad.xml"].outcome == "failed" and report["bad.xml"].error.startswith(
+        "cannot store: UnicodeEncodeError"
+    )
     health = {row["name"]: row for row in store.feed_health(db)}
     assert health["bad.xml"]["last_error"].startswith("cannot store") and health["bad.xml"]["consecutive_failures"] == 1
 
@@ -90,8 +107,12 @@ def _crash_on_poison(content, feed_url, headers, fetched_url):
 
 def test_a_parsing_process_that_dies_fails_its_feeds_and_the_rest_are_parsed(newsletter, monkeypatch):
     monkeypatch.setattr(jobs, "_parse", _crash_on_poison)
-    routes = {f"/good{n}.xml": Route(rss([{"title": f"Post {n}", "link": f"https://good.example.com/{n}/",
-                                           "guid": f"g{n}", "description": "x"}])) for n in range(12)}
+    routes = {
+        f"/good{n}.xml": Route(
+            rss([{"title": f"Post {n}", "link": f"https://good.example.com/{n}/", "guid": f"g{n}", "description": "x"}])
+        )
+        for n in range(12)
+    }
     routes["/bad.xml"] = Route(entry_feed("Poison"), delay=0.3)  # parsed after some good ones, before others
     config, db, settings = newsletter(routes)
     report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
@@ -104,7 +125,8 @@ def test_a_parsing_process_that_dies_fails_its_feeds_and_the_rest_are_parsed(new
 
 
 def test_one_hostile_feed_never_stops_digest_run(tmp_path, feed_server, run_cli, monkeypatch):
-    from smtpserver import SmtpServer, make_project, subscribers
+    from helpers.project import make_project, subscribers
+    from helpers.smtp import SmtpServer
 
     smtp = SmtpServer().start()
     try:
@@ -113,7 +135,7 @@ def test_one_hostile_feed_never_stops_digest_run(tmp_path, feed_server, run_cli,
         feeds = [{"name": name, "url": feed_server.url(f"/{name}.xml"), "section": "News"} for name in ("bad", "good")]
         make_project(tmp_path, smtp.port, subscribers(2), feeds=feeds)
         monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
-        monkeypatch.setattr("digest.cli.current_week", lambda now, tz: "2026-W14")
+        monkeypatch.setattr("digest.jobs.current_week", lambda now, tz: "2026-W14")
         monkeypatch.setattr("digest.jobs.datetime", _Frozen)
         code, out, err = run_cli("run", "--yes", cwd=tmp_path)
     finally:
@@ -149,9 +171,13 @@ def bomb() -> bytes:
 @pytest.mark.parametrize("encoding", ["gzip, gzip, gzip", "gzip,gzip,gzip", "x-gzip, gzip, gzip"])
 def test_a_decompression_bomb_is_stopped_at_the_cap_without_inflating(newsletter, bomb, encoding):
     assert len(bomb) < 2000  # the issue's was 437 bytes
-    config, db, settings = newsletter({"/bomb.xml": Route(bomb, headers={"Content-Type": "application/rss+xml",
-                                                                       "Content-Encoding": encoding}),
-                                       "/good.xml": Route(GOOD)}, max_bytes=10 << 20)
+    config, db, settings = newsletter(
+        {
+            "/bomb.xml": Route(bomb, headers={"Content-Type": "application/rss+xml", "Content-Encoding": encoding}),
+            "/good.xml": Route(GOOD),
+        },
+        max_megabytes=10,
+    )
     tracemalloc.start()
     try:
         report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
@@ -162,23 +188,36 @@ def test_a_decompression_bomb_is_stopped_at_the_cap_without_inflating(newsletter
     assert peak < 60 << 20, f"{peak >> 20} MB allocated"
 
 
-@pytest.mark.parametrize("route, error", [
-    (Route(zlib.compress(bytes(64 << 20)), headers={"Content-Encoding": "deflate"}), "response larger than 1 MB"),
-    (Route(zlib.compress(bytes(64 << 20))[2:-4], headers={"Content-Encoding": "deflate"}), "response larger than 1 MB"),
-    (Route(bytes(3 << 20), headers={"Content-Type": "application/rss+xml"}, length=-1), "response larger than 1 MB"),
-    (Route(b"x" * 200, headers={"Content-Encoding": "br"}), "unsupported Content-Encoding: br"),
-    (Route(b"not gzip at all", headers={"Content-Encoding": "gzip"}), "the body is not valid gzip or deflate data"),
-    (Route(gzip.compress(GOOD), headers={"Content-Encoding": "gzip, " * 5 + "gzip"}), "6 layers of Content-Encoding"),
-])
+@pytest.mark.parametrize(
+    "route, error",
+    [
+        (Route(zlib.compress(bytes(64 << 20)), headers={"Content-Encoding": "deflate"}), "response larger than 1 MB"),
+        (
+            Route(zlib.compress(bytes(64 << 20))[2:-4], headers={"Content-Encoding": "deflate"}),
+            "response larger than 1 MB",
+        ),
+        (
+            Route(bytes(3 << 20), headers={"Content-Type": "application/rss+xml"}, length=-1),
+            "response larger than 1 MB",
+        ),
+        (Route(b"x" * 200, headers={"Content-Encoding": "br"}), "unsupported Content-Encoding: br"),
+        (Route(b"not gzip at all", headers={"Content-Encoding": "gzip"}), "the body is not valid gzip or deflate data"),
+        (
+            Route(gzip.compress(GOOD), headers={"Content-Encoding": "gzip, " * 5 + "gzip"}),
+            "6 layers of Content-Encoding",
+        ),
+    ],
+)
 def test_every_encoding_layer_and_every_body_counts_against_the_cap(newsletter, route, error):
-    config, db, settings = newsletter({"/hostile.xml": route}, max_bytes=1 << 20)
+    config, db, settings = newsletter({"/hostile.xml": route}, max_megabytes=1)
     report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
     assert report["hostile.xml"].error == error
 
 
 def test_an_honest_gzipped_feed_is_read(newsletter):
-    config, db, settings = newsletter({"/zipped.xml": Route(gzip.compress(gzip.compress(GOOD)),
-                                                            headers={"Content-Encoding": "gzip, gzip"})})
+    config, db, settings = newsletter(
+        {"/zipped.xml": Route(gzip.compress(gzip.compress(GOOD)), headers={"Content-Encoding": "gzip, gzip"})}
+    )
     assert by_name(jobs.collect(config, db, now=NOW, settings=settings))["zipped.xml"].new_posts == 1
 
 
@@ -186,8 +225,9 @@ def test_an_honest_gzipped_feed_is_read(newsletter):
 
 
 def test_a_slow_drip_ends_at_the_feeds_one_deadline_with_a_truthful_message(newsletter):
-    config, db, settings = newsletter({"/drip.xml": Route(GOOD * 50, drip=0.2), "/good.xml": Route(GOOD)},
-                                      timeout=1.0, retries=2, deadline=2.0)
+    config, db, settings = newsletter(
+        {"/drip.xml": Route(GOOD * 50, drip=0.2), "/good.xml": Route(GOOD)}, timeout=1.0, max_attempts=3, deadline=2.0
+    )
     started = time.monotonic()
     report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
     elapsed = time.monotonic() - started
@@ -196,13 +236,16 @@ def test_a_slow_drip_ends_at_the_feeds_one_deadline_with_a_truthful_message(news
 
 
 def test_retries_happen_inside_the_deadline_and_say_how_many(newsletter):
-    config, db, settings = newsletter({"/slow.xml": Route(GOOD, delay=0.8)}, timeout=0.3, retries=5, deadline=1.5,
-                                      backoff=0.1)
+    config, db, settings = newsletter(
+        {"/slow.xml": Route(GOOD, delay=0.8)}, timeout=0.3, max_attempts=6, deadline=1.5, backoff=0.1
+    )
     started = time.monotonic()
     error = by_name(jobs.collect(config, db, now=NOW, settings=settings))["slow.xml"].error
     assert time.monotonic() - started < 2.5
-    assert error.startswith("no complete answer within the 1.5 s deadline (") and "attempts; the one before: " \
-        "timed out after 0.3 s without an answer" in error
+    assert (
+        error.startswith("no complete answer within the 1.5 s deadline (")
+        and "attempts; the one before: timed out after 0.3 s without an answer" in error
+    )
 
 
 # --- 4. redirects to places a feed has no business in -----------------------------------------
@@ -212,7 +255,7 @@ def test_retries_happen_inside_the_deadline_and_say_how_many(newsletter):
 def public(monkeypatch):
     """A "public" feed server: 127.0.0.2 stands for a public address (the test host has no other), named
     public.test; 127.0.0.1 stays loopback."""
-    real_problem, real_resolve = collect_module.address_problem, collect_module._resolve
+    real_problem, real_resolve = fetch_module.address_problem, fetch_module._resolve
 
     def problem(address: str, allow_private: bool):
         return None if address == "127.0.0.2" else real_problem(address, allow_private)
@@ -220,8 +263,8 @@ def public(monkeypatch):
     async def resolve(host: str, port: int):
         return ["127.0.0.2"] if host == "public.test" else await real_resolve(host, port)
 
-    monkeypatch.setattr(collect_module, "address_problem", problem)
-    monkeypatch.setattr(collect_module, "_resolve", resolve)
+    monkeypatch.setattr(fetch_module, "address_problem", problem)
+    monkeypatch.setattr(fetch_module, "_resolve", resolve)
     server = FeedServer(host="127.0.0.2").start()
     yield server
     server.stop()
@@ -234,16 +277,26 @@ def public_feed(tmp_path, server: FeedServer, routes: dict[str, Route]):
     return load_config(write_config(tmp_path, feeds)), store.open_db(tmp_path / "digest.db")
 
 
-@pytest.mark.parametrize("target", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:{loopback}/feed.xml",
-                                    "http://localhost:{loopback}/feed.xml", "http://[::1]:{loopback}/feed.xml",
-                                    "http://10.0.0.1/feed.xml", "http://[fe80::1]/x", "http://0.0.0.0:{loopback}/x",
-                                    "http://[::ffff:127.0.0.1]:{loopback}/feed.xml", "file:///etc/passwd"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:{loopback}/feed.xml",
+        "http://localhost:{loopback}/feed.xml",
+        "http://[::1]:{loopback}/feed.xml",
+        "http://10.0.0.1/feed.xml",
+        "http://[fe80::1]/x",
+        "http://0.0.0.0:{loopback}/x",
+        "http://[::ffff:127.0.0.1]:{loopback}/feed.xml",
+        "file:///etc/passwd",
+    ],
+)
 @pytest.mark.parametrize("status", [301, 302, 308])
 def test_a_public_feed_cannot_redirect_digest_inside(tmp_path, public, feed_server, target, status):
     feed_server.routes["/feed.xml"] = Route(GOOD)  # what digest must not read
     target = target.format(loopback=feed_server.httpd.server_address[1])
     config, db = public_feed(tmp_path, public, {"/moved.xml": Route(status=status, headers={"Location": target})})
-    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, retries=1, backoff=0))
+    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=2, backoff=0))
     error = report.feeds[0].error
     assert report.feeds[0].outcome == "failed" and ("refused" in error or "not an http(s) address" in error), error
     assert feed_server.hits("/feed.xml") == [] and db["posts"].count == 0
@@ -252,26 +305,38 @@ def test_a_public_feed_cannot_redirect_digest_inside(tmp_path, public, feed_serv
 
 def test_a_public_name_that_resolves_inside_is_refused_when_connecting(tmp_path, feed_server, monkeypatch):
     """DNS rebinding: the name of a public feed now resolves to this machine."""
+
     async def resolve(host: str, port: int):
         return ["127.0.0.1"]
 
-    monkeypatch.setattr(collect_module, "_resolve", resolve)
+    monkeypatch.setattr(fetch_module, "_resolve", resolve)
     feed_server.routes["/feed.xml"] = Route(GOOD)
     port = feed_server.httpd.server_address[1]
     config = load_config(write_config(tmp_path, [{"name": "rebound", "url": f"http://rebound.test:{port}/feed.xml"}]))
-    report = jobs.collect(config, store.open_db(tmp_path / "digest.db"), now=NOW,
-                          settings=CollectSettings(timeout=2.0, retries=0))
-    assert report.feeds[0].error == ("refused to connect: rebound.test is 127.0.0.1, a loopback or private address "
-                                     "(set `private: true` on the feed if it is meant)")
+    report = jobs.collect(
+        config, store.open_db(tmp_path / "digest.db"), now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1)
+    )
+    assert report.feeds[0].error == (
+        "refused to connect: rebound.test is 127.0.0.1, a loopback or private address "
+        "(set `private: true` on the feed if it is meant)"
+    )
     assert feed_server.hits("/feed.xml") == []
 
 
 def test_link_local_and_metadata_addresses_are_refused_even_when_configured(tmp_path):
-    feeds = [{"name": "metadata", "url": "http://169.254.169.254/latest/"},
-             {"name": "aws6", "url": "http://[fd00:ec2::254]/latest/", "private": True}]
+    feeds = [
+        {"name": "metadata", "url": "http://169.254.169.254/latest/"},
+        {"name": "aws6", "url": "http://[fd00:ec2::254]/latest/", "private": True},
+    ]
     config = load_config(write_config(tmp_path, feeds))
-    report = by_name(jobs.collect(config, store.open_db(tmp_path / "digest.db"), now=NOW,
-                                  settings=CollectSettings(timeout=2.0, retries=0)))
+    report = by_name(
+        jobs.collect(
+            config,
+            store.open_db(tmp_path / "digest.db"),
+            now=NOW,
+            settings=CollectSettings(timeout=2.0, max_attempts=1),
+        )
+    )
     assert all("link-local or cloud metadata" in feed.error for feed in report.values())
 
 
@@ -285,9 +350,12 @@ def test_a_feed_configured_at_a_private_address_may_redirect_within_it(newslette
 
 def test_a_remembered_redirect_that_is_now_refused_is_forgotten(tmp_path, public, feed_server):
     config, db = public_feed(tmp_path, public, {"/feed.xml": Route(GOOD)})
-    db.execute("INSERT INTO feeds (url, redirect_url) VALUES (?, ?)",
-               [config.feeds[0].url, "http://169.254.169.254/feed.xml"])  # remembered by an older release
-    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, retries=0))
+    db.execute(
+        "INSERT INTO feeds (url, redirect_url) VALUES (?, ?)", [config.feeds[0].url, "http://169.254.169.254/feed.xml"]
+    )  # remembered by an older release
+    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1))
     assert report.feeds[0].outcome == "failed" and "link-local" in report.feeds[0].error
     assert db["feeds"].get(config.feeds[0].url)["redirect_url"] is None
-    assert jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, retries=0)).feeds[0].new_posts == 1
+    assert (
+        jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1)).feeds[0].new_posts == 1
+    )

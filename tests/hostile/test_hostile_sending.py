@@ -14,18 +14,21 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC
 from email import message_from_bytes, policy
 
 import pytest
 import yaml
+from test_send_smtp import SECRET, issue_row, ledger
 
 from digest import store
 from digest.config import load_config
 from digest.draft import draft_path
 from digest.lock import hold, lock_path
-from smtpserver import WEEK, Behaviour, SmtpServer, make_project, subscribers
-from buttondownfake import KEY, Answer
-from test_send_smtp import SECRET, issue_row, ledger
+
+from helpers.buttondown import KEY, Answer
+from helpers.project import WEEK, make_project, subscribers
+from helpers.smtp import Behaviour, SmtpServer
 
 COMMAND = [sys.executable, "-m", "digest", "send", "--week", WEEK, "--yes"]
 
@@ -45,8 +48,9 @@ def poll(condition, timeout: float = 30.0) -> None:
 
 def background_send(tmp_path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET)
-    return subprocess.Popen([*COMMAND, *extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [*COMMAND, *extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 # --- 5. a build during a send --------------------------------------------------------------------
@@ -73,23 +77,39 @@ def test_a_resumed_send_mails_the_draft_the_first_subscribers_got(tmp_path, run_
     finally:
         server.stop()
     assert code == 0 and "changed since the send began" in err
-    bodies = [message_from_bytes(m.data, policy=policy.default).get_body(("plain",)).get_content()
-              for m in server.messages]
+    bodies = [
+        message_from_bytes(m.data, policy=policy.default).get_body(("plain",)).get_content() for m in server.messages
+    ]
     assert len(bodies) == 3 and all("Ünïcode post 0" in body and "REWRITTEN" not in body for body in bodies)
 
 
 def test_only_the_posts_the_email_holds_are_used_up(tmp_path, server, run_cli, secret, feed_server):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
     from email.utils import format_datetime
 
-    from feedserver import Route, rss
+    from helpers.feeds import Route, rss
 
-    monday = datetime(2026, 3, 30, 12, tzinfo=timezone.utc)
-    feed_server.routes["/feed.xml"] = Route(rss([
-        {"title": f"Post {n}", "link": f"https://blog.example.com/{n}/", "guid": f"p{n}", "description": "x",
-         "date": format_datetime(monday + timedelta(hours=n))} for n in range(3)]))
-    make_project(tmp_path, server.port, subscribers(1), feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"),
-                                                                 "section": "News"}])
+    monday = datetime(2026, 3, 30, 12, tzinfo=UTC)
+    feed_server.routes["/feed.xml"] = Route(
+        rss(
+            [
+                {
+                    "title": f"Post {n}",
+                    "link": f"https://blog.example.com/{n}/",
+                    "guid": f"p{n}",
+                    "description": "x",
+                    "date": format_datetime(monday + timedelta(hours=n)),
+                }
+                for n in range(3)
+            ]
+        )
+    )
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(1),
+        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
+    )
     assert run_cli("collect", cwd=tmp_path)[0] == 0
     assert run_cli("build", "--week", WEEK, cwd=tmp_path)[0] == 0
     path = draft_path(tmp_path / "drafts", WEEK)
@@ -122,19 +142,30 @@ def test_a_send_whose_database_is_deleted_stops_and_the_next_refuses_to_mail_eve
         server.wait_for(5)
         for name in ("digest.db", "digest.db-wal", "digest.db-shm"):
             (tmp_path / name).unlink(missing_ok=True)
-        out, err = first.communicate(timeout=60)
+        _out, err = first.communicate(timeout=60)
         assert first.returncode == 1 and "was removed or replaced during the send" in err, err
         mailed = len(server.messages)
         assert mailed < count
         receipt = tmp_path / "drafts" / f"{WEEK}.receipt.json"
         assert receipt.exists() and '"status": "sending"' in receipt.read_text()
-        second = subprocess.run(COMMAND, cwd=tmp_path, env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            COMMAND,
+            cwd=tmp_path,
+            env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1 and "has no record of it" in second.stderr and "--force" in second.stderr
         assert len(server.messages) == mailed  # nobody mailed from the empty ledger
-        forced = subprocess.run([*COMMAND, "--force"], cwd=tmp_path,
-                                env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET), capture_output=True, text=True,
-                                timeout=60)
+        forced = subprocess.run(
+            [*COMMAND, "--force"],
+            cwd=tmp_path,
+            env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         server.stop()
     assert forced.returncode == 0 and len(server.messages) == mailed + count  # --force: everyone, as it warns
@@ -142,7 +173,7 @@ def test_a_send_whose_database_is_deleted_stops_and_the_next_refuses_to_mail_eve
 
 def test_run_refuses_before_collecting_into_the_draft_of_a_lost_send(tmp_path, server, run_cli, secret, monkeypatch):
     make_project(tmp_path, server.port, subscribers(2))
-    monkeypatch.setattr("digest.cli.current_week", lambda now, tz: WEEK)
+    monkeypatch.setattr("digest.jobs.current_week", lambda now, tz: WEEK)
     assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
     draft = draft_path(tmp_path / "drafts", WEEK).read_text()
     (tmp_path / "digest.db").rename(tmp_path / "digest.db.lost")
@@ -162,16 +193,18 @@ def buttondown_project(tmp_path, api):
 
 
 @pytest.mark.parametrize("refusal", [400, 409, 422])
-def test_a_refusal_after_a_lost_answer_keeps_the_key_and_the_next_run_finds_the_email(tmp_path, api, run_cli,
-                                                                                       refusal):
+def test_a_refusal_after_a_lost_answer_keeps_the_key_and_the_next_run_finds_the_email(tmp_path, api, run_cli, refusal):
     buttondown_project(tmp_path, api)
     api.replay = False  # the first POST creates the email; its answer is lost; the retry is refused
-    api.script = [Answer(delay=1.0), Answer(refusal, {"detail": "An email with this idempotency key is being processed."})]
+    api.script = [
+        Answer(delay=1.0),
+        Answer(refusal, {"detail": "An email with this idempotency key is being processed."}),
+    ]
     code, _, err = run_cli("send", "--week", WEEK, "--backend", "buttondown", "--send-now", "--yes", cwd=tmp_path)
     assert code == 1 and "may have created the email" in err
     row = issue_row(tmp_path)
     assert row["status"] == "sending" and row["idempotency_key"] and row["remote_id"] is None
-    code, out, err = run_cli("send", "--week", WEEK, "--backend", "buttondown", "--send-now", "--yes", cwd=tmp_path)
+    code, _out, err = run_cli("send", "--week", WEEK, "--backend", "buttondown", "--send-now", "--yes", cwd=tmp_path)
     assert code == 0, err
     assert len(api.created) == 1 and [r.method for r in api.requests].count("POST") == 2  # no third POST
     assert issue_row(tmp_path)["remote_id"] == next(iter(api.created.values()))["id"]
@@ -213,7 +246,7 @@ def test_an_smtp_reply_that_echoes_the_password_is_redacted_everywhere(tmp_path,
 
 def test_implicit_tls_against_a_plain_port_is_a_broken_setup_not_a_try_again(tmp_path, server, run_cli, secret):
     make_project(tmp_path, server.port, subscribers(2), smtp={"security": "ssl"})
-    code, out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 1 and "is smtp.security right for this port?" in err
     assert issue_row(tmp_path)["status"] == "draft" and not ledger(tmp_path)  # not frozen in `sending`
 
@@ -224,10 +257,10 @@ def test_a_stalled_server_is_for_later_and_a_full_mailbox_for_the_record(tmp_pat
     try:
         make_project(tmp_path, server.port, people, smtp={"timeout": 0.5, "max_attempts": 1})
         server.behaviour.delay = 2.0  # stalls past smtp.timeout: time may fix it
-        code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+        code, _, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
         assert code == 75
         server.behaviour.delay = 0.0
-        code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+        code, _out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     finally:
         server.stop()
     statuses = {row["email"]: row["status"] for row in ledger(tmp_path).values()}
@@ -248,8 +281,14 @@ def test_sigterm_finishes_the_messages_in_flight_and_a_resume_mails_no_one_twice
         rows = ledger(tmp_path)
         assert "sending" not in {row["status"] for row in rows.values()}  # what was in flight is recorded
         assert sum(row["status"] == "sent" for row in rows.values()) == len(server.messages) < count
-        second = subprocess.run(COMMAND, cwd=tmp_path, env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            COMMAND,
+            cwd=tmp_path,
+            env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         server.stop()
     assert second.returncode == 0, second.stderr
@@ -263,8 +302,10 @@ def test_sigterm_finishes_the_messages_in_flight_and_a_resume_mails_no_one_twice
 def test_unicode_case_folding_never_makes_two_subscribers_one(tmp_path, server, run_cli, secret):
     from digest.send.unsubscribe import UnsubscribeLinks
 
-    csv = "email,name,status\nſ@x.example,Long S,active\ns@x.example,Plain S,active\nstraße@x.example,Eszett,active\n" \
-          "strasse@x.example,Double S,active\n"
+    csv = (
+        "email,name,status\nſ@x.example,Long S,active\ns@x.example,Plain S,active\nstraße@x.example,Eszett,active\n"
+        "strasse@x.example,Double S,active\n"
+    )
     config = load_config(make_project(tmp_path, server.port, csv))
     token = UnsubscribeLinks.for_newsletter(config.newsletter).url("ſ@x.example").split("token=")[1]
     assert run_cli("unsubscribe", token, cwd=tmp_path)[0] == 0
@@ -282,15 +323,27 @@ def test_files_that_hold_addresses_are_private(tmp_path, server, run_cli, secret
     make_project(tmp_path, server.port, subscribers(2))
     assert run_cli("send", "--week", WEEK, "--dry-run", cwd=tmp_path)[0] == 0
     assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
-    private = [tmp_path / "digest.db", lock_path(tmp_path / "digest.db"),
-               *(tmp_path / "drafts" / f"{WEEK}.dry-run").iterdir()]
+    private = [
+        tmp_path / "digest.db",
+        lock_path(tmp_path / "digest.db"),
+        *(tmp_path / "drafts" / f"{WEEK}.dry-run").iterdir(),
+    ]
     private += [path for path in (tmp_path / "digest.db-wal", tmp_path / "digest.db-shm") if path.exists()]
     assert {oct(stat.S_IMODE(path.stat().st_mode)) for path in private} == {"0o600"}
     assert stat.S_IMODE((tmp_path / "drafts" / f"{WEEK}.dry-run").stat().st_mode) == 0o700
 
 
-@pytest.mark.parametrize("host, status", [("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("[::1]:{port}", 200),
-                                          ("evil.example:{port}", 403), ("127.0.0.1.evil.example", 403), ("", 403)])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("127.0.0.1:{port}", 200),
+        ("localhost:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("evil.example:{port}", 403),
+        ("127.0.0.1.evil.example", 403),
+        ("", 403),
+    ],
+)
 def test_the_preview_answers_only_requests_for_this_machine(tmp_path, server, host, status):
     from digest.preview import PreviewServer
 

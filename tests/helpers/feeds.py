@@ -3,10 +3,10 @@ length; records requests."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .loopback import LoopbackServer, QuietHandler
 
 
 @dataclass
@@ -18,27 +18,19 @@ class Route:
     etag: str | None = None  # answer 304 to a matching If-None-Match
     drop: bool = False  # close the connection without answering
     drip: float = 0.0  # seconds between the body's bytes, sent one at a time (a slow drip never times out a read)
-    length: int | None = None  # the Content-Length to claim, when it should not be the body's; -1: none, read to the end
+    length: int | None = (
+        None  # the Content-Length to claim, when it should not be the body's; -1: none, read to the end
+    )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # the default backlog of 5 drops connections when 80 feeds are fetched at once
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that hung up (a timeout test, a retry) is expected here, not news for the test's stderr."""
-
-
-class FeedServer:
+class FeedServer(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
                 server.requests.append((self.path, dict(self.headers)))
                 route = server.routes.get(self.path)
                 if route is None:
@@ -78,17 +70,7 @@ class FeedServer:
                 except OSError:  # the client gave up, as it should
                     self.close_connection = True
 
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                pass
-
-        self.stopping = threading.Event()
-        self.httpd = _Server((host, 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://{self.httpd.server_address[0]}:{self.httpd.server_address[1]}"
+        super().__init__(Handler, host)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -96,20 +78,13 @@ class FeedServer:
     def hits(self, path: str) -> list[dict[str, str]]:
         return [headers for requested, headers in self.requests if requested == path]
 
-    def start(self) -> "FeedServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 def rss(items: list[dict], title: str = "Sample feed", link: str = "https://blog.example.com/") -> bytes:
     """A small RSS 2.0 document; each item dict may have title, link, guid, description, date (RFC 822)."""
-    parts = [f'<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0"><channel><title>{title}</title>'
-             f"<link>{link}</link><description>d</description>"]
+    parts = [
+        f'<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0"><channel><title>{title}</title>'
+        f"<link>{link}</link><description>d</description>"
+    ]
     for item in items:
         parts.append("<item>")
         for key, tag in (("title", "title"), ("link", "link"), ("guid", "guid"), ("date", "pubDate")):

@@ -21,12 +21,11 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
-import random
 import socket
 import ssl
 import zlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -34,9 +33,12 @@ import httpx
 
 from . import __version__
 from .config import CollectSettings
+from .retry import backoff
 
 USER_AGENT = f"digest/{__version__} (RSS/Atom to newsletter; +https://pypi.org/project/digest/)"
-ACCEPT = "application/atom+xml, application/rss+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+ACCEPT = (
+    "application/atom+xml, application/rss+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+)
 ACCEPT_ENCODING = "gzip, deflate"  # what _Decoder undoes; nothing else is asked for
 PERMANENT_REDIRECTS = {301, 308}
 MAX_REDIRECTS = 10
@@ -119,7 +121,7 @@ _ALLOW_PRIVATE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_pri
 
 async def _resolve(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -128,8 +130,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, inner: httpcore.AsyncNetworkBackend):
         self.inner = inner
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options=None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options=None
+    ) -> httpcore.AsyncNetworkStream:
         try:
             addresses = await _resolve(host, port)
         except OSError as exc:
@@ -138,8 +141,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         if not allowed:
             problem = address_problem(addresses[0], _ALLOW_PRIVATE.get())
             raise httpcore.ConnectError(f"{_REFUSED}{host} is {addresses[0]}, {problem}")
-        return await self.inner.connect_tcp(allowed[0], port, timeout=timeout, local_address=local_address,
-                                            socket_options=socket_options)
+        return await self.inner.connect_tcp(
+            allowed[0], port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover - not used
         raise httpcore.ConnectError("unix sockets are not fetched")
@@ -231,8 +235,11 @@ class _Inflater:
 # --- fetching ------------------------------------------------------------------------------
 
 
-async def fetch_all(requests: Iterable[FetchRequest], settings: CollectSettings = CollectSettings(),
-                    transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[FetchResult]:
+async def fetch_all(
+    requests: Iterable[FetchRequest],
+    settings: CollectSettings = CollectSettings(),
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[FetchResult]:
     """Fetch every feed with bounded concurrency, yielding each result as soon as it is in."""
     requests = list(requests)
     # httpcore's pool does work proportional to its connections for every request it starts or ends,
@@ -243,11 +250,17 @@ async def fetch_all(requests: Iterable[FetchRequest], settings: CollectSettings 
     tls = ssl.create_default_context()  # one for all pools: building it takes ~20 ms
     semaphore = asyncio.Semaphore(settings.concurrency)
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
-            timeout=httpx.Timeout(settings.timeout), follow_redirects=False,
-            transport=transport or _guarded_transport(tls, limits)))
-            for _ in range(shards)]
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    headers={"User-Agent": USER_AGENT, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
+                    timeout=httpx.Timeout(settings.timeout),
+                    follow_redirects=False,
+                    transport=transport or _guarded_transport(tls, limits),
+                )
+            )
+            for _ in range(shards)
+        ]
 
         async def one(client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
             async with semaphore:
@@ -282,10 +295,10 @@ async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: 
                     if str(exc).startswith(_REFUSED):
                         _fail(result, str(exc), refused=True)
                         return result
-                if attempts > settings.retries:
+                if attempts >= settings.max_attempts:
                     _fail(result, last if attempts == 1 else f"{last} ({attempts} attempts)")
                     return result
-                await asyncio.sleep(settings.backoff * 2 ** (attempts - 1) * (1 + random.random() / 2))
+                await asyncio.sleep(backoff(attempts, settings.backoff, jitter=0.5))
     except TimeoutError:
         tried = f"{attempts} attempt{'s' if attempts > 1 else ''}" + (f"; the one before: {last}" if last else "")
         _fail(result, f"no complete answer within the {settings.deadline:g} s deadline ({tried})")
@@ -305,8 +318,9 @@ def _fail(result: FetchResult, error: str, *, refused: bool = False) -> None:
     result.content, result.permanent_url = None, None
 
 
-async def _get(client: httpx.AsyncClient, request: FetchRequest, settings: CollectSettings,
-               result: FetchResult) -> None:
+async def _get(
+    client: httpx.AsyncClient, request: FetchRequest, settings: CollectSettings, result: FetchResult
+) -> None:
     """One attempt: follow redirects by hand (each target checked), then read the body within the cap."""
     headers = {}
     if request.etag:
@@ -345,8 +359,11 @@ async def _read(response: httpx.Response, settings: CollectSettings, result: Fet
     async for chunk in response.aiter_raw():
         body += decoder.feed(chunk)
     result.content = bytes(body)
-    result.headers = {name.lower(): value for name, value in response.headers.items()
-                      if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")}
+    result.headers = {
+        name.lower(): value
+        for name, value in response.headers.items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    }
     result.etag = response.headers.get("ETag")
     result.last_modified = response.headers.get("Last-Modified")
 

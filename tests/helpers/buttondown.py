@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from .loopback import LoopbackServer, QuietHandler
 
 KEY = "bd-test-key-0123456789"
 
@@ -29,7 +29,7 @@ class Request:
     body: dict
 
 
-class FakeButtondown:
+class FakeButtondown(LoopbackServer):
     """Answers from a script, in order (then 201 with a new id), and records every request.
 
     Like Buttondown, it remembers the email a POST created under its X-Idempotency-Key and answers a
@@ -44,26 +44,32 @@ class FakeButtondown:
         self.replay = True  # a repeated key gets the email it created (False: the script answers it)
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def answer(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                fake.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                                             body))
+                fake.requests.append(
+                    Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
                 key = self.headers.get("X-Idempotency-Key")
                 if self.command == "GET":  # list_emails: the emails created, filtered by subject
                     subject = parse_qs(urlsplit(self.path).query).get("subject", [""])[0]
                     found = [email for email in fake.created.values() if subject in email.get("subject", "")]
-                    answer = fake.script.pop(0) if fake.script and fake.script[0].listing else Answer(
-                        200, {"results": found, "count": len(found), "next": None, "previous": None})
+                    answer = (
+                        fake.script.pop(0)
+                        if fake.script and fake.script[0].listing
+                        else Answer(200, {"results": found, "count": len(found), "next": None, "previous": None})
+                    )
                 elif self.command == "POST" and key in fake.created and fake.replay:
                     answer = Answer(201, fake.created[key])
                 else:
                     answer = fake.script.pop(0) if fake.script else Answer()
                     if answer.status < 300 and not answer.body:
-                        answer.body = {"id": f"em_{len(fake.requests)}", "status": body.get("status", "draft"),
-                                       "subject": body.get("subject", ""), "metadata": body.get("metadata", {})}
+                        answer.body = {
+                            "id": f"em_{len(fake.requests)}",
+                            "status": body.get("status", "draft"),
+                            "subject": body.get("subject", ""),
+                            "metadata": body.get("metadata", {}),
+                        }
                     if answer.status < 300 and self.command == "POST" and key:
                         fake.created[key] = answer.body
                 time.sleep(answer.delay + fake.slow)
@@ -78,19 +84,10 @@ class FakeButtondown:
                 except OSError:  # the client gave up waiting (a timeout test): no traceback in a later test's stderr
                     self.close_connection = True
 
-            do_POST = do_PATCH = do_GET = answer  # noqa: N815 - http.server's names
+            do_POST = do_PATCH = do_GET = answer
 
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.base + "/v1"

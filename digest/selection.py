@@ -25,9 +25,8 @@ import sqlite_utils
 
 from . import store
 from .config import Config, FeedConfig
+from .models import Placement
 from .weeks import week_span
-
-ITEM, MORE, STALE = "item", "more", "stale"
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class SelectedPost:
     row: dict  # the posts row
     feed: FeedConfig
     site: str  # the feed's home page
-    placement: str = ITEM  # ITEM: in the email; MORE: over its feed's max_items; STALE: dated long before the week
+    placement: Placement = Placement.ITEM
 
     @property
     def id(self) -> str:
@@ -62,8 +61,9 @@ def select_posts(db: sqlite_utils.Database, config: Config, issue_id: str, now: 
     last_sent = store.last_sent_issue(db, before=issue_id)
     if last_sent is not None:
         since = min(start, week_span(last_sent["id"], tz)[1])
-    rows, seen_seq = store.candidate_posts(db, since=store.iso(since), until=store.iso(end), now=store.iso(now),
-                                           last=last_sent)
+    rows, seen_seq = store.candidate_posts(
+        db, since=store.iso(since), until=store.iso(end), now=store.iso(now), last=last_sent
+    )
     stale_before = store.iso(start - timedelta(weeks=config.newsletter.stale_after_weeks))
     sites = store.feed_sites(db)
     carriers = store.post_sources(db, [row["id"] for row in rows])
@@ -71,13 +71,21 @@ def select_posts(db: sqlite_utils.Database, config: Config, issue_id: str, now: 
     selected = []
     for row in rows:
         feeds = [config.feed(url) for url in dict.fromkeys([row["feed_url"], *carriers.get(row["id"], [])])]
-        feed = next((feed for feed in feeds if feed is not None and feed.wants(row["title"], row["summary"] or "")),
-                    None)
+        feed = next(
+            (feed for feed in feeds if feed is not None and feed.wants(row["title"], row["summary"] or "")), None
+        )
         if feed is None:
             continue
-        placement = STALE if row["published_at"] < stale_before else ITEM
-        selected.append(SelectedPost(section=feed.section, row=row, feed=feed,
-                                     site=sites.get(feed.url) or _origin(feed.url), placement=placement))
+        placement = Placement.STALE if row["published_at"] < stale_before else Placement.ITEM
+        selected.append(
+            SelectedPost(
+                section=feed.section,
+                row=row,
+                feed=feed,
+                site=sites.get(feed.url) or _origin(feed.url),
+                placement=placement,
+            )
+        )
     selected.sort(key=lambda post: order[post.section])  # stable: keeps date order inside a section
     return Selection(posts=selected, seen_seq=seen_seq)
 
@@ -94,14 +102,16 @@ def new_for_issue(db: sqlite_utils.Database, config: Config, issue_id: str, now:
         room[feed_url] = room.get(feed_url, 0) - count
     by_feed: dict[str, list[SelectedPost]] = defaultdict(list)
     for post in fresh:
-        if post.placement == ITEM:
+        if post.placement == Placement.ITEM:
             by_feed[post.feed.url].append(post)
     overflow: set[str] = set()
     for feed_url, posts in by_feed.items():
         newest_first = sorted(posts, key=lambda post: (post.row["published_at"], post.id), reverse=True)
-        overflow.update(post.id for post in newest_first[max(0, room.get(feed_url, 0)):])
-    placed = [SelectedPost(post.section, post.row, post.feed, post.site, MORE) if post.id in overflow else post
-              for post in fresh]
+        overflow.update(post.id for post in newest_first[max(0, room.get(feed_url, 0)) :])
+    placed = [
+        SelectedPost(post.section, post.row, post.feed, post.site, Placement.MORE) if post.id in overflow else post
+        for post in fresh
+    ]
     return Selection(posts=placed, seen_seq=selection.seen_seq)
 
 

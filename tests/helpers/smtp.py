@@ -1,4 +1,4 @@
-"""A real SMTP server on 127.0.0.1 (aiosmtpd) for sending tests, and a project folder to send from.
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) for sending tests.
 
 The server records every message as received (CRLF line ends, dot-unstuffed) and can defer (451) or
 refuse (550) chosen recipients, refuse chosen messages at DATA (554), drop the connection at DATA, slow
@@ -8,23 +8,15 @@ down, and refuse every login.
 from __future__ import annotations
 
 import asyncio
-import csv
 import ssl
 import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
-import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-
-from digest.draft import draft_path, write_draft
-from digest.models import Draft, DraftItem, DraftSection
-
-WEEK = "2026-W14"
 
 
 @dataclass
@@ -51,7 +43,7 @@ class _Handler:
     def __init__(self, server: SmtpServer):
         self.server = server
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd's name
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         behaviour = self.server.behaviour
         self.server.rcpt_attempts[address] += 1
         if address in behaviour.refuse_rcpt:
@@ -62,7 +54,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         behaviour = self.server.behaviour
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
@@ -75,8 +67,9 @@ class _Handler:
             return "554 5.7.1 message refused"
         if rcpt in behaviour.too_big:
             return "552 5.3.4 message too big for this mailbox"
-        self.server.messages.append(Received(envelope.mail_from, rcpt, bytes(envelope.original_content),
-                                             tuple(session.peer)))
+        self.server.messages.append(
+            Received(envelope.mail_from, rcpt, bytes(envelope.original_content), tuple(session.peer))
+        )
         return f"250 2.0.0 Ok: queued as Q{len(self.server.messages)}"
 
 
@@ -87,22 +80,32 @@ class _Controller(Controller):
 
 
 class SmtpServer:
-    def __init__(self, behaviour: Behaviour | None = None, *, tls: ssl.SSLContext | None = None,
-                 implicit_tls: bool = False):
+    def __init__(
+        self, behaviour: Behaviour | None = None, *, tls: ssl.SSLContext | None = None, implicit_tls: bool = False
+    ):
         """With tls, STARTTLS is offered and required (or, implicit_tls, the whole session is TLS)."""
         self.behaviour = behaviour or Behaviour()
         self.messages: list[Received] = []
         self.rcpt_attempts: Counter[str] = Counter()
         self.logins: list[str] = []
         options = {"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": bool(tls)}
-        self.controller = _Controller(_Handler(self), hostname="127.0.0.1", port=0, auth_require_tls=False,
-                                      authenticator=self._authenticate, **options)
+        self.controller = _Controller(
+            _Handler(self),
+            hostname="127.0.0.1",
+            port=0,
+            auth_require_tls=False,
+            authenticator=self._authenticate,
+            **options,
+        )
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         self.logins.append(auth_data.login.decode())
         if self.behaviour.refuse_login and self.behaviour.echo_login:
-            return AuthResult(success=False, handled=False, message=(
-                f"535 5.7.8 no user {auth_data.login.decode()} with password {auth_data.password.decode()}"))
+            return AuthResult(
+                success=False,
+                handled=False,
+                message=(f"535 5.7.8 no user {auth_data.login.decode()} with password {auth_data.password.decode()}"),
+            )
         return AuthResult(success=not self.behaviour.refuse_login, handled=False)
 
     @property
@@ -127,50 +130,31 @@ class SmtpServer:
             time.sleep(0.01)
 
 
-def make_project(directory: Path, port: int, subscribers: list[dict] | str, *, smtp: dict | None = None,
-                 buttondown: dict | None = None, items: int = 3, titles: list[str] | None = None,
-                 feeds: list[dict] | None = None, **newsletter) -> Path:
-    """feeds.yaml (smtp on the loopback server), subscribers.csv and, without feeds, WEEK's draft; returns the config."""
-    settings = {"title": "Test Digest", "from": "Test Digest <digest@example.com>", "reply_to": "editor@example.com",
-                "timezone": "Europe/London", "unsubscribe_url": "https://digest.example.com/u?token={token}"}
-    settings.update(newsletter)
-    smtp_settings = {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2, "timeout": 5,
-                     "max_attempts": 3, "backoff": 0.01}
-    smtp_settings.update(smtp or {})
-    config = directory / "feeds.yaml"
-    sections = {"newsletter": settings, "feeds": feeds or [], "smtp": smtp_settings}
-    if buttondown:
-        sections["buttondown"] = buttondown
-    config.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
-    if isinstance(subscribers, str):
-        (directory / "subscribers.csv").write_text(subscribers, encoding="utf-8")
-    else:
-        with (directory / "subscribers.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["email", "name", "status"])
-            writer.writeheader()
-            writer.writerows(subscribers)
-    if feeds:
-        return config
-    draft = Draft(issue=WEEK, week_start=date(2026, 3, 30), week_end=date(2026, 4, 5),
-                  subject="Test Digest – Mar 30 to Apr 5, 2026 ✨", intro="Hello and welcome.",
-                  sections=[DraftSection(title="News", items=[
-                      DraftItem(title=title, url=f"https://blog.example.com/{n}",
-                                summary="A sentence or two about it. " * 4, source="blog.example.com")
-                      for n, title in enumerate(titles or [f"Ünïcode post {n}: {'a long title ' * 6}"
-                                                           for n in range(items)])])])
-    write_draft(draft_path(directory / "drafts", WEEK), draft)
-    return config
-
-
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made by the openssl command."""
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
-
-
-def subscribers(count: int, start: int = 0) -> list[dict]:
-    return [{"email": f"reader{n:05d}@example.com", "name": f"Reader {n}", "status": "active"}
-            for n in range(start, start + count)]

@@ -1,0 +1,277 @@
+"""Sending an issue, whatever the backend: plan, check, confirm, deliver; and its dry run and test copy.
+
+    plan_send     the draft (or, for a resumed send, the draft as it was when the send began), rendered once,
+                  measured against Gmail's clip, and who is to be mailed (the backend's plan)
+    send_issue    plan, ask (a callback: the library never reads stdin), keep the draft and a durable receipt,
+                  deliver through the backend, describe what happened
+    dry_run_issue / send_test_copy     what would be sent, or one copy to one address, recording nothing
+
+The receipt (drafts/<issue>.receipt.json) outlives a lost or replaced database: a send or build of an issue
+that it knows of and the database does not is refused (Unrecorded) unless `force`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from . import store
+from .config import Config
+from .draft import draft_path, parse_draft, write_durably
+from .errors import Clipped, Failed, SetupError, Unrecorded
+from .lock import hold
+from .models import DeliveryStatus, Draft, IssueStatus
+from .render import GMAIL_CLIP_BYTES, render_issue
+from .send import Backend, SendPlan, SendReport, backend_class, check_backend
+from .subscribers import is_valid_email
+from .urls import clean_url, url_key
+from .yamlfile import read_text_file
+
+RECEIPT = ".receipt.json"
+NO_DRAFT = "no draft for this week (run `digest build` first)"
+
+
+def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
+    """Whether an earlier run began sending (ledger rows, or an email at a backend): the draft is fixed now."""
+    issue = store.get_issue(db, issue_id) or {}
+    return issue.get("status") == IssueStatus.SENDING or issue.get("remote_id") is not None
+
+
+def plan_send(
+    config: Config,
+    db: sqlite_utils.Database,
+    issue_id: str,
+    backend: Backend,
+    *,
+    dry_run: bool = False,
+    allow_clipped: bool = False,
+    force: bool = False,
+) -> SendPlan:
+    """What a send of the issue would do, reading the draft once and rendering it once.
+
+    An email that Gmail would clip is refused (Clipped) unless `allow_clipped`, a dry run, or a send that
+    began with it allowed (it resumes the version its first subscribers got). A send the receipt knows of
+    but the database does not is refused (Unrecorded) unless `force`.
+    """
+    plan = SendPlan(issue=issue_id, backend=backend.name, done=backend.done(db, issue_id))
+    if plan.done:
+        return plan
+    if not force:
+        check_receipt(config, db, issue_id)
+    path = draft_path(config.drafts_dir, issue_id)
+    file_text = read_text_file(path, NO_DRAFT)
+    kept = (store.get_issue(db, issue_id) or {}).get("sent_draft") if sending_began(db, issue_id) else None
+    plan.draft_text = kept if kept is not None else file_text
+    plan.draft = parse_draft(path, plan.draft_text)
+    if kept is not None and kept != file_text:
+        plan.snapshot_note = (
+            f"{path} changed since the send began; the rest of the subscribers get the version the first ones got"
+        )
+    if not plan.draft.items:
+        plan.done = f"{issue_id}: {path} has no items, nothing to send"
+        return plan
+    plan.rendered = render_issue(plan.draft, config.newsletter, config.folder)
+    plan.html_bytes = backend.html_bytes(plan)
+    if plan.html_bytes > GMAIL_CLIP_BYTES and not (allow_clipped or dry_run or sending_began(db, issue_id)):
+        raise Clipped(
+            f"{issue_id}: the email is {plan.html_bytes / 1024:.0f} KB of HTML, and Gmail clips past "
+            f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: remove items from "
+            f"{path} (or lower max_items in feeds.yaml and build again), or add --allow-clipped "
+            f"to send it clipped"
+        )
+    backend.plan(db, plan, dry_run=dry_run)
+    return plan
+
+
+def send_issue(
+    config: Config,
+    db: sqlite_utils.Database,
+    issue_id: str,
+    *,
+    backend: str | Backend | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    send_now: bool = False,
+    allow_clipped: bool = False,
+    force: bool = False,
+    now: datetime | None = None,
+    on_result: Callable[[str, str], None] | None = None,
+    on_plan: Callable[[SendPlan], None] | None = None,
+) -> SendReport:
+    """Send the issue through a backend, under the send lock, and say what happened.
+
+    `confirm` gets the question (who will get what) and says whether to go on; without it the send goes on.
+    `on_plan` sees the plan first (the rows of subscribers.csv that were skipped, a changed draft). The
+    database records each step so that a re-run resumes: see the README's delivery guarantee.
+    """
+    with hold(store.database_path(db)):
+        return send_locked(
+            config,
+            db,
+            issue_id,
+            backend=backend,
+            confirm=confirm,
+            send_now=send_now,
+            allow_clipped=allow_clipped,
+            force=force,
+            now=now,
+            on_result=on_result,
+            on_plan=on_plan,
+        )
+
+
+def send_locked(
+    config: Config,
+    db: sqlite_utils.Database,
+    issue_id: str,
+    *,
+    backend: str | Backend | None,
+    confirm: Callable[[str], bool] | None,
+    send_now: bool,
+    allow_clipped: bool,
+    force: bool,
+    now: datetime | None,
+    on_result: Callable[[str, str], None] | None,
+    on_plan: Callable[[SendPlan], None] | None,
+) -> SendReport:
+    """send_issue, for a caller that holds the send lock already (run_week)."""
+    chosen = _backend(config, backend, db, issue_id, send_now=send_now, on_result=on_result)
+    plan = plan_send(config, db, issue_id, chosen, allow_clipped=allow_clipped, force=force)
+    if on_plan is not None:
+        on_plan(plan)
+    if plan.done:
+        return SendReport(issue=issue_id, backend=chosen.name, done=plan.done, lines=[plan.done])
+    if confirm is not None and not confirm(chosen.question(plan)):
+        raise Failed("not confirmed: nothing sent")
+    report = _deliver(config, db, plan, chosen, now or datetime.now(UTC))
+    report.lines = chosen.describe(report, plan)
+    return report
+
+
+def _deliver(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, now: datetime) -> SendReport:
+    """First the draft is kept in the database (with which posts the email holds) and a durable receipt is
+    written next to it; the receipt follows the issue's state when the backend is done, or stops."""
+    draft, _ = plan.ready()
+    store.ensure_issue(db, plan.issue, draft.subject, now)
+    store.begin_send(db, plan.issue, plan.draft_text, posts_in(draft, store.offered_posts(db, plan.issue)))
+    receipt = draft_path(config.drafts_dir, plan.issue, RECEIPT)
+    _write_receipt(receipt, db, plan.issue, plan.backend, now, status=IssueStatus.SENDING)
+    try:
+        return backend.deliver(db, plan)
+    finally:
+        issue = store.get_issue(db, plan.issue) or {}
+        if issue.get("status") in (IssueStatus.SENDING, IssueStatus.SENT):
+            _write_receipt(receipt, db, plan.issue, plan.backend, now, status=issue["status"])
+        else:
+            receipt.unlink(missing_ok=True)  # nothing was delivered: a draft again
+
+
+def dry_run_issue(
+    config: Config,
+    db: sqlite_utils.Database,
+    issue_id: str,
+    *,
+    backend: str | Backend | None = None,
+    send_now: bool = False,
+) -> tuple[SendPlan, list[Path]]:
+    """Write what would be sent to drafts/<issue>.dry-run/ (readable by its owner only: it may hold addresses and
+    signed unsubscribe links), sending nothing; no files when there is nothing to send."""
+    chosen = _backend(config, backend, db, issue_id, send_now=send_now)
+    plan = plan_send(config, db, issue_id, chosen, dry_run=True)
+    if plan.done:
+        return plan, []
+    directory = draft_path(config.drafts_dir, issue_id, ".dry-run")
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return plan, chosen.dry_run(plan, directory)
+
+
+def send_test_copy(config: Config, issue_id: str, address: str, *, backend: str | Backend | None = None) -> str:
+    """One copy of the issue to one address, recording nothing; returns what the server answered."""
+    if not is_valid_email(address):
+        raise SetupError(f"--to: not a valid address: {address!r}")
+    chosen = _backend(config, backend)
+    path = draft_path(config.drafts_dir, issue_id)
+    draft = parse_draft(path, read_text_file(path, NO_DRAFT))
+    plan = SendPlan(
+        issue=issue_id, backend=chosen.name, draft=draft, rendered=render_issue(draft, config.newsletter, config.folder)
+    )
+    return chosen.send_test(plan, address)
+
+
+def _backend(
+    config: Config,
+    backend: str | Backend | None,
+    db: sqlite_utils.Database | None = None,
+    issue_id: str = "",
+    **options,
+) -> Backend:
+    """A backend by name (its secrets read now, after checking that the issue was not begun with another), or
+    the one given (tests build theirs)."""
+    if isinstance(backend, Backend):
+        return backend
+    kind = backend_class(backend)
+    if db is not None:
+        check_backend(db, issue_id, kind.name)
+    return kind(config, **options)
+
+
+def _write_receipt(
+    path: Path, db: sqlite_utils.Database, issue_id: str, backend: str, now: datetime, *, status: str
+) -> None:
+    """drafts/<issue>.receipt.json: that this issue began sending (or was sent), and how far it got."""
+    try:
+        began = json.loads(path.read_text(encoding="utf-8")).get("began")
+    except (OSError, ValueError, AttributeError):
+        began = None
+    issue = store.get_issue(db, issue_id) or {}
+    receipt = {
+        "issue": issue_id,
+        "status": status,
+        "backend": backend,
+        "began": began or store.iso(now),
+        "updated": store.iso(datetime.now(UTC)),
+        "delivered": store.delivery_counts(db, issue_id).get(DeliveryStatus.SENT, 0),
+        "remote_id": issue.get("remote_id"),
+        "database": store.database_path(db),
+    }
+    write_durably(path, json.dumps(receipt, indent=2) + "\n")
+
+
+def check_receipt(config: Config, db: sqlite_utils.Database, issue_id: str) -> None:
+    """Refuse (Unrecorded) when the receipt says the issue began sending or was sent and the database knows
+    nothing of it: the database was lost or replaced, and its empty ledger would mail everyone again."""
+    path = draft_path(config.drafts_dir, issue_id, RECEIPT)
+    if not path.exists():
+        return
+    issue = store.get_issue(db, issue_id) or {}
+    if (
+        issue.get("status") in (IssueStatus.SENDING, IssueStatus.SENT)
+        or issue.get("remote_id")
+        or issue.get("sent_draft")
+    ):
+        return
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8"))
+        how = f"{receipt['status']} ({receipt['delivered']} delivered by {receipt['updated']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        how = "sending"
+    raise Unrecorded(
+        f"{path} says {issue_id} was {how}, but {store.database_path(db)} has no record of it: the "
+        f"database was lost or replaced. Put back the database that sent it; or, to start again "
+        f"from an empty ledger (everyone may get it twice), add --force"
+    )
+
+
+def posts_in(draft: Draft, offered: list[dict]) -> list[str]:
+    """Which offered posts the email holds: by link, or, for link-less items, by title."""
+    links = {url_key(clean_url(item.url) or item.url) for item in draft.items if item.url}
+    titles = {item.title for item in draft.items if not item.url}
+    return [
+        post["id"]
+        for post in offered
+        if (post["url_key"] in links if post["canonical_url"] else post["title"] in titles)
+    ]

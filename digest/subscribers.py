@@ -1,0 +1,106 @@
+"""subscribers.csv: the list of who gets the newsletter, read with the line of every row.
+
+Addresses are compared by `address_key` (the domain lower-cased, and in the local part only ASCII letters):
+Unicode case folding would make `ſ@x` and `s@x` one person, so that one's unsubscribe link would unsubscribe
+the other.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .text import one_line
+from .yamlfile import read_text_file
+
+NOT_FOUND = "not found (run `digest init` to write a starter file)"
+SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced")
+_EMAIL = re.compile(
+    r"^[^@\s<>(),;:\"\[\]\\\x00-\x1f\x7f]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    email: str
+    name: str = ""
+    status: str = "active"
+    line: int | None = None
+
+
+def address_key(address: str) -> str:
+    """Who an address is, for comparing two: the domain lower-cased, and in the local part only ASCII letters.
+
+    Unicode case folding would make `ſ@x.example` and `straße@x.example` the same person as `s@x.example`
+    and `strasse@x.example`: one's unsubscribe link would unsubscribe the other.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return address.strip().translate(_ASCII_LOWER)
+    return f"{local.translate(_ASCII_LOWER)}@{domain.lower()}"
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def is_valid_email(address: str) -> bool:
+    return bool(_EMAIL.match(address)) and len(address) <= 254
+
+
+def clean_name(name: str) -> str:
+    """A display name fit for a To header: a control character counts as a space (CR, LF, NUL...), invisible
+    controls go (bidi overrides...; joiners stay inside words), white space is collapsed."""
+    return one_line(_CONTROLS.sub(" ", name))
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:
+    """Subscribers from the CSV (columns email, name, status), the same address (`address_key`) merged.
+
+    Rows with a bad address are returned as problems (or raised when strict), never silently dropped.
+    """
+    path = Path(path)
+    text = read_text_file(path, NOT_FOUND, encoding="utf-8-sig")
+    problems: list[ConfigError] = []
+    by_email: dict[str, Subscriber] = {}
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:
+            raise ConfigError(path, 1, None, f"not valid CSV: {exc}") from None
+        if not fieldnames or "email" not in [name.strip().lower() for name in fieldnames]:
+            raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
+        try:
+            for row in reader:
+                line = reader.line_num
+                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                email = row.get("email", "")
+                status = (row.get("status") or "active").lower()
+                if not email and not any(row.values()):
+                    continue
+                problem = None
+                if not is_valid_email(email):
+                    problem = ConfigError(path, line, "email", f"not a valid address: {email!r}")
+                elif status not in SUBSCRIBER_STATUSES:
+                    problem = ConfigError(path, line, "status", f"must be one of {', '.join(SUBSCRIBER_STATUSES)}")
+                if problem:
+                    if strict:
+                        raise problem
+                    problems.append(problem)
+                    continue
+                key = address_key(email)
+                previous = by_email.get(key)
+                if previous is not None and previous.status != "active":
+                    continue  # an unsubscribe or bounce anywhere in the file wins
+                by_email[key] = Subscriber(email=email, name=clean_name(row.get("name", "")), status=status, line=line)
+        except csv.Error as exc:
+            raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
+    return list(by_email.values()), problems

@@ -1,0 +1,212 @@
+"""YAML files a person writes (feeds.yaml, drafts), read with the line of every value, and refused in one line.
+
+`load_yaml_with_lines` gives a tree of `YamlNode`s (a value and the line it starts on); `MappingReader` reads
+typed values from a mapping of them and raises ConfigError naming the file, the line and the field. Anchors,
+aliases and nesting deeper than MAX_DEPTH are refused before anything is built from the text.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .urls import is_http_url
+
+
+class YamlNode:
+    """A YAML value with the line it starts on (1-based)."""
+
+    __slots__ = ("line", "value")
+
+    def __init__(self, value: Any, line: int):
+        self.value, self.line = value, line
+
+
+# libyaml's parser when PyYAML has it (its wheels do): 10x faster than the pure-Python one on big drafts.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_DEPTH = 32  # these files nest 6 levels at most; deeper input would overflow the composers' stacks
+
+
+def _construct(node: yaml.Node, path: Path, scalars: yaml.SafeLoader, where: str = "") -> YamlNode:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        mapping: dict[str, YamlNode] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(path, key_line, where or None, "a key must be plain text, not a list or mapping")
+            key = key_node.value
+            field = f"{where}.{key}" if where else key
+            if key in mapping:
+                raise ConfigError(path, key_line, field, "duplicate key")
+            value = _construct(value_node, path, scalars, field)
+            value.line = key_line
+            mapping[key] = value
+        return YamlNode(mapping, line)
+    if isinstance(node, yaml.SequenceNode):
+        return YamlNode(
+            [_construct(item, path, scalars, f"{where}[{index}]") for index, item in enumerate(node.value)], line
+        )
+    return YamlNode(_scalar(node, path, scalars, where), line)
+
+
+def _scalar(node: yaml.Node, path: Path, scalars: yaml.SafeLoader, where: str) -> Any:
+    try:
+        return scalars.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(path, node.start_mark.line + 1, where or None, exc.problem or "unsupported value") from None
+    except (ValueError, TypeError, AttributeError, OverflowError):  # e.g. 2026-13-45, !!int x, !!timestamp x
+        shown = node.value if len(node.value) <= 40 else node.value[:39] + "…"
+        raise ConfigError(
+            path, node.start_mark.line + 1, where or None, f"cannot read {shown!r} as {node.tag.rpartition(':')[2]}"
+        ) from None
+
+
+def _check_events(path: Path, text: str) -> None:
+    """Refuse anchors and aliases (nothing in these files needs them, and an alias can make a cycle, `feeds: &a
+    [*a]`, or a billion laughs) and nesting deeper than MAX_DEPTH, before anything is built from the text."""
+    depth = 0
+    for event in yaml.parse(text, Loader=YAML_LOADER):
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(path, line, None, f"aliases (*{anchor}) are not supported: write the value out")
+        if anchor is not None:
+            raise ConfigError(path, line, None, f"anchors (&{anchor}) are not supported: write the value out")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(path, line, None, f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def load_yaml_with_lines(path: Path, text: str) -> YamlNode | None:
+    try:
+        _check_events(path, text)
+        root = yaml.compose(text, Loader=YAML_LOADER)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(path, line, None, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, None, None, f"not valid YAML: {exc}") from None
+    if root is None:
+        return None
+    scalars = yaml.SafeLoader("")
+    try:
+        return _construct(root, path, scalars)
+    finally:
+        scalars.dispose()
+
+
+class MappingReader:
+    """Typed access to a mapping of _Nodes, raising ConfigError with file, line and field."""
+
+    def __init__(self, path: Path, node: YamlNode, where: str):
+        if not isinstance(node.value, dict):
+            raise ConfigError(path, node.line, where or None, "must be a mapping of key: value")
+        self.path, self.node, self.where = path, node, where
+        self.mapping: dict[str, YamlNode] = node.value
+
+    def field_name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key, value in self.mapping.items():
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise ConfigError(self.path, value.line, self.field_name(key), f"unknown key (known: {known})")
+
+    def line(self, key: str) -> int:
+        return self.mapping[key].line if key in self.mapping else self.node.line
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.line(key), self.field_name(key), problem)
+
+    def get(self, key: str, kind: type[Any], default: Any = None, required: bool = False) -> Any:
+        if key not in self.mapping or self.mapping[key].value is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        value: Any = self.mapping[key].value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be a {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise self.error(key, "must be a finite number")
+        if kind is str and required and not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def number(
+        self,
+        key: str,
+        kind: type,
+        default: Any,
+        *,
+        minimum: float | None = None,
+        above: float | None = None,
+        maximum: float | None = None,
+    ) -> Any:
+        """An int or float setting within its range; out of range is an error, never silently clamped."""
+        value = self.get(key, kind, default)
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum:g}, got {value:g}")
+        if above is not None and not value > above:
+            raise self.error(key, f"must be more than {above:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be at most {maximum:g}, got {value:g}")
+        return value
+
+    def one_line(self, key: str, value: str | None) -> None:
+        """Text that goes into a mail header: a line break in it would start a header of its own."""
+        if value is not None and ("\r" in value or "\n" in value):
+            raise self.error(key, "must be one line (no line breaks)")
+
+    def words(self, key: str) -> tuple[str, ...]:
+        if key not in self.mapping or self.mapping[key].value is None:
+            return ()
+        value = self.mapping[key].value
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and all(isinstance(item.value, str) for item in value):
+            return tuple(item.value for item in value)
+        raise self.error(key, "must be a word or a list of words")
+
+    def sub(self, key: str) -> MappingReader | None:
+        if key not in self.mapping or self.mapping[key].value is None:
+            return None
+        return MappingReader(self.path, self.mapping[key], self.field_name(key))
+
+
+def check_url(reader: MappingReader, key: str, url: str | None) -> None:
+    """An http(s) URL setting, or an error naming its file, line and field."""
+    if url is None:
+        return
+    if not is_http_url(url):
+        raise reader.error(key, f"must be an http(s) URL, got {url!r}")
+
+
+def read_text_file(path: Path, missing: str, *, encoding: str = "utf-8") -> str:
+    """A whole text file; any problem reading it is a one-line ConfigError (`missing` when it does not exist)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, missing) from None
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, line, None, f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})") from None

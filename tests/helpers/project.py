@@ -1,0 +1,94 @@
+"""A newsletter folder to send from: feeds.yaml with SMTP on a loopback server, subscribers.csv, and a draft."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+from digest.draft import draft_path, write_draft
+from digest.models import Draft, DraftItem, DraftSection
+
+WEEK = "2026-W14"
+
+
+def make_project(
+    directory: Path,
+    port: int,
+    subscribers: list[dict] | str,
+    *,
+    smtp: dict | None = None,
+    buttondown: dict | None = None,
+    items: int = 3,
+    titles: list[str] | None = None,
+    feeds: list[dict] | None = None,
+    **newsletter,
+) -> Path:
+    """feeds.yaml (smtp on the loopback server), subscribers.csv and, without feeds, WEEK's draft; returns
+    the config's path."""
+    settings = {
+        "title": "Test Digest",
+        "from": "Test Digest <digest@example.com>",
+        "reply_to": "editor@example.com",
+        "timezone": "Europe/London",
+        "unsubscribe_url": "https://digest.example.com/u?token={token}",
+    }
+    settings.update(newsletter)
+    smtp_settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "connections": 2,
+        "timeout": 5,
+        "max_attempts": 3,
+        "backoff": 0.01,
+    }
+    smtp_settings.update(smtp or {})
+    config = directory / "feeds.yaml"
+    sections = {"newsletter": settings, "feeds": feeds or [], "smtp": smtp_settings}
+    if buttondown:
+        sections["buttondown"] = buttondown
+    config.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
+    if isinstance(subscribers, str):
+        (directory / "subscribers.csv").write_text(subscribers, encoding="utf-8")
+    else:
+        with (directory / "subscribers.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["email", "name", "status"])
+            writer.writeheader()
+            writer.writerows(subscribers)
+    if feeds:
+        return config
+    draft = Draft(
+        issue=WEEK,
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="Test Digest – Mar 30 to Apr 5, 2026 ✨",
+        intro="Hello and welcome.",
+        sections=[
+            DraftSection(
+                title="News",
+                items=[
+                    DraftItem(
+                        title=title,
+                        url=f"https://blog.example.com/{n}",
+                        summary="A sentence or two about it. " * 4,
+                        source="blog.example.com",
+                    )
+                    for n, title in enumerate(
+                        titles or [f"Ünïcode post {n}: {'a long title ' * 6}" for n in range(items)]
+                    )
+                ],
+            )
+        ],
+    )
+    write_draft(draft_path(directory / "drafts", WEEK), draft)
+    return config
+
+
+def subscribers(count: int, start: int = 0) -> list[dict]:
+    return [
+        {"email": f"reader{n:05d}@example.com", "name": f"Reader {n}", "status": "active"}
+        for n in range(start, start + count)
+    ]
