@@ -92,6 +92,8 @@ def load_yaml_with_lines(path: Path, text: str) -> YamlNode | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
+        if "maximum nesting depth" in str(exc.problem):  # libyaml (PyYAML 6.0.2+) has a limit of its own
+            raise ConfigError(path, line, None, f"nested more than {MAX_DEPTH} levels deep") from None
         raise ConfigError(path, line, None, f"not valid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, None, None, f"not valid YAML: {exc}") from None
