@@ -74,7 +74,7 @@ app = typer.Typer(
 
 
 def _say(line: str) -> None:
-    typer.echo(line)
+    typer.echo(redact(line))
 
 
 def _warn(line: str) -> None:
@@ -329,8 +329,8 @@ ALLOW_CLIPPED = typer.Option(
 FORCE = typer.Option(
     False,
     "--force",
-    help="Send although the drafts folder's receipt says this issue began "
-    "sending and the database has no record of it (everyone may get it twice).",
+    help="Send although a receipt in the drafts folder says this issue began sending and the database "
+    "has no record of it, or give up a Buttondown request whose answer never came (everyone may get it twice).",
 )
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
-from .settings import Renamed, read_section, setting
+from .settings import DAY, HOUR, Renamed, read_section, setting
 from .subscribers import is_valid_email
 from .text import one_line
 from .yamlfile import MappingReader, YamlNode, check_url, load_yaml_with_lines, read_text_file
@@ -86,12 +86,12 @@ class FeedConfig:
 
 @dataclass(frozen=True)
 class CollectSettings:
-    concurrency: int = setting(128, minimum=1)  # feeds fetched at once
-    timeout: float = setting(20.0, above=0)  # seconds for connecting and for each read
-    deadline: float = setting(60.0, above=0)  # seconds for the whole of one feed: every attempt, redirect and pause
-    max_megabytes: float = setting(10.0, above=0)  # a larger answer (decoded) is refused
-    max_attempts: int = setting(3, minimum=1)  # for a timeout, a dropped connection, a 429 or a 5xx
-    backoff: float = setting(0.5, minimum=0)  # seconds before the first retry, doubled each time
+    concurrency: int = setting(128, minimum=1, maximum=10_000)  # feeds fetched at once
+    timeout: float = setting(20.0, above=0, maximum=HOUR)  # seconds for connecting and for each read
+    deadline: float = setting(60.0, above=0, maximum=DAY)  # seconds for the whole of one feed, every attempt included
+    max_megabytes: float = setting(10.0, above=0, maximum=1024)  # a larger answer (decoded) is refused
+    max_attempts: int = setting(3, minimum=1, maximum=100)  # for a timeout, a dropped connection, a 429 or a 5xx
+    backoff: float = setting(0.5, minimum=0, maximum=HOUR)  # seconds before the first retry, doubled each time
 
     @property
     def max_bytes(self) -> int:
@@ -189,8 +189,9 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         sample = newsletter.subject.format(
             title=newsletter.title, issue="2026-W01", start=date(2026, 1, 5), end=date(2026, 1, 11)
         )
-    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
-        raise reader.error("subject", f"bad pattern ({exc}); use {{title}}, {{issue}}, {{start}}, {{end}}") from None
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError, OverflowError, MemoryError) as exc:
+        problem = f"bad pattern ({exc or type(exc).__name__}); use {{title}}, {{issue}}, {{start}}, {{end}}"
+        raise reader.error("subject", problem) from None
     if "\r" in sample or "\n" in sample:
         raise reader.error("subject", "must give one line (no line breaks)")
     return newsletter
@@ -224,10 +225,16 @@ def _check_placeholders(
     if value is None:
         return
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)]
     except ValueError as exc:
         raise reader.error(key, f"bad pattern ({exc}); write a literal brace as {{{{ or }}}}") from None
+    names = {name for name, _, _ in fields if name is not None}
     wanted = ", ".join("{" + name + "}" for name in sorted(allowed))
+    for name, spec, conversion in fields:
+        # {token:>9999999999} would be a MemoryError at send time, {email!r} would add quotes
+        if name is not None and (spec or conversion):
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise reader.error(key, f"{{{shown}}}: write the placeholder alone, as {wanted}")
     unknown = names - allowed
     if unknown:
         raise reader.error(key, f"unknown placeholder {{{sorted(unknown)[0]}}}: use {wanted}")

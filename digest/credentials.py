@@ -7,9 +7,11 @@ repeating the credentials): what reaches the terminal or the ledger shows `[reda
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import SetupError
 
@@ -35,18 +37,33 @@ def env_secret(name: str) -> str | None:
 
 
 _SECRETS: set[str] = set()
-_CREDENTIALS = re.compile(r"\b(Token|Bearer|Basic)\s+[\w.~+/=-]+", re.IGNORECASE)
 REDACTED = "[redacted]"
+# What follows an Authorization scheme, a credential-named parameter or header, or a URL's user:password@.
+_SCHEME = re.compile(r"\b(Token|Bearer|Basic|TOKEN|BEARER|BASIC)\s+[\w.~+/=-]{6,}")  # as headers write them
+_NAMED = re.compile(
+    r"\b((?:x-)?api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|passw(?:or)?d|pwd|secret)"
+    r"([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;)]+",
+    re.IGNORECASE,
+)
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 
 
 def remember_secret(*secrets: str) -> None:
-    """Also take these out of output (forms of a secret: the base64 an SMTP AUTH sends, say)."""
-    _SECRETS.update(secret for secret in secrets if len(secret) >= 4)
+    """Also take these out of output, in the forms an echo may take: as written, escaped as repr() and JSON
+    escape it (a password holding a quote, a backslash or an accent; smtplib's errors show bytes), and
+    percent-encoded in a URL."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            escaped = (repr(secret)[1:-1], repr(secret.encode("utf-8"))[2:-1], json.dumps(secret)[1:-1])
+            _SECRETS.update({secret, *escaped, quote(secret, safe="")})
 
 
 def redact(text: str) -> str:
-    """`text` without any secret this process read, nor anything after an Authorization scheme's name."""
+    """`text` without any secret this process read, nor what follows an Authorization scheme's name, a
+    credential-named parameter (`api_key=`, `password:`), or the user and password of a URL."""
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return _CREDENTIALS.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = _SCHEME.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = _NAMED.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
+    return _USERINFO.sub(lambda match: f"{match.group(1)}{REDACTED}@", text)

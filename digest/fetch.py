@@ -90,18 +90,37 @@ class _Retryable(Exception):
 # --- addresses ---------------------------------------------------------------------------
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses reached through a NAT64 gateway
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed inside some networks; "global" to Python
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to: mapped (::ffff:a.b.c.d), 6to4 (2002::/16), Teredo's client,
+    or NAT64's (64:ff9b::/96). Each must be judged as the IPv4 address it is."""
+    if ip.ipv4_mapped or ip.sixtofour:
+        return ip.ipv4_mapped or ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def address_problem(address: str, allow_private: bool) -> str | None:
     """Why digest must not connect to this IP address, or None."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _embedded_ipv4(ip) or ip
     if ip.is_link_local or ip in METADATA_ADDRESSES:
         return "a link-local or cloud metadata address"
-    if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+    if ip.is_multicast or ip.is_unspecified:
         return "not a unicast address"
-    if not allow_private and not ip.is_global:
-        return "a loopback or private address (set `private: true` on the feed if it is meant)"
-    return None
+    inside = ip.is_loopback or ip.is_private or ip in _SITE_LOCAL or not ip.is_global
+    if not inside:
+        return None
+    if ip.is_reserved and not (ip.is_loopback or ip.is_private):
+        return "a reserved address"
+    return None if allow_private else "a loopback or private address (set `private: true` on the feed if it is meant)"
 
 
 def configured_private(url: str) -> bool:
@@ -195,10 +214,12 @@ class _Decoder:
     def feed(self, data: bytes) -> bytes:
         for index, layer in enumerate(self.layers):
             pieces = []
-            while data:
+            while True:  # until the input is used up and a short piece says no output is pending either
                 piece, data = layer.inflate(data, CHUNK)
                 self._count(index, len(piece))
                 pieces.append(piece)
+                if not data and len(piece) < CHUNK:
+                    break
             data = b"".join(pieces)
         self._count(len(self.layers), len(data))
         return data
@@ -209,27 +230,42 @@ class _Decoder:
             raise _TooLarge()
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 class _Inflater:
-    """One gzip or deflate layer; "deflate" is zlib-wrapped by the standard, raw from some servers."""
+    """One gzip or deflate layer. "deflate" is zlib-wrapped by the standard and raw from some servers: its
+    first two bytes tell which. A gzip body may be several members one after another (RFC 1952 §2.2)."""
 
     def __init__(self, coding: str):
         self.gzip = coding != "deflate"
-        self.engine = zlib.decompressobj(16 + zlib.MAX_WBITS if self.gzip else zlib.MAX_WBITS)
-        self.started = False
+        self.engine = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzip else None
+        self.held = b""  # input too short to decide on yet: a deflate header, a next member's magic
+        self.ended = False  # what follows the end of the stream is not part of the body
 
     def inflate(self, data: bytes, most: int) -> tuple[bytes, bytes]:
-        """At most `most` bytes of output, and the input still to inflate."""
-        if self.engine.eof:
-            return b"", b""  # what follows the end of the stream is not part of the body
+        """At most `most` bytes of output, and the input still to inflate. Output may be pending even when no
+        input is left: call again with b"" until a piece shorter than `most` comes back."""
+        if self.ended:
+            return b"", b""
+        if self.engine is None or self.engine.eof:
+            data, self.held = self.held + data, b""
+            if len(data) < 2:
+                self.held = data
+                return b"", b""
+            if self.engine is None:
+                wrapped = data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0  # RFC 1950's header
+                self.engine = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            elif self.gzip and data.startswith(_GZIP_MAGIC):
+                self.engine = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next member
+            else:
+                self.ended = True
+                return b"", b""
         try:
             piece = self.engine.decompress(data, most)
         except zlib.error:
-            if self.gzip or self.started:
-                raise _Stop("the body is not valid gzip or deflate data") from None
-            self.engine = zlib.decompressobj(-zlib.MAX_WBITS)
-            piece = self.engine.decompress(data, most)
-        self.started = True
-        return piece, self.engine.unconsumed_tail
+            raise _Stop("the body is not valid gzip or deflate data") from None
+        return piece, self.engine.unused_data if self.engine.eof else self.engine.unconsumed_tail
 
 
 # --- fetching ------------------------------------------------------------------------------

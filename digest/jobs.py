@@ -33,7 +33,7 @@ from .render import WARN_BYTES, personalize, render_issue, size_advice
 from .selection import new_for_issue
 from .send import SendPlan, SendReport, backend_class, check_backend
 from .send.unsubscribe import SECRET_ENV, sample_url, verify_token
-from .sending import check_receipt, send_locked, sending_began
+from .sending import check_receipts, send_locked, sending_began
 from .subscribers import is_valid_email
 from .weeks import current_week, week_dates
 
@@ -315,11 +315,14 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
         return _build(config, db, issue_id, now=now or datetime.now(UTC))
 
 
-def _build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime) -> BuildReport:
+def _build(
+    config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime, force: bool = False
+) -> BuildReport:
     issue = store.get_issue(db, issue_id)
     if issue is not None and issue["status"] != IssueStatus.DRAFT:
         return BuildReport(issue=issue_id, outcome=issue["status"])
-    check_receipt(config, db, issue_id)
+    if not force:
+        check_receipts(config, db)
     selection = new_for_issue(db, config, issue_id, now)
     fresh = selection.posts
     path = draft_path(config.drafts_dir, issue_id)
@@ -443,11 +446,11 @@ def run_week(
         if report.done:
             return report
         if not force:
-            check_receipt(config, db, report.issue)  # before collecting into the draft of a lost send
+            check_receipts(config, db)  # before collecting into the draft of a lost send
         report.resumed = sending_began(db, report.issue)
         if not report.resumed:
             report.collected = collect(config, db, now=now, on_feed=on_feed)
-            report.built = _build(config, db, report.issue, now=now)
+            report.built = _build(config, db, report.issue, now=now, force=force)
             if report.built.outcome == "empty":
                 return report
         report.sent = send_locked(
@@ -479,7 +482,9 @@ def unsubscribe(
         email = text
     else:
         secret = env_secret(SECRET_ENV)
-        signed_for = verify_token(secret, config.newsletter.list_identifier, text) if secret else None
+        newsletters = dict.fromkeys([config.newsletter.list_identifier, *store.list_ids(db)])  # tokens of any issue
+        found = (verify_token(secret, list_id, text) for list_id in newsletters) if secret else iter(())
+        signed_for = next((email for email in found if email is not None), None)
         if signed_for is None:
             raise SetupError(f"{text!r} is neither an address nor a token of this newsletter signed with {SECRET_ENV}")
         email = signed_for

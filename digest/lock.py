@@ -24,6 +24,9 @@ def hold(db_path: Path | str) -> Iterator[None]:
     path = lock_path(db_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    status = os.fstat(descriptor)
+    if status.st_uid == os.getuid() and status.st_mode & 0o077:  # made by an older digest: it names our pid
+        os.fchmod(descriptor, status.st_mode & 0o700)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -166,3 +166,10 @@ def m003_send_snapshot(db: sqlite_utils.Database) -> None:
             WHERE issue_id IN (SELECT id FROM issues WHERE status IN ('sending', 'sent'));
     """,
     )
+
+
+@migration
+def m004_issue_list_id(db: sqlite_utils.Database) -> None:
+    """The list-id each issue was sent under: unsubscribe tokens are signed for it, and must still be honoured
+    after a change of title or site_url changes the newsletter's default list-id."""
+    _run(db, "ALTER TABLE issues ADD COLUMN list_id TEXT")

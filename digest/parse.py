@@ -26,6 +26,7 @@ push an email past Gmail's clipping limit.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import html
 import re
@@ -129,7 +130,10 @@ _PIXEL_SOURCE = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]*[A-Z0-9À-ÖØ-Þ])")
-# Boilerplate that feed generators append to every entry; it says nothing about the post.
+# Boilerplate that feed generators append to every entry; it says nothing about the post. It is looked for
+# only in the last _BOILERPLATE_REACH characters: on a whole long text the pattern's backtracking is quadratic
+# (20,000 digits took 1.3 s), and the longest boilerplate is about 550 characters.
+_BOILERPLATE_REACH = 1000
 _BOILERPLATE = re.compile(
     r"\s*(The post .{1,300}? appeared first on .{1,200}?\.|Continue reading.{0,120}?$|Read more.{0,60}?$|"
     r"\[(…|\.\.\.|&hellip;)\]|\(Read more\.*\)|\d+ posts? - \d+ participants?(\s+Read full topic)?|"
@@ -147,6 +151,7 @@ def parse_feed(
     # document really came from, which differs after a redirect. feedparser is not told that address: it
     # would turn a guid such as "S-1" into a link. Links are resolved here, content by sanitize_html.
     base_url = fetched_url or feed_url
+    content, response_headers = _as_utf8(content, response_headers)
     try:
         parsed = feedparser.parse(
             _valid_character_references(content),
@@ -190,6 +195,31 @@ def parse_feed(
             return ParsedFeed(title=None, posts=[], error=_malformed(malformed))
         warnings.insert(0, f"{_malformed(malformed)} (kept {len(posts)} posts the lenient parser recovered)")
     return ParsedFeed(title=feed_title, posts=posts, site_url=site_url, warning="; ".join(warnings) or None)
+
+
+# UTF-32 and UTF-16 documents, by their byte order mark or, without one, by how "<?" looks (XML 1.0, appendix F).
+_WIDE_ENCODINGS = [
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (b"<\0\0\0", "utf-32-le"),
+    (b"\0\0\0<", "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (b"<\0?\0", "utf-16-le"),
+    (b"\0<\0?", "utf-16-be"),
+]
+_DECLARED_ENCODING = re.compile(rb"""^(\s*<\?xml[^>]*?\bencoding\s*=\s*["'])[^"']*""")
+
+
+def _as_utf8(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """A UTF-16 or UTF-32 document as UTF-8, its declaration and Content-Type saying so: the byte-level
+    checks that follow (character references) see every character, whatever the document's width."""
+    encoding = next((name for start, name in _WIDE_ENCODINGS if content.startswith(start)), None)
+    if encoding is None:
+        return content, headers
+    text = content.decode(encoding, errors="replace").encode("utf-8")
+    content_type = re.sub(r";\s*charset=[^;]*", "", headers.get("content-type", ""), flags=re.IGNORECASE)
+    return _DECLARED_ENCODING.sub(rb"\1utf-8", text, count=1), {**headers, "content-type": content_type}
 
 
 _CHARACTER_REFERENCE = re.compile(rb"&(?:amp;)?#(x[0-9a-f]+|[0-9]+);", re.IGNORECASE)
@@ -381,7 +411,11 @@ def summarize(text: str, *, title: str = "", limit: int = SUMMARY_LIMIT) -> str:
     lines = text.splitlines()
     if lines and title and same_words(lines[0], title):
         lines = lines[1:]
-    text = _BOILERPLATE.sub("", " ".join(lines)).strip()
+    text = " ".join(lines)
+    if len(text) > 2 * _BOILERPLATE_REACH + limit:  # the summary is the text's start: the rest cannot matter
+        text = text[: _BOILERPLATE_REACH + limit]
+    cut = max(0, len(text) - _BOILERPLATE_REACH)
+    text = (text[:cut] + _BOILERPLATE.sub("", text[cut:])).strip()
     sentences = _SENTENCE_END.split(text)
     if len(text) <= limit and len(sentences) <= 2:
         return text

@@ -13,6 +13,7 @@ that it knows of and the database does not is refused (Unrecorded) unless `force
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,11 +58,13 @@ def plan_send(
     began with it allowed (it resumes the version its first subscribers got). A send the receipt knows of
     but the database does not is refused (Unrecorded) unless `force`.
     """
+    if force and not dry_run:
+        backend.forget_unanswered(db, issue_id)
     plan = SendPlan(issue=issue_id, backend=backend.name, done=backend.done(db, issue_id))
     if plan.done:
         return plan
     if not force:
-        check_receipt(config, db, issue_id)
+        check_receipts(config, db)
     path = draft_path(config.drafts_dir, issue_id)
     file_text = read_text_file(path, NO_DRAFT)
     kept = (store.get_issue(db, issue_id) or {}).get("sent_draft") if sending_began(db, issue_id) else None
@@ -156,7 +159,8 @@ def _deliver(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend:
     written next to it; the receipt follows the issue's state when the backend is done, or stops."""
     draft, _ = plan.ready()
     store.ensure_issue(db, plan.issue, draft.subject, now)
-    store.begin_send(db, plan.issue, plan.draft_text, posts_in(draft, store.offered_posts(db, plan.issue)))
+    offered = store.offered_posts(db, plan.issue)
+    store.begin_send(db, plan.issue, plan.draft_text, posts_in(draft, offered), config.newsletter.list_identifier)
     receipt = draft_path(config.drafts_dir, plan.issue, RECEIPT)
     _write_receipt(receipt, db, plan.issue, plan.backend, now, status=IssueStatus.SENDING)
     try:
@@ -241,37 +245,51 @@ def _write_receipt(
     write_durably(path, json.dumps(receipt, indent=2) + "\n")
 
 
-def check_receipt(config: Config, db: sqlite_utils.Database, issue_id: str) -> None:
-    """Refuse (Unrecorded) when the receipt says the issue began sending or was sent and the database knows
-    nothing of it: the database was lost or replaced, and its empty ledger would mail everyone again."""
-    path = draft_path(config.drafts_dir, issue_id, RECEIPT)
-    if not path.exists():
-        return
-    issue = store.get_issue(db, issue_id) or {}
-    if (
-        issue.get("status") in (IssueStatus.SENDING, IssueStatus.SENT)
-        or issue.get("remote_id")
-        or issue.get("sent_draft")
-    ):
-        return
-    try:
-        receipt = json.loads(path.read_text(encoding="utf-8"))
-        how = f"{receipt['status']} ({receipt['delivered']} delivered by {receipt['updated']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        how = "sending"
-    raise Unrecorded(
-        f"{path} says {issue_id} was {how}, but {store.database_path(db)} has no record of it: the "
-        f"database was lost or replaced. Put back the database that sent it; or, to start again "
-        f"from an empty ledger (everyone may get it twice), add --force"
-    )
+def check_receipts(config: Config, db: sqlite_utils.Database) -> None:
+    """Refuse (Unrecorded) when a receipt in the drafts folder, of any issue, says more than the database
+    knows: that the issue began sending or was sent when the database has no record of it (it was lost or
+    replaced: its empty ledger would mail everyone again, and pick the posts of sent issues again), or that
+    more were delivered than the database counts (a backup from before the send was put back)."""
+    for path in sorted(config.drafts_dir.glob(f"*{RECEIPT}")):
+        issue_id = path.name.removesuffix(RECEIPT)
+        issue = store.get_issue(db, issue_id) or {}
+        try:
+            receipt = json.loads(path.read_text(encoding="utf-8"))
+            status, delivered = str(receipt["status"]), int(receipt["delivered"])
+            how = f"{status} ({delivered:,} delivered by {receipt['updated']})"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            status, delivered, how = IssueStatus.SENDING, 0, "sending"
+        database = store.database_path(db)
+        if not (
+            issue.get("status") in (IssueStatus.SENDING, IssueStatus.SENT)
+            or issue.get("remote_id")
+            or issue.get("sent_draft")
+        ):
+            problem = f"{database} has no record of it: the database was lost or replaced"
+        else:
+            counted = store.delivery_counts(db, issue_id).get(DeliveryStatus.SENT, 0)
+            behind = delivered > counted or (status == IssueStatus.SENT and issue.get("status") != IssueStatus.SENT)
+            if not behind:
+                continue
+            problem = (
+                f"{database} records {counted:,} delivered and {issue.get('status')}: it is older than the "
+                f"receipt (a backup put back?)"
+            )
+        raise Unrecorded(
+            f"{path} says {issue_id} was {how}, but {problem}. Put back the database that sent it; or, to go on "
+            f"from this database (people may get {issue_id} twice), add --force to send or run"
+        )
 
 
 def posts_in(draft: Draft, offered: list[dict]) -> list[str]:
-    """Which offered posts the email holds: by link, or, for link-less items, by title."""
-    links = {url_key(clean_url(item.url) or item.url) for item in draft.items if item.url}
-    titles = {item.title for item in draft.items if not item.url}
-    return [
-        post["id"]
-        for post in offered
-        if (post["url_key"] in links if post["canonical_url"] else post["title"] in titles)
-    ]
+    """Which offered posts the email holds: by link, or, for link-less items, by title; one post per item, so
+    that of two posts sharing a link or a title, the one the editor deleted is not used up with the other."""
+    links = Counter(url_key(clean_url(item.url) or item.url) for item in draft.items if item.url)
+    titles = Counter(item.title for item in draft.items if not item.url)
+    held = []
+    for post in offered:
+        wanted, key = (links, post["url_key"]) if post["canonical_url"] else (titles, post["title"])
+        if wanted[key] > 0:
+            wanted[key] -= 1
+            held.append(post["id"])
+    return held

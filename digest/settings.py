@@ -20,6 +20,11 @@ T = TypeVar("T")
 _KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}
 
 
+# The longest wait a setting may ask for: a larger number is a typo, and past about 1e9 s the clocks' and
+# sockets' own limits turn it into an OverflowError in the middle of a run.
+HOUR, DAY = 3600.0, 86400.0
+
+
 def setting(
     default: Any,
     *,

@@ -51,10 +51,22 @@ def open_db(path: Path | str) -> sqlite_utils.Database:
     connection = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     db = sqlite_utils.Database(connection)
     db.execute("PRAGMA journal_mode=WAL")
+    for companion in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        _keep_private(companion)
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
     migrate(db, str(path))
     return db
+
+
+def _keep_private(path: Path) -> None:
+    """A database made by an older digest, or copied in, may be readable by others: make it its owner's alone."""
+    try:
+        status = path.stat()
+        if status.st_uid == os.getuid() and status.st_mode & 0o077:
+            path.chmod(status.st_mode & 0o700)
+    except FileNotFoundError:
+        pass
 
 
 @contextmanager
@@ -331,6 +343,12 @@ def get_issue(db: sqlite_utils.Database, issue_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
+def list_ids(db: sqlite_utils.Database) -> list[str]:
+    """The list-ids issues were sent under, newest first."""
+    sql = "SELECT list_id FROM issues WHERE list_id IS NOT NULL GROUP BY list_id ORDER BY max(created_at) DESC"
+    return [row[0] for row in db.execute(sql).fetchall()]
+
+
 def issue_row(db: sqlite_utils.Database, issue_id: str) -> dict:
     """An issue that must exist by now (its send has begun)."""
     row = get_issue(db, issue_id)
@@ -581,14 +599,17 @@ def offered_posts(db: sqlite_utils.Database, issue_id: str) -> list[dict]:
     )
 
 
-def begin_send(db: sqlite_utils.Database, issue_id: str, draft_text: str, in_email: Iterable[str]) -> None:
-    """Keep the draft a send begins with (a resumed send mails the same email), and mark which offered posts
-    that email holds: only those are never offered again. A resumed send keeps what its first run kept."""
+def begin_send(
+    db: sqlite_utils.Database, issue_id: str, draft_text: str, in_email: Iterable[str], list_id: str
+) -> None:
+    """Keep the draft a send begins with (a resumed send mails the same email) and the list-id its unsubscribe
+    tokens are signed for, and mark which offered posts that email holds: only those are never offered again.
+    A resumed send keeps what its first run kept."""
     with transaction(db):
         status, kept = db.execute("SELECT status, sent_draft FROM issues WHERE id = ?", [issue_id]).fetchone()
         if status != "draft" and kept is not None:
             return
-        db.execute("UPDATE issues SET sent_draft = ? WHERE id = ?", [draft_text, issue_id])
+        db.execute("UPDATE issues SET sent_draft = ?, list_id = ? WHERE id = ?", [draft_text, list_id, issue_id])
         db.execute("UPDATE issue_posts SET in_email = 0 WHERE issue_id = ?", [issue_id])
         db.conn.executemany(
             "UPDATE issue_posts SET in_email = 1 WHERE issue_id = ? AND post_id = ?",

@@ -11,6 +11,7 @@ import csv
 import io
 import re
 import string
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +38,13 @@ def address_key(address: str) -> str:
     """Who an address is, for comparing two: the domain lower-cased, and in the local part only ASCII letters.
 
     Unicode case folding would make `ſ@x.example` and `straße@x.example` the same person as `s@x.example`
-    and `strasse@x.example`: one's unsubscribe link would unsubscribe the other.
+    and `strasse@x.example`: one's unsubscribe link would unsubscribe the other. Composed and decomposed
+    forms of one character (`é` typed as one code point or as `e` and an accent) are one address.
     """
-    local, at, domain = address.strip().rpartition("@")
+    address = unicodedata.normalize("NFC", address.strip())
+    local, at, domain = address.rpartition("@")
     if not at:
-        return address.strip().translate(_ASCII_LOWER)
+        return address.translate(_ASCII_LOWER)
     return f"{local.translate(_ASCII_LOWER)}@{domain.lower()}"
 
 

@@ -8,13 +8,13 @@ from zoneinfo import ZoneInfo
 
 from .errors import BadWeek
 
-_WEEK_ID = re.compile(r"^(\d{4})-W(\d{2})$")
+_WEEK_ID = re.compile(r"(\d{4})-W(\d{2})", re.ASCII)  # \d alone also matches "２０２６" and "٢٠٢٦"
 FIRST_YEAR, LAST_YEAR = 1970, 2999  # far from the ends of what dates and time zones can hold
 
 
 def parse_week(issue_id: str) -> date:
     """The Monday of an ISO week id such as 2026-W14."""
-    match = _WEEK_ID.match(issue_id.strip())
+    match = _WEEK_ID.fullmatch(issue_id.strip())
     if not match:
         raise BadWeek(f"{issue_id!r} is not an ISO week like 2026-W14")
     year, week = int(match[1]), int(match[2])

@@ -82,7 +82,7 @@ def mark_sent(db, issue_id):
         row[0]
         for row in db.execute("SELECT post_id FROM issue_posts WHERE issue_id = ? AND placement = 'item'", [issue_id])
     ]
-    store.begin_send(db, issue_id, "the draft as sent", in_email)
+    store.begin_send(db, issue_id, "the draft as sent", in_email, "test.example.com")
     db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", [store.iso(NOW), issue_id])
 
 

@@ -60,6 +60,15 @@ def test_unknown_week_is_refused(tmp_path, run_cli):
     assert not (tmp_path / "digest.db").exists()
 
 
+@pytest.mark.parametrize("week", ["２０２６-W14", "٢٠٢٦-W14", "2026-W١٤", "2026-W14x", "2026-w14"])
+def test_a_week_in_other_digits_is_refused_not_a_second_issue_of_the_same_week(tmp_path, run_cli, week):
+    """int("２０２６") is 2026: without the check, "２０２６-W14" would be a draft and an issue of its own."""
+    write_config(tmp_path, [])
+    code, _, err = run_cli("build", "--week", week, cwd=tmp_path)
+    assert code == 2 and "is not an ISO week like 2026-W14" in err
+    assert not (tmp_path / "drafts").exists()
+
+
 def test_config_and_db_come_from_options_or_environment(tmp_path, run_cli, monkeypatch, feed_server):
     feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
     elsewhere = tmp_path / "conf"

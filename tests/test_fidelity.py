@@ -66,7 +66,7 @@ class Newsletter:
                 "SELECT post_id FROM issue_posts WHERE issue_id = ? AND placement = 'item'", [week]
             )
         ]
-        store.begin_send(self.db, week, "the draft as sent", in_email)
+        store.begin_send(self.db, week, "the draft as sent", in_email, "test.example.com")
         self.db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", [store.iso(at), week])
 
 
@@ -902,7 +902,7 @@ def test_an_issue_handed_to_buttondown_as_a_draft_counts_as_sent_for_late_posts(
     )
     site.collect()
     site.build()
-    store.begin_send(site.db, WEEK, "the draft as sent", store.offered_post_ids(site.db, WEEK))
+    store.begin_send(site.db, WEEK, "the draft as sent", store.offered_post_ids(site.db, WEEK), "test.example.com")
     store.begin_remote(site.db, WEEK, "buttondown", "digest-2026-W14-key")
     store.record_remote(site.db, WEEK, "buttondown", "em_1", sent=False, now=NOW)  # a draft there: stays `sending`
     site.serve(

@@ -150,7 +150,7 @@ def _post(slug: str, when: datetime) -> Post:
 
 def _begin_send(db, issue_id: str) -> None:
     """What `jobs.send` records before the backend starts: the email holds every post offered to the draft."""
-    store.begin_send(db, issue_id, "the draft as sent", store.offered_post_ids(db, issue_id))
+    store.begin_send(db, issue_id, "the draft as sent", store.offered_post_ids(db, issue_id), "test.example.com")
 
 
 @pytest.fixture

@@ -255,6 +255,19 @@ def test_unsubscribe_accepts_the_token_of_a_link_of_this_newsletter_only(tmp_pat
     assert run_cli("unsubscribe", other, cwd=tmp_path)[0] == 2  # same secret, another newsletter
 
 
+def test_links_of_an_issue_sent_under_an_older_title_still_unsubscribe(tmp_path, server, run_cli):
+    """The default list-id comes from the title: renaming the newsletter must not break last week's links."""
+    make_project(tmp_path, server.port, subscribers(2), title="Old Name")
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    message = email.message_from_bytes(server.messages[0].data, policy=policy.SMTP)
+    token = message["List-Unsubscribe"].split("token=")[1].split(">")[0]
+    assert "<old-name." in message["List-Id"]
+    config = tmp_path / "feeds.yaml"
+    config.write_text(config.read_text().replace("title: Old Name", "title: New Name"))
+    code, out, err = run_cli("unsubscribe", token, cwd=tmp_path)
+    assert code == 0 and out == f"{server.messages[0].rcpt}: unsubscribed\n", err
+
+
 def test_tokens_of_release_0_1_0_still_unsubscribe_ascii_addresses_only(tmp_path, server, run_cli):
     import base64
     import hashlib

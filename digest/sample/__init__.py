@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -37,11 +38,17 @@ def starter_files(config_path: Path, *, templates: bool = False) -> dict[Path, b
             }
         )
     written = {}
+    private = folder / "subscribers.csv"  # it will hold the real list: its owner's alone from the start
     for path, text in wanted.items():
         written[path] = not path.exists()
         if written[path]:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            with open(
+                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if path == private else 0o666),
+                "w",
+                encoding="utf-8",
+            ) as stream:
+                stream.write(text)
     return written
 
 

@@ -130,6 +130,10 @@ class Backend(ABC):
     def plan(self, db: sqlite_utils.Database, plan: SendPlan, *, dry_run: bool) -> None:  # noqa: B027 - optional
         """Fill in who is to be mailed (a backend with its own list has nothing to add)."""
 
+    def forget_unanswered(self, db: sqlite_utils.Database, issue_id: str) -> None:  # noqa: B027 - optional
+        """--force: forget a request whose answer never came, so that this send starts afresh (a backend
+        that keeps no such request has nothing to forget)."""
+
     @abstractmethod
     def question(self, plan: SendPlan) -> str:
         """The confirmation question, naming who gets it."""

@@ -36,7 +36,7 @@ from ..errors import ConfigError, SendError, SetupError
 from ..models import RenderedIssue
 from ..render import personalize
 from ..retry import backoff
-from ..settings import read_section, setting
+from ..settings import HOUR, read_section, setting
 from ..urls import secret_url_problem
 from ..yamlfile import MappingReader
 from . import Backend, SendPlan, SendReport
@@ -82,9 +82,9 @@ class Refusal(SendError):
 @dataclass(frozen=True)
 class ButtondownSettings:
     api_url: str = setting("https://api.buttondown.com/v1")
-    timeout: float = setting(30.0, above=0)
-    max_attempts: int = setting(5, minimum=1)  # for 429, 5xx and timeouts
-    backoff: float = setting(1.0, minimum=0)  # seconds before the first retry of a 5xx or timeout, doubled each time
+    timeout: float = setting(30.0, above=0, maximum=HOUR)
+    max_attempts: int = setting(5, minimum=1, maximum=100)  # for 429, 5xx and timeouts
+    backoff: float = setting(1.0, minimum=0, maximum=HOUR)  # seconds before the first retry of a 5xx or timeout
 
     def check(self, reader: MappingReader) -> None:
         problem = secret_url_problem(self.api_url)
@@ -137,6 +137,10 @@ class ButtondownBackend(Backend):
             )
         return done
 
+    def forget_unanswered(self, db: sqlite_utils.Database, issue_id: str) -> None:
+        """A stored key without an email id: the editor has checked Buttondown, and nothing was created."""
+        store.forget_remote(db, issue_id)
+
     def question(self, plan: SendPlan) -> str:
         whom = "every Buttondown subscriber (sent now)" if self.send_now else "Buttondown (as a draft)"
         return f"Send {plan.issue} “{plan.ready()[0].subject}” to {whom}?"
@@ -179,10 +183,11 @@ class ButtondownBackend(Backend):
                 try:
                     answer = self._call("POST", "/emails", body, headers)
                 except Refusal as refusal:
-                    if refusal.after_lost_answer:
+                    if refusal.after_lost_answer or earlier:  # a refusal proves nothing about that attempt
                         raise SendError(
-                            f"{refusal}; an earlier attempt got no answer and may have created the "
-                            f"email, so {issue_id} stays handed over: the next run looks it up"
+                            f"{refusal}; an earlier attempt got no answer and may have created the email, so "
+                            f"{issue_id} stays handed over: the next run looks it up again (if Buttondown "
+                            f"has no such email, --force starts afresh)"
                         ) from None
                     store.forget_remote(db, issue_id)
                     raise

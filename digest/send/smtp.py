@@ -24,6 +24,7 @@ import contextlib
 import os
 import queue
 import smtplib
+import socket
 import sqlite3
 import ssl
 import threading
@@ -40,7 +41,7 @@ from ..credentials import env_secret, redact, remember_secret
 from ..errors import DatabaseProblem, DigestError, SendError, SetupError
 from ..models import DeliveryStatus
 from ..retry import backoff
-from ..settings import setting
+from ..settings import HOUR, setting
 from ..subscribers import Subscriber, address_key
 from ..urls import LOOPBACK_HOSTS
 from ..yamlfile import MappingReader
@@ -56,12 +57,14 @@ class SmtpSettings:
     port: int = setting(587, minimum=1, maximum=65535)
     security: str = setting("starttls", choices=("starttls", "ssl", "none"))
     username: str | None = setting(None)
-    connections: int = setting(4, minimum=1)  # used in parallel, each reused for many messages
-    timeout: float = setting(30.0, above=0)  # seconds, for every connection and command
-    max_attempts: int = setting(5, minimum=1)  # per subscriber, for 4xx replies and dropped connections
-    backoff: float = setting(1.0, minimum=0)  # seconds before the first retry, doubled each time (at most 60)
+    connections: int = setting(4, minimum=1, maximum=100)  # used in parallel, each reused for many messages
+    timeout: float = setting(30.0, above=0, maximum=HOUR)  # seconds, for every connection and command
+    max_attempts: int = setting(5, minimum=1, maximum=100)  # per subscriber, for 4xx replies and dropped connections
+    backoff: float = setting(1.0, minimum=0, maximum=HOUR)  # seconds before the first retry, doubled (at most 60)
 
     def check(self, reader: MappingReader) -> None:
+        if not self.host.strip():
+            raise reader.error("host", "must not be empty (the SMTP server's name or address)")
         if self.security == "none" and self.username and self.host not in LOOPBACK_HOSTS:
             raise reader.error(
                 "security",
@@ -135,6 +138,27 @@ def _setup_problem(exc: BaseException, settings: SmtpSettings) -> SendError | No
     return None
 
 
+def _tls_port_problem(exc: BaseException, settings: SmtpSettings) -> SendError | None:
+    """A server that never greets a plain connection may be waiting for TLS (a port for `security: ssl`):
+    without this check, every run would time out and be told to try again later, for ever."""
+    if settings.security == "ssl" or not isinstance(exc, (TimeoutError, smtplib.SMTPServerDisconnected)):
+        return None
+    probe = ssl.create_default_context()
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE  # a handshake only; nothing is sent
+    try:
+        with (
+            socket.create_connection((settings.host, settings.port), timeout=min(settings.timeout, 10)) as raw,
+            probe.wrap_socket(raw, server_hostname=settings.host),
+        ):
+            pass
+    except OSError:  # ssl.SSLError included: not TLS either, so time may fix it
+        return None
+    return SendError(
+        f"{settings.host}:{settings.port} waits for TLS from the first byte, and smtp.security is "
+        f"{settings.security}: set security: ssl for this port (or use the server's STARTTLS port, usually 587)"
+    )
+
+
 class Connection:
     """One SMTP session: opened on first use, reused, reopened after a drop."""
 
@@ -148,7 +172,7 @@ class Connection:
             self._open()
         except BaseException as exc:
             self.close()
-            problem = _setup_problem(exc, self.settings)
+            problem = _setup_problem(exc, self.settings) or _tls_port_problem(exc, self.settings)
             if problem is None:
                 raise
             raise problem from exc
@@ -422,6 +446,7 @@ class SmtpBackend(ListBackend):
     def _record(
         self, db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, *, bounced: bool = False
     ) -> None:
+        reply = redact(reply)  # every reply and error the ledger keeps, whatever path it came by
         store.mark_delivery(db, issue_id, key, status, reply, _now(), bounced=bounced)
         with self._lock:
             if status in self._counts:

@@ -7,6 +7,8 @@ Each test is a class of attack from the hardening issue, with the listed payload
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import time
 import tracemalloc
 import zlib
@@ -73,6 +75,28 @@ def test_impossible_character_references_cost_nothing_but_a_replacement_characte
     assert report["good.xml"].outcome == "new" and report["bad.xml"].outcome == "new"
     title = next(row["title"] for row in db["posts"].rows if "Before" in row["title"])
     assert title == "Before \ufffd after"
+
+
+@pytest.mark.parametrize(
+    "text", ["1" * 1_000_000, "1 " * 500_000 + "x", "Read more " * 100_000], ids=["digits", "spaced", "boilerplate"]
+)
+def test_a_megabyte_of_text_is_summarized_without_backtracking_for_hours(text):
+    """The boilerplate pattern backtracks quadratically on digit runs: on a whole megabyte it would run for
+    about an hour. Run in a process of its own, so that a regression fails at the timeout, never hangs."""
+    code = "import sys; from digest.parse import summarize; print(len(summarize(sys.stdin.read())))"
+    result = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and 0 < int(result.stdout) <= 300, result.stderr
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-be"])
+def test_a_wide_encoding_does_not_hide_an_impossible_reference(newsletter, encoding):
+    """In UTF-16 or UTF-32, `&#xD800;` is not those ASCII bytes: the document is read as UTF-8 first."""
+    text = entry_feed("Before &#xD800; after").decode().replace("utf-8", encoding, 1)
+    headers = {"Content-Type": f"application/rss+xml; charset={encoding}"}
+    config, db, settings = newsletter({"/wide.xml": Route(text.encode(encoding), headers=headers)})
+    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))["wide.xml"]
+    assert (report.outcome, report.error) == ("new", None)
+    assert [row["title"] for row in db["posts"].rows] == ["Before \ufffd after"]
 
 
 def test_anything_raised_while_storing_one_feed_is_that_feeds_failure(newsletter, monkeypatch):
@@ -221,6 +245,29 @@ def test_an_honest_gzipped_feed_is_read(newsletter):
     assert by_name(jobs.collect(config, db, now=NOW, settings=settings))["zipped.xml"].new_posts == 1
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    engine = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return engine.compress(data) + engine.flush()
+
+
+@pytest.mark.parametrize(
+    "body, encoding",
+    [
+        (gzip.compress(GOOD[:40]) + gzip.compress(GOOD[40:]), "gzip"),  # two members (RFC 1952 §2.2)
+        (gzip.compress(GOOD) + b"\0\0 trailing junk", "gzip"),  # after the end: not part of the body
+        (zlib.compress(GOOD), "deflate"),  # as the standard says (RFC 1950 wrapped)
+        (_raw_deflate(GOOD), "deflate"),  # as some servers send it
+    ],
+    ids=["gzip-members", "gzip-trailer", "deflate-zlib", "deflate-raw"],
+)
+def test_every_honest_encoding_is_read_whole_even_a_byte_at_a_time(newsletter, body, encoding):
+    config, db, settings = newsletter(
+        {"/feed.xml": Route(body, headers={"Content-Encoding": encoding}, drip=0.0005)}  # one byte per write
+    )
+    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))["feed.xml"]
+    assert (report.outcome, report.new_posts, report.error) == ("new", 1, None)
+
+
 # --- 3. deadlines ------------------------------------------------------------------------------
 
 
@@ -338,6 +385,29 @@ def test_link_local_and_metadata_addresses_are_refused_even_when_configured(tmp_
         )
     )
     assert all("link-local or cloud metadata" in feed.error for feed in report.values())
+
+
+@pytest.mark.parametrize(
+    "address, public, private",
+    [
+        ("8.8.8.8", None, None),
+        ("2606:4700::1111", None, None),
+        ("::1", "loopback or private", None),  # a private feed on this machine over IPv6
+        ("fec0::1", "loopback or private", None),  # site-local: "global" to Python's ipaddress
+        ("2002:7f00:1::1", "loopback or private", None),  # 6to4 wrapping 127.0.0.1
+        ("2002:a9fe:a9fe::1", "metadata", "metadata"),  # 6to4 wrapping 169.254.169.254
+        ("64:ff9b::a9fe:a9fe", "metadata", "metadata"),  # NAT64 of the metadata address
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "loopback or private", None),  # Teredo, client 192.0.2.45
+        ("::ffff:10.0.0.1", "loopback or private", None),
+        ("100.64.0.1", "loopback or private", None),  # carrier-grade NAT
+        ("fe80::1%eth0", "link-local", "link-local"),
+        ("0.0.0.0", "not a unicast", "not a unicast"),
+    ],
+)
+def test_every_way_of_writing_an_inside_address_is_judged_as_that_address(address, public, private):
+    for allow_private, expected in ((False, public), (True, private)):
+        problem = fetch_module.address_problem(address, allow_private)
+        assert (problem is None) if expected is None else (expected in (problem or "")), (address, problem)
 
 
 def test_a_feed_configured_at_a_private_address_may_redirect_within_it(newsletter, feed_server):
