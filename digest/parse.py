@@ -40,7 +40,7 @@ import feedparser
 import nh3
 
 from .models import ParsedFeed, Post
-from .text import content_key, cut_at_word, one_line, plain_text, same_words, strip_invisible
+from .text import content_key, cut_at_word, one_line, plain_text, same_words, sanitized_text, strip_invisible
 from .urls import clean_url, host_of, is_opaque_redirect, unwrap, url_key
 
 SUMMARY_LIMIT = 300
@@ -132,8 +132,10 @@ _PIXEL_SOURCE = re.compile(
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]*[A-Z0-9À-ÖØ-Þ])")
 # Boilerplate that feed generators append to every entry; it says nothing about the post. It is looked for
 # only in the last _BOILERPLATE_REACH characters: on a whole long text the pattern's backtracking is quadratic
-# (20,000 digits took 1.3 s), and the longest boilerplate is about 550 characters.
+# (20,000 digits took 1.3 s), and the longest boilerplate is about 550 characters; and only when a word of it is
+# there (_BOILERPLATE_HINT), since most texts have none.
 _BOILERPLATE_REACH = 1000
+_BOILERPLATE_HINT = re.compile(r"appeared first|continue reading|read more|read full topic|participant|\[", re.I)
 _BOILERPLATE = re.compile(
     r"\s*(The post .{1,300}? appeared first on .{1,200}?\.|Continue reading.{0,120}?$|Read more.{0,60}?$|"
     r"\[(…|\.\.\.|&hellip;)\]|\(Read more\.*\)|\d+ posts? - \d+ participants?(\s+Read full topic)?|"
@@ -284,7 +286,7 @@ def _post_from_entry(
     body, body_base = _entry_html(entry)
     # An xml:base in the document wins; else the post's own address (aggregators republish other sites).
     content_html = sanitize_html(body, base=body_base if body_base and body_base != base_url else link or base_url)
-    body_text = plain_text(content_html)
+    body_text = sanitized_text(content_html)
     title = cut_at_word(one_line(plain_text(entry.get("title", ""))), TITLE_LIMIT)
     summary = summarize(body_text, title=title)
     if not title:
@@ -415,7 +417,9 @@ def summarize(text: str, *, title: str = "", limit: int = SUMMARY_LIMIT) -> str:
     if len(text) > 2 * _BOILERPLATE_REACH + limit:  # the summary is the text's start: the rest cannot matter
         text = text[: _BOILERPLATE_REACH + limit]
     cut = max(0, len(text) - _BOILERPLATE_REACH)
-    text = (text[:cut] + _BOILERPLATE.sub("", text[cut:])).strip()
+    if _BOILERPLATE_HINT.search(text, cut):
+        text = text[:cut] + _BOILERPLATE.sub("", text[cut:])
+    text = text.strip()
     sentences = _SENTENCE_END.split(text)
     if len(text) <= limit and len(sentences) <= 2:
         return text

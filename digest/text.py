@@ -6,6 +6,7 @@ Shared by parse (what is stored), render (what an editor typed into the draft) a
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 import unicodedata
 from html.parser import HTMLParser
@@ -37,8 +38,25 @@ _REMOVED = dict.fromkeys(
         65535,
     )
 )
-_SPACES = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " ", 0x2028: " ", 0x2029: " ", 0x85: " "}
-_LINE_BREAKS = {ord("\r"): "\n", 0x2028: "\n", 0x2029: "\n", 0x85: "\n"}
+_SPACES = re.compile("[\t\n\r\u2028\u2029\x85]")
+_LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
+
+
+def _character_class(codes: dict[int, None]) -> re.Pattern[str]:
+    """One regular expression for a set of code points, as ranges: a search in C, where str.translate with a
+    dict looks up every character of the text in Python's dict (a third of parsing time)."""
+    ranges, ordered = [], sorted(codes)
+    start = previous = ordered[0]
+    for code in [*ordered[1:], -1]:
+        if code != previous + 1:
+            ranges.append(re.escape(chr(start)) + (f"-{re.escape(chr(previous))}" if previous > start else ""))
+            start = code
+        previous = code
+    return re.compile(f"[{''.join(ranges)}]")
+
+
+_REMOVED_PATTERN = _character_class(_REMOVED)
+_REMOVED_BUT_NEWLINES = _character_class({code: None for code in _REMOVED if code != ord("\n")})
 # Kept only where they do something. ZWJ and ZWNJ shape Persian, Arabic and Indic words and join emoji
 # (👩‍💻): kept after a letter, mark or symbol (a Bengali or Malayalam word may end in one), removed
 # elsewhere. Tag characters spell out flags after 🏴 (England, Scotland); elsewhere they hide text.
@@ -63,9 +81,9 @@ def strip_invisible(text: str, *, keep_newlines: bool = False) -> str:
     if not text:
         return ""
     if keep_newlines:
-        lines = text.replace("\r\n", "\n").translate(_LINE_BREAKS).split("\n")
-        return "\n".join(strip_invisible(line) for line in lines)
-    text = text.translate(_SPACES).translate(_REMOVED)
+        text = _REMOVED_BUT_NEWLINES.sub("", _LINE_BREAKS.sub("\n", text).replace("\t", " "))
+    else:
+        text = _REMOVED_PATTERN.sub("", _SPACES.sub(" ", text))
     if text.isascii():
         return text
     if _TAGS.search(text):
@@ -133,16 +151,36 @@ class _TextExtractor(HTMLParser):
 def plain_text(fragment: str) -> str:
     """Visible text of an HTML fragment: entities decoded, one line per block, spaces collapsed."""
     if "<" not in fragment and "&" not in fragment:
-        text = fragment
-    else:
-        extractor = _TextExtractor()
-        extractor.feed(fragment)
-        extractor.close()
-        text = "".join(extractor.parts)
+        return _lines(fragment)
+    extractor = _TextExtractor()
+    extractor.feed(fragment)
+    extractor.close()
+    return _lines("".join(extractor.parts))
+
+
+def _lines(text: str) -> str:
+    """Visible text, one line per line that holds any, spaces collapsed."""
     lines = (
         " ".join(line.split()) for line in strip_invisible(text.replace("\xa0", " "), keep_newlines=True).splitlines()
     )
     return "\n".join(line for line in lines if line)
+
+
+# A tag as nh3 writes it: attribute values double-quoted, where ">" may appear unescaped.
+_ATTRIBUTES = r"""(?:[^>"']|"[^"]*"|'[^']*')*>"""
+_SANITIZED_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*" + _ATTRIBUTES)
+_SANITIZED_BLOCK = re.compile(
+    r"</?(?:" + "|".join(sorted(_TextExtractor._BLOCKS, key=len, reverse=True)) + r")(?![a-zA-Z0-9])" + _ATTRIBUTES,
+    re.IGNORECASE,
+)
+
+
+def sanitized_text(fragment: str) -> str:
+    """plain_text of HTML that nh3 has cleaned, in half the time: such HTML has no comments, no skipped
+    element and no malformed tag, so a regular expression reads it as the HTML parser would."""
+    if "<" not in fragment and "&" not in fragment:
+        return plain_text(fragment)
+    return _lines(html.unescape(_SANITIZED_TAG.sub("", _SANITIZED_BLOCK.sub("\n", fragment))))
 
 
 _WORD_CHARS = re.compile(r"\W+")

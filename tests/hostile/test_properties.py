@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from digest.config import load_config
 from digest.draft import parse_draft
 from digest.errors import ConfigError
-from digest.parse import parse_feed
-from digest.text import one_line, strip_invisible
+from digest.parse import parse_feed, sanitize_html
+from digest.text import one_line, plain_text, sanitized_text, strip_invisible
 from digest.urls import clean_url, url_key
 
 FEED = "https://blog.example.com/feed.xml"
@@ -199,6 +199,30 @@ def test_text_helpers_never_raise_and_leave_nothing_invisible_behind(text):
     cleaned = one_line(text)
     assert strip_invisible(cleaned) == cleaned
     assert not any(char in cleaned for char in "\u202e\u2066\u200b\ufeff\x00\x85\n\t")
+
+
+html_fragments = st.lists(
+    st.one_of(
+        nasty_text,
+        st.sampled_from(
+            [
+                *("<p>", "</p>", "<br>", "<b>", "</b>", '<a href="https://x.example/?a=1&b=2">', "</a>", "<!-- c -->"),
+                *('<img alt="a>b" src="https://x.example/i.png">', "<script>x()</script>", "<li>", "<svg><g>"),
+                *("<table><tr><td>", "</td></tr></table>", "<pre>  a\n b</pre>", "<", ">", "&nbsp;", "&#x2028;"),
+                "&amp;",
+            ]
+        ),
+    ),
+    max_size=12,
+).map("".join)
+
+
+@SETTINGS
+@given(html_fragments)
+def test_sanitized_html_reads_the_same_by_the_fast_path_and_the_html_parser(fragment):
+    """The identity of a link-less post hashes its text: both readings must agree, character for character."""
+    cleaned = sanitize_html(fragment, base="https://x.example/")
+    assert sanitized_text(cleaned) == plain_text(cleaned)
 
 
 @SETTINGS
