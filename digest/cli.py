@@ -13,7 +13,6 @@ import sqlite3
 import sys
 import threading
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,9 +90,7 @@ def main_options(
         None, "--db", envvar="DIGEST_DB", show_default="digest.db next to feeds.yaml", help="The SQLite state file."
     ),
 ) -> None:
-    # Next to feeds.yaml, not in the current folder: a command run from elsewhere must find the same
-    # ledger and unsubscribes, or it would mail everyone again.
-    ctx.ensure_object(dict).update(config=config, db=db or config.parent / "digest.db")
+    ctx.ensure_object(dict).update(config=config, db=db)
 
 
 def _config(ctx: typer.Context) -> Config:
@@ -108,22 +105,20 @@ def _config(ctx: typer.Context) -> Config:
 def _db(ctx: typer.Context):
     """The database, closed (WAL checkpointed) when the command ends rather than whenever it is collected."""
     from . import store
+    from .config import database_path
 
-    db = store.open_db(ctx.obj["db"])
+    db = store.open_db(database_path(ctx.obj["config"], ctx.obj["db"]))
     ctx.call_on_close(db.close)
     return db
 
 
 def _week(config: Config, week: str | None) -> str:
-    from .weeks import current_week, parse_week
+    from .weeks import chosen_week
 
-    if week is None:
-        return current_week(datetime.now(UTC), config.newsletter.tz)
     try:
-        parse_week(week)
+        return chosen_week(week, config.newsletter.tz)
     except DigestError as exc:
         raise SetupError(f"--week: {exc}") from None
-    return week.strip()
 
 
 def _json(data: Any) -> None:
@@ -170,8 +165,7 @@ def collect(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
         )
     else:
         _print_collect_summary(report)
-    if report.all_failed:
-        raise typer.Exit(1)
+    raise typer.Exit(report.exit_code)
 
 
 class _Progress:
@@ -213,13 +207,23 @@ def _print_collect_summary(report: CollectReport) -> None:
 
 
 @app.command()
-def build(ctx: typer.Context, week: str | None = WEEK, as_json: bool = AS_JSON) -> None:
+def build(
+    ctx: typer.Context,
+    week: str | None = WEEK,
+    as_json: bool = AS_JSON,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Build although a receipt in the drafts folder says more was sent than the database knows "
+        "(a lost database): the posts of those issues may be offered again.",
+    ),
+) -> None:
     """Write drafts/<week>.yaml with the week's posts, and render it to .html and .txt."""
     from .jobs import build as build_issue
 
     config = _config(ctx)
     issue_id = _week(config, week)
-    report = build_issue(config, _db(ctx), issue_id)
+    report = build_issue(config, _db(ctx), issue_id, force=force)
     if as_json:
         _json(asdict(report))
     else:
@@ -312,12 +316,23 @@ def demo(
 
 # --- send, run, unsubscribe -------------------------------------------------------------
 
+
+def _listed_backend(name: str | None) -> str | None:
+    """--backend takes only the backends offered to people (checked before anything else is asked)."""
+    if name is not None:
+        from .send import backend_class
+
+        backend_class(name, listed_only=True)
+    return name
+
+
 BACKEND = typer.Option(
     None,
     "--backend",
     metavar="NAME",
     show_default=False,
-    help="The delivery backend, by name (default: the registry's first; a wrong name lists them; see the README).",
+    callback=_listed_backend,
+    help="The delivery backend, by name (default: smtp; a wrong name lists the others; see the README).",
 )
 SEND_NOW = typer.Option(
     False, "--send-now", help="For a backend that creates the email first: send it too, not just create it as a draft."
@@ -405,11 +420,8 @@ def send_command(
         if plan.done:
             _say(plan.done)
             return
-        if plan.html_bytes > _clip_bytes():
-            _warn(
-                f"the email is {plan.html_bytes / 1024:.0f} KB of HTML: Gmail would clip it, and a real send "
-                f"refuses it without --allow-clipped"
-            )
+        for warning in plan.warnings:
+            _warn(warning)
         _say(f"{issue_id}: dry run, nothing sent; wrote {len(paths)} file(s) to {paths[0].parent}")
         for path in paths:
             _say(f"  {path.name}")
@@ -436,12 +448,6 @@ def send_command(
     raise typer.Exit(report.exit_code)
 
 
-def _clip_bytes() -> int:
-    from .render import GMAIL_CLIP_BYTES
-
-    return GMAIL_CLIP_BYTES
-
-
 @app.command()
 def run(
     ctx: typer.Context,
@@ -457,12 +463,27 @@ def run(
     Exit codes: 0 done or nothing to do, 1 the backend failed or every feed failed, 2 bad input,
     75 try again later, 143 stopped by SIGTERM.
     """
-    from .jobs import run_week
+    from .jobs import WeekReport, run_week
 
     config = _config(ctx)
     confirm = _confirm(yes)
     shown = _Sending()
     quiet = not sys.stdout.isatty()
+    told: set[str] = set()
+
+    def tell(step: WeekReport) -> None:
+        """Each step as soon as it is done: a send that fails afterwards must not hide what came before."""
+        if step.resumed and "resumed" not in told:
+            _say(f"{step.issue}: an earlier run began sending it; resuming, without collecting or building")
+        if step.collected is not None and "collected" not in told:
+            _print_collect_summary(step.collected)
+        if step.built is not None and "built" not in told:
+            if step.built.outcome == "empty":
+                _say(f"build {step.issue}: nothing new this week, nothing sent")
+            else:
+                _print_build(step.built, prefix="build ")
+        told.update(name for name in ("resumed", "collected", "built") if getattr(step, name))
+
     try:
         with _Progress(len(config.feeds), "Collecting", quiet=quiet) as on_feed:
             report = run_week(
@@ -476,19 +497,12 @@ def run(
                 on_feed=on_feed,
                 on_plan=shown.on_plan,
                 on_result=shown.on_result,
+                on_step=tell,
             )
     finally:
         shown.done()
     if report.done:
         _say(report.done)
-    if report.resumed:
-        _say(f"{report.issue}: an earlier run began sending it; resuming, without collecting or building")
-    if report.collected is not None:
-        _print_collect_summary(report.collected)
-    if report.built is not None and report.built.outcome == "empty":
-        _say(f"build {report.issue}: nothing new this week, nothing sent")
-    elif report.built is not None:
-        _print_build(report.built, prefix="build ")
     for line in report.sent.lines if report.sent is not None else []:
         _say(line)
     if report.problem:

@@ -281,6 +281,12 @@ NOT_FOUND = "not found (run `digest init` to write a starter file)"
 TOP_LEVEL = {"newsletter", "feeds", "collect", "drafts_dir", "subscribers"}
 
 
+def database_path(config_path: Path, given: Path | None = None) -> Path:
+    """The database: as given, else digest.db next to feeds.yaml, not in the current folder: a command run
+    from elsewhere must find the same ledger and unsubscribes, or it would mail everyone again."""
+    return given or config_path.parent / "digest.db"
+
+
 def load_config(path: Path | str) -> Config:
     from .send import registry
 

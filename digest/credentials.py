@@ -38,13 +38,15 @@ def env_secret(name: str) -> str | None:
 
 _SECRETS: set[str] = set()
 REDACTED = "[redacted]"
-# What follows an Authorization scheme, a credential-named parameter or header, or a URL's user:password@.
-_SCHEME = re.compile(r"\b(Token|Bearer|Basic|TOKEN|BEARER|BASIC)\s+[\w.~+/=-]{6,}")  # as headers write them
-_NAMED = re.compile(
-    r"\b((?:x-)?api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|passw(?:or)?d|pwd|secret)"
-    r"([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;)]+",
-    re.IGNORECASE,
-)
+# What follows an Authorization header; a token after a scheme's name, or a credential-named parameter or
+# header, when it looks like a credential (a digit, or base64's + / =): prose such as "Basic Django tutorials"
+# or "Secret: Django talks" (a feed's name) stays as it is. And a URL's user:password@.
+_CREDENTIAL_NAMES = r"(?:x-)?api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|passw(?:or)?d|pwd|secret"
+_AUTHORIZATION = re.compile(r"\b((?:proxy-)?authorization\s*[:=]\s*)[^\r\n,;]+", re.IGNORECASE)
+_SCHEME = re.compile(r"\b(Token|Bearer|Basic)\s+(?=[\w.~+/=-]*[\d+/=])[\w.~+/=-]{8,}", re.IGNORECASE)
+_ASSIGNED = re.compile(rf"\b({_CREDENTIAL_NAMES})=[^\s\"'&,;)]+", re.IGNORECASE)
+_QUOTED = re.compile(rf"""\b({_CREDENTIAL_NAMES})(["']?\s*:\s*)(["'])[^"']*\3""", re.IGNORECASE)
+_HEADER = re.compile(rf"\b({_CREDENTIAL_NAMES})(\s*:\s*)(?=[^\s\"'&,;)]*\d)[^\s\"'&,;)]{{8,}}", re.IGNORECASE)
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 
 
@@ -64,6 +66,9 @@ def redact(text: str) -> str:
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _SCHEME.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
-    text = _NAMED.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
+    text = _AUTHORIZATION.sub(lambda match: f"{match[1]}{REDACTED}", text)
+    text = _SCHEME.sub(lambda match: f"{match[1]} {REDACTED}", text)
+    text = _ASSIGNED.sub(lambda match: f"{match[1]}={REDACTED}", text)
+    text = _QUOTED.sub(lambda match: f"{match[1]}{match[2]}{match[3]}{REDACTED}{match[3]}", text)
+    text = _HEADER.sub(lambda match: f"{match[1]}{match[2]}{REDACTED}", text)
     return _USERINFO.sub(lambda match: f"{match.group(1)}{REDACTED}@", text)

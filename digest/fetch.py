@@ -90,7 +90,9 @@ class _Retryable(Exception):
 # --- addresses ---------------------------------------------------------------------------
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses reached through a NAT64 gateway
+_NAT64 = [ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48")]  # RFC 6052, RFC 8215
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated but still routed by some stacks
+_RESERVED_IPV4 = [ipaddress.ip_network("240.0.0.0/4")]  # includes 255.255.255.255, the broadcast address
 _SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed inside some networks; "global" to Python
 
 
@@ -101,7 +103,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return ip.ipv4_mapped or ip.sixtofour
     if ip.teredo:
         return ip.teredo[1]
-    if ip in _NAT64:
+    if any(ip in network for network in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
@@ -115,11 +117,10 @@ def address_problem(address: str, allow_private: bool) -> str | None:
         return "a link-local or cloud metadata address"
     if ip.is_multicast or ip.is_unspecified:
         return "not a unicast address"
-    inside = ip.is_loopback or ip.is_private or ip in _SITE_LOCAL or not ip.is_global
-    if not inside:
-        return None
-    if ip.is_reserved and not (ip.is_loopback or ip.is_private):
+    if any(ip in network for network in _RESERVED_IPV4):  # "private" to Python, routed nowhere
         return "a reserved address"
+    if not (ip.is_loopback or ip.is_private or ip in _SITE_LOCAL or not ip.is_global):
+        return None
     return None if allow_private else "a loopback or private address (set `private: true` on the feed if it is meant)"
 
 

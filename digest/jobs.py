@@ -28,7 +28,7 @@ from .draft import add_posts, draft_path, new_draft, read_draft, write_atomicall
 from .errors import SetupError
 from .fetch import FetchRequest, FetchResult, configured_private, fetch_all
 from .lock import hold
-from .models import FeedOutcome, IssueStatus, ParsedFeed
+from .models import FeedOutcome, IssueStatus, ParsedFeed, RenderedIssue
 from .render import WARN_BYTES, personalize, render_issue, size_advice
 from .selection import new_for_issue
 from .send import SendPlan, SendReport, backend_class, check_backend
@@ -65,6 +65,11 @@ class CollectReport:
     @property
     def all_failed(self) -> bool:
         return bool(self.feeds) and len(self.failed) == len(self.feeds)
+
+    @property
+    def exit_code(self) -> int:
+        """`digest collect` fails (1) only when every feed failed: one broken feed is that feed's news."""
+        return 1 if self.all_failed else 0
 
 
 def collect(
@@ -304,7 +309,9 @@ def subject_for(config: Config, issue_id: str) -> str:
     return config.newsletter.subject.format(title=config.newsletter.title, issue=issue_id, start=start, end=end)
 
 
-def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime | None = None) -> BuildReport:
+def build(
+    config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime | None = None, force: bool = False
+) -> BuildReport:
     """Write (or update) drafts/<issue>.yaml with the week's posts, then render .html and .txt, under the send
     lock (a build never changes an issue, or its posts, under a send: exit 75 while one runs).
 
@@ -312,7 +319,7 @@ def build(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: date
     appended, each where `select` placed it. A broken draft raises ConfigError before anything is written.
     """
     with hold(store.database_path(db)):
-        return _build(config, db, issue_id, now=now or datetime.now(UTC))
+        return _build(config, db, issue_id, now=now or datetime.now(UTC), force=force)
 
 
 def _build(
@@ -334,13 +341,14 @@ def _build(
         draft = new_draft(issue_id, subject_for(config, issue_id), list(config.newsletter.sections))
     offered_links = {post["url_key"] for post in store.offered_posts(db, issue_id) if post["url_key"]}
     added = add_posts(draft, fresh, config.newsletter.sections, config.newsletter.tz, offered_links)
+    rendered = render_issue(draft, config.newsletter, config.folder)  # first: a broken template changes nothing
     if added.items or added.more or added.stale or not path.exists():
         write_draft(path, draft)
     store.ensure_issue(db, issue_id, draft.subject, now)
     store.add_offered(
         db, issue_id, [(post.id, post.placement, post.feed.url) for post in fresh], now, selection.seen_seq
     )
-    html_path, text_path, html_bytes = render_files(config, draft, path)
+    html_path, text_path, html_bytes = write_renderings(config, rendered, path)
     report = BuildReport(
         issue=issue_id,
         outcome="built",
@@ -374,9 +382,8 @@ def _build(
     return report
 
 
-def render_files(config: Config, draft, path: Path) -> tuple[Path, Path, int]:
-    """Render the draft next to its YAML, with a sample unsubscribe link, for the editor to look at."""
-    rendered = render_issue(draft, config.newsletter, config.folder)
+def write_renderings(config: Config, rendered: RenderedIssue, path: Path) -> tuple[Path, Path, int]:
+    """The draft's email next to its YAML, with a sample unsubscribe link, for the editor to look at."""
     unsubscribe = sample_url(config.newsletter)
     html = personalize(rendered.html, unsubscribe_url=unsubscribe, name="", html=True)
     text = personalize(rendered.text, unsubscribe_url=unsubscribe, name="", html=False)
@@ -429,13 +436,16 @@ def run_week(
     on_feed: Callable[[FeedReport], None] | None = None,
     on_result: Callable[[str, str], None] | None = None,
     on_plan: Callable[[SendPlan], None] | None = None,
+    on_step: Callable[[WeekReport], None] | None = None,
 ) -> WeekReport:
     """The weekly job, for cron: collect, build and send the current week, under the send lock.
 
     Safe to run twice (an issue already sent is left alone) and to interrupt: a send an earlier run began
     is resumed without collecting or building, so its draft does not change. The backend's secrets are
-    read, and the receipt checked, before anything is fetched.
+    read, and the receipt checked, before anything is fetched. `on_step` sees the report after each step
+    (resumed, collected, built), so that what was done is told even if the send then fails.
     """
+    step = on_step or (lambda report: None)
     now = now or datetime.now(UTC)
     report = WeekReport(issue=current_week(now, config.newsletter.tz))
     with hold(store.database_path(db)):
@@ -448,9 +458,13 @@ def run_week(
         if not force:
             check_receipts(config, db)  # before collecting into the draft of a lost send
         report.resumed = sending_began(db, report.issue)
-        if not report.resumed:
+        if report.resumed:
+            step(report)
+        else:
             report.collected = collect(config, db, now=now, on_feed=on_feed)
+            step(report)
             report.built = _build(config, db, report.issue, now=now, force=force)
+            step(report)
             if report.built.outcome == "empty":
                 return report
         report.sent = send_locked(

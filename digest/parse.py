@@ -199,24 +199,29 @@ def parse_feed(
     return ParsedFeed(title=feed_title, posts=posts, site_url=site_url, warning="; ".join(warnings) or None)
 
 
-# UTF-32 and UTF-16 documents, by their byte order mark or, without one, by how "<?" looks (XML 1.0, appendix F).
-_WIDE_ENCODINGS = [
+# UTF-32 and UTF-16 documents, by their byte order mark or, without one, by where the zero bytes of their
+# first (ASCII) characters fall (XML 1.0, appendix F): "<?", "<r", " <" alike.
+_WIDE_BOMS = [
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
-    (b"<\0\0\0", "utf-32-le"),
-    (b"\0\0\0<", "utf-32-be"),
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
-    (b"<\0?\0", "utf-16-le"),
-    (b"\0<\0?", "utf-16-be"),
 ]
+_WIDE_ZEROS = {  # which of the first four bytes are zero → the encoding
+    (False, True, True, True): "utf-32-le",
+    (True, True, True, False): "utf-32-be",
+    (False, True, False, True): "utf-16-le",
+    (True, False, True, False): "utf-16-be",
+}
 _DECLARED_ENCODING = re.compile(rb"""^(\s*<\?xml[^>]*?\bencoding\s*=\s*["'])[^"']*""")
 
 
 def _as_utf8(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
     """A UTF-16 or UTF-32 document as UTF-8, its declaration and Content-Type saying so: the byte-level
     checks that follow (character references) see every character, whatever the document's width."""
-    encoding = next((name for start, name in _WIDE_ENCODINGS if content.startswith(start)), None)
+    encoding = next((name for start, name in _WIDE_BOMS if content.startswith(start)), None)
+    if encoding is None and len(content) >= 4:
+        encoding = _WIDE_ZEROS.get(tuple(byte == 0 for byte in content[:4]))
     if encoding is None:
         return content, headers
     text = content.decode(encoding, errors="replace").encode("utf-8")

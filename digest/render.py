@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from .config import Newsletter
+from .errors import ConfigError
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
 from .text import cut_at_word, strip_invisible
 from .urls import is_http_url
@@ -257,14 +258,55 @@ def _inline(html: str) -> str:
 def render_html(context: dict, folder: Path | None = None) -> str:
     from mjml import mjml2html
 
-    mjml = _environment(folder, True).get_template(HTML_TEMPLATE).render(context)
-    return _inline(mjml2html(mjml, disable_comments=True, fonts={}))
+    mjml = _render_template(HTML_TEMPLATE, context, folder, autoescape=True)
+    try:
+        html = mjml2html(mjml, disable_comments=True, fonts={})
+    except Exception as exc:  # mjml-python's own errors, on an override that is not MJML
+        raise ConfigError(_template_file(HTML_TEMPLATE, folder), None, None, f"not valid MJML: {exc}") from None
+    return _inline(html)
 
 
 def render_text(context: dict, folder: Path | None = None) -> str:
-    text = _environment(folder, False).get_template(TEXT_TEMPLATE).render(context)
+    text = _render_template(TEXT_TEMPLATE, context, folder, autoescape=False)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip("\n") + "\n"
+
+
+def _render_template(name: str, context: dict, folder: Path | None, *, autoescape: bool) -> str:
+    """A template rendered, or ConfigError naming the template file (and line) that failed: an editor's
+    override may hold any mistake, and it must read as one line, not a traceback."""
+    try:
+        return _environment(folder, autoescape).get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        path = Path(exc.filename) if exc.filename else _template_file(exc.name or name, folder)
+        raise ConfigError(path, exc.lineno, None, f"template syntax: {exc.message}") from None
+    except jinja2.TemplateNotFound as exc:
+        raise ConfigError(_template_file(name, folder), None, None, f"no template {exc.name!r} to include") from None
+    except UnicodeDecodeError:
+        raise ConfigError(_template_file(name, folder), None, None, "not UTF-8 text") from None
+    except Exception as exc:  # raised while rendering: StrictUndefined, a filter, 1//0
+        path, line = _template_frame(exc, folder) or (_template_file(name, folder), None)
+        raise ConfigError(path, line, None, f"{type(exc).__name__}: {exc}") from None
+
+
+def _template_file(name: str, folder: Path | None) -> Path:
+    """The file a template name resolves to: the override when there is one."""
+    return next(
+        (base / name for base in template_folders(folder) if (base / name).is_file()), BUILT_IN_TEMPLATES / name
+    )
+
+
+def _template_frame(exc: BaseException, folder: Path | None) -> tuple[Path, int] | None:
+    """The template file and line where a rendering error was raised (Jinja maps its frames to them)."""
+    bases = [str(base) for base in template_folders(folder)]
+    found = None
+    traceback = exc.__traceback__
+    while traceback is not None:
+        filename = traceback.tb_frame.f_code.co_filename
+        if any(filename.startswith(base) for base in bases):
+            found = (Path(filename), traceback.tb_lineno)
+        traceback = traceback.tb_next
+    return found
 
 
 def render_issue(draft: Draft, newsletter: Newsletter, folder: Path | None = None) -> RenderedIssue:

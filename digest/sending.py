@@ -79,7 +79,12 @@ def plan_send(
         return plan
     plan.rendered = render_issue(plan.draft, config.newsletter, config.folder)
     plan.html_bytes = backend.html_bytes(plan)
-    if plan.html_bytes > GMAIL_CLIP_BYTES and not (allow_clipped or dry_run or sending_began(db, issue_id)):
+    if plan.html_bytes > GMAIL_CLIP_BYTES and dry_run:
+        plan.warnings.append(
+            f"the email is {plan.html_bytes / 1024:.0f} KB of HTML: Gmail would clip it, and a real send "
+            f"refuses it without --allow-clipped"
+        )
+    elif plan.html_bytes > GMAIL_CLIP_BYTES and not (allow_clipped or sending_began(db, issue_id)):
         raise Clipped(
             f"{issue_id}: the email is {plan.html_bytes / 1024:.0f} KB of HTML, and Gmail clips past "
             f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: remove items from "
@@ -277,7 +282,7 @@ def check_receipts(config: Config, db: sqlite_utils.Database) -> None:
             )
         raise Unrecorded(
             f"{path} says {issue_id} was {how}, but {problem}. Put back the database that sent it; or, to go on "
-            f"from this database (people may get {issue_id} twice), add --force to send or run"
+            f"from this database (people may get {issue_id} twice), add --force (to build, send or run)"
         )
 
 

@@ -492,8 +492,8 @@ def suppress(
     return cursor.rowcount == 1
 
 
-def start_deliveries(db: sqlite_utils.Database, issue_id: str, keys: list[str], now: datetime) -> int:
-    """Mark the issue `sending` (smtp) and give each recipient a pending row, in one transaction.
+def start_deliveries(db: sqlite_utils.Database, issue_id: str, backend: str, keys: list[str], now: datetime) -> int:
+    """Mark the issue `sending` through `backend` and give each recipient a pending row, in one transaction.
 
     Rows an interrupted run left `sending` go back to pending (they are sent again: the possible
     duplicates); pending rows of addresses no longer to be mailed are skipped, and skipped rows of
@@ -503,7 +503,7 @@ def start_deliveries(db: sqlite_utils.Database, issue_id: str, keys: list[str], 
     now_text = iso(now)
     with transaction(db):
         db.execute(
-            "UPDATE issues SET status = 'sending', backend = 'smtp' WHERE id = ? AND status = 'draft'", [issue_id]
+            "UPDATE issues SET status = 'sending', backend = ? WHERE id = ? AND status = 'draft'", [backend, issue_id]
         )
         db.conn.executemany(
             "INSERT INTO deliveries (issue_id, email, status, attempts, updated_at) VALUES (?, ?, 'pending', 0, ?) "

@@ -12,6 +12,14 @@ _WEEK_ID = re.compile(r"(\d{4})-W(\d{2})", re.ASCII)  # \d alone also matches "ï
 FIRST_YEAR, LAST_YEAR = 1970, 2999  # far from the ends of what dates and time zones can hold
 
 
+def chosen_week(issue_id: str | None, tz: ZoneInfo, now: datetime | None = None) -> str:
+    """The issue a command works on: the week asked for (checked), else the current one."""
+    if issue_id is None:
+        return current_week(now or datetime.now(UTC), tz)
+    parse_week(issue_id)
+    return issue_id.strip()
+
+
 def parse_week(issue_id: str) -> date:
     """The Monday of an ISO week id such as 2026-W14."""
     match = _WEEK_ID.fullmatch(issue_id.strip())

@@ -63,6 +63,7 @@ def test_a_whole_week_through_the_library_and_the_memory_backend(tmp_path, monke
     """run_week with the in-memory backend: collect, build and send without a server, through the public API."""
     from datetime import datetime
 
+    import digest.store
     from digest.send.memory import MemoryBackend
 
     from conftest import write_config
@@ -100,3 +101,6 @@ def test_a_whole_week_through_the_library_and_the_memory_backend(tmp_path, monke
     assert report.exit_code == 0 and report.sent.complete and report.built.items == 1
     assert questions == ["Send 2026-W14 “Test Digest: Mar 30 – Apr 5, 2026” to 2 subscribers?"]
     assert sorted(delivered.email for delivered in MemoryBackend.outbox) == ["ada@example.com", "grace@example.com"]
+    assert digest.store.get_issue(db, "2026-W14")["backend"] == "memory"  # recorded as the backend it was
+    again = digest.run_week(config, db, now=datetime(2026, 4, 3, 13, tzinfo=UTC), backend="memory")
+    assert again.exit_code == 0 and "already sent (memory" in again.done and len(MemoryBackend.outbox) == 2

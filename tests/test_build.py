@@ -184,6 +184,30 @@ def test_empty_week_writes_no_draft(db, config):
     assert not config.drafts_dir.exists()
 
 
+@pytest.mark.parametrize(
+    "template, line, problem",
+    [
+        ("<mjml>\n{% if %}", 2, "template syntax: Expected an expression"),
+        ("<mjml>\n\n{{ nosuch.attr }}", 3, "UndefinedError: 'nosuch' is undefined"),
+        ("{{ 1 // 0 }}", 1, "ZeroDivisionError"),
+        ("<mjml><mj-body><mj-section>", None, "not valid MJML"),
+        ("{% include 'nope.j2' %}", None, "no template 'nope.j2' to include"),
+        (b"\xff\xfe{{ x }}", None, "not UTF-8 text"),
+    ],
+)
+def test_a_broken_template_override_is_one_line_naming_it_and_changes_nothing(db, config, template, line, problem):
+    add(db, post("first", local(2026, 4, 1)))
+    override = config.folder / "templates" / "email.mjml.j2"
+    override.parent.mkdir()
+    override.write_bytes(template if isinstance(template, bytes) else template.encode())
+    with pytest.raises(ConfigError) as caught:
+        jobs.build(config, db, "2026-W14", now=NOW)
+    assert (caught.value.path, caught.value.line) == (override, line) and problem in caught.value.problem
+    assert not config.drafts_dir.exists() and store.offered_posts(db, "2026-W14") == []
+    override.unlink()  # the built-in template again: the same build goes through
+    assert jobs.build(config, db, "2026-W14", now=NOW).items == 1
+
+
 def test_build_writes_draft_html_and_text(db, config):
     add(db, post("first", local(2026, 4, 1), author="Ada"), post("second", local(2026, 4, 2)))
     report = jobs.build(config, db, "2026-W14", now=NOW)

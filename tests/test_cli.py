@@ -69,6 +69,14 @@ def test_a_week_in_other_digits_is_refused_not_a_second_issue_of_the_same_week(t
     assert not (tmp_path / "drafts").exists()
 
 
+@pytest.mark.parametrize("backend", ["memory", "nope"])
+def test_the_command_line_offers_only_the_listed_backends(tmp_path, run_cli, backend):
+    """The in-memory backend is for tests: from the command line it would mark an issue sent, mailing no one."""
+    write_config(tmp_path, [])
+    code, _, err = run_cli("send", "--week", "2026-W14", "--backend", backend, cwd=tmp_path)  # no --yes either
+    assert code == 2 and err == f"error: --backend: {backend!r} is not one of buttondown, smtp\n"
+
+
 def test_config_and_db_come_from_options_or_environment(tmp_path, run_cli, monkeypatch, feed_server):
     feed_server.routes["/a.xml"] = Route(rss([{"title": "t", "link": "https://e.example/1", "guid": "1"}]))
     elsewhere = tmp_path / "conf"

@@ -68,6 +68,16 @@ def test_run_collects_builds_sends_and_a_second_run_does_nothing(project, server
     assert store.get_issue(store.open_db(project / "digest.db"), WEEK)["status"] == "sent"
 
 
+def test_a_send_that_fails_does_not_hide_what_the_run_did_before_it(project, server, run_cli, monkeypatch):
+    server.behaviour.refuse_login = True
+    monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "x")
+    config = project / "feeds.yaml"
+    config.write_text(config.read_text().replace("security: none", "security: none\n  username: digest"))
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 1 and "SMTP login as 'digest'" in err
+    assert out.splitlines()[0].startswith("1 feeds in ") and f"build {WEEK}: 2 items" in out
+
+
 def test_when_every_feed_fails_run_sends_what_earlier_collects_found_and_exits_1(project, server, feed_server, run_cli):
     assert run_cli("collect", cwd=project)[0] == 0  # Wednesday's collect found the two posts
     feed_server.routes["/feed.xml"] = Route(status=500, body=b"down")
@@ -185,7 +195,7 @@ def weekly(tmp_path, server, monkeypatch):
     db.execute("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = '2026-W12'", [store.iso(now)])
     assert jobs.build(config, db, "2026-W13", now=now).items == 1
     _begin_send(db, "2026-W13")
-    store.start_deliveries(db, "2026-W13", ["reader00000@example.com"], now)  # as a send that was interrupted
+    store.start_deliveries(db, "2026-W13", "smtp", ["reader00000@example.com"], now)  # as a send that was interrupted
     return config, db, now
 
 

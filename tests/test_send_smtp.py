@@ -440,8 +440,8 @@ def test_an_address_skipped_by_an_earlier_run_and_back_on_the_list_is_mailed(tmp
     now = datetime.now(UTC)
     store.ensure_issue(db, WEEK, "Subject", now)
     keys = [row["email"] for row in subscribers(2)]
-    store.start_deliveries(db, WEEK, keys, now)  # a first run that stopped before mailing anyone
-    store.start_deliveries(db, WEEK, keys[:1], now)  # a second one while reader00001 was off the list
+    store.start_deliveries(db, WEEK, "smtp", keys, now)  # a first run that stopped before mailing anyone
+    store.start_deliveries(db, WEEK, "smtp", keys[:1], now)  # a second one while reader00001 was off the list
     assert ledger(tmp_path)[keys[1]]["status"] == "skipped"
     report = sending.send_issue(config, db, WEEK)
     assert report.sent == 2 and report.complete and sorted(server.per_recipient()) == keys

@@ -52,6 +52,7 @@ class SendPlan:
     already: int = 0  # subscribers an earlier, interrupted run already mailed
     not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
     problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
+    warnings: list[str] = field(default_factory=list)  # what a real send would refuse, told by a dry run
     draft_text: str = ""  # the draft as sent: a resumed send sends what the first subscribers got
     snapshot_note: str | None = None  # the draft file changed since the send began
     rendered: RenderedIssue | None = None  # the email, rendered once for the size check and the send
@@ -181,10 +182,12 @@ def check_backend(db: sqlite_utils.Database, issue_id: str, name: str) -> None:
         raise SetupError(f"{issue_id} was handed to {issue['backend']}; finish it with --backend {issue['backend']}")
 
 
-def backend_class(name: str | None) -> type[Backend]:
+def backend_class(name: str | None, *, listed_only: bool = False) -> type[Backend]:
+    """The backend of this name (default: DEFAULT); `listed_only`, as the command line asks: not one kept for
+    tests (the in-memory one would mark an issue sent without mailing anyone)."""
     name = name or DEFAULT
     backends = registry()
-    if name not in backends:
+    if name not in backends or (listed_only and not backends[name].listed):
         listed = ", ".join(key for key, backend in backends.items() if backend.listed)
         raise SetupError(f"--backend: {name!r} is not one of {listed}")
     return backends[name]

@@ -281,7 +281,7 @@ class SmtpBackend(ListBackend):
         issue_id = plan.issue
         factory = self.message_factory(plan)
         by_key = {address_key(subscriber.email): subscriber for subscriber in plan.recipients}
-        resent = store.start_deliveries(db, issue_id, list(by_key), _now())
+        resent = store.start_deliveries(db, issue_id, self.name, list(by_key), _now())
         todo = store.delivery_keys(db, issue_id, DeliveryStatus.PENDING)
         work: queue.SimpleQueue[tuple[str, Subscriber]] = queue.SimpleQueue()
         for key, subscriber in by_key.items():
