@@ -23,8 +23,9 @@ from .credentials import redact
 from .errors import DigestError, SetupError
 
 if TYPE_CHECKING:
+    from .collecting import CollectReport, FeedReport
     from .config import Config
-    from .jobs import BuildReport, CollectReport, FeedReport
+    from .jobs import BuildReport
     from .send import SendPlan
 
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), as a shell reports a process it terminated
@@ -149,7 +150,7 @@ def init(
 @app.command()
 def collect(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
     """Fetch every feed, store new posts, print a per-feed summary."""
-    from .jobs import collect as collect_feeds
+    from .collecting import collect as collect_feeds
 
     config, db = _config(ctx), _db(ctx)
     with _Progress(len(config.feeds), "Collecting", quiet=as_json) as on_feed:
@@ -248,7 +249,7 @@ def _print_build(report: BuildReport, prefix: str = "") -> None:
 @app.command()
 def feeds(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
     """Feed health: last fetch, status, error, posts, consecutive failures."""
-    from .jobs import feed_health
+    from .collecting import feed_health
 
     rows = feed_health(_config(ctx), _db(ctx))
     if as_json:

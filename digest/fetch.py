@@ -24,7 +24,6 @@ import ipaddress
 import socket
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -272,40 +271,45 @@ class _Inflater:
 # --- fetching ------------------------------------------------------------------------------
 
 
-async def fetch_all(
-    requests: Iterable[FetchRequest],
-    settings: CollectSettings = CollectSettings(),
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> AsyncIterator[FetchResult]:
-    """Fetch every feed with bounded concurrency, yielding each result as soon as it is in."""
-    requests = list(requests)
-    # httpcore's pool does work proportional to its connections for every request it starts or ends,
-    # so a thousand feeds through one 64-connection pool cost more CPU than the network; small pools don't.
-    shards = max(1, min(len(requests), settings.concurrency) // POOL_SIZE)
-    per_pool = -(-settings.concurrency // shards)
-    limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-    tls = ssl.create_default_context()  # one for all pools: building it takes ~20 ms
-    semaphore = asyncio.Semaphore(settings.concurrency)
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    headers={"User-Agent": USER_AGENT, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
-                    timeout=httpx.Timeout(settings.timeout),
-                    follow_redirects=False,
-                    transport=transport or _guarded_transport(tls, limits),
-                )
+class Fetcher:
+    """Fetches feeds, at most `settings.concurrency` at once, over a few small connection pools:
+
+    async with Fetcher(settings, feed_count) as fetcher:
+        result = await fetcher.fetch(request)
+    """
+
+    def __init__(self, settings: CollectSettings, feed_count: int, transport: httpx.AsyncBaseTransport | None = None):
+        self.settings, self.transport = settings, transport
+        # httpcore's pool does work proportional to its connections for every request it starts or ends,
+        # so a thousand feeds through one 64-connection pool cost more CPU than the network; small pools don't.
+        self.shards = max(1, min(feed_count, settings.concurrency) // POOL_SIZE)
+        self.clients: list[httpx.AsyncClient] = []
+        self.started = 0
+        self._stack = contextlib.AsyncExitStack()
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+
+    async def __aenter__(self) -> Fetcher:
+        per_pool = -(-self.settings.concurrency // self.shards)
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        tls = ssl.create_default_context()  # one for all pools: building it takes ~20 ms
+        for _ in range(self.shards):
+            client = httpx.AsyncClient(
+                headers={"User-Agent": USER_AGENT, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
+                timeout=httpx.Timeout(self.settings.timeout),
+                follow_redirects=False,
+                transport=self.transport or _guarded_transport(tls, limits),
             )
-            for _ in range(shards)
-        ]
+            self.clients.append(await self._stack.enter_async_context(client))
+        return self
 
-        async def one(client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
-            async with semaphore:
-                return await fetch_one(client, request, settings)
+    async def __aexit__(self, *exc_info) -> None:
+        await self._stack.aclose()
 
-        fetches = [one(clients[number % shards], request) for number, request in enumerate(requests)]
-        for finished in asyncio.as_completed(fetches):
-            yield await finished
+    async def fetch(self, request: FetchRequest) -> FetchResult:
+        client = self.clients[self.started % self.shards]
+        self.started += 1
+        async with self._semaphore:
+            return await fetch_one(client, request, self.settings)
 
 
 def _guarded_transport(tls: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:

@@ -1,34 +1,26 @@
-"""The weekly job as plain functions, each one command: collect (fetch → parse → store), build (select → draft
-→ render), run_week (the whole week, as cron runs it) and unsubscribe. Sending is sending.py's.
+"""The weekly job as plain functions, each one command: build (select → draft → render), run_week (the whole
+week, as cron runs it) and unsubscribe. Collecting is collecting.py's, sending is sending.py's.
 
 The CLI calls one of these (or of sending.py) per command and prints the report it returns.
 """
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
-import os
-import sqlite3
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import sqlite_utils
 
 from . import store
-from .config import CollectSettings, Config, FeedConfig
+from .collecting import CollectReport, FeedReport, collect
+from .config import Config
 from .credentials import env_secret
 from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
 from .errors import SetupError
-from .fetch import FetchRequest, FetchResult, configured_private, fetch_all
 from .lock import hold
-from .models import FeedOutcome, IssueStatus, ParsedFeed, RenderedIssue
+from .models import IssueStatus, RenderedIssue
 from .render import WARN_BYTES, personalize, render_issue, size_advice
 from .selection import new_for_issue
 from .send import SendPlan, SendReport, backend_class, check_backend
@@ -36,242 +28,6 @@ from .send.unsubscribe import SECRET_ENV, sample_url, verify_token
 from .sending import check_receipts, send_locked, sending_began
 from .subscribers import is_valid_email
 from .weeks import current_week, week_dates
-
-
-@dataclass
-class FeedReport:
-    name: str
-    url: str
-    outcome: FeedOutcome
-    new_posts: int = 0
-    http_status: int | None = None
-    error: str | None = None
-    warning: str | None = None  # the feed worked, but something about it needs the editor's eye
-
-
-@dataclass
-class CollectReport:
-    feeds: list[FeedReport] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def failed(self) -> list[FeedReport]:
-        return [feed for feed in self.feeds if feed.outcome == FeedOutcome.FAILED]
-
-    @property
-    def new_posts(self) -> int:
-        return sum(feed.new_posts for feed in self.feeds)
-
-    @property
-    def all_failed(self) -> bool:
-        return bool(self.feeds) and len(self.failed) == len(self.feeds)
-
-    @property
-    def exit_code(self) -> int:
-        """`digest collect` fails (1) only when every feed failed: one broken feed is that feed's news."""
-        return 1 if self.all_failed else 0
-
-
-def collect(
-    config: Config,
-    db: sqlite_utils.Database,
-    *,
-    now: datetime | None = None,
-    settings: CollectSettings | None = None,
-    on_feed: Callable[[FeedReport], None] | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> CollectReport:
-    """Fetch every feed concurrently, parse the changed ones on all cores, store new posts.
-
-    One failing feed never stops the others: its error is in the report and in the feeds table.
-    """
-    now = now or datetime.now(UTC)
-    settings = settings or config.collect
-    started = time.perf_counter()
-    states = store.feed_states(db)
-    requests = []
-    for feed in config.feeds:
-        state = states.get(feed.url, {})
-        requests.append(
-            FetchRequest(
-                key=feed.url,
-                url=state.get("redirect_url") or feed.url,
-                etag=state.get("etag"),
-                last_modified=state.get("last_modified"),
-                allow_private=feed.private or configured_private(feed.url),
-            )
-        )
-    report = CollectReport()
-    with _ParsePool(len(requests)) as pool:
-        asyncio.run(_collect(config, db, requests, now, settings, pool, transport, report, on_feed))
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-async def _collect(config, db, requests, now, settings, pool, transport, report, on_feed) -> None:
-    configured = {feed.url for feed in config.feeds}
-
-    async def handle(feed: FeedConfig, result: FetchResult) -> None:
-        """Parse and store one feed. Whatever its bytes provoke is this feed's failure, never the run's; only
-        the database failing (locked, full, unwritable) ends the run."""
-        parsed = None
-        if result.content is not None and result.error is None:
-            try:
-                parsed = await pool.parse(result.content, feed.url, result.headers, result.url)
-            except Exception as exc:
-                parsed = ParsedFeed(title=None, posts=[], error=f"cannot parse: {_one_line(exc)}")
-        try:
-            feed_report = _store(db, feed, result, parsed, now, configured)
-        except sqlite3.OperationalError:
-            raise
-        except Exception as exc:
-            failed = replace(result, content=None, error=f"cannot store: {_one_line(exc)}")
-            feed_report = _store(db, feed, failed, None, now, configured)
-        report.feeds.append(feed_report)
-        if on_feed:
-            on_feed(feed_report)
-
-    handlers = []
-    async for result in fetch_all(requests, settings, transport=transport):
-        handlers.append(asyncio.create_task(handle(config.feed(result.key), result)))
-    await asyncio.gather(*handlers)
-
-
-def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
-    """Runs in a pool worker. feedparser is imported there, on first use: an unchanged run never needs it."""
-    from .parse import parse_feed
-
-    return parse_feed(content, feed_url, headers, fetched_url)
-
-
-def _store(
-    db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime, configured: set[str]
-) -> FeedReport:
-    error = result.error or (parsed.error if parsed else None)
-    outcome = store.FetchOutcome(
-        status=result.status,
-        error=error,
-        etag=result.etag,
-        last_modified=result.last_modified,
-        permanent_url=result.permanent_url,
-        forget_redirect=result.refused,
-        title=parsed.title if parsed else None,
-        not_modified=result.not_modified,
-        warning=parsed.warning if parsed else None,
-        site_url=parsed.site_url if parsed else None,
-    )
-    posts = parsed.posts if parsed and not error else []
-    new_posts = store.record_fetch(
-        db,
-        url=feed.url,
-        name=feed.name,
-        section=feed.section,
-        outcome=outcome,
-        posts=posts,
-        now=now,
-        configured=configured,
-    )
-    if error:
-        kind = FeedOutcome.FAILED
-    elif result.not_modified:
-        kind = FeedOutcome.UNCHANGED
-    else:
-        kind = FeedOutcome.NEW if new_posts else FeedOutcome.UNCHANGED
-    return FeedReport(
-        name=feed.name,
-        url=feed.url,
-        outcome=kind,
-        new_posts=new_posts,
-        http_status=result.status,
-        error=error,
-        warning=None if error else outcome.warning,
-    )
-
-
-class _InlineExecutor(Executor):
-    """Parses in the calling thread: for a handful of feeds a process pool costs more than it saves."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the awaiting task, as a pool would
-            future.set_exception(exc)
-        return future
-
-
-class _ParsePool:
-    """Where feeds are parsed: a process pool (CPU-bound), forked before the event loop starts any thread,
-    or inline for a handful of feeds. A worker that dies (the kernel's OOM killer, a crash in a C library)
-    fails the feeds it was parsing; the next ones get a new pool, started without fork now that threads run."""
-
-    def __init__(self, feed_count: int):
-        self.workers = min(os.cpu_count() or 1, feed_count)
-        self.executor: Executor = _InlineExecutor()
-        if self.workers >= 2 and feed_count >= 8:
-            self.executor = self._start("fork")
-            for _ in range(self.workers):  # each submit forks one worker now; they import the parser while we fetch
-                self.executor.submit(_import_parser)
-
-    def _start(self, method: str) -> Executor:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context(method if method in methods else None)
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-
-    async def parse(self, content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
-        executor = self.executor
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, _parse, content, feed_url, headers, fetched_url
-            )
-        except BrokenProcessPool:
-            if self.executor is executor:
-                executor.shutdown(wait=False, cancel_futures=True)
-                self.executor = self._start("spawn")
-            raise BrokenProcessPool(
-                "the parsing process died (out of memory, or killed) while this feed or "
-                "another was being parsed; it is fetched again next time"
-            ) from None
-
-    def __enter__(self) -> _ParsePool:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _import_parser() -> None:
-    import digest.parse  # noqa: F401
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def feed_health(config: Config, db: sqlite_utils.Database) -> list[dict]:
-    """Each configured feed's last fetch, status, error or warning, posts stored, failures in a row and
-    remembered permanent redirect."""
-    health = {row["url"]: row for row in store.feed_health(db)}
-    rows = []
-    for feed in config.feeds:
-        row = health.get(feed.url, {})
-        rows.append(
-            {
-                "name": feed.name,
-                "url": feed.url,
-                "section": feed.section,
-                "last_fetched_at": row.get("last_fetched_at"),
-                "last_status": row.get("last_status"),
-                "last_error": row.get("last_error"),
-                "last_warning": row.get("last_warning"),
-                "posts": row.get("posts", 0),
-                "consecutive_failures": row.get("consecutive_failures", 0),
-                "redirect_url": row.get("redirect_url"),
-            }
-        )
-    return rows
-
 
 # --- build ---------------------------------------------------------------------------
 

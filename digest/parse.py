@@ -221,7 +221,8 @@ def _as_utf8(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, 
     checks that follow (character references) see every character, whatever the document's width."""
     encoding = next((name for start, name in _WIDE_BOMS if content.startswith(start)), None)
     if encoding is None and len(content) >= 4:
-        encoding = _WIDE_ZEROS.get(tuple(byte == 0 for byte in content[:4]))
+        first = content[:4]
+        encoding = _WIDE_ZEROS.get((first[0] == 0, first[1] == 0, first[2] == 0, first[3] == 0))
     if encoding is None:
         return content, headers
     text = content.decode(encoding, errors="replace").encode("utf-8")

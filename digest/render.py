@@ -21,15 +21,17 @@ import textwrap
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import jinja2
 
 from .config import Newsletter
 from .errors import ConfigError
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
 from .text import cut_at_word, strip_invisible
 from .urls import is_http_url
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ["personalize", "render_issue"]
 
@@ -60,6 +62,8 @@ def template_folders(folder: Path | None) -> list[Path]:
 
 @functools.lru_cache(maxsize=16)
 def _environment(folder: Path | None, autoescape: bool) -> jinja2.Environment:
+    import jinja2  # here, not at the top: the senders import personalize, and `digest collect` them
+
     """One per newsletter folder, shared by render and preview. auto_reload (the default) re-reads a template
     only when its file changed: the preview picks up edits, and every other render uses the compiled one."""
     env = jinja2.Environment(
@@ -275,6 +279,8 @@ def render_text(context: dict, folder: Path | None = None) -> str:
 def _render_template(name: str, context: dict, folder: Path | None, *, autoescape: bool) -> str:
     """A template rendered, or ConfigError naming the template file (and line) that failed: an editor's
     override may hold any mistake, and it must read as one line, not a traceback."""
+    import jinja2
+
     try:
         return _environment(folder, autoescape).get_template(name).render(context)
     except jinja2.TemplateSyntaxError as exc:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest import jobs, store
+from digest import collecting, jobs, store
 from digest.config import CollectSettings, load_config
 from digest.fetch import USER_AGENT
 
@@ -41,13 +41,13 @@ def setup(tmp_path, feed_server):
     return make
 
 
-def by_name(report: jobs.CollectReport) -> dict[str, jobs.FeedReport]:
+def by_name(report: collecting.CollectReport) -> dict[str, collecting.FeedReport]:
     return {feed.name: feed for feed in report.feeds}
 
 
 def test_collect_stores_posts_with_clean_urls_and_sends_our_user_agent(setup, feed_server):
     config, db = setup({"/a.xml": Route(rss(items("a")))})
-    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    report = collecting.collect(config, db, now=NOW, settings=FAST)
     assert report.new_posts == 3
     urls = sorted(row["canonical_url"] for row in db["posts"].rows)
     assert urls == ["https://a.example.com/0/", "https://a.example.com/1/", "https://a.example.com/2/"]
@@ -64,8 +64,8 @@ def test_second_collect_sends_etag_back_and_stores_nothing_new(setup, feed_serve
             )
         }
     )
-    jobs.collect(config, db, now=NOW, settings=FAST)
-    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
+    report = collecting.collect(config, db, now=NOW, settings=FAST)
     second = feed_server.hits("/a.xml")[1]
     assert second["If-None-Match"] == '"v1"'
     assert second["If-Modified-Since"] == "Fri, 03 Apr 2026 10:00:00 GMT"
@@ -74,10 +74,25 @@ def test_second_collect_sends_etag_back_and_stores_nothing_new(setup, feed_serve
     assert db["feeds"].get(config.feeds[0].url)["etag"] == '"v1"'  # a 304 keeps the validators
 
 
+def test_an_unchanged_run_starts_no_parsing_process_and_a_changed_feed_starts_one(setup, feed_server, monkeypatch):
+    config, db = setup({"/a.xml": Route(rss(items("a")), etag='"v1"')})
+    collecting.collect(config, db, now=NOW, settings=FAST)
+    started = []
+    start = collecting._ParsePool._start
+    monkeypatch.setattr(
+        collecting._ParsePool, "_start", lambda pool, method: started.append(method) or start(pool, method)
+    )
+    collecting.collect(config, db, now=NOW, settings=FAST)  # every feed answers 304
+    assert started == []
+    feed_server.routes["/a.xml"] = Route(rss(items("a", 4)), etag='"v2"')
+    assert collecting.collect(config, db, now=NOW, settings=FAST).new_posts == 1
+    assert started == ["forkserver"]  # threads run by then: not fork
+
+
 def test_unchanged_feed_without_validators_adds_nothing_twice(setup):
     config, db = setup({"/a.xml": Route(rss(items("a")))})
-    jobs.collect(config, db, now=NOW, settings=FAST)
-    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
+    report = collecting.collect(config, db, now=NOW, settings=FAST)
     assert report.new_posts == 0 and db["posts"].count == 3
 
 
@@ -90,11 +105,11 @@ def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_serve
     )
     feed_server.routes["/new-home.xml"] = Route(rss(items("moved")))
     feed_server.routes["/elsewhere.xml"] = Route(rss(items("temp")))
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     feeds = {row["name"]: row for row in db["feeds"].rows}
     assert feeds["moved.xml"]["redirect_url"] == feed_server.url("/new-home.xml")
     assert feeds["temp.xml"]["redirect_url"] is None
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     assert len(feed_server.hits("/moved.xml")) == 1  # the second run went straight to the new home
     assert len(feed_server.hits("/temp.xml")) == 2
     assert db["posts"].count == 6
@@ -111,14 +126,14 @@ def test_permanent_redirect_is_remembered_and_temporary_is_not(setup, feed_serve
 def test_a_permanent_redirect_to_a_target_that_fails_is_not_remembered(setup, feed_server, target):
     config, db = setup({"/moved.xml": Route(status=301, headers={"Location": "/broken-home.xml"})})
     feed_server.routes["/broken-home.xml"] = target
-    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    report = collecting.collect(config, db, now=NOW, settings=FAST)
     assert by_name(report)["moved.xml"].outcome == "failed"
     assert db["feeds"].get(config.feeds[0].url)["redirect_url"] is None
     asked = len(feed_server.hits("/moved.xml"))
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     assert len(feed_server.hits("/moved.xml")) > asked  # the next run still asks the address in feeds.yaml
     feed_server.routes["/broken-home.xml"] = Route(rss(items("moved")))
-    jobs.collect(config, db, now=NOW, settings=FAST)  # once the target works, the move is remembered
+    collecting.collect(config, db, now=NOW, settings=FAST)  # once the target works, the move is remembered
     assert db["feeds"].get(config.feeds[0].url)["redirect_url"] == feed_server.url("/broken-home.xml")
 
 
@@ -137,7 +152,7 @@ def test_posts_of_a_redirected_feed_belong_to_the_feed_as_configured_and_reach_t
             ]
         )
     )
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     assert {row["feed_url"] for row in db["posts"].rows} == {feed_server.url("/old.xml")}
     assert feed_server.url("/blog/relative/post/") in {row["canonical_url"] for row in db["posts"].rows}
     built = jobs.build(config, db, "2026-W14", now=NOW)
@@ -148,11 +163,11 @@ def test_a_feed_whose_address_changes_in_feeds_yaml_keeps_its_posts(tmp_path, fe
     feed_server.routes["/old/feed.xml"] = Route(rss(items("blog")))
     feeds = [{"name": "Blog", "url": feed_server.url("/old/feed.xml"), "section": "Articles"}]
     db = store.open_db(tmp_path / "digest.db")
-    jobs.collect(load_config(write_config(tmp_path, feeds)), db, now=NOW, settings=FAST)
+    collecting.collect(load_config(write_config(tmp_path, feeds)), db, now=NOW, settings=FAST)
     feed_server.routes["/new/feed.xml"] = Route(rss(items("blog")))  # the blog moved; the editor updates the URL
     feeds[0]["url"] = feed_server.url("/new/feed.xml")
     config = load_config(write_config(tmp_path, feeds))
-    assert jobs.collect(config, db, now=NOW, settings=FAST).new_posts == 0  # the same articles, not new ones
+    assert collecting.collect(config, db, now=NOW, settings=FAST).new_posts == 0  # the same articles, not new ones
     assert jobs.build(config, db, "2026-W14", now=NOW).items == 3
 
 
@@ -171,7 +186,7 @@ def test_one_broken_feed_never_stops_the_others(setup, feed_server):
             "/dropped.xml": Route(drop=True),
         }
     )
-    report = by_name(jobs.collect(config, db, now=NOW, settings=FAST))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=FAST))
     assert report["good.xml"].outcome == "new" and report["good.xml"].new_posts == 3
     assert report["missing.xml"].error == "HTTP 404 Not Found"
     assert report["error.xml"].error == "HTTP 500 Internal Server Error (2 attempts)"
@@ -188,25 +203,26 @@ def test_one_broken_feed_never_stops_the_others(setup, feed_server):
 
 def test_failures_count_up_and_reset_on_success(setup, feed_server):
     config, db = setup({"/flaky.xml": Route(status=404)})
-    jobs.collect(config, db, now=NOW, settings=FAST)
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     assert db["feeds"].get(config.feeds[0].url)["consecutive_failures"] == 2
     feed_server.routes["/flaky.xml"] = Route(rss(items("flaky")))
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     row = db["feeds"].get(config.feeds[0].url)
     assert row["consecutive_failures"] == 0 and row["last_error"] is None
 
 
 def test_response_over_the_size_cap_is_refused(setup):
     config, db = setup({"/huge.xml": Route(rss(items("huge", 200)))})
-    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(max_megabytes=10_000 / 2**20, max_attempts=1))
+    tiny = CollectSettings(max_megabytes=10_000 / 2**20, max_attempts=1)
+    report = collecting.collect(config, db, now=NOW, settings=tiny)
     assert "larger than" in report.feeds[0].error and db["posts"].count == 0
 
 
 def test_many_feeds_are_fetched_concurrently_and_parsed_in_a_pool(setup):
     routes = {f"/f{n}.xml": Route(rss(items(f"f{n}")), delay=0.3) for n in range(12)}
     config, db = setup(routes)
-    report = jobs.collect(config, db, now=NOW, settings=FAST)
+    report = collecting.collect(config, db, now=NOW, settings=FAST)
     assert report.new_posts == 36 and not report.failed
     assert report.seconds < 12 * 0.3  # one after another would take 3.6 s
 
@@ -220,5 +236,5 @@ def test_feed_server_cannot_make_feedparser_read_local_files(setup, tmp_path):
         "<description>d</description></item></channel></rss>"
     ).encode()
     config, db = setup({"/xxe.xml": Route(body)})
-    jobs.collect(config, db, now=NOW, settings=FAST)
+    collecting.collect(config, db, now=NOW, settings=FAST)
     assert all("TOP-SECRET" not in str(row) for row in db["posts"].rows)

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import feedparser
 import pytest
 
-from digest import jobs, store
+from digest import collecting, jobs, store
 from digest.config import CollectSettings, load_config
 from digest.draft import read_draft
 
@@ -74,8 +74,8 @@ def collected(tmp_path_factory):
     config = load_config(write_config(directory, feeds))
     db = store.open_db(directory / "digest.db")
     settings = CollectSettings(timeout=10.0, max_attempts=1)
-    first = jobs.collect(config, db, now=NOW, settings=settings)
-    second = jobs.collect(config, db, now=NOW, settings=settings)
+    first = collecting.collect(config, db, now=NOW, settings=settings)
+    second = collecting.collect(config, db, now=NOW, settings=settings)
     yield db, first, second
     server.stop()
 

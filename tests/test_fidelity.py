@@ -12,7 +12,7 @@ from email.utils import format_datetime
 import pytest
 import yaml
 
-from digest import jobs, store
+from digest import collecting, jobs, store
 from digest.config import CollectSettings, load_config
 from digest.draft import draft_path, read_draft
 from digest.render import GMAIL_CLIP_BYTES, render_issue
@@ -44,8 +44,8 @@ class Newsletter:
     def serve(self, name: str, body: bytes | None = None, **route) -> None:
         self.server.routes[f"/{name}.xml"] = Route(body, **route) if body is not None else Route(**route)
 
-    def collect(self, now: datetime = NOW) -> jobs.CollectReport:
-        report = jobs.collect(self.config, self.db, now=now, settings=FAST)
+    def collect(self, now: datetime = NOW) -> collecting.CollectReport:
+        report = collecting.collect(self.config, self.db, now=now, settings=FAST)
         assert not report.failed, [(feed.name, feed.error) for feed in report.failed]
         return report
 
@@ -566,7 +566,7 @@ def test_a_feed_down_on_friday_catches_up_the_week_after(newsletter):
         rss([{"title": "A", "link": "https://blog.example.com/a/", "guid": "a", "description": "x", "date": when(2)}]),
     )
     site.serve("flaky", status=503, body=b"down")
-    report = jobs.collect(site.config, site.db, now=NOW, settings=FAST)
+    report = collecting.collect(site.config, site.db, now=NOW, settings=FAST)
     assert [feed.name for feed in report.failed] == ["flaky"]
     site.build()
     site.mark_sent(WEEK, NOW + timedelta(hours=1))
@@ -807,7 +807,7 @@ def test_a_post_an_aggregator_filters_out_goes_out_under_the_blog_that_has_it_to
     tips = {"title": "Flask tips", "link": "https://blog.example.com/flask/", "description": "x", "date": when(1)}
     site.serve("aggregator", rss([{**tips, "guid": "agg-1"}]))
     site.serve("blog", status=503, body=b"down")
-    jobs.collect(site.config, site.db, now=NOW, settings=FAST)  # the blog is down: the aggregator stores it first
+    collecting.collect(site.config, site.db, now=NOW, settings=FAST)  # the blog is down: the aggregator stores it first
     site.serve("blog", rss([{**tips, "guid": "blog-1"}]))
     later = NOW + timedelta(hours=1)
     site.collect(now=later)

@@ -80,7 +80,7 @@ def serve_directory(directory: Path) -> Iterator[str]:
 
 def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
     """Collect the sample feeds from a loopback server and build the sample week's issue."""
-    from .. import jobs, store
+    from .. import collecting, jobs, store
     from ..config import load_config
 
     directory = Path(directory or tempfile.mkdtemp(prefix="digest-demo-"))
@@ -101,7 +101,7 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
         config = load_config(config_path)
         db = store.open_db(directory / "digest.db")
         say(f"demo: serving {len(config.feeds)} sample feeds on {base}, working in {directory}")
-        report = jobs.collect(
+        report = collecting.collect(
             config,
             db,
             on_feed=lambda feed: say(

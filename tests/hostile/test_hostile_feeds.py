@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from digest import collecting, store
 from digest import fetch as fetch_module
-from digest import jobs, store
 from digest.config import CollectSettings, load_config
 
 from conftest import write_config
@@ -57,7 +57,7 @@ def newsletter(tmp_path, feed_server):
     return make
 
 
-def by_name(report: jobs.CollectReport) -> dict[str, jobs.FeedReport]:
+def by_name(report: collecting.CollectReport) -> dict[str, collecting.FeedReport]:
     return {feed.name: feed for feed in report.feeds}
 
 
@@ -71,7 +71,7 @@ def test_impossible_character_references_cost_nothing_but_a_replacement_characte
     config, db, settings = newsletter(
         {"/bad.xml": Route(entry_feed(f"Before {reference} after")), "/good.xml": Route(GOOD)}
     )
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     assert report["good.xml"].outcome == "new" and report["bad.xml"].outcome == "new"
     title = next(row["title"] for row in db["posts"].rows if "Before" in row["title"])
     assert title == "Before \ufffd after"
@@ -96,7 +96,7 @@ def test_a_wide_encoding_does_not_hide_an_impossible_reference(newsletter, encod
     text = text[text.index(start) :] if start else text  # no declaration, no byte order mark
     headers = {"Content-Type": f"application/rss+xml; charset={encoding}"}
     config, db, settings = newsletter({"/wide.xml": Route(text.encode(encoding), headers=headers)})
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))["wide.xml"]
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))["wide.xml"]
     assert (report.outcome, report.error) == ("new", None)
     assert [row["title"] for row in db["posts"].rows] == ["Before \ufffd after"]
 
@@ -111,7 +111,7 @@ def test_anything_raised_while_storing_one_feed_is_that_feeds_failure(newsletter
         return real(db, feed_url, posts, *args)
 
     monkeypatch.setattr(store, "_insert_posts", poisoned)
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     assert report["good.xml"].outcome == "new"
     assert report["bad.xml"].outcome == "failed" and report["bad.xml"].error.startswith(
         "cannot store: UnicodeEncodeError"
@@ -132,7 +132,7 @@ def _crash_on_poison(content, feed_url, headers, fetched_url):
 
 
 def test_a_parsing_process_that_dies_fails_its_feeds_and_the_rest_are_parsed(newsletter, monkeypatch):
-    monkeypatch.setattr(jobs, "_parse", _crash_on_poison)
+    monkeypatch.setattr(collecting, "_parse", _crash_on_poison)
     routes = {
         f"/good{n}.xml": Route(
             rss([{"title": f"Post {n}", "link": f"https://good.example.com/{n}/", "guid": f"g{n}", "description": "x"}])
@@ -141,11 +141,11 @@ def test_a_parsing_process_that_dies_fails_its_feeds_and_the_rest_are_parsed(new
     }
     routes["/bad.xml"] = Route(entry_feed("Poison"), delay=0.3)  # parsed after some good ones, before others
     config, db, settings = newsletter(routes)
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     assert len(report) == 13 and report["bad.xml"].outcome == "failed"
     assert "the parsing process died" in report["bad.xml"].error
     failed_now = {name for name, feed in report.items() if feed.outcome == "failed"}
-    again = by_name(jobs.collect(config, db, now=NOW, settings=settings))  # the next run fetches them again
+    again = by_name(collecting.collect(config, db, now=NOW, settings=settings))  # the next run fetches them again
     assert {name for name, feed in again.items() if feed.outcome == "failed"} == {"bad.xml"}
     assert db["posts"].count == 12 and failed_now >= {"bad.xml"}
 
@@ -206,7 +206,7 @@ def test_a_decompression_bomb_is_stopped_at_the_cap_without_inflating(newsletter
     )
     tracemalloc.start()
     try:
-        report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+        report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -236,7 +236,7 @@ def test_a_decompression_bomb_is_stopped_at_the_cap_without_inflating(newsletter
 )
 def test_every_encoding_layer_and_every_body_counts_against_the_cap(newsletter, route, error):
     config, db, settings = newsletter({"/hostile.xml": route}, max_megabytes=1)
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     assert report["hostile.xml"].error == error
 
 
@@ -244,7 +244,7 @@ def test_an_honest_gzipped_feed_is_read(newsletter):
     config, db, settings = newsletter(
         {"/zipped.xml": Route(gzip.compress(gzip.compress(GOOD)), headers={"Content-Encoding": "gzip, gzip"})}
     )
-    assert by_name(jobs.collect(config, db, now=NOW, settings=settings))["zipped.xml"].new_posts == 1
+    assert by_name(collecting.collect(config, db, now=NOW, settings=settings))["zipped.xml"].new_posts == 1
 
 
 def _raw_deflate(data: bytes) -> bytes:
@@ -266,7 +266,7 @@ def test_every_honest_encoding_is_read_whole_even_a_byte_at_a_time(newsletter, b
     config, db, settings = newsletter(
         {"/feed.xml": Route(body, headers={"Content-Encoding": encoding}, drip=0.0005)}  # one byte per write
     )
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))["feed.xml"]
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))["feed.xml"]
     assert (report.outcome, report.new_posts, report.error) == ("new", 1, None)
 
 
@@ -278,7 +278,7 @@ def test_a_slow_drip_ends_at_the_feeds_one_deadline_with_a_truthful_message(news
         {"/drip.xml": Route(GOOD * 50, drip=0.2), "/good.xml": Route(GOOD)}, timeout=1.0, max_attempts=3, deadline=2.0
     )
     started = time.monotonic()
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     elapsed = time.monotonic() - started
     assert report["drip.xml"].error == "no complete answer within the 2 s deadline (1 attempt)"
     assert elapsed < 3.5 and report["good.xml"].outcome == "new"
@@ -289,7 +289,7 @@ def test_retries_happen_inside_the_deadline_and_say_how_many(newsletter):
         {"/slow.xml": Route(GOOD, delay=0.8)}, timeout=0.3, max_attempts=6, deadline=1.5, backoff=0.1
     )
     started = time.monotonic()
-    error = by_name(jobs.collect(config, db, now=NOW, settings=settings))["slow.xml"].error
+    error = by_name(collecting.collect(config, db, now=NOW, settings=settings))["slow.xml"].error
     assert time.monotonic() - started < 2.5
     assert (
         error.startswith("no complete answer within the 1.5 s deadline (")
@@ -345,7 +345,7 @@ def test_a_public_feed_cannot_redirect_digest_inside(tmp_path, public, feed_serv
     feed_server.routes["/feed.xml"] = Route(GOOD)  # what digest must not read
     target = target.format(loopback=feed_server.httpd.server_address[1])
     config, db = public_feed(tmp_path, public, {"/moved.xml": Route(status=status, headers={"Location": target})})
-    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=2, backoff=0))
+    report = collecting.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=2, backoff=0))
     error = report.feeds[0].error
     assert report.feeds[0].outcome == "failed" and ("refused" in error or "not an http(s) address" in error), error
     assert feed_server.hits("/feed.xml") == [] and db["posts"].count == 0
@@ -362,7 +362,7 @@ def test_a_public_name_that_resolves_inside_is_refused_when_connecting(tmp_path,
     feed_server.routes["/feed.xml"] = Route(GOOD)
     port = feed_server.httpd.server_address[1]
     config = load_config(write_config(tmp_path, [{"name": "rebound", "url": f"http://rebound.test:{port}/feed.xml"}]))
-    report = jobs.collect(
+    report = collecting.collect(
         config, store.open_db(tmp_path / "digest.db"), now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1)
     )
     assert report.feeds[0].error == (
@@ -379,7 +379,7 @@ def test_link_local_and_metadata_addresses_are_refused_even_when_configured(tmp_
     ]
     config = load_config(write_config(tmp_path, feeds))
     report = by_name(
-        jobs.collect(
+        collecting.collect(
             config,
             store.open_db(tmp_path / "digest.db"),
             now=NOW,
@@ -419,7 +419,7 @@ def test_every_way_of_writing_an_inside_address_is_judged_as_that_address(addres
 def test_a_feed_configured_at_a_private_address_may_redirect_within_it(newsletter, feed_server):
     feed_server.routes["/new.xml"] = Route(GOOD)
     config, db, settings = newsletter({"/old.xml": Route(status=301, headers={"Location": "/new.xml"})})
-    report = by_name(jobs.collect(config, db, now=NOW, settings=settings))
+    report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     assert report["old.xml"].new_posts == 1
     assert db["feeds"].get(config.feed(feed_server.url("/old.xml")).url)["redirect_url"] == feed_server.url("/new.xml")
 
@@ -429,9 +429,8 @@ def test_a_remembered_redirect_that_is_now_refused_is_forgotten(tmp_path, public
     db.execute(
         "INSERT INTO feeds (url, redirect_url) VALUES (?, ?)", [config.feeds[0].url, "http://169.254.169.254/feed.xml"]
     )  # remembered by an older release
-    report = jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1))
+    report = collecting.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1))
     assert report.feeds[0].outcome == "failed" and "link-local" in report.feeds[0].error
     assert db["feeds"].get(config.feeds[0].url)["redirect_url"] is None
-    assert (
-        jobs.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1)).feeds[0].new_posts == 1
-    )
+    report = collecting.collect(config, db, now=NOW, settings=CollectSettings(timeout=2.0, max_attempts=1))
+    assert report.feeds[0].new_posts == 1
