@@ -17,14 +17,18 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import httpx
 import sqlite_utils
 
 from . import store
 from .config import CollectSettings, Config, FeedConfig
-from .fetch import Fetcher, FetchRequest, FetchResult, configured_private
 from .models import FeedOutcome, ParsedFeed
+
+if TYPE_CHECKING:  # fetch (httpx) is imported by collect itself: `digest feeds` needs neither
+    import httpx
+
+    from .fetch import Fetcher, FetchRequest, FetchResult
 
 
 @dataclass
@@ -74,6 +78,8 @@ def collect(
 
     One failing feed never stops the others: its error is in the report and in the feeds table.
     """
+    from .fetch import FetchRequest, configured_private
+
     now = now or datetime.now(UTC)
     settings = settings or config.collect
     started = time.perf_counter()
@@ -100,6 +106,8 @@ def collect(
 
 
 async def _collect(config, db, requests, now, settings, pool, transport, report, on_feed) -> None:
+    from .fetch import Fetcher
+
     configured = {feed.url for feed in config.feeds}
     # Feeds between their request and their storing, at most: when parsing is slower than fetching, the
     # fetches wait, so memory holds a bounded number of bodies whatever the number of feeds.

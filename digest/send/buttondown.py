@@ -23,9 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import sqlite_utils
 
 from .. import store
@@ -40,6 +39,9 @@ from ..settings import HOUR, read_section, setting
 from ..urls import secret_url_problem
 from ..yamlfile import MappingReader
 from . import Backend, SendPlan, SendReport
+
+if TYPE_CHECKING:
+    import httpx
 
 KEY_ENV = "BUTTONDOWN_API_KEY"
 API_URL_ENV = "BUTTONDOWN_API_URL"  # wins over buttondown.api_url (tests point it at a local fake)
@@ -231,6 +233,8 @@ class ButtondownBackend(Backend):
         """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal."""
         url = self.settings.api_url.rstrip("/") + path
         problem, lost = "", False
+        import httpx  # here: every command reads the settings of this module, few of them call Buttondown
+
         with httpx.Client(timeout=self.settings.timeout, headers=self.headers) as client:
             for attempt in range(1, self.settings.max_attempts + 1):
                 wait = backoff(attempt, self.settings.backoff)
