@@ -53,8 +53,9 @@ def sink(port_pipe, count_pipe) -> None:
     controller.stop()
 
 
-def ceiling(port: int, message: bytes, total: int, connections: int) -> float:
-    """Messages per second of plain smtplib sending one pre-built message over `connections` connections."""
+def ceiling(port: int, message: bytes, total: int, connections: int) -> tuple[float, float]:
+    """Messages per second of plain smtplib sending one pre-built message over `connections` connections,
+    and the CPU seconds that took on this side (the sink's are its own process's)."""
 
     def worker(count: int) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
@@ -63,16 +64,17 @@ def ceiling(port: int, message: bytes, total: int, connections: int) -> float:
 
     shares = [total // connections + (1 if n < total % connections else 0) for n in range(connections)]
     threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return total / (time.perf_counter() - started)
+    return total / (time.perf_counter() - started), time.process_time() - cpu
 
 
-def digest(directory: Path, *args: str) -> tuple[str, float, int]:
-    """Run the real command; returns its output, wall time and peak RSS in KB (wait4: that process only)."""
+def digest(directory: Path, *args: str) -> tuple[str, float, int, float]:
+    """Run the real command; returns its output, wall time, peak RSS in KB and CPU seconds (wait4: that
+    process only)."""
     env = dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET="benchmark-secret")
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -88,7 +90,7 @@ def digest(directory: Path, *args: str) -> tuple[str, float, int]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise SystemExit(f"digest {' '.join(args)} exited {process.returncode}:\n{output}")
-    return output, time.perf_counter() - started, usage.ru_maxrss
+    return output, time.perf_counter() - started, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -119,11 +121,11 @@ def main() -> None:
             f"sink pid {server.pid}"
         )
 
-        before = ceiling(port, sample, total, connections)
+        before, before_cpu = ceiling(port, sample, total, connections)
         received(reset=True)
-        output, wall, peak_kb = digest(directory, "send", "--week", WEEK, "--yes")
+        output, wall, peak_kb, cpu = digest(directory, "send", "--week", WEEK, "--yes")
         delivered = received()
-        after = ceiling(port, sample, total, connections)
+        after, after_cpu = ceiling(port, sample, total, connections)
         best = max(before, after)
         match = re.search(r"([\d,]+) sent, .* in ([\d.]+) s", output)
         sent, seconds = int(match[1].replace(",", "")), float(match[2])
@@ -139,6 +141,10 @@ def main() -> None:
             f"= {sent / wall / best:.0%} of the ceiling"
         )
         print(f"peak memory of the sending process (ru_maxrss): {peak_kb / 1024:.0f} MB")
+        print(
+            f"CPU per message on the sending side: digest {cpu / total * 1e6:,.0f} µs, "
+            f"plain smtplib {min(before_cpu, after_cpu) / total * 1e6:,.0f} µs"
+        )
     count_parent.send("stop")
     server.join(10)
 

@@ -71,7 +71,11 @@ def _keep_private(path: Path) -> None:
 
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[None]:
-    """One write transaction, taken at once (BEGIN IMMEDIATE) so that concurrent writers queue."""
+    """One write transaction, taken at once (BEGIN IMMEDIATE) so that concurrent writers queue. Inside
+    another transaction it is part of that one, which commits or rolls back the whole."""
+    if db.conn.in_transaction:
+        yield
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -492,40 +496,40 @@ def suppress(
     return cursor.rowcount == 1
 
 
-def start_deliveries(db: sqlite_utils.Database, issue_id: str, backend: str, keys: list[str], now: datetime) -> int:
+def start_deliveries(db: sqlite_utils.Database, issue_id: str, backend: str, keys: Iterable[str], now: datetime) -> int:
     """Mark the issue `sending` through `backend` and give each recipient a pending row, in one transaction.
 
     Rows an interrupted run left `sending` go back to pending (they are sent again: the possible
     duplicates); pending rows of addresses no longer to be mailed are skipped, and skipped rows of
-    addresses to be mailed again (back in subscribers.csv) are pending again. Returns how many rows
-    were left `sending`.
+    addresses to be mailed again (back in subscribers.csv) are pending again. `keys` is read once, as it
+    comes (a generator: no list of every subscriber is made). Returns how many rows were left `sending`.
     """
     now_text = iso(now)
     with transaction(db):
         db.execute(
             "UPDATE issues SET status = 'sending', backend = ? WHERE id = ? AND status = 'draft'", [backend, issue_id]
         )
-        db.conn.executemany(
-            "INSERT INTO deliveries (issue_id, email, status, attempts, updated_at) VALUES (?, ?, 'pending', 0, ?) "
-            "ON CONFLICT (issue_id, email) DO UPDATE SET status = 'pending', updated_at = excluded.updated_at "
-            "WHERE status = 'skipped'",
-            [(issue_id, key, now_text) for key in keys],
-        )
         in_flight = db.execute(
             "UPDATE deliveries SET status = 'pending', updated_at = ?, "
             "last_reply = 'the previous run stopped while sending this one' WHERE issue_id = ? AND status = 'sending'",
             [now_text, issue_id],
         ).rowcount
-        wanted = set(keys)
-        gone = [
-            (now_text, issue_id, row[0])
-            for row in db.execute("SELECT email FROM deliveries WHERE issue_id = ? AND status = 'pending'", [issue_id])
-            if row[0] not in wanted
-        ]
+        # Every pending row is skipped, then every recipient's row is pending (again): what stays skipped
+        # with this run's time is no longer to be mailed.
+        db.execute(
+            "UPDATE deliveries SET status = 'skipped', updated_at = ? WHERE issue_id = ? AND status = 'pending'",
+            [now_text, issue_id],
+        )
         db.conn.executemany(
-            "UPDATE deliveries SET status = 'skipped', last_reply = 'no longer to be mailed', "
-            "updated_at = ? WHERE issue_id = ? AND email = ?",
-            gone,
+            "INSERT INTO deliveries (issue_id, email, status, attempts, updated_at) VALUES (?, ?, 'pending', 0, ?) "
+            "ON CONFLICT (issue_id, email) DO UPDATE SET status = 'pending', updated_at = excluded.updated_at "
+            "WHERE status = 'skipped'",
+            ((issue_id, key, now_text) for key in keys),
+        )
+        db.execute(
+            "UPDATE deliveries SET last_reply = 'no longer to be mailed' "
+            "WHERE issue_id = ? AND status = 'skipped' AND updated_at = ?",
+            [issue_id, now_text],
         )
     return in_flight
 

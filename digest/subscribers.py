@@ -8,7 +8,6 @@ the other.
 from __future__ import annotations
 
 import csv
-import io
 import re
 import string
 import unicodedata
@@ -21,17 +20,17 @@ from .yamlfile import read_text_file
 
 NOT_FOUND = "not found (run `digest init` to write a starter file)"
 SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced")
+_STATUS_NAMES = {name: name for name in SUBSCRIBER_STATUSES}  # one string each, not one a row
 _EMAIL = re.compile(
     r"^[^@\s<>(),;:\"\[\]\\\x00-\x1f\x7f]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscriber:
     email: str
     name: str = ""
     status: str = "active"
-    line: int | None = None
 
 
 def address_key(address: str) -> str:
@@ -67,27 +66,31 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:
     """Subscribers from the CSV (columns email, name, status), the same address (`address_key`) merged.
 
-    Rows with a bad address are returned as problems (or raised when strict), never silently dropped.
+    Rows with a bad address are returned as problems (or raised when strict), never silently dropped. The
+    file is read as it is parsed, row by row: a list of 100,000 is never in memory twice.
     """
     path = Path(path)
-    text = read_text_file(path, NOT_FOUND, encoding="utf-8-sig")
     problems: list[ConfigError] = []
     by_email: dict[str, Subscriber] = {}
-    with io.StringIO(text, newline="") as handle:
-        reader = csv.DictReader(handle)
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, NOT_FOUND) from None
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    reader = csv.reader(handle)
+    with handle:
         try:
-            fieldnames = reader.fieldnames
-        except csv.Error as exc:
-            raise ConfigError(path, 1, None, f"not valid CSV: {exc}") from None
-        if not fieldnames or "email" not in [name.strip().lower() for name in fieldnames]:
-            raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
-        try:
-            for row in reader:
+            header = [name.strip().lower() for name in next(reader, [])]
+            if "email" not in header:
+                raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
+            columns = {name: header.index(name) for name in ("email", "name", "status") if name in header}
+            for cells in reader:
                 line = reader.line_num
-                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                row = {name: cells[index].strip() for name, index in columns.items() if index < len(cells)}
                 email = row.get("email", "")
-                status = (row.get("status") or "active").lower()
-                if not email and not any(row.values()):
+                status = _STATUS_NAMES.get((row.get("status") or "active").lower(), row.get("status", ""))
+                if not email and not any(cell.strip() for cell in cells):
                     continue
                 problem = None
                 if not is_valid_email(email):
@@ -103,7 +106,10 @@ def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subsc
                 previous = by_email.get(key)
                 if previous is not None and previous.status != "active":
                     continue  # an unsubscribe or bounce anywhere in the file wins
-                by_email[key] = Subscriber(email=email, name=clean_name(row.get("name", "")), status=status, line=line)
+                by_email[key] = Subscriber(email=email, name=clean_name(row.get("name", "")), status=status)
         except csv.Error as exc:
             raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
+        except UnicodeDecodeError:  # decoded a block at a time: the whole file tells the line
+            read_text_file(path, NOT_FOUND, encoding="utf-8-sig")
+            raise
     return list(by_email.values()), problems

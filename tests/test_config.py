@@ -245,10 +245,10 @@ def test_unreadable_config_is_one_line(tmp_path, monkeypatch):
     error = error_of(path)
     assert error.line == 3 and "not UTF-8 text" in str(error) and "\n" not in str(error)
 
-    def refuse(self):
+    def refuse(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(type(path), "read_bytes", refuse)
+    monkeypatch.setattr(type(path), "open", refuse)
     assert str(error_of(path)) == f"{path}: cannot read: Permission denied"
 
 
@@ -270,10 +270,10 @@ def test_unreadable_subscribers_file_is_one_line(tmp_path, monkeypatch):
     error = subscribers_error(path)
     assert error.line == 3 and "not UTF-8 text" in str(error) and "\n" not in str(error)
 
-    def refuse(self):
+    def refuse(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(type(path), "read_bytes", refuse)
+    monkeypatch.setattr(type(path), "open", refuse)
     assert str(subscribers_error(path)) == f"{path}: cannot read: Permission denied"
 
 

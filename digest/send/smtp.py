@@ -1,35 +1,36 @@
 """SMTP delivery: a few reused connections in parallel, each delivery recorded before the next one is sent.
 
 Each worker thread owns one SMTP connection and one SQLite connection and pulls recipients from a shared
-queue. Per recipient it commits `sending`, runs MAIL/RCPT/DATA, and commits the outcome:
+list. Per recipient it commits `sending`, runs MAIL/RCPT/DATA, and commits the outcome (a `sent` together
+with the next recipient's `sending`: one fsync a message):
 - 250: sent, with the server's reply;
 - 5xx to RCPT: failed and suppressed as a bounce (the address is never mailed again);
 - 5xx to DATA: failed (the message was refused, not the address), not retried;
 - 5xx to MAIL: the sender is refused, which no recipient can fix: the run stops;
 - 4xx, a dropped connection or a timeout: retried with exponential backoff, at most smtp.max_attempts
   times in this run, then left pending for the next run.
-A worker whose connection fails max_attempts times on one recipient gives up and hands it back to the queue.
+A worker whose connection fails max_attempts times on one recipient gives up and hands it back.
 
 Guarantee: at least once, exactly once but for a crash's messages in flight. A row is committed `sending`
-before its transaction and `sent` right after the 250 (synchronous=FULL: durable through a power cut, not
-only a kill -9), so after a crash only rows left `sending` (at most one per connection) are sent again; they
-keep their Message-ID, so receivers can recognize the copy. The same holds, in one run, for a connection
-that drops after the message was sent but before the server's answer arrived.
+before its transaction and `sent` after the 250, before the next one begins (synchronous=FULL: durable
+through a power cut, not only a kill -9), so after a crash only rows left `sending` (at most one per
+connection) are sent again; they keep their Message-ID, so receivers can recognize the copy. The same holds,
+in one run, for a connection that drops after the message was sent but before the server's answer arrived.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import os
-import queue
 import smtplib
 import socket
 import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -237,6 +238,63 @@ class Connection:
             self.smtp = None
 
 
+class _Work:
+    """The recipients still to be mailed, taken one at a time by the workers from the plan's list (no copy
+    of it is made); one that a worker's connection could not take goes back for another worker."""
+
+    def __init__(self, recipients: Iterable[Subscriber]):
+        self._next = iter(recipients)
+        self._returned: collections.deque[Subscriber] = collections.deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> Subscriber | None:
+        with self._lock:
+            return self._returned.popleft() if self._returned else next(self._next, None)
+
+    def give_back(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._returned.append(subscriber)
+
+
+class _Ledger:
+    """One worker's writes to the delivery ledger. A message's `sent` is committed together with the next
+    message's `sending`, in one transaction: one fsync per message instead of two, and the guarantee is the
+    same (a row is `sent` only after the server's 250, `sending` before its DATA). Whatever is held is
+    committed by `flush`, which the worker calls before it stops, whatever stops it.
+
+    The workers' ledgers share one lock: a worker waits its turn behind another's fsync, instead of in
+    SQLite's busy handler, which sleeps a millisecond or more each time it finds the database locked."""
+
+    def __init__(self, db: sqlite_utils.Database, issue_id: str, lock: threading.Lock):
+        self.db, self.issue_id, self.lock = db, issue_id, lock
+        self.held: tuple[str, str] | None = None  # (key, reply) of a message sent, not yet committed
+
+    def sending(self, key: str, message_id: str) -> None:
+        with self.lock, store.transaction(self.db):
+            self._write_held()
+            store.mark_sending(self.db, self.issue_id, key, message_id, _now())
+
+    def sent(self, key: str, reply: str) -> None:
+        self.flush()
+        self.held = (key, reply)
+
+    def outcome(self, key: str, status: str, reply: str, *, bounced: bool = False) -> None:
+        with self.lock, store.transaction(self.db):
+            self._write_held()
+            store.mark_delivery(self.db, self.issue_id, key, status, reply, _now(), bounced=bounced)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            with self.lock, store.transaction(self.db):
+                self._write_held()
+
+    def _write_held(self) -> None:
+        if self.held is not None:
+            key, reply = self.held
+            store.mark_delivery(self.db, self.issue_id, key, DeliveryStatus.SENT, reply, _now())
+            self.held = None
+
+
 class SmtpBackend(ListBackend):
     """Sends one issue to a list of subscribers; the deliveries table makes a re-run resume."""
 
@@ -280,19 +338,19 @@ class SmtpBackend(ListBackend):
         started = time.perf_counter()
         issue_id = plan.issue
         factory = self.message_factory(plan)
-        by_key = {address_key(subscriber.email): subscriber for subscriber in plan.recipients}
-        resent = store.start_deliveries(db, issue_id, self.name, list(by_key), _now())
-        todo = store.delivery_keys(db, issue_id, DeliveryStatus.PENDING)
-        work: queue.SimpleQueue[tuple[str, Subscriber]] = queue.SimpleQueue()
-        for key, subscriber in by_key.items():
-            if key in todo:
-                work.put((key, subscriber))
+        keys = (address_key(subscriber.email) for subscriber in plan.recipients)
+        resent = store.start_deliveries(db, issue_id, self.name, keys, _now())  # each recipient's row: pending
+        work = _Work(plan.recipients)
         path = store.database_path(db)
         self._database = _identity(path)
-        finished = [threading.Event() for _ in range(min(self.settings.connections, len(todo)))]
+        ledger_lock = threading.Lock()  # the workers' ledger writes, one at a time (see _Ledger)
+        finished = [threading.Event() for _ in range(min(self.settings.connections, len(plan.recipients)))]
         for number, done in enumerate(finished):
             threading.Thread(
-                target=self._worker, args=(path, issue_id, factory, work, done), name=f"smtp-{number}", daemon=True
+                target=self._worker,
+                args=(path, issue_id, ledger_lock, factory, work, done),
+                name=f"smtp-{number}",
+                daemon=True,
             ).start()
         interrupt = self._wait_for(finished)
         try:
@@ -343,30 +401,39 @@ class SmtpBackend(ListBackend):
     # --- the workers ------------------------------------------------------------------
 
     def _worker(
-        self, path: str, issue_id: str, factory: MessageFactory, work: queue.SimpleQueue, done: threading.Event
+        self,
+        path: str,
+        issue_id: str,
+        ledger_lock: threading.Lock,
+        factory: MessageFactory,
+        work: _Work,
+        done: threading.Event,
     ) -> None:
         """One connection's loop. What stops the run (a refused sender, a database that cannot record what
         was sent: disk full, locked) is kept for `deliver` to raise as one line, never a thread's traceback."""
         db: sqlite_utils.Database | None = None
+        ledger: _Ledger | None = None
         connection = Connection(self.settings, self.password)
         try:
             db = store.open_db(path)
             db.execute("PRAGMA synchronous=FULL")  # each ledger commit survives a power cut too, not only a kill -9
+            ledger = _Ledger(db, issue_id, ledger_lock)
             while not self._stop.is_set():
-                try:
-                    key, subscriber = work.get_nowait()
-                except queue.Empty:
+                subscriber = work.take()
+                if subscriber is None:
                     return
+                key = address_key(subscriber.email)
                 if _identity(path) != self._database:
-                    work.put((key, subscriber))
+                    work.give_back(subscriber)
                     raise DatabaseProblem(
                         f"the database {path} was removed or replaced during the send: stopped, "
                         f"so that no one is mailed twice from an empty ledger; put it back and "
                         f"run again to resume"
                     )
-                if not self._deliver(db, connection, factory, issue_id, key, subscriber):
-                    work.put((key, subscriber))  # this connection gave up: another worker, or the next run
+                if not self._deliver(ledger, connection, factory, key, subscriber):
+                    work.give_back(subscriber)  # this connection gave up: another worker, or the next run
                     return
+            ledger.flush()
         except DigestError as exc:
             self._stop_run(exc)
         except sqlite3.Error as exc:
@@ -378,11 +445,21 @@ class SmtpBackend(ListBackend):
         ) as exc:  # a bug or an input nobody foresaw: one line and a stopped run, never a thread's traceback
             self._stop_run(SendError(f"{type(exc).__name__}: {exc}"))
         finally:
+            self._flush(ledger)
             connection.close()
             if db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
             done.set()
+
+    def _flush(self, ledger: _Ledger | None) -> None:
+        """What a worker holds is committed however it stops; a database that cannot take it stops the run."""
+        if ledger is None:
+            return
+        try:
+            ledger.flush()
+        except sqlite3.Error as exc:
+            self._stop_run(SendError(f"database: {exc}"))
 
     def _stop_run(self, error: DigestError) -> None:
         with self._lock:
@@ -391,20 +468,14 @@ class SmtpBackend(ListBackend):
         self._stop.set()
 
     def _deliver(
-        self,
-        db: sqlite_utils.Database,
-        connection: Connection,
-        factory: MessageFactory,
-        issue_id: str,
-        key: str,
-        subscriber: Subscriber,
+        self, ledger: _Ledger, connection: Connection, factory: MessageFactory, key: str, subscriber: Subscriber
     ) -> bool:
         """Try one recipient up to max_attempts times; False when this worker's connection keeps failing."""
         message_id = factory.message_id(subscriber.email)
         try:
             message = factory.copy(subscriber.email, subscriber.name, message_id)
         except Unmailable as exc:
-            self._record(db, issue_id, key, DeliveryStatus.FAILED, f"not sent: {exc}")
+            self._record(ledger, key, DeliveryStatus.FAILED, f"not sent: {exc}")
             return True
         attempts = self.settings.max_attempts
         dropped = 0
@@ -414,40 +485,39 @@ class SmtpBackend(ListBackend):
             try:
                 if connection.smtp is None:
                     connection.open()
-                store.mark_sending(db, issue_id, key, message_id, _now())
+                ledger.sending(key, message_id)
                 reply = connection.transact(factory.sender, subscriber.email, message)
             except Refused as refused:
                 if refused.code < 500:
-                    self._record(db, issue_id, key, DeliveryStatus.PENDING, str(refused))
+                    self._record(ledger, key, DeliveryStatus.PENDING, str(refused))
                 elif refused.stage == "MAIL":
-                    self._record(db, issue_id, key, DeliveryStatus.PENDING, str(refused))
+                    self._record(ledger, key, DeliveryStatus.PENDING, str(refused))
                     raise SendError(f"the server refused the sender {factory.sender}: {refused}") from None
                 else:
-                    self._record(
-                        db, issue_id, key, DeliveryStatus.FAILED, str(refused), bounced=refused.stage == "RCPT"
-                    )
+                    self._record(ledger, key, DeliveryStatus.FAILED, str(refused), bounced=refused.stage == "RCPT")
                     return True
             except smtplib.SMTPNotSupportedError as exc:
-                self._record(db, issue_id, key, DeliveryStatus.FAILED, f"{exc}")
+                self._record(ledger, key, DeliveryStatus.FAILED, f"{exc}")
                 return True
             except (OSError, smtplib.SMTPException) as exc:  # dropped, timed out, refused to connect
                 connection.close()
                 dropped += 1
-                self._record(db, issue_id, key, DeliveryStatus.PENDING, f"connection: {exc or type(exc).__name__}")
+                self._record(ledger, key, DeliveryStatus.PENDING, f"connection: {exc or type(exc).__name__}")
                 if dropped >= attempts:
                     return False
             else:
-                self._record(db, issue_id, key, DeliveryStatus.SENT, reply)
+                self._record(ledger, key, DeliveryStatus.SENT, reply)
                 return True
             if attempt < attempts:
                 self.sleep(backoff(attempt, self.settings.backoff))
         return True
 
-    def _record(
-        self, db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, *, bounced: bool = False
-    ) -> None:
+    def _record(self, ledger: _Ledger, key: str, status: str, reply: str, *, bounced: bool = False) -> None:
         reply = redact(reply)  # every reply and error the ledger keeps, whatever path it came by
-        store.mark_delivery(db, issue_id, key, status, reply, _now(), bounced=bounced)
+        if status == DeliveryStatus.SENT:
+            ledger.sent(key, reply)
+        else:
+            ledger.outcome(key, status, reply, bounced=bounced)
         with self._lock:
             if status in self._counts:
                 self._counts[status] += 1
