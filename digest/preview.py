@@ -4,9 +4,12 @@ The page shows the email at desktop width, at 375 px and in dark mode (inverted,
 the Gmail app and Outlook do, or with the email's own dark stylesheet, as Apple Mail
 does), the text version, the inbox line (sender, subject and preheader),
 the HTML size against Gmail's clipping limit and the list of links. A watcher
-thread polls the files' modification times and sizes; the page listens on Server-Sent
-Events and swaps in the new rendering without a reload. A broken draft shows
-its error on the page and the last good rendering stays.
+thread wakes on the operating system's file-change events (inotify, FSEvents, through
+watchfiles) for the folders of feeds.yaml, the draft and the templates, and re-renders
+when a file's modification time, size or inode changed. Each new rendering goes to the
+page whole, in a Server-Sent Event, and the page puts it into its frames: no request
+back, no reload. A broken draft shows its error on the page and the last good rendering
+stays.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from .errors import ConfigError
 from .render import GMAIL_CLIP_BYTES, WARN_BYTES, forget_templates, personalize, render_issue, template_folders
 from .send.unsubscribe import sample_url
 
-POLL_SECONDS = 0.2
+QUIET_MS = 20  # a save is taken as done once its folder has had no event for this long
+SAFETY_NET_MS = 1000  # and the files are looked at anyway this often, for events a file system never sends
 # The preview's copies of the email (never the sent one): links open a new tab instead of replacing the
-# email inside its frame, and ?dark=1 applies the email's dark-mode rules as a client in dark mode does.
+# email inside its frame, and the dark copy applies the email's dark-mode rules as a client in dark mode does.
 _HEAD = re.compile(r"<head[^>]*>", re.IGNORECASE)
 _DARK_QUERY = re.compile(r"@media\s*\(\s*prefers-color-scheme\s*:\s*dark\s*\)", re.IGNORECASE)
 
@@ -56,6 +60,8 @@ class PreviewState:
         size = len(self.html.encode("utf-8"))
         return {
             "version": self.version,
+            "html": framed(self.html),
+            "html_dark": framed(self.html, dark=True),
             "text": self.text,
             "subject": self.subject,
             "preheader": self.preheader,
@@ -111,6 +117,13 @@ class Preview:
     def watched(self, config: Config | None) -> list[Path]:
         """feeds.yaml and the draft."""
         return [self.config_path] + ([draft_path(config.drafts_dir, self.issue_id)] if config is not None else [])
+
+    def folders(self) -> list[Path]:
+        """The folders whose events may mean a change: of feeds.yaml, of the draft, of the templates (those
+        that exist: the config's folder tells when a templates folder or the drafts folder appears)."""
+        paths = [*self.watched(self._config), *self.templates()]
+        folders = {path if path.is_dir() else path.parent for path in paths}
+        return sorted(folder for folder in folders if folder.is_dir())
 
     def templates(self) -> list[Path]:
         """Every template, the built-in ones and the folder's own, and their folders (an override added or
@@ -211,8 +224,30 @@ class PreviewServer:
         self.httpd.server_close()
 
     def _watch(self) -> None:
-        while not self._stopping.wait(POLL_SECONDS):
-            self.preview.refresh()
+        """Re-render on each burst of file events; start watching again when the set of folders changed."""
+        import watchfiles
+
+        force_polling = None
+        while not self._stopping.is_set():
+            folders = self.preview.folders()
+            try:
+                for _changes in watchfiles.watch(
+                    *folders,
+                    watch_filter=None,  # editors' temporary files too: the stamps decide what changed
+                    step=QUIET_MS,
+                    rust_timeout=SAFETY_NET_MS,
+                    yield_on_timeout=True,
+                    stop_event=self._stopping,
+                    recursive=False,
+                    raise_interrupt=False,
+                    force_polling=force_polling,
+                ):
+                    self.preview.refresh()
+                    if self.preview.folders() != folders:
+                        break
+            except (OSError, RuntimeError):  # no more inotify watches, a folder gone meanwhile: look instead
+                force_polling = True
+                self.preview.refresh()
 
 
 def _loopback_host(host: str) -> bool:
@@ -227,18 +262,15 @@ def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPReques
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path, _, query = self.path.partition("?")
+            path = self.path.partition("?")[0]
             if not _loopback_host(self.headers.get("Host", "")):
                 # A page elsewhere whose name an attacker re-points at 127.0.0.1 (DNS rebinding) would send
                 # its own name here: it must not read the draft.
                 self._send(403, "text/plain; charset=utf-8", b"forbidden: open the preview at 127.0.0.1")
             elif path == "/":
                 self._send(200, "text/html; charset=utf-8", page.encode("utf-8"))
-            elif path == "/email.html":
-                dark = "dark=1" in query.split("&")
-                self._send(200, "text/html; charset=utf-8", framed(preview.state.html, dark).encode("utf-8"))
-            elif path == "/state.json":
-                self._send(200, "application/json", json.dumps(preview.state.as_json()).encode("utf-8"))
+            elif path == "/email.html":  # the email alone, in a tab of its own
+                self._send(200, "text/html; charset=utf-8", framed(preview.state.html).encode("utf-8"))
             elif path == "/events":
                 self._events()
             elif path == "/favicon.ico":
@@ -255,23 +287,23 @@ def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPReques
             self.wfile.write(body)
 
         def _events(self) -> None:
-            """Server-Sent Events: one `update` event per new rendering, a comment every 15 s to keep alive."""
+            """Server-Sent Events: the current rendering at once, then each new one as it is made (the whole
+            state, as one line of JSON), and a comment every 15 s to keep the connection alive."""
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            version = preview.state.version
+            state = preview.state
             try:
-                self.wfile.write(f"event: update\ndata: {version}\n\n".encode())
-                self.wfile.flush()
-                while not stopping.is_set():
-                    state = preview.wait_for_change(version, timeout=15)
-                    if state.version == version:
-                        self.wfile.write(b": keep-alive\n\n")
-                    else:
-                        version = state.version
-                        self.wfile.write(f"event: update\ndata: {version}\n\n".encode())
+                while True:
+                    self.wfile.write(f"event: update\ndata: {json.dumps(state.as_json())}\n\n".encode())
                     self.wfile.flush()
+                    while (fresh := preview.wait_for_change(state.version, timeout=15)) is state:
+                        if stopping.is_set():
+                            return
+                        self.wfile.write(b": keep-alive\n\n")
+                        self.wfile.flush()
+                    state = fresh
             except (BrokenPipeError, ConnectionResetError):
                 pass
 

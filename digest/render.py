@@ -62,10 +62,10 @@ def template_folders(folder: Path | None) -> list[Path]:
 
 @functools.lru_cache(maxsize=16)
 def _environment(folder: Path | None, autoescape: bool) -> jinja2.Environment:
-    import jinja2  # here, not at the top: the senders import personalize, and `digest collect` them
-
     """One per newsletter folder, shared by render and preview. auto_reload (the default) re-reads a template
     only when its file changed: the preview picks up edits, and every other render uses the compiled one."""
+    import jinja2  # here, not at the top: the senders import personalize, and `digest collect` them
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(path) for path in template_folders(folder)]),
         autoescape=autoescape,

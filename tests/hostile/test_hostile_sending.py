@@ -538,7 +538,7 @@ def test_the_preview_answers_only_requests_for_this_machine(tmp_path, server, ho
     try:
         port = preview.httpd.server_address[1]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        connection.putrequest("GET", "/state.json", skip_host=True)
+        connection.putrequest("GET", "/email.html", skip_host=True)
         if host:
             connection.putheader("Host", host.format(port=port))
         connection.endheaders()
