@@ -96,16 +96,18 @@ def collect(
                 allow_private=feed.private or configured_private(feed.url),
             )
         )
+    # A 304 to the validators of a body that did not parse: the same body, so the same error.
+    still_broken = {url: state["last_error"] for url, state in states.items() if state["validators_of_broken_body"]}
     report = CollectReport()
     # Feeds without a validator answer with their whole body: those will need parsing.
     unconditional = sum(1 for request in requests if not (request.etag or request.last_modified))
     with _ParsePool(unconditional) as pool:
-        asyncio.run(_collect(config, db, requests, now, settings, pool, transport, report, on_feed))
+        asyncio.run(_collect(config, db, requests, still_broken, now, settings, pool, transport, report, on_feed))
     report.seconds = time.perf_counter() - started
     return report
 
 
-async def _collect(config, db, requests, now, settings, pool, transport, report, on_feed) -> None:
+async def _collect(config, db, requests, still_broken, now, settings, pool, transport, report, on_feed) -> None:
     from .fetch import Fetcher
 
     configured = {feed.url for feed in config.feeds}
@@ -125,7 +127,7 @@ async def _collect(config, db, requests, now, settings, pool, transport, report,
                 except Exception as exc:
                     parsed = ParsedFeed(title=None, posts=[], error=f"cannot parse: {_one_line(exc)}")
             try:
-                feed_report = _store(db, feed, result, parsed, now, configured)
+                feed_report = _store(db, feed, result, parsed, now, configured, still_broken.get(feed.url))
             except sqlite3.OperationalError:
                 raise
             except Exception as exc:
@@ -147,9 +149,18 @@ def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: 
 
 
 def _store(
-    db, feed: FeedConfig, result: FetchResult, parsed: ParsedFeed | None, now: datetime, configured: set[str]
+    db,
+    feed: FeedConfig,
+    result: FetchResult,
+    parsed: ParsedFeed | None,
+    now: datetime,
+    configured: set[str],
+    still_broken: str | None = None,
 ) -> FeedReport:
+    """Record one feed's fetch; `still_broken`: the error of the body whose validators were sent, if it had one."""
     error = result.error or (parsed.error if parsed else None)
+    if result.not_modified and still_broken:
+        error = still_broken
     outcome = store.FetchOutcome(
         status=result.status,
         error=error,
@@ -161,6 +172,7 @@ def _store(
         not_modified=result.not_modified,
         warning=parsed.warning if parsed else None,
         site_url=parsed.site_url if parsed else None,
+        broken_body=bool(parsed and parsed.error) or (result.not_modified and bool(still_broken)),
     )
     posts = parsed.posts if parsed and not error else []
     new_posts = store.record_fetch(

@@ -23,16 +23,20 @@ import contextvars
 import ipaddress
 import socket
 import ssl
+import sys
 import zlib
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-import httpcore
-import httpx
+# httpx imports its command-line client (click, rich, pygments: 50 ms) whenever they are installed, as typer
+# installs them; digest never runs it. A None in sys.modules makes that import fail, and httpx does without.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+import httpcore  # noqa: E402
+import httpx  # noqa: E402
 
-from . import __version__
-from .config import CollectSettings
-from .retry import backoff
+from . import __version__  # noqa: E402
+from .config import CollectSettings  # noqa: E402
+from .retry import backoff  # noqa: E402
 
 USER_AGENT = f"digest/{__version__} (RSS/Atom to newsletter; +https://pypi.org/project/digest/)"
 ACCEPT = (

@@ -102,6 +102,7 @@ class FetchOutcome:
     warning: str | None = None
     site_url: str | None = None  # the feed's home page, from its channel link
     forget_redirect: bool = False  # the remembered redirect led to an address digest refuses
+    broken_body: bool = False  # the error is the body's (no usable feed): its validators are worth keeping
 
 
 def feed_states(db: sqlite_utils.Database) -> dict[str, dict]:
@@ -143,10 +144,11 @@ def record_fetch(
         }
         if not outcome.not_modified:
             row["last_warning"] = None if outcome.error else outcome.warning
+        if not outcome.not_modified and (outcome.error is None or outcome.broken_body):
+            row["etag"], row["last_modified"] = outcome.etag, outcome.last_modified
+            row["validators_of_broken_body"] = int(outcome.broken_body)
         if outcome.error is None:
             row["last_ok_at"] = now_text
-            if not outcome.not_modified:
-                row["etag"], row["last_modified"] = outcome.etag, outcome.last_modified
             if outcome.title:
                 row["title"] = outcome.title
             if outcome.site_url:

@@ -89,6 +89,41 @@ def test_an_unchanged_run_starts_no_parsing_process_and_a_changed_feed_starts_on
     assert started == ["forkserver"]  # threads run by then: not fork
 
 
+def test_a_broken_body_that_has_not_changed_is_not_parsed_again_and_stays_failed(setup, feed_server, monkeypatch):
+    """The validators of a body that is no feed are kept: a 304 to them is the same body, the same error,
+    and nothing to parse; a fixed feed (a new ETag) is parsed and stored, and the failure ends."""
+    config, db = setup({"/a.xml": Route(b"<html><body>Maintenance</body></html>", etag='"broken"')})
+    first = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert first.outcome == "failed" and "not a feed" in first.error
+    started = []
+    start = collecting._ParsePool._start
+    monkeypatch.setattr(
+        collecting._ParsePool, "_start", lambda pool, method: started.append(method) or start(pool, method)
+    )
+    second = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert feed_server.hits("/a.xml")[1]["If-None-Match"] == '"broken"' and second.http_status == 304
+    assert second.outcome == "failed" and second.error == first.error and started == []
+    row = db["feeds"].get(config.feeds[0].url)
+    assert row["consecutive_failures"] == 2 and row["last_ok_at"] is None
+    feed_server.routes["/a.xml"] = Route(rss(items("a")), etag='"fixed"')
+    third = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert third.outcome == "new" and third.new_posts == 3
+    row = db["feeds"].get(config.feeds[0].url)
+    assert row["last_error"] is None and row["validators_of_broken_body"] == 0 and row["etag"] == '"fixed"'
+    fourth = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert fourth.outcome == "unchanged" and fourth.error is None
+
+
+def test_a_feed_that_could_not_be_fetched_keeps_the_validators_of_its_last_good_body(setup, feed_server):
+    config, db = setup({"/a.xml": Route(rss(items("a")), etag='"v1"')})
+    collecting.collect(config, db, now=NOW, settings=FAST)
+    feed_server.routes["/a.xml"] = Route(status=503)
+    assert by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"].outcome == "failed"
+    feed_server.routes["/a.xml"] = Route(rss(items("a")), etag='"v1"')
+    back = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert back.http_status == 304 and back.outcome == "unchanged" and back.error is None
+
+
 def test_unchanged_feed_without_validators_adds_nothing_twice(setup):
     config, db = setup({"/a.xml": Route(rss(items("a")))})
     collecting.collect(config, db, now=NOW, settings=FAST)
