@@ -97,7 +97,7 @@ def collect(
             )
         )
     # A 304 to the validators of a body that did not parse: the same body, so the same error.
-    still_broken = {url: state["last_error"] for url, state in states.items() if state["validators_of_broken_body"]}
+    still_broken = {url: state["broken_body_error"] for url, state in states.items() if state["broken_body_error"]}
     report = CollectReport()
     # Feeds without a validator answer with their whole body: those will need parsing.
     unconditional = sum(1 for request in requests if not (request.etag or request.last_modified))
@@ -125,7 +125,9 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
                 try:
                     parsed = await pool.parse(result.content, feed.url, result.headers, result.url)
                 except Exception as exc:
-                    parsed = ParsedFeed(title=None, posts=[], error=f"cannot parse: {_one_line(exc)}")
+                    parsed = ParsedFeed(
+                        title=None, posts=[], error=f"cannot parse: {_one_line(exc)}", error_from_document=False
+                    )
             try:
                 feed_report = _store(db, feed, result, parsed, now, configured, still_broken.get(feed.url))
             except sqlite3.OperationalError:
@@ -160,7 +162,7 @@ def _store(
     """Record one feed's fetch; `still_broken`: the error of the body whose validators were sent, if it had one."""
     error = result.error or (parsed.error if parsed else None)
     if result.not_modified and still_broken:
-        error = still_broken
+        error = still_broken  # the same body as the last time: the same error
     outcome = store.FetchOutcome(
         status=result.status,
         error=error,
@@ -172,7 +174,7 @@ def _store(
         not_modified=result.not_modified,
         warning=parsed.warning if parsed else None,
         site_url=parsed.site_url if parsed else None,
-        broken_body=bool(parsed and parsed.error) or (result.not_modified and bool(still_broken)),
+        broken_body=bool(parsed and parsed.error and parsed.error_from_document),
     )
     posts = parsed.posts if parsed and not error else []
     new_posts = store.record_fetch(

@@ -177,7 +177,7 @@ def m004_issue_list_id(db: sqlite_utils.Database) -> None:
 
 @migration
 def m005_broken_body_validators(db: sqlite_utils.Database) -> None:
-    """The ETag and Last-Modified of a body that is no usable feed are kept too, marked as such (issue 10): the
-    next run asks with them, and a 304 means the same broken body, so the feed stays failed with the same
-    error without being fetched whole and parsed again every run."""
-    _run(db, "ALTER TABLE feeds ADD COLUMN validators_of_broken_body INTEGER NOT NULL DEFAULT 0")
+    """The ETag and Last-Modified of a body that is no usable feed are kept too, with that body's error
+    (issue 10): the next run asks with them, and a 304 means the same broken body, so the feed stays failed
+    with the same error without being fetched whole and parsed again every run."""
+    _run(db, "ALTER TABLE feeds ADD COLUMN broken_body_error TEXT")

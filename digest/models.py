@@ -69,6 +69,7 @@ class ParsedFeed:
     title: str | None
     posts: list[Post]
     error: str | None = None  # set when the document is not a usable feed
+    error_from_document: bool = True  # False: the parsing process failed, not these bytes (fetch them again)
     warning: str | None = None  # set when posts were recovered from a document that is not well-formed
     site_url: str | None = None  # the home page the feed belongs to (its channel link)
 

@@ -245,9 +245,9 @@ class PreviewServer:
                     self.preview.refresh()
                     if self.preview.folders() != folders:
                         break
-            except (OSError, RuntimeError):  # no more inotify watches, a folder gone meanwhile: look instead
+            except Exception:  # no more inotify watches, a folder gone meanwhile: look, and never spin
                 force_polling = True
-                self.preview.refresh()
+                self._stopping.wait(SAFETY_NET_MS / 1000)
 
 
 def _loopback_host(host: str) -> bool:

@@ -79,10 +79,11 @@ def transaction(db: sqlite_utils.Database) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.conn.in_transaction:  # also a COMMIT that failed (disk full): never leave it open
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 # --- feeds ----------------------------------------------------------------------
@@ -146,7 +147,7 @@ def record_fetch(
             row["last_warning"] = None if outcome.error else outcome.warning
         if not outcome.not_modified and (outcome.error is None or outcome.broken_body):
             row["etag"], row["last_modified"] = outcome.etag, outcome.last_modified
-            row["validators_of_broken_body"] = int(outcome.broken_body)
+            row["broken_body_error"] = outcome.error if outcome.broken_body else None
         if outcome.error is None:
             row["last_ok_at"] = now_text
             if outcome.title:
@@ -552,12 +553,15 @@ def delivery_counts(db: sqlite_utils.Database, issue_id: str) -> dict[str, int]:
     )
 
 
-def mark_sending(db: sqlite_utils.Database, issue_id: str, key: str, message_id: str, now: datetime) -> None:
-    db.execute(
+def mark_sending(db: sqlite_utils.Database, issue_id: str, key: str, message_id: str, now: datetime) -> bool:
+    """Mark a pending row `sending`; False when the row is not pending (sent, failed or skipped meanwhile):
+    then it must not be sent."""
+    cursor = db.execute(
         "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated_at = ? "
-        "WHERE issue_id = ? AND email = ?",
+        "WHERE issue_id = ? AND email = ? AND status = 'pending'",
         [message_id, iso(now), issue_id, key],
     )
+    return cursor.rowcount == 1
 
 
 def mark_delivery(

@@ -84,6 +84,9 @@ def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subsc
             header = [name.strip().lower() for name in next(reader, [])]
             if "email" not in header:
                 raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
+            for name in ("email", "name", "status"):
+                if header.count(name) > 1:
+                    raise ConfigError(path, 1, name, f"the header row has more than one '{name}' column")
             columns = {name: header.index(name) for name in ("email", "name", "status") if name in header}
             for cells in reader:
                 line = reader.line_num
@@ -109,7 +112,9 @@ def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subsc
                 by_email[key] = Subscriber(email=email, name=clean_name(row.get("name", "")), status=status)
         except csv.Error as exc:
             raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
-        except UnicodeDecodeError:  # decoded a block at a time: the whole file tells the line
+        except UnicodeDecodeError as exc:  # decoded a block at a time: the whole file tells the line
             read_text_file(path, NOT_FOUND, encoding="utf-8-sig")
-            raise
+            raise ConfigError(path, None, None, f"not UTF-8: {exc.reason}") from None  # changed meanwhile
+        except OSError as exc:
+            raise ConfigError(path, reader.line_num or None, None, f"cannot read: {exc.strerror or exc}") from None
     return list(by_email.values()), problems

@@ -109,9 +109,34 @@ def test_a_broken_body_that_has_not_changed_is_not_parsed_again_and_stays_failed
     third = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
     assert third.outcome == "new" and third.new_posts == 3
     row = db["feeds"].get(config.feeds[0].url)
-    assert row["last_error"] is None and row["validators_of_broken_body"] == 0 and row["etag"] == '"fixed"'
+    assert row["last_error"] is None and row["broken_body_error"] is None and row["etag"] == '"fixed"'
     fourth = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
     assert fourth.outcome == "unchanged" and fourth.error is None
+
+
+def test_a_broken_body_keeps_its_own_error_through_a_fetch_failure(setup, feed_server):
+    config, db = setup({"/a.xml": Route(b"<html><body>Maintenance</body></html>", etag='"broken"')})
+    first = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    feed_server.routes["/a.xml"] = Route(status=503)
+    assert "503" in by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"].error
+    feed_server.routes["/a.xml"] = Route(b"<html><body>Maintenance</body></html>", etag='"broken"')
+    again = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert again.http_status == 304 and again.error == first.error
+
+
+def test_a_parsing_process_that_fails_is_no_reason_to_keep_the_validators(setup, feed_server, monkeypatch):
+    """Only the bytes' own error is kept with their validators: a parser that died is retried in full."""
+    config, db = setup({"/a.xml": Route(rss(items("a")), etag='"v1"')})
+
+    async def dies(*args):
+        raise RuntimeError("a parsing process died")
+
+    monkeypatch.setattr(collecting._ParsePool, "parse", dies)
+    assert by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"].outcome == "failed"
+    monkeypatch.undo()
+    report = by_name(collecting.collect(config, db, now=NOW, settings=FAST))["a.xml"]
+    assert "If-None-Match" not in feed_server.hits("/a.xml")[1]
+    assert report.outcome == "new" and report.new_posts == 3
 
 
 def test_a_feed_that_could_not_be_fetched_keeps_the_validators_of_its_last_good_body(setup, feed_server):

@@ -96,6 +96,13 @@ def test_subscribers_merge_duplicates_and_report_bad_rows(tmp_path):
         read_subscribers(path, strict=True)
 
 
+def test_subscribers_with_a_column_named_twice_are_refused(tmp_path):
+    path = write(tmp_path, "email,name,email\nada@example.com,Ada,grace@example.com\n", "subscribers.csv")
+    with pytest.raises(ConfigError, match="header row has more than one 'email' column") as raised:
+        read_subscribers(path)
+    assert str(raised.value).startswith(f"{path}:1: email: ")
+
+
 # --- review fixes: header injection, read errors, YAML features, ranges, the Buttondown URL -----------------
 
 FEED = "feeds:\n  - url: https://a.example/feed\n"

@@ -509,6 +509,48 @@ def test_the_header_writer_refuses_a_line_break_on_either_path(value):
     assert _header("Subject", "Week 14") == b"Subject: Week 14\r\n"
 
 
+def test_a_sent_held_for_the_next_commit_survives_that_commit_failing(tmp_path):
+    """A 250 is committed with the next message's `sending`; when that transaction fails, the `sent` is still
+    held and written by the flush every worker ends with: the recipient is not left `sending` (re-mailed)."""
+    import sqlite3
+    import threading
+
+    from digest.send.smtp import _Ledger
+
+    db = store.open_db(tmp_path / "digest.db")
+    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
+    store.start_deliveries(db, "w", "smtp", iter(["a@example.com", "b@example.com"]), datetime.now(UTC))
+    ledger = _Ledger(db, "w", threading.Lock())
+    assert ledger.sending("a@example.com", "<a@x>")
+    ledger.sent("a@example.com", "250 OK")
+    real = store.mark_sending
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store.mark_sending = full
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            ledger.sending("b@example.com", "<b@x>")
+    finally:
+        store.mark_sending = real
+    ledger.flush()
+    statuses = {row["email"]: row["status"] for row in db["deliveries"].rows}
+    assert statuses == {"a@example.com": "sent", "b@example.com": "pending"}
+    assert not db.conn.in_transaction
+
+
+def test_a_row_no_longer_pending_is_never_marked_sending(tmp_path):
+    db = store.open_db(tmp_path / "digest.db")
+    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
+    now = datetime.now(UTC)
+    store.start_deliveries(db, "w", "smtp", iter(["a@example.com"]), now)
+    assert store.mark_sending(db, "w", "a@example.com", "<a@x>", now)
+    store.mark_delivery(db, "w", "a@example.com", "sent", "250 OK", now)
+    assert not store.mark_sending(db, "w", "a@example.com", "<a@x>", now)
+    assert db["deliveries"].get(("w", "a@example.com"))["status"] == "sent"
+
+
 def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, server, run_cli, monkeypatch):
     import sqlite3
 

@@ -259,8 +259,9 @@ class _Work:
 class _Ledger:
     """One worker's writes to the delivery ledger. A message's `sent` is committed together with the next
     message's `sending`, in one transaction: one fsync per message instead of two, and the guarantee is the
-    same (a row is `sent` only after the server's 250, `sending` before its DATA). Whatever is held is
-    committed by `flush`, which the worker calls before it stops, whatever stops it.
+    same (a row is `sent` only after the server's 250, `sending` before its DATA). What is held is let go
+    only once committed: a transaction that fails keeps it for `flush`, which the worker calls before it
+    stops, whatever stops it.
 
     The workers' ledgers share one lock: a worker waits its turn behind another's fsync, instead of in
     SQLite's busy handler, which sleeps a millisecond or more each time it finds the database locked."""
@@ -269,30 +270,37 @@ class _Ledger:
         self.db, self.issue_id, self.lock = db, issue_id, lock
         self.held: tuple[str, str] | None = None  # (key, reply) of a message sent, not yet committed
 
-    def sending(self, key: str, message_id: str) -> None:
-        with self.lock, store.transaction(self.db):
-            self._write_held()
-            store.mark_sending(self.db, self.issue_id, key, message_id, _now())
+    def sending(self, key: str, message_id: str) -> bool:
+        """False when the row is no longer pending: this recipient must not be sent."""
+        with self.lock:
+            with store.transaction(self.db):
+                self._write_held()
+                marked = store.mark_sending(self.db, self.issue_id, key, message_id, _now())
+            self.held = None
+        return marked
 
     def sent(self, key: str, reply: str) -> None:
         self.flush()
         self.held = (key, reply)
 
     def outcome(self, key: str, status: str, reply: str, *, bounced: bool = False) -> None:
-        with self.lock, store.transaction(self.db):
-            self._write_held()
-            store.mark_delivery(self.db, self.issue_id, key, status, reply, _now(), bounced=bounced)
+        with self.lock:
+            with store.transaction(self.db):
+                self._write_held()
+                store.mark_delivery(self.db, self.issue_id, key, status, reply, _now(), bounced=bounced)
+            self.held = None
 
     def flush(self) -> None:
         if self.held is not None:
-            with self.lock, store.transaction(self.db):
-                self._write_held()
+            with self.lock:
+                with store.transaction(self.db):
+                    self._write_held()
+                self.held = None
 
     def _write_held(self) -> None:
         if self.held is not None:
             key, reply = self.held
             store.mark_delivery(self.db, self.issue_id, key, DeliveryStatus.SENT, reply, _now())
-            self.held = None
 
 
 class SmtpBackend(ListBackend):
@@ -485,7 +493,8 @@ class SmtpBackend(ListBackend):
             try:
                 if connection.smtp is None:
                     connection.open()
-                ledger.sending(key, message_id)
+                if not ledger.sending(key, message_id):
+                    return True  # sent or settled meanwhile: never twice
                 reply = connection.transact(factory.sender, subscriber.email, message)
             except Refused as refused:
                 if refused.code < 500:
