@@ -111,36 +111,41 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
     from .fetch import Fetcher
 
     configured = {feed.url for feed in config.feeds}
-    # Feeds between their request and their storing, at most: when parsing is slower than fetching, the
-    # fetches wait, so memory holds a bounded number of bodies whatever the number of feeds.
-    in_flight = asyncio.Semaphore(settings.concurrency)
 
     async def one(fetcher: Fetcher, feed: FeedConfig, request: FetchRequest) -> None:
         """Fetch, parse and store one feed. Whatever its bytes provoke is this feed's failure, never the
         run's; only the database failing (locked, full, unwritable) ends the run."""
-        async with in_flight:
-            result = await fetcher.fetch(request)
-            parsed = None
-            if result.content is not None and result.error is None:
-                try:
-                    parsed = await pool.parse(result.content, feed.url, result.headers, result.url)
-                except Exception as exc:
-                    parsed = ParsedFeed(
-                        title=None, posts=[], error=f"cannot parse: {_one_line(exc)}", error_from_document=False
-                    )
+        result = await fetcher.fetch(request)
+        parsed = None
+        if result.content is not None and result.error is None:
             try:
-                feed_report = _store(db, feed, result, parsed, now, configured, still_broken.get(feed.url))
-            except sqlite3.OperationalError:
-                raise
+                parsed = await pool.parse(result.content, feed.url, result.headers, result.url)
             except Exception as exc:
-                failed = replace(result, content=None, error=f"cannot store: {_one_line(exc)}")
-                feed_report = _store(db, feed, failed, None, now, configured)
+                parsed = ParsedFeed(
+                    title=None, posts=[], error=f"cannot parse: {_one_line(exc)}", error_from_document=False
+                )
+        try:
+            feed_report = _store(db, feed, result, parsed, now, configured, still_broken.get(feed.url))
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            failed = replace(result, content=None, error=f"cannot store: {_one_line(exc)}")
+            feed_report = _store(db, feed, failed, None, now, configured)
         report.feeds.append(feed_report)
         if on_feed:
             on_feed(feed_report)
 
+    # `concurrency` workers take the feeds in turn, each from its request to its storing: when parsing is
+    # slower than fetching the fetches wait, and memory holds a bounded number of bodies, and of tasks,
+    # whatever the number of feeds.
+    waiting = iter(requests)
+
+    async def worker(fetcher: Fetcher) -> None:
+        for request in waiting:
+            await one(fetcher, config.feed(request.key), request)
+
     async with Fetcher(settings, len(requests), transport) as fetcher:
-        await asyncio.gather(*(one(fetcher, config.feed(request.key), request) for request in requests))
+        await asyncio.gather(*(worker(fetcher) for _ in range(min(settings.concurrency, len(requests)))))
 
 
 def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
