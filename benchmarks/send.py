@@ -93,13 +93,8 @@ def digest(directory: Path, *args: str) -> tuple[str, float, int, float]:
     return output, time.perf_counter() - started, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("subscribers", type=int, nargs="?", default=10_000)
-    parser.add_argument("--connections", type=int, default=4)
-    options = parser.parse_args()
-    total, connections = options.subscribers, options.connections
-
+def measure(total: int, connections: int, say=print) -> dict:
+    """Send to `total` subscribers over `connections` connections, the ceiling measured before and after."""
     context = multiprocessing.get_context("spawn")
     port_parent, port_child = context.Pipe()
     count_parent, count_child = context.Pipe()
@@ -116,37 +111,54 @@ def main() -> None:
         make_project(directory, port, subscribers(total), items=20, smtp={"connections": connections})
         digest(directory, "send", "--week", WEEK, "--dry-run")
         sample = next((directory / "drafts" / f"{WEEK}.dry-run").glob("*.eml")).read_bytes()
-        print(
+        say(
             f"{total:,} subscribers, {connections} connections, message {len(sample) / 1024:.0f} KB, "
             f"sink pid {server.pid}"
         )
-
         before, before_cpu = ceiling(port, sample, total, connections)
         received(reset=True)
         output, wall, peak_kb, cpu = digest(directory, "send", "--week", WEEK, "--yes")
         delivered = received()
         after, after_cpu = ceiling(port, sample, total, connections)
-        best = max(before, after)
-        match = re.search(r"([\d,]+) sent, .* in ([\d.]+) s", output)
-        sent, seconds = int(match[1].replace(",", "")), float(match[2])
-        assert sent == total == delivered, (sent, total, delivered, output)
-
-        print(f"ceiling (plain smtplib, one pre-built message): {before:,.0f} msg/s before, {after:,.0f} after")
-        print(
-            f"digest send, sending phase (render excluded, ledger included): {sent / seconds:,.0f} msg/s "
-            f"= {sent / seconds / best:.0%} of the ceiling"
-        )
-        print(
-            f"digest send, whole command (start-up, render, ledger): {wall:.1f} s = {sent / wall:,.0f} msg/s "
-            f"= {sent / wall / best:.0%} of the ceiling"
-        )
-        print(f"peak memory of the sending process (ru_maxrss): {peak_kb / 1024:.0f} MB")
-        print(
-            f"CPU per message on the sending side: digest {cpu / total * 1e6:,.0f} µs, "
-            f"plain smtplib {min(before_cpu, after_cpu) / total * 1e6:,.0f} µs"
-        )
     count_parent.send("stop")
     server.join(10)
+    match = re.search(r"([\d,]+) sent, .* in ([\d.]+) s", output)
+    sent, seconds = int(match[1].replace(",", "")), float(match[2])
+    assert sent == total == delivered, (sent, total, delivered, output)
+    return {
+        "ceiling": max(before, after),
+        "ceilings": (before, after),
+        "sending_rate": sent / seconds,
+        "wall": wall,
+        "rate": sent / wall,
+        "peak_mb": peak_kb / 1024,
+        "cpu_us": cpu / total * 1e6,
+        "ceiling_cpu_us": min(before_cpu, after_cpu) / total * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("subscribers", type=int, nargs="?", default=10_000)
+    parser.add_argument("--connections", type=int, default=4)
+    options = parser.parse_args()
+    result = measure(options.subscribers, options.connections)
+    best = result["ceiling"]
+    before, after = result["ceilings"]
+    print(f"ceiling (plain smtplib, one pre-built message): {before:,.0f} msg/s before, {after:,.0f} after")
+    print(
+        f"digest send, sending phase (render excluded, ledger included): {result['sending_rate']:,.0f} msg/s "
+        f"= {result['sending_rate'] / best:.0%} of the ceiling"
+    )
+    print(
+        f"digest send, whole command (start-up, render, ledger): {result['wall']:.1f} s = "
+        f"{result['rate']:,.0f} msg/s = {result['rate'] / best:.0%} of the ceiling"
+    )
+    print(f"peak memory of the sending process (ru_maxrss): {result['peak_mb']:.0f} MB")
+    print(
+        f"CPU per message on the sending side: digest {result['cpu_us']:,.0f} µs, "
+        f"plain smtplib {result['ceiling_cpu_us']:,.0f} µs"
+    )
 
 
 if __name__ == "__main__":
