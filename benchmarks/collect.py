@@ -9,7 +9,6 @@ wall time, feeds/s and peak memory of each run. The server runs in its own proce
 
 from __future__ import annotations
 
-import asyncio
 import json
 import multiprocessing
 import os
@@ -21,6 +20,10 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from feedsite import serve_bodies
 
 DELAY = 0.1
 ITEMS = 20
@@ -44,42 +47,9 @@ def feed_body(number: int) -> bytes:
 
 
 def serve(port_queue: multiprocessing.Queue, feeds: int) -> None:
-    """A tiny asyncio HTTP/1.1 server: every answer waits DELAY seconds; ETag → 304."""
+    """The loopback feed server (feedsite.serve_bodies): every answer waits DELAY seconds; ETag → 304."""
     bodies = {f"/feed/{n}.xml": feed_body(n) for n in range(feeds)}
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                path = lines[0].split(" ")[1]
-                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-                await asyncio.sleep(DELAY)
-                body = bodies.get(path)
-                etag = f'"{path}"'
-                if body is None:
-                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                elif headers.get("if-none-match") == etag:
-                    writer.write(f"HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nContent-Length: 0\r\n\r\n".encode())
-                else:
-                    writer.write(
-                        f"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\nETag: {etag}\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n".encode()
-                        + body
-                    )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
-        port_queue.put(server.sockets[0].getsockname()[1])
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_bodies(port_queue, bodies.get, DELAY, "application/rss+xml")
 
 
 def run_collect(workdir: Path) -> tuple[float, float, float]:

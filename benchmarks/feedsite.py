@@ -16,7 +16,7 @@ import asyncio
 import multiprocessing
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +53,12 @@ def body_of(bodies: list[bytes], number: int) -> bytes:
     return bodies[number % len(bodies)].replace(b"\0", b"f%d" % number)
 
 
-def _serve(port_queue: multiprocessing.Queue, delay: float) -> None:
-    bodies = templates()
+def serve_bodies(
+    port_queue: multiprocessing.Queue, body_of_path: Callable[[str], bytes | None], delay: float, content_type: str
+) -> None:
+    """A tiny asyncio HTTP/1.1 server on loopback (run it in a process of its own; its port goes into
+    `port_queue`): every answer waits `delay` seconds, a path's ETag is the path, a matching If-None-Match
+    gets a 304, a path without a body a 404."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -64,16 +68,15 @@ def _serve(port_queue: multiprocessing.Queue, delay: float) -> None:
                 path = lines[0].split(" ")[1]
                 headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
                 await asyncio.sleep(delay)
-                match = re.fullmatch(r"/feed/(\d+)\.xml", path)
+                body = body_of_path(path)
                 etag = f'"{path}"'
-                if match is None:
+                if body is None:
                     writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 elif headers.get("if-none-match") == etag:
                     writer.write(f"HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nContent-Length: 0\r\n\r\n".encode())
                 else:
-                    body = body_of(bodies, int(match[1]))
                     writer.write(
-                        f"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nETag: {etag}\r\n"
+                        f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nETag: {etag}\r\n"
                         f"Content-Length: {len(body)}\r\n\r\n".encode()
                         + body
                     )
@@ -90,6 +93,16 @@ def _serve(port_queue: multiprocessing.Queue, delay: float) -> None:
             await server.serve_forever()
 
     asyncio.run(main())
+
+
+def _serve(port_queue: multiprocessing.Queue, delay: float) -> None:
+    bodies = templates()
+
+    def body_of_path(path: str) -> bytes | None:
+        match = re.fullmatch(r"/feed/(\d+)\.xml", path)
+        return body_of(bodies, int(match[1])) if match else None
+
+    serve_bodies(port_queue, body_of_path, delay, "application/xml")
 
 
 @contextmanager
