@@ -176,9 +176,12 @@ class Preview:
             self.state = state
             self.changed.notify_all()
 
-    def wait_for_change(self, version: int, timeout: float) -> PreviewState:
+    def wait_for_change(self, version: int, timeout: float, stopping: threading.Event | None = None) -> PreviewState:
+        """The state once its version is no longer `version`, or as it is after `timeout` or once `stopping`."""
         with self.changed:
-            self.changed.wait_for(lambda: self.state.version != version, timeout=timeout)
+            self.changed.wait_for(
+                lambda: self.state.version != version or (stopping is not None and stopping.is_set()), timeout=timeout
+            )
             return self.state
 
 
@@ -298,7 +301,7 @@ def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPReques
                 while True:
                     self.wfile.write(f"event: update\ndata: {json.dumps(state.as_json())}\n\n".encode())
                     self.wfile.flush()
-                    while (fresh := preview.wait_for_change(state.version, timeout=15)) is state:
+                    while (fresh := preview.wait_for_change(state.version, timeout=15, stopping=stopping)) is state:
                         if stopping.is_set():
                             return
                         self.wfile.write(b": keep-alive\n\n")

@@ -150,6 +150,22 @@ def test_an_edit_reaches_the_frames_with_no_request_and_keeps_their_scroll_posit
     assert page.console_errors == []
 
 
+def test_an_open_event_stream_ends_when_the_preview_stops(site):
+    """Ctrl-C on `digest preview` must not leave a browser's event stream open until its next keep-alive."""
+    import socket
+
+    server, _ = site
+    connection = socket.create_connection(("127.0.0.1", server.httpd.server_port), timeout=5)
+    connection.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    received = b""
+    while b"event: update" not in received:
+        received += connection.recv(65536)
+    server.stop()
+    while chunk := connection.recv(65536):  # a timeout (5 s) fails the test; the stream used to last 15 s
+        received += chunk
+    connection.close()
+
+
 def test_the_watcher_follows_a_templates_folder_created_after_it_started(tmp_path):
     """The preview watches folders, not files: a templates folder made while it runs is watched from then on."""
     config_path = write_config(tmp_path, [])
