@@ -145,7 +145,14 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
             await one(fetcher, config.feed(request.key), request)
 
     async with Fetcher(settings, len(requests), transport) as fetcher:
-        await asyncio.gather(*(worker(fetcher) for _ in range(min(settings.concurrency, len(requests)))))
+        workers = [asyncio.create_task(worker(fetcher)) for _ in range(min(settings.concurrency, len(requests)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:  # the database failed: the others stop at once, not after fetching every feed
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
 
 
 def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:

@@ -231,6 +231,28 @@ def test_a_feed_whose_address_changes_in_feeds_yaml_keeps_its_posts(tmp_path, fe
     assert jobs.build(config, db, "2026-W14", now=NOW).items == 3
 
 
+def test_a_database_that_fails_stops_the_collect_at_once(setup, monkeypatch):
+    """Only the database failing ends a collect (exit 75 for a lock): the other workers stop there, instead of
+    fetching every remaining feed and recording each as failed (client closed) in a database that failed."""
+    import sqlite3
+
+    config, db = setup({f"/f{n}.xml": Route(rss(items(f"f{n}"))) for n in range(40)})
+    stored = []
+    record = store.record_fetch
+
+    def locked_at_the_third(db, **fields):
+        stored.append(fields["url"])
+        if len(stored) == 3:
+            raise sqlite3.OperationalError("database is locked")
+        return record(db, **fields)
+
+    monkeypatch.setattr(store, "record_fetch", locked_at_the_third)
+    settings = CollectSettings(timeout=2.0, max_attempts=1, concurrency=4)
+    with pytest.raises(sqlite3.OperationalError):
+        collecting.collect(config, db, now=NOW, settings=settings)
+    assert len(stored) <= 3 + 4  # at most the feeds other workers were storing as it failed
+
+
 def test_one_broken_feed_never_stops_the_others(setup, feed_server):
     config, db = setup(
         {
