@@ -424,20 +424,26 @@ def candidate_posts(
     or dated after that build (it was in the future then), and dated before `until`. None dated in the
     future; none in the email of an issue sent or being sent.
     """
-    late, params = "0", []
+    # Each way in is its own index range (an OR across them would make SQLite walk the date index of every
+    # older post): dated this week; and, after a send, stored or dated after its last build.
+    ways, params = ["SELECT rowid FROM posts WHERE published_at >= ? AND published_at < ?"], [since, until]
     if last is not None and last.get("built_seq") is not None:
-        late, params = "(seen_seq > ? OR published_at > ?)", [last["built_seq"], last["built_at"]]
+        ways += ["SELECT rowid FROM posts WHERE seen_seq > ?", "SELECT rowid FROM posts WHERE published_at > ?"]
+        params += [last["built_seq"], last["built_at"]]
     elif last is not None:  # built by 0.1.0, which kept no order
-        late, params = "first_seen_at >= ?", [last["built_at"] or last["sent_at"] or last["created_at"]]
+        ways.append("SELECT rowid FROM posts WHERE first_seen_at >= ?")
+        params.append(last["built_at"] or last["sent_at"] or last["created_at"])
     db.execute("BEGIN")
     try:
         seen = db.execute("SELECT coalesce(max(seen_seq), 0) FROM posts").fetchone()[0]
         rows = list(
             db.query(
-                f"SELECT * FROM posts WHERE published_at < ? AND published_at <= ? AND (published_at >= ? OR {late}) "
-                "AND posts.id NOT IN (SELECT post_id FROM issue_posts JOIN issues ON issues.id = issue_id "
-                "WHERE issues.status IN ('sending', 'sent') AND in_email = 1) ORDER BY published_at, posts.id",
-                [until, now, since, *params],
+                f"SELECT * FROM posts WHERE rowid IN ({' UNION '.join(ways)}) "
+                "AND published_at < ? AND published_at <= ? AND NOT EXISTS (SELECT 1 FROM issue_posts "
+                "JOIN issues ON issues.id = issue_posts.issue_id WHERE issue_posts.post_id = posts.id "
+                "AND issues.status IN ('sending', 'sent') AND issue_posts.in_email = 1) "
+                "ORDER BY published_at, posts.id",
+                [*params, until, now],
             )
         )
     finally:
