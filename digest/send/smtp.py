@@ -30,7 +30,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -272,35 +272,32 @@ class _Ledger:
 
     def sending(self, key: str, message_id: str) -> bool:
         """False when the row is no longer pending: this recipient must not be sent."""
-        with self.lock:
-            with store.transaction(self.db):
-                self._write_held()
-                marked = store.mark_sending(self.db, self.issue_id, key, message_id, _now())
-            self.held = None
-        return marked
+        with self._commit():
+            return store.mark_sending(self.db, self.issue_id, key, message_id, _now())
 
     def sent(self, key: str, reply: str) -> None:
         self.flush()
         self.held = (key, reply)
 
     def outcome(self, key: str, status: str, reply: str, *, bounced: bool = False) -> None:
-        with self.lock:
-            with store.transaction(self.db):
-                self._write_held()
-                store.mark_delivery(self.db, self.issue_id, key, status, reply, _now(), bounced=bounced)
-            self.held = None
+        with self._commit():
+            store.mark_delivery(self.db, self.issue_id, key, status, reply, _now(), bounced=bounced)
 
     def flush(self) -> None:
         if self.held is not None:
-            with self.lock:
-                with store.transaction(self.db):
-                    self._write_held()
-                self.held = None
+            with self._commit():
+                pass
 
-    def _write_held(self) -> None:
-        if self.held is not None:
-            key, reply = self.held
-            store.mark_delivery(self.db, self.issue_id, key, DeliveryStatus.SENT, reply, _now())
+    @contextlib.contextmanager
+    def _commit(self) -> Iterator[None]:
+        """One transaction: what is held, then the caller's statements; what is held is let go once committed."""
+        with self.lock:
+            with store.transaction(self.db):
+                if self.held is not None:
+                    key, reply = self.held
+                    store.mark_delivery(self.db, self.issue_id, key, DeliveryStatus.SENT, reply, _now())
+                yield
+            self.held = None
 
 
 class SmtpBackend(ListBackend):
