@@ -158,6 +158,19 @@ def _post(slug: str, when: datetime) -> Post:
     )
 
 
+def _collected(db, now: datetime, *posts: Post) -> None:
+    """The blog's posts, stored as a collect of its feed stores them."""
+    store.record_fetch(
+        db,
+        url="https://blog.example.com/feed",
+        name="Blog",
+        section="News",
+        outcome=store.FetchOutcome(status=200),
+        now=now,
+        posts=posts,
+    )
+
+
 def _begin_send(db, issue_id: str) -> None:
     """What `jobs.send` records before the backend starts: the email holds every post offered to the draft."""
     store.begin_send(db, issue_id, "the draft as sent", store.offered_post_ids(db, issue_id), "test.example.com")
@@ -177,18 +190,12 @@ def weekly(tmp_path, server, monkeypatch):
     )
     db = store.open_db(tmp_path / "digest.db")
     now = datetime(2026, 4, 3, 12, tzinfo=UTC)
-    store.record_fetch(
+    _collected(
         db,
-        url="https://blog.example.com/feed",
-        name="Blog",
-        section="News",
-        outcome=store.FetchOutcome(status=200),
-        now=now,
-        posts=[
-            _post("w12", datetime(2026, 3, 18, 12, tzinfo=UTC)),
-            _post("w13", datetime(2026, 3, 25, 12, tzinfo=UTC)),
-            _post("w14", datetime(2026, 4, 1, 12, tzinfo=UTC)),
-        ],
+        now,
+        _post("w12", datetime(2026, 3, 18, 12, tzinfo=UTC)),
+        _post("w13", datetime(2026, 3, 25, 12, tzinfo=UTC)),
+        _post("w14", datetime(2026, 4, 1, 12, tzinfo=UTC)),
     )
     assert jobs.build(config, db, "2026-W12", now=now).outcome == "built"
     _begin_send(db, "2026-W12")
@@ -210,15 +217,7 @@ def test_build_leaves_an_issue_being_sent_alone_and_says_so(weekly, run_cli):
     config, db, now = weekly
     draft = config.drafts_dir / "2026-W13.yaml"
     before = draft.read_text()
-    store.record_fetch(
-        db,
-        url="https://blog.example.com/feed",
-        name="Blog",
-        section="News",
-        outcome=store.FetchOutcome(status=200),
-        now=now,
-        posts=[_post("late-w13", datetime(2026, 3, 26, 12, tzinfo=UTC))],
-    )
+    _collected(db, now, _post("late-w13", datetime(2026, 3, 26, 12, tzinfo=UTC)))
     code, out, _ = run_cli("build", "--week", "2026-W13", cwd=config.path.parent)
     assert code == 0 and out == "2026-W13: already sending, draft left as it is\n"
     assert draft.read_text() == before

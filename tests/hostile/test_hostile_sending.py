@@ -58,6 +58,13 @@ def background_send(tmp_path, *extra: str) -> subprocess.Popen:
     )
 
 
+def run_send(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    """`digest send` as a process of its own, run to its end (a minute at most)."""
+    process = background_send(tmp_path, *extra)
+    stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 # --- 5. a build during a send --------------------------------------------------------------------
 
 
@@ -173,24 +180,10 @@ def test_a_send_whose_database_is_deleted_stops_and_the_next_refuses_to_mail_eve
         assert mailed < count
         receipt = tmp_path / "drafts" / f"{WEEK}.receipt.json"
         assert receipt.exists() and '"status": "sending"' in receipt.read_text()
-        second = subprocess.run(
-            COMMAND,
-            cwd=tmp_path,
-            env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = run_send(tmp_path)
         assert second.returncode == 1 and "has no record of it" in second.stderr and "--force" in second.stderr
         assert len(server.messages) == mailed  # nobody mailed from the empty ledger
-        forced = subprocess.run(
-            [*COMMAND, "--force"],
-            cwd=tmp_path,
-            env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        forced = run_send(tmp_path, "--force")
     finally:
         server.stop()
     assert forced.returncode == 0 and len(server.messages) == mailed + count  # --force: everyone, as it warns
@@ -438,14 +431,7 @@ def test_sigterm_finishes_the_messages_in_flight_and_a_resume_mails_no_one_twice
         rows = ledger(tmp_path)
         assert "sending" not in {row["status"] for row in rows.values()}  # what was in flight is recorded
         assert sum(row["status"] == "sent" for row in rows.values()) == len(server.messages) < count
-        second = subprocess.run(
-            COMMAND,
-            cwd=tmp_path,
-            env=dict(os.environ, DIGEST_UNSUBSCRIBE_SECRET=SECRET),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = run_send(tmp_path)
     finally:
         server.stop()
     assert second.returncode == 0, second.stderr
