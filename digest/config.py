@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from email.utils import parseaddr
 from functools import cached_property
@@ -109,6 +109,29 @@ COLLECT_RENAMED = {
 
 
 @dataclass(frozen=True)
+class PublishSettings:
+    """`publish:`: the static archive `digest publish` writes (and `digest serve` serves)."""
+
+    dir: str = "site"  # the folder, relative to feeds.yaml
+    feed_items: int = setting(20, minimum=1, maximum=1000)  # the newest issues in feed.xml and feed.json
+    signup_url: str | None = None  # where the archive's signup form posts; {site_url}subscribe with serve:
+
+    def check(self, reader: MappingReader) -> None:
+        check_url(reader, "signup_url", self.signup_url)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`serve:`: the web endpoints of `digest serve` (signup, confirmation, unsubscribe, the archive)."""
+
+    host: str = "127.0.0.1"
+    port: int = setting(8080, minimum=0, maximum=65535)
+    signup: bool = True  # POST /subscribe, and the archive's signup form
+    subscribes_per_hour: int = setting(10, minimum=1, maximum=100_000)  # per client address
+    confirmations_per_day: int = setting(3, minimum=1, maximum=100)  # confirmation mails per subscriber address
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     newsletter: Newsletter
@@ -117,6 +140,8 @@ class Config:
     backends: dict[str, Any] = field(default_factory=dict)  # backend name -> its settings (send/)
     drafts_dir: Path = Path("drafts")
     subscribers_path: Path = Path("subscribers.csv")
+    publish: PublishSettings | None = None  # None: no `publish:` section (digest run does not publish)
+    serve: ServeSettings | None = None  # None: no `serve:` section
     warnings: tuple[str, ...] = ()  # deprecated keys read: one line each, for the CLI to show
 
     @cached_property
@@ -130,6 +155,20 @@ class Config:
     def folder(self) -> Path:
         """The newsletter's folder: where feeds.yaml is, and its own templates/ if any."""
         return self.path.resolve().parent
+
+    @property
+    def site_dir(self) -> Path:
+        """Where `digest publish` writes the archive (publish.dir, else site/ beside feeds.yaml)."""
+        return self.folder / (self.publish or PublishSettings()).dir
+
+    @property
+    def signup_url(self) -> str | None:
+        """Where the archive's signup form posts: publish.signup_url, else /subscribe of `digest serve`."""
+        if self.publish and self.publish.signup_url:
+            return self.publish.signup_url
+        if self.serve and self.serve.signup and self.newsletter.site_url:
+            return self.newsletter.site_url + "subscribe"
+        return None
 
 
 def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
@@ -195,6 +234,23 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
     if "\r" in sample or "\n" in sample:
         raise reader.error("subject", "must give one line (no line breaks)")
     return newsletter
+
+
+def _web_defaults(top: MappingReader, newsletter: Newsletter, section: str, serving: bool) -> Newsletter:
+    """With a web side, site_url is required (it makes every link of the archive and the feeds absolute) and
+    ends with a slash; archive_url defaults to its issue pages, and with `serve:` unsubscribe_url to its page."""
+    if not newsletter.site_url:
+        raise top.error(section, "needs newsletter.site_url: the archive's and the emails' links are made from it")
+    site_url = newsletter.site_url if newsletter.site_url.endswith("/") else newsletter.site_url + "/"
+    unsubscribe_url = newsletter.unsubscribe_url
+    if serving and not unsubscribe_url:
+        unsubscribe_url = site_url + "unsubscribe?token={token}"
+    return replace(
+        newsletter,
+        site_url=site_url,
+        archive_url=newsletter.archive_url or site_url + "issues/{issue}/",
+        unsubscribe_url=unsubscribe_url,
+    )
 
 
 def _mailbox(reader: MappingReader, key: str, value: str) -> str:
@@ -278,7 +334,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
 
 
 NOT_FOUND = "not found (run `digest init` to write a starter file)"
-TOP_LEVEL = {"newsletter", "feeds", "collect", "drafts_dir", "subscribers"}
+TOP_LEVEL = {"newsletter", "feeds", "collect", "drafts_dir", "subscribers", "publish", "serve"}
 
 
 def database_path(config_path: Path, given: Path | None = None) -> Path:
@@ -303,10 +359,16 @@ def load_config(path: Path | str) -> Config:
     warnings: list[str] = []
     collect = read_section(top.sub("collect"), CollectSettings, warnings, COLLECT_RENAMED)
     settings = {name: backend.read_settings(top.sub(name), warnings, os.environ) for name, backend in backends.items()}
+    publish = read_section(top.sub("publish"), PublishSettings, warnings) if "publish" in top.mapping else None
+    serve = read_section(top.sub("serve"), ServeSettings, warnings) if "serve" in top.mapping else None
+    if publish or serve:
+        newsletter = _web_defaults(top, newsletter, "publish" if publish else "serve", serve is not None)
     base = path.resolve().parent
     return Config(
         path=path,
         newsletter=newsletter,
+        publish=publish,
+        serve=serve,
         feeds=feeds,
         collect=collect,
         backends=settings,

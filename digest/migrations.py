@@ -181,3 +181,25 @@ def m005_broken_body_validators(db: sqlite_utils.Database) -> None:
     (issue 10): the next run asks with them, and a 304 means the same broken body, so the feed stays failed
     with the same error without being fetched whole and parsed again every run."""
     _run(db, "ALTER TABLE feeds ADD COLUMN broken_body_error TEXT")
+
+
+@migration
+def m006_subscribers(db: sqlite_utils.Database) -> None:
+    """Subscribers live in the database (issue 11): address (`email`, as given; `email_key` compares it), name,
+    status (pending, active, unsubscribed, bounced, complained), how and when they joined, when they gave
+    consent, and the confirmation mails sent today (for the per-address limit). The suppressions of earlier
+    releases become subscribers who unsubscribed or bounced."""
+    _run(
+        db,
+        """
+        CREATE TABLE subscribers (
+            email_key TEXT PRIMARY KEY NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL, source TEXT NOT NULL, joined_at TEXT NOT NULL, consent_at TEXT,
+            updated_at TEXT NOT NULL, status_detail TEXT, issue_id TEXT,
+            confirmations_sent INTEGER NOT NULL DEFAULT 0, confirmation_day TEXT);
+        CREATE INDEX idx_subscribers_status ON subscribers (status);
+        INSERT INTO subscribers (email_key, email, status, source, joined_at, updated_at, status_detail, issue_id)
+            SELECT email, email, reason, 'suppression', created_at, created_at, detail, issue_id FROM suppressions;
+        DROP TABLE suppressions;
+    """,
+    )

@@ -10,7 +10,7 @@ import os
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import sqlite_utils
 
 from .migrations import migrate
 from .models import Post
-from .subscribers import address_key
+from .subscribers import SUPPRESSED, Subscriber, address_key
 from .urls import prefer
 
 
@@ -484,8 +484,11 @@ def database_path(db: sqlite_utils.Database) -> str:
 
 
 def suppressions(db: sqlite_utils.Database) -> dict[str, str]:
-    """address_key of an address → why it is never mailed ("unsubscribed" or "bounced")."""
-    return dict(db.execute("SELECT email, reason FROM suppressions").fetchall())
+    """address_key of an address → why it is never mailed (unsubscribed, bounced or complained)."""
+    return dict(db.execute(f"SELECT email_key, status FROM subscribers WHERE status IN {_SUPPRESSED}").fetchall())
+
+
+_SUPPRESSED = "('" + "', '".join(SUPPRESSED) + "')"  # for SQL: the statuses that are never mailed
 
 
 def suppress(
@@ -497,12 +500,97 @@ def suppress(
     detail: str | None = None,
     issue_id: str | None = None,
 ) -> bool:
-    """Never mail this address again; the first record (and its reason) wins. Returns whether it is new."""
-    cursor = db.execute(
-        "INSERT OR IGNORE INTO suppressions (email, reason, detail, issue_id, created_at) VALUES (?, ?, ?, ?, ?)",
-        [address_key(email), reason, detail, issue_id, iso(now)],
-    )
-    return cursor.rowcount == 1
+    """Never mail this address again; the first record (and its reason) wins. Returns whether it is new.
+
+    The address's rows still pending in a send under way are skipped in the same transaction: an unsubscribe
+    that arrives during a send is honoured for the rest of it (a worker mails only a row it turns from pending
+    to sending)."""
+    now_text = iso(now)
+    key = address_key(email)
+    with transaction(db):
+        changed = db.execute(
+            "INSERT INTO subscribers (email_key, email, status, source, joined_at, updated_at, status_detail, "
+            "issue_id) VALUES (?, ?, ?, 'suppression', ?, ?, ?, ?) ON CONFLICT (email_key) DO UPDATE SET "
+            "status = excluded.status, updated_at = excluded.updated_at, status_detail = excluded.status_detail, "
+            f"issue_id = excluded.issue_id WHERE status NOT IN {_SUPPRESSED}",
+            [key, email, reason, now_text, now_text, detail, issue_id],
+        ).rowcount
+        if changed:
+            db.execute(
+                "UPDATE deliveries SET status = 'skipped', last_reply = ?, updated_at = ? "
+                "WHERE email = ? AND status = 'pending' "
+                "AND issue_id IN (SELECT id FROM issues WHERE status = 'sending')",
+                [f"{reason} during the send", now_text, key],
+            )
+    return changed == 1
+
+
+@dataclass
+class SubscriberChanges:
+    """What recording a list of subscribers did."""
+
+    added: int = 0
+    updated: int = 0  # status or name changed
+    unchanged: int = 0
+    kept: dict[str, int] = field(default_factory=dict)  # status the database keeps over the file's → count
+
+
+def subscriber_rows(db: sqlite_utils.Database) -> dict[str, tuple[str, str, str, str]]:
+    """Every subscriber: address_key → (email, name, status, source)."""
+    rows = db.execute("SELECT email_key, email, name, status, source FROM subscribers")
+    return {key: (email, name, status, source) for key, email, name, status, source in rows}
+
+
+def record_subscribers(
+    db: sqlite_utils.Database, subscribers: Iterable[Subscriber], source: str, now: datetime
+) -> SubscriberChanges:
+    """Add or update subscribers from a list (subscribers.csv at each send, `digest subscribers import`).
+
+    The database's unsubscribe, bounce or complaint always wins over the list. A list's active status turns a
+    pending subscriber active (the list is the operator's word for their consent); its unsubscribed, bounced
+    or complained status is taken; its pending status never demotes anyone. Only what changes is written."""
+    existing = subscriber_rows(db)
+    changes = SubscriberChanges()
+    now_text = iso(now)
+    added: list[tuple] = []
+    updated: list[tuple] = []
+    for subscriber in subscribers:
+        key = address_key(subscriber.email)
+        joined = iso(subscriber.joined_at) if subscriber.joined_at else now_text
+        consent = iso(subscriber.consent_at) if subscriber.consent_at else None
+        if subscriber.status == "active" and consent is None:
+            consent = joined if subscriber.joined_at else None
+        row = existing.get(key)
+        if row is None:
+            added.append((key, subscriber.email, subscriber.name, subscriber.status, source, joined, consent, now_text))
+            existing[key] = (subscriber.email, subscriber.name, subscriber.status, source)
+            continue
+        _, name, status, _ = row
+        new_status = status
+        if status in SUPPRESSED:
+            if subscriber.status != status:
+                changes.kept[status] = changes.kept.get(status, 0) + 1
+        elif subscriber.status != "pending":
+            new_status = subscriber.status
+        new_name = subscriber.name or name
+        if (new_status, new_name) == (status, name):
+            changes.unchanged += 1
+            continue
+        updated.append((new_name, new_status, consent, now_text, f"from {source}", key))
+        existing[key] = (row[0], new_name, new_status, row[3])
+    with transaction(db):
+        db.conn.executemany(
+            "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, consent_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            added,
+        )
+        db.conn.executemany(
+            "UPDATE subscribers SET name = ?, consent_at = CASE WHEN ? = 'active' THEN coalesce(consent_at, ?) "
+            "ELSE consent_at END, status = ?, updated_at = ?, status_detail = ? WHERE email_key = ?",
+            ((name, status, consent, status, at, detail, key) for name, status, consent, at, detail, key in updated),
+        )
+    changes.added, changes.updated = len(added), len(updated)
+    return changes
 
 
 def start_deliveries(db: sqlite_utils.Database, issue_id: str, backend: str, keys: Iterable[str], now: datetime) -> int:
@@ -534,6 +622,11 @@ def start_deliveries(db: sqlite_utils.Database, issue_id: str, backend: str, key
             "ON CONFLICT (issue_id, email) DO UPDATE SET status = 'pending', updated_at = excluded.updated_at "
             "WHERE status = 'skipped'",
             ((issue_id, key, now_text) for key in keys),
+        )
+        db.execute(  # unsubscribed since the plan was made (by `digest serve`, say)
+            "UPDATE deliveries SET status = 'skipped', updated_at = ? WHERE issue_id = ? AND status = 'pending' "
+            f"AND email IN (SELECT email_key FROM subscribers WHERE status IN {_SUPPRESSED})",
+            [now_text, issue_id],
         )
         db.execute(
             "UPDATE deliveries SET last_reply = 'no longer to be mailed' "

@@ -12,6 +12,7 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from .errors import ConfigError
@@ -19,7 +20,8 @@ from .text import one_line
 from .yamlfile import read_text_file
 
 NOT_FOUND = "not found (run `digest init` to write a starter file)"
-SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced")
+SUBSCRIBER_STATUSES = ("active", "pending", "unsubscribed", "bounced", "complained")
+SUPPRESSED = ("unsubscribed", "bounced", "complained")  # never mailed again; the database's record always wins
 _STATUS_NAMES = {name: name for name in SUBSCRIBER_STATUSES}  # one string each, not one a row
 _EMAIL = re.compile(
     r"^[^@\s<>(),;:\"\[\]\\\x00-\x1f\x7f]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
@@ -30,7 +32,9 @@ _EMAIL = re.compile(
 class Subscriber:
     email: str
     name: str = ""
-    status: str = "active"
+    status: str = "active"  # one of SUBSCRIBER_STATUSES
+    joined_at: datetime | None = None  # as an imported file tells it
+    consent_at: datetime | None = None
 
 
 def address_key(address: str) -> str:
