@@ -7,11 +7,13 @@ modules are imported inside the commands: `digest --help` does not pay for httpx
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sqlite3
 import sys
 import threading
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,8 +75,8 @@ app = typer.Typer(
 )
 
 
-def _say(line: str) -> None:
-    typer.echo(redact(line))
+def _say(line: str, *, err: bool = False) -> None:
+    typer.echo(redact(line), err=err)
 
 
 def _warn(line: str) -> None:
@@ -128,6 +130,19 @@ def _json(data: Any) -> None:
 
 WEEK = typer.Option(None, "--week", help="ISO week such as 2026-W14 (default: this week).")
 AS_JSON = typer.Option(False, "--json", help="Print a JSON summary instead of lines.")
+
+
+def _status(value: str | None) -> str | None:
+    from .subscribers import SUBSCRIBER_STATUSES
+
+    if value is not None and value not in SUBSCRIBER_STATUSES:
+        raise typer.BadParameter(f"must be one of {', '.join(SUBSCRIBER_STATUSES)}")
+    return value
+
+
+STATUS = typer.Option(
+    None, "--status", callback=_status, help="Only this status: active, pending, unsubscribed, bounced or complained."
+)
 
 
 # --- commands -------------------------------------------------------------------------
@@ -506,6 +521,8 @@ def run(
         _say(report.done)
     for line in report.sent.lines if report.sent is not None else []:
         _say(line)
+    if report.published is not None:
+        _print_publish(report.published)
     if report.problem:
         _exit(report.problem, report.exit_code)
     raise typer.Exit(report.exit_code)
@@ -521,6 +538,116 @@ def unsubscribe(
 
     email, new = unsubscribe_address(_config(ctx), _db(ctx), address)
     _say(f"{email}: unsubscribed" if new else f"{email}: already unsubscribed or bounced, nothing to do")
+
+
+# --- the web side: publish, serve -------------------------------------------------------------
+
+
+@app.command()
+def publish(
+    ctx: typer.Context,
+    out: Path | None = typer.Option(
+        None, "--out", show_default="publish.dir, else site/ beside feeds.yaml", help="The folder to write."
+    ),
+) -> None:
+    """Write the static archive: index.html, issues/<issue>/, feed.xml (Atom) and feed.json; only what changed."""
+    from .web.publish import publish as publish_site
+
+    report = publish_site(_config(ctx), _db(ctx), out=out)
+    _print_publish(report)
+
+
+def _print_publish(report, prefix: str = "") -> None:
+    _say(
+        f"{prefix}published {report.issues} issue(s) to {report.out}: {len(report.written)} file(s) written, "
+        f"{report.unchanged} unchanged"
+    )
+    for warning in report.warnings:
+        _warn(warning)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: str | None = typer.Option(
+        None, "--host", show_default="serve.host, else 127.0.0.1", help="Address to listen on."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", min=0, max=65535, show_default="serve.port, else 8080", help="Port to listen on."
+    ),
+) -> None:
+    """Serve the archive, signup with double opt-in, confirmation and one-click unsubscribe (behind a proxy)."""
+    from .config import database_path
+    from .web.app import serve as serve_web
+
+    config = _config(ctx)
+    if config.serve is None:
+        raise SetupError(f"{config.path}: add a serve: section (and newsletter.site_url) to use digest serve")
+    host, port = host or config.serve.host, config.serve.port if port is None else port
+    _say(f"serving {config.newsletter.site_url} on http://{host}:{port} (Ctrl-C to stop)")
+    serve_web(config, database_path(ctx.obj["config"], ctx.obj["db"]), host=host, port=port)
+
+
+# --- the list of subscribers -------------------------------------------------------------------
+
+subscribers_app = typer.Typer(
+    cls=_Commands, no_args_is_help=True, help="The list of subscribers, kept in the database: import, export, list."
+)
+app.add_typer(subscribers_app, name="subscribers")
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Our CSV, or an export of Buttondown, Mailchimp, Substack or listmonk."),
+) -> None:
+    """Add or update subscribers from a file; an unsubscribe, bounce or complaint in the database always wins."""
+    from .jobs import import_subscribers
+
+    report = import_subscribers(_db(ctx), file)
+    for problem in report.problems:
+        _warn(f"{problem} (skipped)")
+    changes = report.changes
+    kept = "".join(f"; {count} kept {status}" for status, count in sorted(changes.kept.items()))
+    _say(
+        f"{file}: {report.format} format, {report.read} subscriber(s): {changes.added} added, "
+        f"{changes.updated} updated, {changes.unchanged} unchanged{kept}; {len(report.problems)} row(s) skipped"
+    )
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    ctx: typer.Context,
+    out: Path | None = typer.Option(None, "--out", help="Write to this file (default: standard output)."),
+    status: str | None = STATUS,
+) -> None:
+    """Write the subscribers as CSV (email, name, status, source, joined_at, consent_at)."""
+    from .draft import write_atomically
+    from .jobs import export_subscribers
+
+    if out is None:
+        export_subscribers(_db(ctx), sys.stdout, status=status)
+        return
+    buffer = io.StringIO()
+    count = export_subscribers(_db(ctx), buffer, status=status)
+    write_atomically(out, buffer.getvalue())
+    _say(f"{out}: {count} subscriber(s)", err=True)
+
+
+@subscribers_app.command("list")
+def subscribers_list(ctx: typer.Context, status: str | None = STATUS, as_json: bool = AS_JSON) -> None:
+    """Show the subscribers: address, name, status, how and when they joined."""
+    from .store import subscriber_list
+
+    rows = list(subscriber_list(_db(ctx), status))
+    if as_json:
+        _json(rows)
+        return
+    for row in rows:
+        name = f" ({row['name']})" if row["name"] else ""
+        _say(f"{row['email']}{name}: {row['status']}, joined {row['joined_at']} by {row['source']}")
+    counts = Counter(row["status"] for row in rows)
+    _say(f"{len(rows)} subscriber(s)" + "".join(f", {count} {name}" for name, count in sorted(counts.items())))
 
 
 def _terminate(signum, frame) -> None:

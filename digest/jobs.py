@@ -6,10 +6,12 @@ The CLI calls one of these (or of sending.py) per command and prints the report 
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import sqlite_utils
 
@@ -24,10 +26,13 @@ from .models import IssueStatus, RenderedIssue
 from .render import WARN_BYTES, personalize, render_issue, size_advice
 from .selection import new_for_issue
 from .send import SendPlan, SendReport, backend_class, check_backend
-from .send.unsubscribe import SECRET_ENV, sample_url, verify_token
+from .send.unsubscribe import SECRET_ENV, sample_url, signed_address
 from .sending import check_receipts, send_locked, sending_began
-from .subscribers import is_valid_email
+from .subscribers import is_valid_email, read_subscriber_export
 from .weeks import current_week, week_dates
+
+if TYPE_CHECKING:
+    from .web.publish import PublishReport
 
 # --- build ---------------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class WeekReport:
     collected: CollectReport | None = None
     built: BuildReport | None = None
     sent: SendReport | None = None
+    published: PublishReport | None = None  # with publish: in feeds.yaml, the archive after a complete send
 
     @property
     def problem(self) -> str | None:
@@ -236,6 +242,10 @@ def run_week(
             on_result=on_result,
             on_plan=on_plan,
         )
+    if config.publish is not None and report.sent.complete:
+        from .web.publish import publish
+
+        report.published = publish(config, db, now=now)
     return report
 
 
@@ -252,11 +262,43 @@ def unsubscribe(
         email = text
     else:
         secret = env_secret(SECRET_ENV)
-        newsletters = dict.fromkeys([config.newsletter.list_identifier, *store.list_ids(db)])  # tokens of any issue
-        found = (verify_token(secret, list_id, text) for list_id in newsletters) if secret else iter(())
-        signed_for = next((email for email in found if email is not None), None)
+        signed_for = signed_address(secret, [config.newsletter.list_identifier, *store.list_ids(db)], text)
         if signed_for is None:
             raise SetupError(f"{text!r} is neither an address nor a token of this newsletter signed with {SECRET_ENV}")
         email = signed_for
     new = store.suppress(db, email, "unsubscribed", now or datetime.now(UTC), detail="digest unsubscribe")
     return email, new
+
+
+# --- the list of subscribers ---------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    path: Path
+    format: str  # digest, buttondown, mailchimp, substack, listmonk, or a plain list
+    read: int
+    changes: store.SubscriberChanges
+    problems: list  # ConfigError for each row skipped
+
+
+def import_subscribers(db: sqlite_utils.Database, path: Path, *, now: datetime | None = None) -> ImportReport:
+    """Add the subscribers of a file: our CSV or an export of Buttondown, Mailchimp, Substack or listmonk (told
+    apart by its columns). The database's unsubscribes, bounces and complaints win over the file."""
+    found = read_subscriber_export(path)
+    changes = store.record_subscribers(db, found.subscribers, "import", now or datetime.now(UTC))
+    return ImportReport(path, found.format, len(found.subscribers), changes, found.problems)
+
+
+EXPORT_COLUMNS = ("email", "name", "status", "source", "joined_at", "consent_at")
+
+
+def export_subscribers(db: sqlite_utils.Database, stream: TextIO, *, status: str | None = None) -> int:
+    """Every subscriber (or those of one status) as CSV, in the columns `import_subscribers` reads back."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    for row in store.subscriber_list(db, status):
+        writer.writerow([row[column] or "" for column in EXPORT_COLUMNS])
+        count += 1
+    return count

@@ -593,6 +593,19 @@ def record_subscribers(
     return changes
 
 
+def subscriber_list(db: sqlite_utils.Database, status: str | None = None) -> Iterator[dict]:
+    """The subscribers (of one status), oldest first, as rows: read as they are written out."""
+    where, args = ("WHERE status = ?", [status]) if status else ("", [])
+    cursor = db.execute(
+        "SELECT email, name, status, source, joined_at, consent_at, updated_at, status_detail FROM subscribers "
+        f"{where} ORDER BY joined_at, email_key",
+        args,
+    )
+    names = [column[0] for column in cursor.description]
+    for values in cursor:
+        yield dict(zip(names, values, strict=True))
+
+
 def start_deliveries(db: sqlite_utils.Database, issue_id: str, backend: str, keys: Iterable[str], now: datetime) -> int:
     """Mark the issue `sending` through `backend` and give each recipient a pending row, in one transaction.
 

@@ -425,7 +425,8 @@ def test_an_empty_list_sends_nothing_and_leaves_the_issue_unsent(tmp_path, serve
     make_project(tmp_path, server.port, "email,name,status\nleft@example.com,Left,unsubscribed\n")
     code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 0 and out == (
-        f"{WEEK}: nobody to mail, subscribers.csv has no active subscriber; nothing sent, nothing recorded\n"
+        f"{WEEK}: nobody to mail, no active subscriber in the database or in subscribers.csv; "
+        "nothing sent, nothing recorded\n"
     )
     assert not server.messages and not ledger(tmp_path)
     assert issue_row(tmp_path) is None  # still a draft: its posts are not used up

@@ -20,6 +20,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,7 +30,7 @@ from .. import store
 from ..errors import SetupError
 from ..models import DeliveryStatus, Draft, IssueStatus, RenderedIssue
 from ..settings import read_section
-from ..subscribers import Subscriber, address_key, read_subscribers
+from ..subscribers import SUPPRESSED, Subscriber, address_key, read_subscribers
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -52,6 +53,7 @@ class SendPlan:
     already: int = 0  # subscribers an earlier, interrupted run already mailed
     not_mailed: dict[str, int] = field(default_factory=dict)  # why others are not: unsubscribed, bounced, failed
     problems: list[ConfigError] = field(default_factory=list)  # subscribers.csv rows skipped
+    listed: list[Subscriber] = field(default_factory=list)  # subscribers.csv's rows, recorded when the send begins
     warnings: list[str] = field(default_factory=list)  # what a real send would refuse, told by a dry run
     draft_text: str = ""  # the draft as sent: a resumed send sends what the first subscribers got
     snapshot_note: str | None = None  # the draft file changed since the send began
@@ -203,29 +205,54 @@ class ListBackend(Backend):
         self.links = UnsubscribeLinks.for_newsletter(config.newsletter)  # its secret, checked before any write
 
     def plan(self, db: sqlite_utils.Database, plan: SendPlan, *, dry_run: bool) -> None:
-        """Who is still to be mailed: active, not suppressed, not already mailed or failed for this issue. With
-        nobody to mail and nothing begun, there is nothing to do: an issue "sent" to nobody would use up its
-        posts (a dry run still shows a sample)."""
-        subscribers, plan.problems = read_subscribers(self.config.subscribers_path)
-        suppressed = store.suppressions(db)
+        """Who is still to be mailed: the active subscribers of the database and of subscribers.csv, not
+        already mailed or failed for this issue. The database's unsubscribe, bounce or complaint wins over
+        the file; a row deleted from the file is no longer mailed (unless the address also joined otherwise).
+        Nothing is written here (a dry run writes nothing): `deliver` records the file's rows. With nobody to
+        mail and nothing begun, there is nothing to do: an issue "sent" to nobody would use up its posts (a
+        dry run still shows a sample)."""
+        path = self.config.subscribers_path
+        plan.listed, plan.problems = read_subscribers(path) if path.exists() else ([], [])
+        known = store.subscriber_rows(db)
         sent = store.delivery_keys(db, plan.issue, DeliveryStatus.SENT)
         failed = store.delivery_keys(db, plan.issue, DeliveryStatus.FAILED)
-        for subscriber in subscribers:
+        listed = set()
+        for subscriber in plan.listed:
             key = address_key(subscriber.email)
-            reason = suppressed.get(key) or (subscriber.status if subscriber.status != "active" else None)
-            if reason is None and key in failed:
-                reason = "failed"
-            if reason:
-                plan.not_mailed[reason] = plan.not_mailed.get(reason, 0) + 1
-            elif key in sent:
-                plan.already += 1
-            else:
-                plan.recipients.append(subscriber)
+            listed.add(key)
+            status = known[key][2] if key in known and known[key][2] in SUPPRESSED else subscriber.status
+            self._consider(plan, key, subscriber, status, sent, failed)
+        for key, (email, name, status, source) in known.items():
+            if key not in listed:
+                if source == "csv" and status == "active":
+                    status = f"no longer in {path.name}"
+                self._consider(plan, key, Subscriber(email=email, name=name), status, sent, failed)
         if not plan.recipients and not dry_run and not store.delivery_counts(db, plan.issue):
             plan.done = (
-                f"{plan.issue}: nobody to mail, {self.config.subscribers_path.name} has no active "
-                f"subscriber; nothing sent, nothing recorded"
+                f"{plan.issue}: nobody to mail, no active subscriber in the database or in {path.name}; "
+                f"nothing sent, nothing recorded"
             )
+
+    @staticmethod
+    def _consider(
+        plan: SendPlan, key: str, subscriber: Subscriber, status: str, sent: set[str], failed: set[str]
+    ) -> None:
+        reason = None if status == "active" else status
+        if reason is None and key in failed:
+            reason = "failed"
+        if reason:
+            plan.not_mailed[reason] = plan.not_mailed.get(reason, 0) + 1
+        elif key in sent:
+            plan.already += 1
+        else:
+            plan.recipients.append(subscriber)
+
+    def start(self, db: sqlite_utils.Database, plan: SendPlan, now: datetime) -> int:
+        """Before the first message: subscribers.csv's rows recorded in the database, and each recipient's
+        ledger row pending (see store.start_deliveries). Returns how many rows a killed run left `sending`."""
+        store.record_subscribers(db, plan.listed, "csv", now)
+        keys = (address_key(subscriber.email) for subscriber in plan.recipients)
+        return store.start_deliveries(db, plan.issue, self.name, keys, now)
 
     def question(self, plan: SendPlan) -> str:
         return f"Send {plan.issue} “{plan.ready()[0].subject}” to {len(plan.recipients):,} subscribers?"

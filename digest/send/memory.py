@@ -40,7 +40,7 @@ class MemoryBackend(ListBackend):
         now = datetime.now(UTC)
         factory = self.message_factory(plan)
         by_key = {address_key(subscriber.email): subscriber for subscriber in plan.recipients}
-        resent = store.start_deliveries(db, plan.issue, self.name, iter(by_key), now)
+        resent = self.start(db, plan, now)
         report = SendReport(issue=plan.issue, backend=self.name, resent=resent)
         for key in store.delivery_keys(db, plan.issue, DeliveryStatus.PENDING):
             subscriber = by_key[key]

@@ -343,8 +343,7 @@ class SmtpBackend(ListBackend):
         started = time.perf_counter()
         issue_id = plan.issue
         factory = self.message_factory(plan)
-        keys = (address_key(subscriber.email) for subscriber in plan.recipients)
-        resent = store.start_deliveries(db, issue_id, self.name, keys, _now())  # each recipient's row: pending
+        resent = self.start(db, plan, _now())  # each recipient's row: pending
         work = _Work(plan.recipients)
         path = store.database_path(db)
         self._database = _identity(path)

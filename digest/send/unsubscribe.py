@@ -74,6 +74,18 @@ def verify_token(secret: str, newsletter: str, token: str) -> str | None:
     return email if hmac.compare_digest(signature, expected) else None
 
 
+def signed_address(secret: str | None, list_ids: list[str], token: str) -> str | None:
+    """The address a token was signed for under any of the list-ids the newsletter has sent with (a change
+    of title or site_url changes the default one; links already in inboxes must still work), or None."""
+    if not secret:
+        return None
+    for list_id in dict.fromkeys(list_ids):
+        email = verify_token(secret, list_id, token)
+        if email is not None:
+            return email
+    return None
+
+
 def mailto_url(newsletter: Newsletter) -> str:
     address = parseaddr(newsletter.reply_to or newsletter.from_address)[1]
     return f"mailto:{address}?subject=unsubscribe"

@@ -24,10 +24,11 @@ def make_project(
     items: int = 3,
     titles: list[str] | None = None,
     feeds: list[dict] | None = None,
+    sections: dict | None = None,
     **newsletter,
 ) -> Path:
-    """feeds.yaml (smtp on the loopback server), subscribers.csv and, without feeds, WEEK's draft; returns
-    the config's path."""
+    """feeds.yaml (smtp on the loopback server, and `sections` such as serve: and publish:), subscribers.csv
+    and, without feeds, WEEK's draft; returns the config's path."""
     settings = {
         "title": "Test Digest",
         "from": "Test Digest <digest@example.com>",
@@ -47,9 +48,10 @@ def make_project(
     }
     smtp_settings.update(smtp or {})
     config = directory / "feeds.yaml"
-    sections = {"newsletter": settings, "feeds": feeds or [], "smtp": smtp_settings}
+    more_sections, sections = sections, {"newsletter": settings, "feeds": feeds or [], "smtp": smtp_settings}
     if buttondown:
         sections["buttondown"] = buttondown
+    sections.update(more_sections or {})
     config.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
     if isinstance(subscribers, str):
         (directory / "subscribers.csv").write_text(subscribers, encoding="utf-8")

@@ -1,0 +1,336 @@
+"""`digest serve`: the newsletter's web endpoints, an ASGI application (Starlette) served by uvicorn.
+
+    GET  /  /issues/<issue>/  /feed.xml  /feed.json   the archive as `digest publish` writes it, kept current
+    POST /subscribe            a pending subscriber and a confirmation mail; always the same answer
+    GET  /confirm?token=       the subscriber becomes active
+    GET  /unsubscribe?token=   a page with one button (a GET never unsubscribes: mail scanners follow links)
+    POST /unsubscribe?token=   RFC 8058 one-click, and that button
+    GET  /healthz
+
+It shares the SQLite file with a running `digest send` (WAL, a busy timeout): each worker thread has its own
+connection, and each write is one short transaction. No page needs JavaScript, every value is escaped by
+the templates, and no response carries a Referer onward (the URLs hold tokens).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import smtplib
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email import policy
+from email.utils import parseaddr
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote, urlsplit
+
+import sqlite_utils
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import store
+from ..config import Config
+from ..credentials import env_secret, redact
+from ..errors import SetupError
+from ..send.smtp import Connection, Refused, smtp_password
+from ..send.unsubscribe import SECRET_ENV, signed_address
+from ..subscribers import is_valid_email
+from . import signup
+from .publish import publish
+
+log = logging.getLogger("digest.serve")
+MAX_FORM_BYTES = 16 * 1024  # a signup form is a few hundred bytes; a one-click POST a few dozen
+HONEYPOT = "website"  # the signup form's field that people never see and bots fill in
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Databases:
+    """One connection per thread (Starlette runs plain functions in a pool of threads); SQLite's busy timeout
+    (store.open_db) makes a writer wait its turn behind a send's transaction instead of failing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+
+    def get(self) -> sqlite_utils.Database:
+        """This thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = store.open_db(self.path)
+        return db
+
+    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
+        """`function(db, *args, **kwargs)` in a worker thread, with that thread's connection."""
+        return await run_in_threadpool(lambda: function(self.get(), *args, **kwargs))
+
+
+class _RateLimit:
+    """At most `limit` requests per `window` seconds per key (a client's address), in this process's memory."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self._hits: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._hits) > 10_000:  # forget clients whose window has passed
+                self._hits = {k: hits for k, hits in self._hits.items() if hits and hits[-1] > now - self.window}
+            hits = self._hits.setdefault(key, collections.deque())
+            while hits and hits[0] <= now - self.window:
+                hits.popleft()
+            if len(hits) >= self.limit:
+                return False
+            hits.append(now)
+            return True
+
+
+class _Archive:
+    """The published archive, served as files, and published again first whenever the sent issues changed (a
+    send by `digest run` while the server runs): one indexed query per request tells."""
+
+    def __init__(self, config: Config, databases: _Databases):
+        self.config, self.databases = config, databases
+        self._lock = threading.Lock()
+        self._seen: tuple | None = None
+        self.refresh(databases.get())
+        self.files = StaticFiles(directory=config.site_dir, html=True)
+
+    def refresh(self, db: sqlite_utils.Database) -> None:
+        with self._lock:
+            state = tuple(db.execute("SELECT count(*), max(sent_at) FROM issues WHERE status = 'sent'").fetchone())
+            if state != self._seen:
+                publish(self.config, db)
+                self._seen = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.databases.run(self.refresh)
+        await self.files(scope, receive, send)
+
+
+class _SecurityHeaders:
+    """Headers on every response: no framing, no sniffing, no Referer (tokens are in the URLs), and a content
+    policy that allows no script at all."""
+
+    def __init__(self, app: ASGIApp, form_origins: list[str]):
+        self.app = app
+        actions = " ".join(["'self'", *form_origins])
+        policy_text = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; "
+            f"form-action {actions}; base-uri 'none'; frame-ancestors 'none'"
+        )
+        self.headers = [
+            (b"content-security-policy", policy_text.encode("ascii")),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + self.headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class WebSide:
+    """The endpoints' state: settings, the database, the limits, and how a confirmation is mailed."""
+
+    def __init__(self, config: Config, db_path: Path, *, clock: Clock = _now):
+        if config.serve is None or not config.newsletter.site_url:
+            raise SetupError(f"{config.path}: digest serve needs a serve: section and newsletter.site_url")
+        secret = env_secret(SECRET_ENV)
+        if not secret:
+            raise SetupError(f"{SECRET_ENV} is not set: it signs the confirmation and unsubscribe links")
+        self.config, self.settings, self.secret, self.clock = config, config.serve, secret, clock
+        self.site_url = config.newsletter.site_url
+        self.list_id = config.newsletter.list_identifier
+        self.databases = _Databases(db_path)
+        self.per_client = _RateLimit(self.settings.subscribes_per_hour, 3600.0)
+        origins = {_origin(self.site_url), *([_origin(config.signup_url)] if config.signup_url else [])}
+        self.origins = sorted(origins)
+        self.smtp = config.backends.get("smtp")
+        self.archive = _Archive(config, self.databases)
+
+    # --- pages --------------------------------------------------------------------------
+
+    def page(self, title: str, message: str, *, status: int = 200, form: dict | None = None) -> HTMLResponse:
+        from ..render import render_page
+
+        html = render_page(
+            "web/message.html.j2",
+            {
+                "lang": self.config.newsletter.language,
+                "newsletter_title": self.config.newsletter.title,
+                "site_url": self.site_url,
+                "title": title,
+                "message": message,
+                "form": form,
+            },
+            self.config.folder,
+        )
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    async def subscribe(self, request: Request) -> Response:
+        if not self.settings.signup:
+            return self.page("Not found", "There is no signup here.", status=404)
+        origin = request.headers.get("origin")
+        if origin is not None and origin.lower() not in self.origins:
+            return self.page("Refused", "This form can only be sent from the newsletter's own pages.", status=403)
+        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+            return self.page("Too large", "That request is too large for a signup form.", status=413)
+        client = request.client.host if request.client else "unknown"
+        if not self.per_client.allow(client):
+            response = self.page("Too many requests", "Too many signups from here: try again in an hour.", status=429)
+            response.headers["Retry-After"] = "3600"
+            return response
+        try:
+            form = await request.form(max_files=0, max_fields=20, max_part_size=MAX_FORM_BYTES)
+        except Exception:  # python-multipart's and Starlette's parse errors share no base class
+            return self.page("Bad request", "That form could not be read.", status=400)
+        email = str(form.get("email") or "").strip()
+        name = str(form.get("name") or "").strip()[:200]
+        done = self.page(
+            "Check your inbox",
+            f"If {email} can receive {self.config.newsletter.title}, a message with a confirmation link is on its "
+            f"way. Open it within {signup.CONFIRM_DAYS} days to start receiving the newsletter.",
+        )
+        if form.get(HONEYPOT):
+            return done
+        if not is_valid_email(email):
+            return self.page("Not an address", "That does not look like an email address.", status=400)
+        mail = await self.databases.run(
+            signup.request_subscription,
+            email,
+            name,
+            self.clock(),
+            per_day=self.settings.confirmations_per_day,
+        )
+        if mail:
+            done.background = BackgroundTask(self.mail_confirmation, email)
+        return done
+
+    def mail_confirmation(self, email: str) -> None:
+        """After the answer went out (its timing tells nothing); a failure is logged, the answer stays the same."""
+        now = self.clock()
+        token = signup.make_confirm_token(self.secret, self.list_id, email, now)
+        url = f"{self.site_url}confirm?token={quote(token)}"
+        message = signup.confirmation_message(self.config, email, url, now)
+        if self.smtp is None:
+            log.error("no smtp: section in %s: cannot mail the confirmation link", self.config.path)
+            return
+        connection = Connection(self.smtp, smtp_password(self.smtp))
+        try:
+            sender = self.config.newsletter.from_address
+            connection.transact(parseaddr(sender)[1], email, message.as_bytes(policy=policy.SMTP))
+        except (Refused, OSError, smtplib.SMTPException, SetupError) as exc:
+            log.error("confirmation mail not sent: %s", redact(str(exc)))
+        finally:
+            connection.close()
+
+    async def confirm(self, request: Request) -> Response:
+        token = signup.verify_confirm_token(self.secret, self.list_id, request.query_params.get("token", ""))
+        if token is None:
+            return self.page("Link not valid", "This confirmation link is not valid: nothing was changed.", status=400)
+        now = self.clock()
+        if token.expired(now):
+            return self.page(
+                "Link expired",
+                f"This confirmation link is more than {signup.CONFIRM_DAYS} days old: nothing was changed. "
+                "Subscribe again to get a new one.",
+                status=400,
+            )
+        outcome = await self.databases.run(signup.confirm, token, now)
+        title = self.config.newsletter.title
+        pages = {
+            "confirmed": ("Subscribed", f"{token.email} will receive {title}. Thank you!"),
+            "already": ("Already subscribed", f"{token.email} already receives {title}."),
+            "unsubscribed": ("Not changed", f"{token.email} unsubscribed after this link was sent: subscribe again."),
+            "blocked": ("Not changed", f"Mail to {token.email} cannot be delivered, so it was not subscribed."),
+            "unknown": ("Not changed", "This subscription request is no longer known: subscribe again."),
+        }
+        heading, text = pages[outcome]
+        return self.page(heading, text)
+
+    async def unsubscribe_page(self, request: Request) -> Response:
+        """GET: only a page with a button; scanners and previews that follow links change nothing."""
+        token = request.query_params.get("token", "")
+        email = await self.databases.run(
+            lambda db: signed_address(self.secret, [self.list_id, *store.list_ids(db)], token)
+        )
+        if email is None:
+            return self.page("Link not valid", "This unsubscribe link is not valid: nothing was changed.", status=400)
+        return self.page(
+            "Unsubscribe",
+            f"Stop sending {self.config.newsletter.title} to {email}?",
+            form={"action": f"unsubscribe?token={quote(token)}", "button": "Unsubscribe"},
+        )
+
+    async def unsubscribe(self, request: Request) -> Response:
+        """POST: RFC 8058 one-click (List-Unsubscribe=One-Click, urlencoded or multipart) or the page's button.
+        The body is not needed: the signed token in the URL says who."""
+        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+            return self.page("Too large", "That request is too large.", status=413)
+        body = await request.body()
+        token = request.query_params.get("token", "")
+        how = "one-click unsubscribe" if b"one-click" in body.lower() else "unsubscribe page"
+        email = await self.databases.run(signup.unsubscribe, self.secret, [self.list_id], token, self.clock(), how)
+        if email is None:
+            return self.page("Link not valid", "This unsubscribe link is not valid: nothing was changed.", status=400)
+        return self.page("Unsubscribed", f"{email} will not receive {self.config.newsletter.title} again.")
+
+    async def healthz(self, request: Request) -> Response:
+        await self.databases.run(lambda db: db.execute("SELECT 1").fetchone())
+        return PlainTextResponse("ok\n", headers={"Cache-Control": "no-store"})
+
+
+def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp:
+    web = WebSide(config, db_path, clock=clock)
+    app = Starlette(
+        routes=[
+            Route("/healthz", web.healthz, methods=["GET"]),
+            Route("/subscribe", web.subscribe, methods=["POST"]),
+            Route("/confirm", web.confirm, methods=["GET"]),
+            Route("/unsubscribe", web.unsubscribe_page, methods=["GET"]),
+            Route("/unsubscribe", web.unsubscribe, methods=["POST"]),
+            Mount("/", app=web.archive),
+        ]
+    )
+    return _SecurityHeaders(app, [origin for origin in web.origins if origin != _origin(web.site_url)])
+
+
+def serve(config: Config, db_path: Path, *, host: str, port: int) -> None:
+    """Run the application under uvicorn until Ctrl-C or SIGTERM. No access log: its lines would hold the
+    tokens of the URLs; X-Forwarded-For is trusted from the local reverse proxy only (uvicorn's default)."""
+    import uvicorn
+
+    app = create_app(config, db_path)
+    uvicorn.run(app, host=host, port=port, access_log=False, proxy_headers=True, log_level="info")

@@ -1,0 +1,161 @@
+"""Joining and leaving the list on the web: double opt-in, and the unsubscribe links' tokens honoured.
+
+    request_subscription   POST /subscribe: a pending subscriber, and whether to mail a confirmation link
+    confirmation_message   that mail: a link signed for the address, valid CONFIRM_DAYS
+    confirm                GET /confirm: the link's address becomes active
+    unsubscribe            POST /unsubscribe: an unsubscribe link's address is never mailed again
+
+A confirmation token is `c1.<address>.<issued, seconds>.<HMAC-SHA256>` (base64url parts), signed with the
+same secret as the unsubscribe tokens (send/unsubscribe.py) but over another purpose: neither kind passes
+for the other. Both are bound to the newsletter's list-id and to the address, and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+
+import sqlite_utils
+
+from .. import store
+from ..config import Config
+from ..send.message import list_id_header
+from ..send.unsubscribe import _b64, _unb64, signed_address
+from ..subscribers import address_key, clean_name, is_valid_email
+
+CONFIRM_DAYS = 7
+CONFIRM_VERSION = "c1"
+
+
+def _confirm_signature(secret: str, newsletter: str, email: str, issued: int) -> bytes:
+    message = "\0".join(("digest-confirm", CONFIRM_VERSION, newsletter, address_key(email), str(issued)))
+    return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).digest()[:18]
+
+
+def make_confirm_token(secret: str, newsletter: str, email: str, issued: datetime) -> str:
+    seconds = int(issued.timestamp())
+    signature = _confirm_signature(secret, newsletter, email, seconds)
+    return f"{CONFIRM_VERSION}.{_b64(email.encode('utf-8'))}.{_b64(str(seconds).encode('ascii'))}.{_b64(signature)}"
+
+
+@dataclass(frozen=True)
+class ConfirmToken:
+    email: str
+    issued: datetime
+
+    def expired(self, now: datetime) -> bool:
+        return now - self.issued > timedelta(days=CONFIRM_DAYS)
+
+
+def verify_confirm_token(secret: str, newsletter: str, token: str) -> ConfirmToken | None:
+    """The address and issue time a confirmation token was signed for, or None (forged, another kind)."""
+    parts = token.strip().split(".")
+    if len(parts) != 4 or parts[0] != CONFIRM_VERSION:
+        return None
+    try:
+        email = _unb64(parts[1]).decode("utf-8")
+        seconds = int(_unb64(parts[2]).decode("ascii"))
+        signature = _unb64(parts[3])
+        issued = datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+    if not hmac.compare_digest(signature, _confirm_signature(secret, newsletter, email, seconds)):
+        return None
+    return ConfirmToken(email=email, issued=issued)
+
+
+def request_subscription(db: sqlite_utils.Database, email: str, name: str, now: datetime, *, per_day: int) -> bool:
+    """Record a request to join; returns whether to mail a confirmation link.
+
+    A new address is pending until confirmed. An active one needs nothing. Someone who unsubscribed may come
+    back through a new confirmation; a bounced or complained address is never mailed from a form. At most
+    `per_day` confirmation mails go to one address a day (UTC): a form cannot be used to flood an inbox."""
+    key, today, now_text = address_key(email), now.astimezone(UTC).date().isoformat(), store.iso(now)
+    with store.transaction(db):
+        row = db.execute(
+            "SELECT status, confirmations_sent, confirmation_day FROM subscribers WHERE email_key = ?", [key]
+        ).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, updated_at, "
+                "confirmations_sent, confirmation_day) VALUES (?, ?, ?, 'pending', 'form', ?, ?, 1, ?)",
+                [key, email, clean_name(name), now_text, now_text, today],
+            )
+            return True
+        status, sent, day = row
+        if status == "active" or status in ("bounced", "complained"):
+            return False
+        sent = sent if day == today else 0
+        if sent >= per_day:
+            return False
+        db.execute(
+            "UPDATE subscribers SET confirmations_sent = ?, confirmation_day = ?, "
+            "name = CASE WHEN ? != '' AND status = 'pending' THEN ? ELSE name END WHERE email_key = ?",
+            [sent + 1, today, clean_name(name), clean_name(name), key],
+        )
+    return True
+
+
+def confirm(db: sqlite_utils.Database, token: ConfirmToken, now: datetime) -> str:
+    """Activate the address of a valid, unexpired token. Returns what happened: confirmed, already (active),
+    unsubscribed (they left after this link was sent: an old link does not bring them back), blocked (bounced
+    or complained), unknown (no such subscriber)."""
+    key = address_key(token.email)
+    with store.transaction(db):
+        row = db.execute("SELECT status, updated_at FROM subscribers WHERE email_key = ?", [key]).fetchone()
+        if row is None:
+            return "unknown"
+        status, updated_at = row
+        if status == "active":
+            return "already"
+        if status in ("bounced", "complained"):
+            return "blocked"
+        if status == "unsubscribed" and store.from_iso(updated_at) > token.issued:
+            return "unsubscribed"
+        db.execute(
+            "UPDATE subscribers SET status = 'active', source = 'form', consent_at = ?, updated_at = ?, "
+            "status_detail = 'confirmed by email' WHERE email_key = ?",
+            [store.iso(now), store.iso(now), key],
+        )
+    return "confirmed"
+
+
+def unsubscribe(
+    db: sqlite_utils.Database, secret: str, list_ids: list[str], token: str, now: datetime, how: str
+) -> str | None:
+    """The address an unsubscribe token was signed for (under any list-id the newsletter has sent with), now
+    never mailed again; None for a forged token, which changes nothing."""
+    email = signed_address(secret, [*list_ids, *store.list_ids(db)], token)
+    if email is None or not is_valid_email(email):
+        return None
+    store.suppress(db, email, "unsubscribed", now, detail=how)
+    return email
+
+
+def confirmation_message(config: Config, email: str, confirm_url: str, now: datetime) -> EmailMessage:
+    """The mail holding the confirmation link, from the newsletter's sender with the issues' own headers
+    (List-Id, Auto-Submitted), less the List-Unsubscribe: nobody is subscribed yet."""
+    newsletter = config.newsletter
+    message = EmailMessage()
+    message["From"] = newsletter.from_address
+    message["To"] = email
+    if newsletter.reply_to:
+        message["Reply-To"] = newsletter.reply_to
+    message["Subject"] = f"Confirm your subscription to {newsletter.title}"
+    message["Date"] = formatdate(now.timestamp(), usegmt=True)
+    domain = parseaddr(newsletter.from_address)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = f"<confirm.{secrets.token_hex(12)}@{domain}>"
+    message["List-Id"] = list_id_header(newsletter)
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+    message.set_content(
+        f"Someone, probably you, asked to receive {newsletter.title} at {email}.\n\n"
+        f"To confirm, open this link within {CONFIRM_DAYS} days:\n\n{confirm_url}\n\n"
+        f"If it was not you, ignore this message: you will not be mailed again.\n"
+    )
+    return message

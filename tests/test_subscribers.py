@@ -1,0 +1,132 @@
+"""The list of subscribers in the database: who a send mails when people join on the web, leave, or are listed
+in subscribers.csv; and `digest subscribers import / export / list`."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from digest import store
+from digest.draft import draft_path, read_draft, write_draft
+
+from helpers.project import WEEK, make_project
+
+NOW = datetime(2026, 4, 3, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def secret(monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a-long-random-secret-for-the-tests")
+
+
+def db_of(tmp_path: Path):
+    return store.open_db(tmp_path / "digest.db")
+
+
+def add(tmp_path: Path, email: str, status: str, source: str = "form") -> None:
+    db = db_of(tmp_path)
+    now = store.iso(NOW)
+    db.execute(
+        "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, updated_at) "
+        "VALUES (?, ?, '', ?, ?, ?, ?)",
+        [email, email, status, source, now, now],
+    )
+
+
+def next_week(tmp_path: Path) -> str:
+    """The draft of the week after WEEK, for a second send."""
+    draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+    draft.issue = "2026-W15"
+    write_draft(draft_path(tmp_path / "drafts", "2026-W15"), draft)
+    return "2026-W15"
+
+
+def test_a_send_mails_who_joined_on_the_web_and_not_who_is_pending(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
+    add(tmp_path, "web@example.com", "active")
+    add(tmp_path, "pending@example.com", "pending")
+    code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0, out
+    assert sorted(message.rcpt for message in server.messages) == ["ada@example.com", "web@example.com"]
+    assert "1 pending" in out
+
+
+def test_an_unsubscribe_in_the_database_wins_over_the_csv(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
+    run_cli("unsubscribe", "ADA@example.com", cwd=tmp_path)
+    code, out, _ = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0 and "nobody to mail" in out and not server.messages
+
+
+def test_the_csv_is_recorded_at_each_send_and_a_deleted_row_is_no_longer_mailed(tmp_path, server, run_cli):
+    make_project(
+        tmp_path,
+        server.port,
+        [
+            {"email": "ada@example.com", "name": "Ada", "status": "active"},
+            {"email": "bob@example.com", "name": "Bob", "status": "active"},
+            {"email": "cy@example.com", "name": "Cy", "status": "bounced"},
+        ],
+    )
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    rows = {row["email"]: row for row in store.subscriber_list(db_of(tmp_path))}
+    assert {email: (row["status"], row["source"], row["name"]) for email, row in rows.items()} == {
+        "ada@example.com": ("active", "csv", "Ada"),
+        "bob@example.com": ("active", "csv", "Bob"),
+        "cy@example.com": ("bounced", "csv", "Cy"),
+    }
+    (tmp_path / "subscribers.csv").write_text("email,name\nada@example.com,Ada\ncy@example.com,Cy\n", encoding="utf-8")
+    server.messages.clear()
+    code, out, _ = run_cli("send", "--week", next_week(tmp_path), "--yes", cwd=tmp_path)
+    assert code == 0 and [message.rcpt for message in server.messages] == ["ada@example.com"]
+    assert "1 no longer in subscribers.csv" in out and "1 bounced" in out  # cy's bounce outlives the file's word
+
+
+def test_a_web_only_list_needs_no_csv(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [])
+    (tmp_path / "subscribers.csv").unlink()
+    add(tmp_path, "web@example.com", "active")
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    assert [message.rcpt for message in server.messages] == ["web@example.com"]
+
+
+def test_subscribers_list_and_export_show_the_database(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [])
+    add(tmp_path, "web@example.com", "active")
+    add(tmp_path, "left@example.com", "unsubscribed")
+    code, out, _ = run_cli("subscribers", "list", cwd=tmp_path)
+    assert (
+        code == 0
+        and "web@example.com: active, joined" in out
+        and out.endswith("2 subscriber(s), 1 active, 1 unsubscribed\n")
+    )
+    code, out, _ = run_cli("subscribers", "list", "--status", "unsubscribed", cwd=tmp_path)
+    assert "left@example.com" in out and "web@example.com" not in out
+    code, _, err = run_cli("subscribers", "list", "--status", "gone", cwd=tmp_path)
+    assert code == 2 and "must be one of" in err
+    code, out, _ = run_cli("subscribers", "export", cwd=tmp_path)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["email"], row["status"], row["source"]) for row in rows] == [
+        ("left@example.com", "unsubscribed", "form"),
+        ("web@example.com", "active", "form"),
+    ]
+
+
+def test_an_export_imports_back_into_another_database(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [])
+    add(tmp_path, "web@example.com", "active")
+    add(tmp_path, "left@example.com", "unsubscribed")
+    assert run_cli("subscribers", "export", "--out", str(tmp_path / "out.csv"), cwd=tmp_path)[0] == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    make_project(other, server.port, [])
+    add(other, "left@example.com", "active")  # known there, and active: the file's unsubscribe is taken
+    code, out, err = run_cli("subscribers", "import", str(tmp_path / "out.csv"), cwd=other)
+    assert code == 0, err
+    assert "digest format, 2 subscriber(s): 1 added, 1 updated, 0 unchanged" in out
+    statuses = {row["email"]: row["status"] for row in store.subscriber_list(db_of(other))}
+    assert statuses == {"web@example.com": "active", "left@example.com": "unsubscribed"}

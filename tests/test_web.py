@@ -1,0 +1,307 @@
+"""`digest serve` under a real uvicorn: signup with double opt-in, confirmation, unsubscribe (RFC 8058), the
+archive, and what a hostile client tries (forged, expired and cross-purpose tokens, floods, other origins)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from email import policy
+from pathlib import Path
+
+import httpx
+import pytest
+
+from digest import store
+from digest.config import load_config
+from digest.send.unsubscribe import make_token
+from digest.web.app import create_app
+from digest.web.signup import make_confirm_token
+
+from helpers.project import WEEK, make_project, subscribers
+from helpers.web import WebServer
+
+SECRET = "a-long-random-secret-for-the-tests-0123456789"
+
+
+class Site:
+    """A newsletter folder with serve: and publish:, its application under uvicorn, and an httpx client."""
+
+    def __init__(
+        self,
+        directory: Path,
+        smtp_port: int,
+        subscribers: list[dict] | str,
+        serve: dict | None = None,
+        clock=lambda: datetime.now(UTC),
+    ):
+        self.web = WebServer()
+        self.url = self.web.url
+        self.path = make_project(
+            directory,
+            smtp_port,
+            subscribers,
+            site_url=self.url,
+            unsubscribe_url=None,
+            sections={"serve": serve or {}, "publish": {}},
+        )
+        self.config = load_config(self.path)
+        self.db_path = directory / "digest.db"
+        self.web.start(create_app(self.config, self.db_path, clock=clock))
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def db(self):
+        return store.open_db(self.db_path)
+
+    def status(self, address: str) -> str | None:
+        row = self.db().execute("SELECT status FROM subscribers WHERE email = ?", [address]).fetchone()
+        return row[0] if row else None
+
+    def subscribe(self, address: str, name: str = "", **fields) -> httpx.Response:
+        return self.client.post(
+            "/subscribe", data={"email": address, "name": name, **fields}, headers={"Origin": self.url.rstrip("/")}
+        )
+
+    def unsubscribe_token(self, address: str) -> str:
+        return make_token(SECRET, self.config.newsletter.list_identifier, address)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.web.stop()
+
+
+@pytest.fixture
+def site(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    made = Site(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
+    yield made
+    made.stop()
+
+
+def confirmation_link(message: bytes) -> str:
+    parsed = email.message_from_bytes(message, policy=policy.default)
+    return re.search(r"http://\S+/confirm\?token=\S+", parsed.get_content()).group()
+
+
+def test_signup_sends_a_confirmation_link_that_activates_the_subscriber(site, server):
+    answer = site.subscribe("grace@example.com", "Grace")
+    assert answer.status_code == 200 and "Check your inbox" in answer.text
+    assert site.status("grace@example.com") == "pending"
+    server.wait_for(1)
+    confirmation = server.messages[0]
+    assert confirmation.rcpt == "grace@example.com"
+    headers = email.message_from_bytes(confirmation.data, policy=policy.default)
+    assert headers["From"] == "Test Digest <digest@example.com>" and headers["List-Id"]
+    assert headers["Auto-Submitted"] == "auto-generated" and "List-Unsubscribe" not in headers
+    confirmed = site.client.get(confirmation_link(confirmation.data))
+    assert confirmed.status_code == 200 and "Subscribed" in confirmed.text
+    assert site.status("grace@example.com") == "active"
+    row = site.db().execute("SELECT source, consent_at FROM subscribers WHERE email = 'grace@example.com'").fetchone()
+    assert row[0] == "form" and row[1] is not None
+
+
+def test_the_answer_is_the_same_whether_or_not_the_address_is_known(site, server):
+    site.subscribe("known@example.com")
+    server.wait_for(1)
+    site.client.get(confirmation_link(server.messages[0].data))
+    known = site.subscribe("known@example.com")
+    unknown = site.subscribe("other@example.com")
+    assert known.status_code == unknown.status_code == 200
+    assert known.text.replace("known@", "X@") == unknown.text.replace("other@", "X@")
+    server.wait_for(2)
+    assert [message.rcpt for message in server.messages] == ["known@example.com", "other@example.com"]
+
+
+def test_a_filled_honeypot_gets_the_same_page_and_nothing_is_recorded_or_mailed(site, server):
+    answer = site.subscribe("bot@example.com", website="http://spam.example")
+    assert answer.status_code == 200 and "Check your inbox" in answer.text
+    assert site.status("bot@example.com") is None and not server.messages
+
+
+def test_a_form_posted_from_another_site_is_refused(site, server):
+    answer = site.client.post(
+        "/subscribe", data={"email": "victim@example.com"}, headers={"Origin": "https://evil.example"}
+    )
+    assert answer.status_code == 403 and site.status("victim@example.com") is None and not server.messages
+
+
+def test_signups_are_limited_per_client_and_confirmations_per_address(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    limited = Site(tmp_path, server.port, [], serve={"subscribes_per_hour": 3, "confirmations_per_day": 1})
+    try:
+        assert limited.subscribe("twice@example.com").status_code == 200
+        assert limited.subscribe("twice@example.com").status_code == 200  # same page, no second mail
+        assert limited.subscribe("third@example.com").status_code == 200
+        flood = limited.subscribe("fourth@example.com")
+        assert flood.status_code == 429 and flood.headers["Retry-After"] == "3600"
+        server.wait_for(2)
+        assert sorted(message.rcpt for message in server.messages) == ["third@example.com", "twice@example.com"]
+        assert limited.status("fourth@example.com") is None
+    finally:
+        limited.stop()
+
+
+def test_forged_expired_and_cross_purpose_tokens_change_nothing(site, server):
+    list_id = site.config.newsletter.list_identifier
+    site.subscribe("pending@example.com")
+    server.wait_for(1)
+    good = confirmation_link(server.messages[0].data).split("token=")[1]
+    forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    old = make_confirm_token(SECRET, list_id, "pending@example.com", datetime.now(UTC) - timedelta(days=8))
+    other_newsletter = make_confirm_token(SECRET, "another.example.com", "pending@example.com", datetime.now(UTC))
+    unsubscribe_token = site.unsubscribe_token("pending@example.com")
+    for token, says in [
+        (forged, "not valid"),
+        (old, "more than 7 days old"),
+        (other_newsletter, "not valid"),
+        (unsubscribe_token, "not valid"),
+        ("", "not valid"),
+        ("c1.%%%.x.y", "not valid"),
+    ]:
+        answer = site.client.get("/confirm", params={"token": token})
+        assert answer.status_code == 400 and says in answer.text, token
+    assert site.status("pending@example.com") == "pending"
+    site.subscribe("ada@example.com")  # a row for ada (pending): a confirmation token is no unsubscribe token
+    confirm_token = make_confirm_token(SECRET, list_id, "ada@example.com", datetime.now(UTC))
+    assert site.client.post("/unsubscribe", params={"token": confirm_token}).status_code == 400
+    assert site.client.get("/unsubscribe", params={"token": confirm_token}).status_code == 400
+    assert site.status("ada@example.com") == "pending"
+
+
+def test_a_confirmation_link_works_for_seven_days_and_then_changes_nothing(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    now = [datetime(2026, 4, 1, 12, 0, tzinfo=UTC)]
+    timed = Site(tmp_path, server.port, [], clock=lambda: now[0])
+    try:
+        timed.subscribe("early@example.com")
+        timed.subscribe("late@example.com")
+        server.wait_for(2)
+        links = {message.rcpt: confirmation_link(message.data) for message in server.messages}
+        now[0] += timedelta(days=7)
+        assert timed.client.get(links["early@example.com"]).status_code == 200
+        now[0] += timedelta(seconds=1)
+        late = timed.client.get(links["late@example.com"])
+        assert late.status_code == 400 and "more than 7 days old" in late.text
+        assert timed.status("early@example.com") == "active" and timed.status("late@example.com") == "pending"
+    finally:
+        timed.stop()
+
+
+def test_an_unsubscribe_link_opened_shows_a_button_and_changes_nothing(site):
+    site.subscribe("ada@example.com")
+    token = site.unsubscribe_token("ada@example.com")
+    page = site.client.get("/unsubscribe", params={"token": token})
+    assert page.status_code == 200 and '<form method="post"' in page.text and "<button" in page.text
+    assert site.status("ada@example.com") == "pending"  # a GET never unsubscribes
+
+
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+def test_one_click_unsubscribe_as_mailbox_providers_post_it(site, encoding):
+    token = site.unsubscribe_token("ada@example.com")
+    if encoding == "urlencoded":
+        answer = site.client.post(
+            "/unsubscribe",
+            params={"token": token},
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    else:
+        answer = site.client.post(
+            "/unsubscribe", params={"token": token}, files={"List-Unsubscribe": (None, "One-Click")}
+        )
+    assert answer.status_code == 200 and "will not receive" in answer.text
+    assert site.status("ada@example.com") == "unsubscribed"
+    detail = site.db().execute("SELECT status_detail FROM subscribers").fetchone()[0]
+    assert detail == "one-click unsubscribe"
+    again = site.client.post("/unsubscribe", params={"token": token}, data={"List-Unsubscribe": "One-Click"})
+    assert again.status_code == 200  # twice is fine: a provider may retry
+
+
+def test_a_forged_unsubscribe_is_refused_and_changes_nothing(site):
+    token = site.unsubscribe_token("ada@example.com")
+    for forged in [
+        token[:-2] + "xx",
+        make_token("another-secret", site.config.newsletter.list_identifier, "ada@example.com"),
+        "",
+        "2..",
+    ]:
+        answer = site.client.post("/unsubscribe", params={"token": forged}, data={"List-Unsubscribe": "One-Click"})
+        assert answer.status_code == 400
+    assert site.status("ada@example.com") is None
+
+
+def test_pages_escape_what_they_are_sent_and_carry_no_referrer_or_script(site):
+    answer = site.subscribe('"><script>alert(1)</script>@example.com')
+    assert answer.status_code == 400 and "<script>" not in answer.text
+    answer = site.subscribe("x@example.com", name="<script>alert(1)</script>")
+    assert "<script>" not in answer.text
+    headers = answer.headers
+    assert headers["Referrer-Policy"] == "no-referrer" and "script-src" not in headers["Content-Security-Policy"]
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert site.client.get("/healthz").text == "ok\n"
+
+
+def test_the_archive_is_served_and_follows_the_sends(site, server, run_cli):
+    index = site.client.get("/")
+    assert index.status_code == 200 and 'action="' + site.url + 'subscribe"' in index.text
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=site.path.parent)[0] == 0
+    page = site.client.get(f"/issues/{WEEK}/")
+    assert page.status_code == 200 and "Test Digest" in page.text
+    assert f"issues/{WEEK}/" in site.client.get("/").text
+    import feedparser
+
+    feed = feedparser.parse(site.client.get("/feed.xml").content)
+    assert not feed.bozo and feed.entries[0].link == f"{site.url}issues/{WEEK}/"
+
+
+def test_two_hundred_one_click_unsubscribes_during_a_five_thousand_subscriber_send(tmp_path, server, monkeypatch):
+    """The send runs as its own process, as cron runs it; the unsubscribes come at once, as mailbox providers
+    post them. Every one is answered 200, none is lost, and none is mailed after its unsubscribe."""
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    everyone = subscribers(5000)
+    busy = Site(tmp_path, server.port, everyone)
+    leaving = [person["email"] for person in everyone[::25]]  # 200, spread over the list
+    try:
+        send = subprocess.Popen(
+            [sys.executable, "-m", "digest", "send", "--week", WEEK, "--yes"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server.wait_for(100)  # the send is under way
+
+        async def unsubscribe_all() -> list[int]:
+            async with httpx.AsyncClient(
+                base_url=busy.url, timeout=60, limits=httpx.Limits(max_connections=200)
+            ) as client:
+                answers = await asyncio.gather(
+                    *(
+                        client.post(
+                            "/unsubscribe",
+                            params={"token": busy.unsubscribe_token(address)},
+                            data={"List-Unsubscribe": "One-Click"},
+                        )
+                        for address in leaving
+                    )
+                )
+            return [answer.status_code for answer in answers]
+
+        codes = asyncio.run(unsubscribe_all())
+        _, err = send.communicate(timeout=300)
+        assert send.returncode == 0, err
+    finally:
+        busy.stop()
+    assert codes == [200] * 200
+    db = store.open_db(tmp_path / "digest.db")
+    assert {busy.status(address) for address in leaving} == {"unsubscribed"}
+    ledger = dict(db.execute("SELECT email, status FROM deliveries WHERE issue_id = ?", [WEEK]).fetchall())
+    mailed = server.per_recipient()
+    assert set(ledger.values()) <= {"sent", "skipped"} and store.get_issue(db, WEEK)["status"] == "sent"
+    assert all(mailed[address] == (ledger[address] == "sent") for address in ledger)  # once, or never
+    skipped = [address for address in leaving if ledger[address] == "skipped"]
+    assert len(skipped) >= 100  # most were still to be mailed when they left
+    assert sum(mailed.values()) == 5000 - len(skipped)
