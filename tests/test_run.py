@@ -7,6 +7,7 @@ from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from digest import jobs, store
 from digest.config import load_config
@@ -221,3 +222,17 @@ def test_build_leaves_an_issue_being_sent_alone_and_says_so(weekly, run_cli):
     code, out, _ = run_cli("build", "--week", "2026-W13", cwd=config.path.parent)
     assert code == 0 and out == "2026-W13: already sending, draft left as it is\n"
     assert draft.read_text() == before
+
+
+def test_with_publish_configured_run_publishes_the_archive_after_the_send(project, server, run_cli):
+    config = project / "feeds.yaml"
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    settings["newsletter"]["site_url"] = "https://news.example.com"
+    settings["publish"] = {"dir": "public"}
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith(f"published 1 issue(s) to {project / 'public'}: ")
+    assert (project / "public" / "issues" / WEEK / "index.html").is_file()
+    message = server.messages[0].data.decode()
+    assert f"https://news.example.com/issues/{WEEK}/" in message  # archive_url's default: the published page

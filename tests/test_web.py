@@ -5,72 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import email
-import re
+import os
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from email import policy
-from pathlib import Path
 
 import httpx
 import pytest
 
 from digest import store
-from digest.config import load_config
 from digest.send.unsubscribe import make_token
-from digest.web.app import create_app
 from digest.web.signup import make_confirm_token
 
 from helpers.project import WEEK, make_project, subscribers
-from helpers.web import WebServer
-
-SECRET = "a-long-random-secret-for-the-tests-0123456789"
-
-
-class Site:
-    """A newsletter folder with serve: and publish:, its application under uvicorn, and an httpx client."""
-
-    def __init__(
-        self,
-        directory: Path,
-        smtp_port: int,
-        subscribers: list[dict] | str,
-        serve: dict | None = None,
-        clock=lambda: datetime.now(UTC),
-    ):
-        self.web = WebServer()
-        self.url = self.web.url
-        self.path = make_project(
-            directory,
-            smtp_port,
-            subscribers,
-            site_url=self.url,
-            unsubscribe_url=None,
-            sections={"serve": serve or {}, "publish": {}},
-        )
-        self.config = load_config(self.path)
-        self.db_path = directory / "digest.db"
-        self.web.start(create_app(self.config, self.db_path, clock=clock))
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def db(self):
-        return store.open_db(self.db_path)
-
-    def status(self, address: str) -> str | None:
-        row = self.db().execute("SELECT status FROM subscribers WHERE email = ?", [address]).fetchone()
-        return row[0] if row else None
-
-    def subscribe(self, address: str, name: str = "", **fields) -> httpx.Response:
-        return self.client.post(
-            "/subscribe", data={"email": address, "name": name, **fields}, headers={"Origin": self.url.rstrip("/")}
-        )
-
-    def unsubscribe_token(self, address: str) -> str:
-        return make_token(SECRET, self.config.newsletter.list_identifier, address)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.web.stop()
+from helpers.web import SECRET, Site, confirmation_link
 
 
 @pytest.fixture
@@ -79,11 +29,6 @@ def site(tmp_path, server, monkeypatch):
     made = Site(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
     yield made
     made.stop()
-
-
-def confirmation_link(message: bytes) -> str:
-    parsed = email.message_from_bytes(message, policy=policy.default)
-    return re.search(r"http://\S+/confirm\?token=\S+", parsed.get_content()).group()
 
 
 def test_signup_sends_a_confirmation_link_that_activates_the_subscriber(site, server):
@@ -239,7 +184,7 @@ def test_pages_escape_what_they_are_sent_and_carry_no_referrer_or_script(site):
     answer = site.subscribe("x@example.com", name="<script>alert(1)</script>")
     assert "<script>" not in answer.text
     headers = answer.headers
-    assert headers["Referrer-Policy"] == "no-referrer" and "script-src" not in headers["Content-Security-Policy"]
+    assert headers["Referrer-Policy"] == "same-origin" and "script-src" not in headers["Content-Security-Policy"]
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert site.client.get("/healthz").text == "ok\n"
 
@@ -305,3 +250,40 @@ def test_two_hundred_one_click_unsubscribes_during_a_five_thousand_subscriber_se
     skipped = [address for address in leaving if ledger[address] == "skipped"]
     assert len(skipped) >= 100  # most were still to be mailed when they left
     assert sum(mailed.values()) == 5000 - len(skipped)
+
+
+def test_digest_serve_and_publish_run_from_the_command_line(tmp_path, server, run_cli):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    make_project(tmp_path, server.port, [], site_url=url, unsubscribe_url=None, sections={"serve": {"port": port}})
+    env = {**os.environ, "DIGEST_UNSUBSCRIBE_SECRET": ""}
+    refused = subprocess.run([sys.executable, "-m", "digest", "serve"], cwd=tmp_path, env=env, capture_output=True)
+    assert refused.returncode == 2 and refused.stderr.decode().startswith("error: DIGEST_UNSUBSCRIBE_SECRET is not")
+    env["DIGEST_UNSUBSCRIBE_SECRET"] = SECRET
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "digest", "serve"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert serving.stdout.readline().decode() == f"serving {url} on http://127.0.0.1:{port} (Ctrl-C to stop)\n"
+        deadline = datetime.now(UTC) + timedelta(seconds=20)
+        while True:  # polled: uvicorn listens once the archive is published
+            try:
+                assert httpx.get(url + "healthz").text == "ok\n"
+                break
+            except httpx.TransportError:
+                assert datetime.now(UTC) < deadline, serving.stderr.read1().decode()
+        assert "No issue has been sent yet" in httpx.get(url).text
+    finally:
+        serving.terminate()
+        serving.wait(20)
+    assert serving.returncode == 0
+    code, out, _ = run_cli("publish", "--out", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert code == 0 and out.startswith(f"published 0 issue(s) to {tmp_path / 'elsewhere'}: ")
+    assert (tmp_path / "elsewhere" / "feed.xml").is_file()
+    no_web = tmp_path / "plain"
+    no_web.mkdir()
+    make_project(no_web, server.port, [])
+    code, _, err = run_cli("serve", cwd=no_web)
+    assert code == 2 and "add a serve: section" in err

@@ -9,7 +9,7 @@
 
 It shares the SQLite file with a running `digest send` (WAL, a busy timeout): each worker thread has its own
 connection, and each write is one short transaction. No page needs JavaScript, every value is escaped by
-the templates, and no response carries a Referer onward (the URLs hold tokens).
+the templates, and no page sends a Referer to another site (the URLs hold tokens).
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ class _Archive:
 
 
 class _SecurityHeaders:
-    """Headers on every response: no framing, no sniffing, no Referer (tokens are in the URLs), and a content
-    policy that allows no script at all."""
+    """Headers on every response: no framing, no sniffing, no Referer to another site (tokens are in the
+    URLs), and a content policy that allows no script at all."""
 
     def __init__(self, app: ASGIApp, form_origins: list[str]):
         self.app = app
@@ -136,7 +136,7 @@ class _SecurityHeaders:
         )
         self.headers = [
             (b"content-security-policy", policy_text.encode("ascii")),
-            (b"referrer-policy", b"no-referrer"),
+            (b"referrer-policy", b"same-origin"),  # "no-referrer" would make a form's Origin "null"
             (b"x-content-type-options", b"nosniff"),
             (b"x-frame-options", b"DENY"),
         ]
