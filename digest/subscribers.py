@@ -1,8 +1,13 @@
-"""subscribers.csv: the list of who gets the newsletter, read with the line of every row.
+"""Subscriber lists read from CSV: our subscribers.csv, and the exports of other newsletter services to import.
 
 Addresses are compared by `address_key` (the domain lower-cased, and in the local part only ASCII letters):
 Unicode case folding would make `ſ@x` and `s@x` one person, so that one's unsubscribe link would unsubscribe
 the other.
+
+Every file is read as it is parsed, row by row (a list of 100,000 is never in memory twice), through one
+reader: `_csv_rows` turns any problem with the file as a whole into one ConfigError, a `_Layout` (which
+column holds what, and what the file's words for a subscriber's state mean in ours) reads each row, and
+`_collect` merges the same address and keeps each bad row as a problem naming its line and its column.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import csv
 import re
 import string
 import unicodedata
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Generator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ConfigError
@@ -35,6 +42,16 @@ class Subscriber:
     status: str = "active"  # one of SUBSCRIBER_STATUSES
     joined_at: datetime | None = None  # as an imported file tells it
     consent_at: datetime | None = None
+
+
+@dataclass
+class SubscriberFile:
+    """A subscriber list read from a file: whose export it is, who is in it, and the rows that were skipped."""
+
+    # "digest", "buttondown", "mailchimp", "substack", "listmonk", or "generic": another list with an email column
+    format: str
+    subscribers: list[Subscriber]
+    problems: list[ConfigError]  # rows skipped, each naming the file, its line and the field
 
 
 def address_key(address: str) -> str:
@@ -67,58 +84,295 @@ def clean_name(name: str) -> str:
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def parse_moment(text: str) -> datetime:
+    """A date and time as the exports write it, in UTC (one without a zone is UTC): ISO 8601 (ours, Buttondown's,
+    Substack's `2024-01-31T12:34:56.789Z`, Mailchimp's `2024-01-31 12:34:56`), or the `2024-01-31 12:34:56.789
+    +0000 UTC` of Go's time.String() that listmonk writes. ValueError when it is none of these."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        go = _GO_TIME.fullmatch(text)
+        if go is None:
+            raise
+        moment = datetime.fromisoformat(f"{go[1]}{go[2]}:{go[3]}")
+    if moment.tzinfo is None:  # combine, not replace(tzinfo=UTC): 0.13 µs instead of 0.65 µs on Python 3.11
+        return datetime.combine(moment, moment.time(), UTC)
+    return moment.astimezone(UTC)
+
+
+_GO_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ([+-]\d\d)(\d\d)(?: \S+)?")
+
+
+# --- reading a file -----------------------------------------------------------------------------------------
+
+_Rows = Generator[tuple[int, list[str]], None, None]  # each row of a CSV file with its line, the header first
+
+
 def read_subscribers(path: Path | str, strict: bool = False) -> tuple[list[Subscriber], list[ConfigError]]:
     """Subscribers from the CSV (columns email, name, status), the same address (`address_key`) merged.
 
-    Rows with a bad address are returned as problems (or raised when strict), never silently dropped. The
-    file is read as it is parsed, row by row: a list of 100,000 is never in memory twice.
+    Rows with a bad address are returned as problems (or raised when strict), never silently dropped. Other
+    columns are not read (a `digest subscribers export` file's dates are for `read_subscriber_export`).
     """
     path = Path(path)
     problems: list[ConfigError] = []
-    by_email: dict[str, Subscriber] = {}
+    with closing(_csv_rows(path, NOT_FOUND)) as rows:
+        header = _Header(path, rows)
+        email = header.column("email")
+        if email is None:
+            raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
+        subscribers = _collect(path, rows, _digest_layout(header, email, dates=False), problems, strict)
+    return subscribers, problems
+
+
+def read_subscriber_export(path: Path | str) -> SubscriberFile:
+    """The subscribers of a list exported by digest (`digest subscribers export`), Buttondown, Mailchimp, Substack
+    or listmonk, whose export it is told by the header row; any other CSV with an email column is a list of
+    active subscribers (or of the statuses its `status` column gives, in our words).
+
+    The same address (`address_key`) is merged, a status that stops the mail winning. A row with a bad address,
+    a status word the export does not use or a date that is no date is skipped, as a problem naming its line
+    and column. A file that cannot be read as UTF-8 CSV, or that has no email column, is a ConfigError.
+    """
+    path = Path(path)
+    problems: list[ConfigError] = []
+    with closing(_csv_rows(path, "not found")) as rows:
+        layout = _export_layout(_Header(path, rows))
+        subscribers = _collect(path, rows, layout, problems, strict=False)
+    return SubscriberFile(layout.format, subscribers, problems)
+
+
+def _csv_rows(path: Path, missing: str) -> _Rows:
+    """Each row of a UTF-8 CSV file (a BOM is dropped), with its line, the header row first. Any problem with the
+    file as a whole is one ConfigError: `missing`, unreadable, not UTF-8 (with its line) or not CSV."""
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except FileNotFoundError:
-        raise ConfigError(path, None, None, NOT_FOUND) from None
+        raise ConfigError(path, None, None, missing) from None
     except OSError as exc:
         raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
     reader = csv.reader(handle)
     with handle:
         try:
-            header = [name.strip().lower() for name in next(reader, [])]
-            if "email" not in header:
-                raise ConfigError(path, 1, "email", "the header row must have an 'email' column")
-            for name in ("email", "name", "status"):
-                if header.count(name) > 1:
-                    raise ConfigError(path, 1, name, f"the header row has more than one '{name}' column")
-            columns = {name: header.index(name) for name in ("email", "name", "status") if name in header}
             for cells in reader:
-                line = reader.line_num
-                row = {name: cells[index].strip() for name, index in columns.items() if index < len(cells)}
-                email = row.get("email", "")
-                status = _STATUS_NAMES.get((row.get("status") or "active").lower(), row.get("status", ""))
-                if not email and not any(cell.strip() for cell in cells):
-                    continue
-                problem = None
-                if not is_valid_email(email):
-                    problem = ConfigError(path, line, "email", f"not a valid address: {email!r}")
-                elif status not in SUBSCRIBER_STATUSES:
-                    problem = ConfigError(path, line, "status", f"must be one of {', '.join(SUBSCRIBER_STATUSES)}")
-                if problem:
-                    if strict:
-                        raise problem
-                    problems.append(problem)
-                    continue
-                key = address_key(email)
-                previous = by_email.get(key)
-                if previous is not None and previous.status != "active":
-                    continue  # an unsubscribe or bounce anywhere in the file wins
-                by_email[key] = Subscriber(email=email, name=clean_name(row.get("name", "")), status=status)
+                yield reader.line_num, cells  # the line a row ends on: a quoted name may hold a line break
         except csv.Error as exc:
             raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
         except UnicodeDecodeError as exc:  # decoded a block at a time: the whole file tells the line
-            read_text_file(path, NOT_FOUND, encoding="utf-8-sig")
+            read_text_file(path, missing, encoding="utf-8-sig")
             raise ConfigError(path, None, None, f"not UTF-8: {exc.reason}") from None  # changed meanwhile
         except OSError as exc:
             raise ConfigError(path, reader.line_num or None, None, f"cannot read: {exc.strerror or exc}") from None
-    return list(by_email.values()), problems
+
+
+class _Header:
+    """The header row: its column names as written (for problems) and as compared (trimmed, lower-cased)."""
+
+    def __init__(self, path: Path, rows: _Rows):
+        _, cells = next(rows, (1, []))
+        self.path = path
+        self.names = [cell.replace("\ufeff", "").strip() for cell in cells]  # a BOM saved twice, by a spreadsheet
+        self.keys = [name.lower() for name in self.names]
+
+    def column(self, *keys: str) -> int | None:
+        """Where the first of `keys` the header has is; a column named twice is refused (which one to read?)."""
+        for key in keys:
+            if key in self.keys:
+                if self.keys.count(key) > 1:
+                    raise ConfigError(self.path, 1, key, f"the header row has more than one '{key}' column")
+                return self.keys.index(key)
+        return None
+
+    def columns(self, *keys: str) -> tuple[int, ...]:
+        return tuple(index for key in keys if (index := self.column(key)) is not None)
+
+
+class _BadCell(Exception):
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one kind of file is read: which column holds what, and the file's words for a state in ours."""
+
+    format: str
+    names: list[str]  # the header as written, to name a column in a problem
+    email: int
+    name: tuple[int, ...] = ()  # joined by a space: Mailchimp's first and last name
+    status: int | None = None
+    words: Mapping[str, str] = field(default_factory=dict)  # the status column's word, lower-cased → ours
+    default: str = "active"  # without a status column
+    left: int | None = None  # without a status column: a date here (unsubscribed on...) means unsubscribed
+    joined: tuple[int, ...] = ()  # the first of these columns filled in
+    consent: tuple[int, ...] = ()
+
+    def read(self, cells: list[str]) -> Subscriber | None:
+        """The row's subscriber; None for a blank row. _BadCell for a bad address, status word or date."""
+        count = len(cells)
+        email = cells[self.email].strip() if self.email < count else ""
+        if not email and not any(cell.strip() for cell in cells):
+            return None
+        if not is_valid_email(email):
+            raise _BadCell(self.names[self.email], f"not a valid address: {email!r}")
+        status = self.default
+        if self.status is not None:
+            word = cells[self.status].strip() if self.status < count else ""
+            found = self.words.get(word.lower())
+            if found is None:
+                known = ", ".join(known for known in self.words if known)
+                raise _BadCell(self.names[self.status], f"must be one of {known}, not {word!r}")
+            status = found
+        elif self.left is not None and self.left < count and cells[self.left].strip():
+            status = "unsubscribed"
+        name = clean_name(" ".join(cells[index] for index in self.name if index < count))
+        return Subscriber(email, name, status, self._moment(cells, self.joined), self._moment(cells, self.consent))
+
+    def _moment(self, cells: list[str], columns: tuple[int, ...]) -> datetime | None:
+        for index in columns:
+            text = cells[index].strip() if index < len(cells) else ""
+            if text:
+                try:
+                    return parse_moment(text)
+                except (ValueError, OverflowError):
+                    raise _BadCell(self.names[index], f"not a date and time (ISO 8601): {text!r}") from None
+        return None
+
+
+def _collect(path: Path, rows: _Rows, layout: _Layout, problems: list[ConfigError], strict: bool) -> list[Subscriber]:
+    """The subscribers of the rows, the same address merged; each bad row a problem (raised when strict)."""
+    by_email: dict[str, Subscriber] = {}
+    for line, cells in rows:
+        try:
+            subscriber = layout.read(cells)
+        except _BadCell as bad:
+            problem = ConfigError(path, line, bad.field, bad.problem)
+            if strict:
+                raise problem from None
+            problems.append(problem)
+            continue
+        if subscriber is None:
+            continue
+        key = address_key(subscriber.email)
+        previous = by_email.get(key)
+        if previous is None or previous.status == "active" or _WEIGHT[subscriber.status] > _WEIGHT[previous.status]:
+            by_email[key] = subscriber  # an unsubscribe or bounce anywhere in the file wins, then a pending one
+    return list(by_email.values())
+
+
+_WEIGHT = {"active": 0, "pending": 1, "unsubscribed": 2, "bounced": 2, "complained": 2}
+
+
+# --- which file is whose ------------------------------------------------------------------------------------
+
+# Ours: what `digest subscribers export` writes (`source` is the import's own, not read).
+_DIGEST_COLUMNS = {"email", "name", "status", "source", "joined_at", "consent_at"}
+_DIGEST_WORDS = {"": "active", **_STATUS_NAMES}
+
+# Buttondown's subscriber types (its API's SubscriberType; an export's `subscriber_type` or, since the API's
+# 2024-08-01 version, `type`). `spammy` and `bounced` are not in today's list, read in case an older file has them.
+_BUTTONDOWN_TYPES = {
+    # mailed, paying or not: a paid subscription that ends, lapses or pauses still gets the free issues
+    **dict.fromkeys(
+        ("regular", "premium", "gifted", "trialed", "churning", "churned", "past_due", "paused", "upcoming", "unpaid"),
+        "active",
+    ),
+    "unactivated": "pending",  # has not confirmed the double opt-in
+    "unsubscribed": "unsubscribed",
+    "removed": "unsubscribed",  # removed by the newsletter
+    "blocked": "unsubscribed",  # blocked by the newsletter
+    "undeliverable": "bounced",
+    "bounced": "bounced",
+    "complained": "complained",  # marked an email as spam
+    "spammy": "complained",  # a signup its firewall judged spam: never mailed, like a complaint
+}
+
+# listmonk's statuses are the subscriber's, across all lists. Disabled and blocklisted subscribers are left
+# out of every campaign, and the export does not say why (listmonk blocklists on an unsubscribe from all lists,
+# and on bounces when set to): unsubscribed is the status that keeps them out here and claims no more.
+_LISTMONK_STATUSES = {"enabled": "active", "disabled": "unsubscribed", "blocklisted": "unsubscribed"}
+
+# Substack's `email_disabled` is true for a reader who gets no email from the publication.
+_SUBSTACK_EMAIL_DISABLED = {"": "active", "false": "active", "true": "unsubscribed"}
+
+_MAILCHIMP_COLUMNS = {"member_rating", "optin_time", "confirm_time", "leid", "euid", "unsub_time", "clean_time"}
+_EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address")
+_LEFT_COLUMNS = ("unsubscription_date", "unsubscribed_at", "unsub_time")
+_KNOWN = "digest reads its own subscribers.csv and the exports of Buttondown, Mailchimp, Substack and listmonk"
+
+
+def _digest_layout(header: _Header, email: int, dates: bool = True) -> _Layout:
+    return _Layout(
+        "digest",
+        header.names,
+        email,
+        name=header.columns("name"),
+        status=header.column("status"),
+        words=_DIGEST_WORDS,
+        joined=header.columns("joined_at") if dates else (),
+        consent=header.columns("consent_at") if dates else (),
+    )
+
+
+def _export_layout(header: _Header) -> _Layout:
+    """How to read a file, told by its header row: the first export whose columns it has."""
+    keys = set(header.keys)
+    email = header.column("email")
+    if email is not None and {"uuid", "attributes", "status"} <= keys:
+        return _Layout(
+            "listmonk",
+            header.names,
+            email,
+            name=header.columns("name"),
+            status=header.column("status"),
+            words=_LISTMONK_STATUSES,
+            joined=header.columns("created_at"),
+        )
+    if email is not None and keys & {"email_disabled", "active_subscription"}:
+        return _Layout(
+            "substack",
+            header.names,
+            email,
+            name=header.columns("name"),
+            status=header.column("email_disabled"),
+            words=_SUBSTACK_EMAIL_DISABLED,
+            joined=header.columns("created_at"),
+        )
+    if "email address" in keys and keys & _MAILCHIMP_COLUMNS:
+        # Mailchimp exports its subscribed, unsubscribed and cleaned (bounced) members as three files
+        kind = "unsubscribed" if "unsub_time" in keys else "bounced" if "clean_time" in keys else "active"
+        return _Layout(
+            "mailchimp",
+            header.names,
+            header.columns("email address")[0],
+            name=header.columns("first name", "last name"),
+            default=kind,
+            joined=header.columns("optin_time", "confirm_time"),
+            consent=header.columns("confirm_time", "optin_time"),
+        )
+    if keys & {"email", "email_address"} and keys & {"creation_date", "subscriber_type"}:
+        return _Layout(
+            "buttondown",
+            header.names,
+            header.columns("email", "email_address")[0],
+            status=header.column("subscriber_type", "type"),
+            words=_BUTTONDOWN_TYPES,
+            left=header.column("unsubscription_date"),
+            joined=header.columns("creation_date"),
+        )
+    if email is not None and keys <= _DIGEST_COLUMNS:
+        return _digest_layout(header, email)
+    email = header.column(*_EMAIL_COLUMNS)
+    if email is None:
+        raise ConfigError(
+            header.path, 1, None, f"the header row has no email column ({', '.join(_EMAIL_COLUMNS)}): {_KNOWN}"
+        )
+    return _Layout(
+        "generic",
+        header.names,
+        email,
+        name=header.columns("name") or header.columns("first name", "last name", "first_name", "last_name"),
+        status=header.column("status"),
+        words=_DIGEST_WORDS,
+        left=header.column(*_LEFT_COLUMNS),
+    )
