@@ -8,7 +8,8 @@ queries (responsive columns, dark mode) in <head>. Text: templates/text.txt.j2, 
 Per-subscriber parts are not rendered here: the output holds UNSUBSCRIBE_URL_MARK (the footer's
 unsubscribe link, and its own line in the text version) and `personalize` substitutes the values into
 the finished output. Feed-derived text can never produce a mark: the marks' common prefix is removed
-from every string of the draft (on copies) before rendering.
+from every string of the draft (on copies) before rendering. The archive's copy (`web=True`) leaves the
+per-subscriber links out; web/publish.py renders its pages with the same environment (`render_page`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .urls import is_http_url
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["personalize", "render_issue"]
+__all__ = ["issue_context", "personalize", "render_issue", "render_page"]
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail hides everything after about 102 KB of HTML, the unsubscribe link too
 WARN_BYTES = 90 * 1024  # `build` warns past this: room for the per-subscriber link and a few late edits
@@ -212,7 +213,7 @@ def _section(section: DraftSection) -> _Section:
     return _Section(title=_one_line(section.title), items=tuple(items), more=more)
 
 
-def _context(draft: Draft, newsletter: Newsletter) -> dict:
+def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict:
     # A section with nothing to show is left out: no bare heading in the email (most weeks, Jobs or Projects).
     sections = [rendered for rendered in map(_section, draft.sections) if rendered.items or rendered.more]
     sponsor = None
@@ -246,6 +247,7 @@ def _context(draft: Draft, newsletter: Newsletter) -> dict:
         "reason": _one_line(newsletter.reason),
         "postal_address": postal,
         "unsubscribe_url": UNSUBSCRIBE_URL_MARK,
+        "web": web,  # the archive's page of the issue: no unsubscribe or "View in browser" link
     }
 
 
@@ -295,6 +297,17 @@ def _render_template(name: str, context: dict, folder: Path | None, *, autoescap
         raise ConfigError(path, line, None, f"{type(exc).__name__}: {exc}") from None
 
 
+def issue_context(draft: Draft, newsletter: Newsletter) -> dict:
+    """The templates' context of an issue (cleaned text, http(s) links only), for pages other than the email."""
+    return _context(draft, newsletter, web=True)
+
+
+def render_page(name: str, context: dict, folder: Path | None = None) -> str:
+    """An HTML template of templates/ (autoescaped; the newsletter folder's override first), or a ConfigError
+    naming the template file and line."""
+    return _render_template(name, context, folder, autoescape=True)
+
+
 def _template_file(name: str, folder: Path | None) -> Path:
     """The file a template name resolves to: the override when there is one."""
     return next(
@@ -315,9 +328,13 @@ def _template_frame(exc: BaseException, folder: Path | None) -> tuple[Path, int]
     return found
 
 
-def render_issue(draft: Draft, newsletter: Newsletter, folder: Path | None = None) -> RenderedIssue:
-    """The issue's email with the per-subscriber marks still in it: render once, personalize per copy."""
-    context = _context(draft, newsletter)
+def render_issue(
+    draft: Draft, newsletter: Newsletter, folder: Path | None = None, *, web: bool = False
+) -> RenderedIssue:
+    """The issue's email with the per-subscriber marks still in it: render once, personalize per copy.
+    `web`: the archive's copy, without the per-subscriber links (an override that ignores the flag keeps
+    its marks: the publisher personalizes them with the site's URL)."""
+    context = _context(draft, newsletter, web=web)
     return RenderedIssue(
         subject=context["subject"],
         preheader=context["preheader"],

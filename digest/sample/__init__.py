@@ -119,4 +119,5 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
     say(f"  html:            {built.html} ({built.html_bytes:,} bytes)")
     say(f"  text:            {built.text}")
     say(f"next: cd {directory} && digest feeds   (or open the html in a browser)")
+    say("  the web side: digest publish, then digest serve (see the README, “The web side”)")
     return directory

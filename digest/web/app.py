@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import smtplib
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from .. import store
 from ..config import Config
 from ..credentials import env_secret, redact
 from ..errors import SetupError
-from ..send.smtp import Connection, Refused, smtp_password
+from ..send.smtp import Connection, smtp_password
 from ..send.unsubscribe import SECRET_ENV, signed_address
 from ..subscribers import is_valid_email
 from . import signup
@@ -175,7 +174,8 @@ class WebSide:
         self.per_client = _RateLimit(self.settings.subscribes_per_hour, 3600.0)
         origins = {_origin(self.site_url), *([_origin(config.signup_url)] if config.signup_url else [])}
         self.origins = sorted(origins)
-        self.smtp = config.backends.get("smtp")
+        self.smtp = config.backends["smtp"]  # the confirmation mails go as the issues do
+        self.smtp_password = smtp_password(self.smtp)  # refused now when it is needed and missing
         self.archive = _Archive(config, self.databases)
 
     # --- pages --------------------------------------------------------------------------
@@ -244,15 +244,12 @@ class WebSide:
         token = signup.make_confirm_token(self.secret, self.list_id, email, now)
         url = f"{self.site_url}confirm?token={quote(token)}"
         message = signup.confirmation_message(self.config, email, url, now)
-        if self.smtp is None:
-            log.error("no smtp: section in %s: cannot mail the confirmation link", self.config.path)
-            return
-        connection = Connection(self.smtp, smtp_password(self.smtp))
+        connection = Connection(self.smtp, self.smtp_password)
         try:
             sender = self.config.newsletter.from_address
             connection.transact(parseaddr(sender)[1], email, message.as_bytes(policy=policy.SMTP))
-        except (Refused, OSError, smtplib.SMTPException, SetupError) as exc:
-            log.error("confirmation mail not sent: %s", redact(str(exc)))
+        except Exception as exc:  # after the answer: one logged line, never a task's traceback
+            log.error("confirmation mail to %s not sent: %s", email, redact(f"{exc}" or type(exc).__name__))
         finally:
             connection.close()
 
@@ -324,7 +321,7 @@ def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp
             Mount("/", app=web.archive),
         ]
     )
-    return _SecurityHeaders(app, [origin for origin in web.origins if origin != _origin(web.site_url)])
+    return _SecurityHeaders(app, web.origins)
 
 
 def serve(config: Config, db_path: Path, *, host: str, port: int) -> None:

@@ -153,9 +153,11 @@ def confirmation_message(config: Config, email: str, confirm_url: str, now: date
     message["List-Id"] = list_id_header(newsletter)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
-    message.set_content(
+    text = (
         f"Someone, probably you, asked to receive {newsletter.title} at {email}.\n\n"
         f"To confirm, open this link within {CONFIRM_DAYS} days:\n\n{confirm_url}\n\n"
         f"If it was not you, ignore this message: you will not be mailed again.\n"
     )
+    # The link whole on its line, not cut by quoted-printable's soft breaks: 7bit allows 998-byte lines.
+    message.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
     return message

@@ -1,0 +1,1 @@
+"""The newsletter on the web: the static archive and its feeds (publish), and `digest serve` (app, signup)."""
