@@ -64,6 +64,7 @@ class _Databases:
     def __init__(self, path: Path):
         self.path = path
         self._local = threading.local()
+        self._writing = threading.Lock()
 
     def get(self) -> sqlite_utils.Database:
         """This thread's connection."""
@@ -75,6 +76,18 @@ class _Databases:
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
         """`function(db, *args, **kwargs)` in a worker thread, with that thread's connection."""
         return await run_in_threadpool(lambda: function(self.get(), *args, **kwargs))
+
+    async def write(self, function: Callable[..., T], *args, **kwargs) -> T:
+        """The same for a function that writes: this process's writers take turns on a lock, woken as soon as
+        the one before commits, instead of in SQLite's busy handler, which sleeps up to 100 ms at a time
+        (benchmarks/unsubscribe.py during a send: the slowest 1 % took 550-710 ms without the lock, 220-300 ms
+        with it, at the same rate)."""
+
+        def locked() -> T:
+            with self._writing:
+                return function(self.get(), *args, **kwargs)
+
+        return await run_in_threadpool(locked)
 
 
 class _RateLimit:
@@ -227,7 +240,7 @@ class WebSide:
             return done
         if not is_valid_email(email):
             return self.page("Not an address", "That does not look like an email address.", status=400)
-        mail = await self.databases.run(
+        mail = await self.databases.write(
             signup.request_subscription,
             email,
             name,
@@ -265,7 +278,7 @@ class WebSide:
                 "Subscribe again to get a new one.",
                 status=400,
             )
-        outcome = await self.databases.run(signup.confirm, token, now)
+        outcome = await self.databases.write(signup.confirm, token, now)
         title = self.config.newsletter.title
         pages = {
             "confirmed": ("Subscribed", f"{token.email} will receive {title}. Thank you!"),
@@ -299,7 +312,7 @@ class WebSide:
         body = await request.body()
         token = request.query_params.get("token", "")
         how = "one-click unsubscribe" if b"one-click" in body.lower() else "unsubscribe page"
-        email = await self.databases.run(signup.unsubscribe, self.secret, [self.list_id], token, self.clock(), how)
+        email = await self.databases.write(signup.unsubscribe, self.secret, [self.list_id], token, self.clock(), how)
         if email is None:
             return self.page("Link not valid", "This unsubscribe link is not valid: nothing was changed.", status=400)
         return self.page("Unsubscribed", f"{email} will not receive {self.config.newsletter.title} again.")
