@@ -535,10 +535,9 @@ class SubscriberChanges:
     kept: dict[str, int] = field(default_factory=dict)  # status the database keeps over the file's → count
 
 
-def subscriber_rows(db: sqlite_utils.Database) -> dict[str, tuple[str, str, str, str]]:
-    """Every subscriber: address_key → (email, name, status, source)."""
-    rows = db.execute("SELECT email_key, email, name, status, source FROM subscribers")
-    return {key: (email, name, status, source) for key, email, name, status, source in rows}
+def subscriber_rows(db: sqlite_utils.Database) -> Iterator[tuple[str, str, str, str, str]]:
+    """Every subscriber as (address_key, email, name, status, source), read as it is used."""
+    yield from db.execute("SELECT email_key, email, name, status, source FROM subscribers")
 
 
 def record_subscribers(
@@ -548,48 +547,59 @@ def record_subscribers(
 
     The database's unsubscribe, bounce or complaint always wins over the list. A list's active status turns a
     pending subscriber active (the list is the operator's word for their consent); its unsubscribed, bounced
-    or complained status is taken; its pending status never demotes anyone. Only what changes is written."""
-    existing = subscriber_rows(db)
-    changes = SubscriberChanges()
+    or complained status is taken; its pending status never demotes anyone. Only what changes is written.
+    The list goes through a temporary table and is compared there: no copy of the database's subscribers is
+    made in memory (a send of 100,000 would hold two)."""
     now_text = iso(now)
-    added: list[tuple] = []
-    updated: list[tuple] = []
-    for subscriber in subscribers:
-        key = address_key(subscriber.email)
-        joined = iso(subscriber.joined_at) if subscriber.joined_at else now_text
-        consent = iso(subscriber.consent_at) if subscriber.consent_at else None
-        if subscriber.status == "active" and consent is None:
-            consent = joined if subscriber.joined_at else None
-        row = existing.get(key)
-        if row is None:
-            added.append((key, subscriber.email, subscriber.name, subscriber.status, source, joined, consent, now_text))
-            existing[key] = (subscriber.email, subscriber.name, subscriber.status, source)
-            continue
-        _, name, status, _ = row
-        new_status = status
-        if status in SUPPRESSED:
-            if subscriber.status != status:
-                changes.kept[status] = changes.kept.get(status, 0) + 1
-        elif subscriber.status != "pending":
-            new_status = subscriber.status
-        new_name = subscriber.name or name
-        if (new_status, new_name) == (status, name):
-            changes.unchanged += 1
-            continue
-        updated.append((new_name, new_status, consent, now_text, f"from {source}", key))
-        existing[key] = (row[0], new_name, new_status, row[3])
+    changes = SubscriberChanges()
     with transaction(db):
-        db.conn.executemany(
-            "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, consent_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            added,
+        db.execute(
+            "CREATE TEMP TABLE incoming (email_key TEXT PRIMARY KEY, email TEXT, name TEXT, status TEXT, "
+            "joined_at TEXT, consent_at TEXT)"
         )
-        db.conn.executemany(
-            "UPDATE subscribers SET name = ?, consent_at = CASE WHEN ? = 'active' THEN coalesce(consent_at, ?) "
-            "ELSE consent_at END, status = ?, updated_at = ?, status_detail = ? WHERE email_key = ?",
-            ((name, status, consent, status, at, detail, key) for name, status, consent, at, detail, key in updated),
-        )
-    changes.added, changes.updated = len(added), len(updated)
+        try:
+            db.conn.executemany(
+                "INSERT OR REPLACE INTO incoming VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        address_key(subscriber.email),
+                        subscriber.email,
+                        subscriber.name,
+                        subscriber.status,
+                        iso(subscriber.joined_at) if subscriber.joined_at else None,
+                        iso(subscriber.consent_at) if subscriber.consent_at else None,
+                    )
+                    for subscriber in subscribers
+                ),
+            )
+            total = db.execute("SELECT count(*) FROM incoming").fetchone()[0]
+            changes.kept = dict(
+                db.execute(
+                    "SELECT known.status, count(*) FROM incoming JOIN subscribers AS known USING (email_key) "
+                    f"WHERE known.status IN {_SUPPRESSED} AND incoming.status != known.status GROUP BY known.status"
+                ).fetchall()
+            )
+            changes.updated = db.execute(
+                "UPDATE subscribers SET name = CASE WHEN incoming.name != '' THEN incoming.name ELSE subscribers.name "
+                "END, status = new.status, updated_at = ?, status_detail = ?, consent_at = CASE WHEN new.status = "
+                "'active' THEN coalesce(subscribers.consent_at, incoming.consent_at) ELSE subscribers.consent_at END "
+                "FROM incoming JOIN (SELECT incoming.email_key, CASE WHEN known.status IN "
+                f"{_SUPPRESSED} OR incoming.status = 'pending' THEN known.status ELSE incoming.status END AS status "
+                "FROM incoming JOIN subscribers AS known USING (email_key)) AS new USING (email_key) "
+                "WHERE subscribers.email_key = incoming.email_key AND (new.status != subscribers.status "
+                "OR (incoming.name != '' AND incoming.name != subscribers.name))",
+                [now_text, f"from {source}"],
+            ).rowcount
+            changes.added = db.execute(
+                "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, consent_at, updated_at) "
+                "SELECT email_key, email, name, status, ?, coalesce(joined_at, ?), CASE WHEN status = 'active' "
+                "THEN coalesce(consent_at, joined_at) END, ? FROM incoming WHERE email_key NOT IN "
+                "(SELECT email_key FROM subscribers)",
+                [source, now_text, now_text],
+            ).rowcount
+        finally:
+            db.execute("DROP TABLE temp.incoming")
+    changes.unchanged = total - changes.added - changes.updated
     return changes
 
 

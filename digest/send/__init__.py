@@ -30,7 +30,7 @@ from .. import store
 from ..errors import SetupError
 from ..models import DeliveryStatus, Draft, IssueStatus, RenderedIssue
 from ..settings import read_section
-from ..subscribers import SUPPRESSED, Subscriber, address_key, read_subscribers
+from ..subscribers import Subscriber, address_key, read_subscribers
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -213,16 +213,15 @@ class ListBackend(Backend):
         dry run still shows a sample)."""
         path = self.config.subscribers_path
         plan.listed, plan.problems = read_subscribers(path) if path.exists() else ([], [])
-        known = store.subscriber_rows(db)
+        suppressed = store.suppressions(db)
         sent = store.delivery_keys(db, plan.issue, DeliveryStatus.SENT)
         failed = store.delivery_keys(db, plan.issue, DeliveryStatus.FAILED)
         listed = set()
         for subscriber in plan.listed:
             key = address_key(subscriber.email)
             listed.add(key)
-            status = known[key][2] if key in known and known[key][2] in SUPPRESSED else subscriber.status
-            self._consider(plan, key, subscriber, status, sent, failed)
-        for key, (email, name, status, source) in known.items():
+            self._consider(plan, key, subscriber, suppressed.get(key, subscriber.status), sent, failed)
+        for key, email, name, status, source in store.subscriber_rows(db):
             if key not in listed:
                 if source == "csv" and status == "active":
                     status = f"no longer in {path.name}"

@@ -44,7 +44,7 @@ from ..send.smtp import Connection, smtp_password
 from ..send.unsubscribe import SECRET_ENV, signed_address
 from ..subscribers import is_valid_email
 from . import signup
-from .publish import publish
+from .publish import publish, site_context
 
 log = logging.getLogger("digest.serve")
 MAX_FORM_BYTES = 16 * 1024  # a signup form is a few hundred bytes; a one-click POST a few dozen
@@ -196,18 +196,8 @@ class WebSide:
     def page(self, title: str, message: str, *, status: int = 200, form: dict | None = None) -> HTMLResponse:
         from ..render import render_page
 
-        html = render_page(
-            "web/message.html.j2",
-            {
-                "lang": self.config.newsletter.language,
-                "newsletter_title": self.config.newsletter.title,
-                "site_url": self.site_url,
-                "title": title,
-                "message": message,
-                "form": form,
-            },
-            self.config.folder,
-        )
+        context = {**site_context(self.config), "title": title, "message": message, "form": form}
+        html = render_page("web/message.html.j2", context, self.config.folder)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     # --- endpoints ------------------------------------------------------------------------
