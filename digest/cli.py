@@ -584,8 +584,16 @@ def serve(
     if config.serve is None:
         raise SetupError(f"{config.path}: add a serve: section (and newsletter.site_url) to use digest serve")
     host, port = host or config.serve.host, config.serve.port if port is None else port
-    _say(f"serving {config.newsletter.site_url} on http://{host}:{port} (Ctrl-C to stop)")
-    serve_web(config, database_path(ctx.obj["config"], ctx.obj["db"]), host=host, port=port)
+    try:
+        serve_web(
+            config,
+            database_path(ctx.obj["config"], ctx.obj["db"]),
+            host=host,
+            port=port,
+            on_ready=lambda address: _say(f"serving {config.newsletter.site_url} on {address} (Ctrl-C to stop)"),
+        )
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from systemctl stop (uvicorn finished the requests first)
+        _say("stopped")
 
 
 # --- the list of subscribers -------------------------------------------------------------------

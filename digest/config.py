@@ -118,6 +118,12 @@ class PublishSettings:
 
     def check(self, reader: MappingReader) -> None:
         check_url(reader, "signup_url", self.signup_url)
+        folder = reader.path.resolve().parent
+        site = (folder / self.dir).resolve()
+        if folder == site or folder.is_relative_to(site):
+            raise reader.error(
+                "dir", "must be a folder of its own: served, it would hand out feeds.yaml, the drafts and digest.db"
+            )
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,8 @@ class ServeSettings:
     port: int = setting(8080, minimum=0, maximum=65535)
     signup: bool = True  # POST /subscribe, and the archive's signup form
     subscribes_per_hour: int = setting(10, minimum=1, maximum=100_000)  # per client address
-    confirmations_per_day: int = setting(3, minimum=1, maximum=100)  # confirmation mails per subscriber address
+    confirmations_per_day: int = setting(3, minimum=1, maximum=100)  # confirmation mails per inbox
+    confirmations_per_hour: int = setting(100, minimum=1, maximum=100_000)  # all of them: a cap on what a flood sends
 
 
 @dataclass(frozen=True)

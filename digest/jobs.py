@@ -28,7 +28,7 @@ from .selection import new_for_issue
 from .send import SendPlan, SendReport, backend_class, check_backend
 from .send.unsubscribe import SECRET_ENV, sample_url, signed_address
 from .sending import check_receipts, send_locked, sending_began
-from .subscribers import is_valid_email, read_subscriber_export
+from .subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
 from .weeks import current_week, week_dates
 
 if TYPE_CHECKING:
@@ -294,11 +294,14 @@ EXPORT_COLUMNS = ("email", "name", "status", "source", "joined_at", "consent_at"
 
 
 def export_subscribers(db: sqlite_utils.Database, stream: TextIO, *, status: str | None = None) -> int:
-    """Every subscriber (or those of one status) as CSV, in the columns `import_subscribers` reads back."""
+    """Every subscriber (or those of one status) as CSV, in the columns `import_subscribers` reads back.
+
+    Names and addresses come from strangers (the signup form): a cell a spreadsheet would take for a formula
+    (`=HYPERLINK(...)`, `+1-1+cmd@x`) is written behind an apostrophe, which the import takes off again."""
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     count = 0
     for row in store.subscriber_list(db, status):
-        writer.writerow([row[column] or "" for column in EXPORT_COLUMNS])
+        writer.writerow([spreadsheet_safe(row[column] or "") for column in EXPORT_COLUMNS])
         count += 1
     return count

@@ -533,6 +533,7 @@ class SubscriberChanges:
     updated: int = 0  # status or name changed
     unchanged: int = 0
     kept: dict[str, int] = field(default_factory=dict)  # status the database keeps over the file's → count
+    unlisted: int = 0  # active subscribers of the source who are no longer in the list (see `whole`)
 
 
 def subscriber_rows(db: sqlite_utils.Database) -> Iterator[tuple[str, str, str, str, str]]:
@@ -541,13 +542,15 @@ def subscriber_rows(db: sqlite_utils.Database) -> Iterator[tuple[str, str, str, 
 
 
 def record_subscribers(
-    db: sqlite_utils.Database, subscribers: Iterable[Subscriber], source: str, now: datetime
+    db: sqlite_utils.Database, subscribers: Iterable[Subscriber], source: str, now: datetime, *, whole: bool = False
 ) -> SubscriberChanges:
     """Add or update subscribers from a list (subscribers.csv at each send, `digest subscribers import`).
 
     The database's unsubscribe, bounce or complaint always wins over the list. A list's active status turns a
     pending subscriber active (the list is the operator's word for their consent); its unsubscribed, bounced
     or complained status is taken; its pending status never demotes anyone. Only what changes is written.
+    `whole`: the list is all there is of `source` (subscribers.csv): an active subscriber of that source who is
+    no longer in it becomes pending, not mailed, and free to come back through the list or the signup form.
     The list goes through a temporary table and is compared there: no copy of the database's subscribers is
     made in memory (a send of 100,000 would hold two)."""
     now_text = iso(now)
@@ -597,6 +600,12 @@ def record_subscribers(
                 "(SELECT email_key FROM subscribers)",
                 [source, now_text, now_text],
             ).rowcount
+            if whole:
+                changes.unlisted = db.execute(
+                    "UPDATE subscribers SET status = 'pending', updated_at = ?, status_detail = ? WHERE source = ? "
+                    "AND status = 'active' AND email_key NOT IN (SELECT email_key FROM incoming)",
+                    [now_text, f"no longer in the {source} list", source],
+                ).rowcount
         finally:
             db.execute("DROP TABLE temp.incoming")
     changes.unchanged = total - changes.added - changes.updated

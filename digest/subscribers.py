@@ -13,10 +13,11 @@ column holds what, and what the file's words for a subscriber's state mean in ou
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 import string
 import unicodedata
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +83,18 @@ def clean_name(name: str) -> str:
 
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula at a cell's start
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell no spreadsheet runs as a formula: one that starts like one is written behind an apostrophe."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _from_spreadsheet_safe(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
 
 
 def parse_moment(text: str) -> datetime:
@@ -151,7 +164,7 @@ def _csv_rows(path: Path, missing: str) -> _Rows:
         raise ConfigError(path, None, None, missing) from None
     except OSError as exc:
         raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
-    reader = csv.reader(handle)
+    reader = csv.reader(_capped_lines(handle, path))
     with handle:
         try:
             for cells in reader:
@@ -163,6 +176,20 @@ def _csv_rows(path: Path, missing: str) -> _Rows:
             raise ConfigError(path, None, None, f"not UTF-8: {exc.reason}") from None  # changed meanwhile
         except OSError as exc:
             raise ConfigError(path, reader.line_num or None, None, f"cannot read: {exc.strerror or exc}") from None
+
+
+MAX_LINE = 1 << 20  # characters: a "line" longer is no list of subscribers (/dev/zero, a binary file)
+
+
+def _capped_lines(handle, path: Path) -> Iterator[str]:
+    """The file's lines, none read past MAX_LINE: a file without line breaks is not read whole into memory."""
+    for number in itertools.count(1):
+        line = handle.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE:
+            raise ConfigError(path, number, None, f"a line of more than {MAX_LINE:,} characters: not a CSV list")
+        yield line
 
 
 class _Header:
@@ -210,7 +237,7 @@ class _Layout:
     def read(self, cells: list[str]) -> Subscriber | None:
         """The row's subscriber; None for a blank row. _BadCell for a bad address, status word or date."""
         count = len(cells)
-        email = cells[self.email].strip() if self.email < count else ""
+        email = _from_spreadsheet_safe(cells[self.email].strip()) if self.email < count else ""
         if not email and not any(cell.strip() for cell in cells):
             return None
         if not is_valid_email(email):
@@ -225,7 +252,7 @@ class _Layout:
             status = found
         elif self.left is not None and self.left < count and cells[self.left].strip():
             status = "unsubscribed"
-        name = clean_name(" ".join(cells[index] for index in self.name if index < count))
+        name = clean_name(" ".join(_from_spreadsheet_safe(cells[index]) for index in self.name if index < count))
         return Subscriber(email, name, status, self._moment(cells, self.joined), self._moment(cells, self.consent))
 
     def _moment(self, cells: list[str], columns: tuple[int, ...]) -> datetime | None:

@@ -347,3 +347,33 @@ def test_weeks_far_from_now_are_refused_in_one_line(tmp_path, run_cli, week):
     write(tmp_path, GOOD)
     code, _, err = run_cli("build", "--week", week, cwd=tmp_path)
     assert code == 2 and err.startswith("error: --week: ") and "between 1970 and 2999" in err
+
+
+@pytest.mark.parametrize("folder", [".", "..", "./"])
+def test_a_publish_folder_that_holds_the_newsletter_itself_is_refused(tmp_path, folder):
+    path = tmp_path / "feeds.yaml"
+    path.write_text(
+        "newsletter:\n  site_url: https://news.example.com/\n"
+        f"feeds:\n  - url: https://a.example/feed\npublish:\n  dir: \"{folder}\"\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}:6: publish.dir: must be a folder of its own")
+
+
+def test_the_web_side_needs_site_url_and_gives_the_links_their_defaults(tmp_path):
+    path = tmp_path / "feeds.yaml"
+    path.write_text("feeds:\n  - url: https://a.example/feed\nserve: {}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "serve: needs newsletter.site_url" in str(error.value)
+    path.write_text(
+        "newsletter:\n  site_url: https://news.example.com/letters\nfeeds:\n  - url: https://a.example/feed\n"
+        "serve: {}\n",
+        encoding="utf-8",
+    )
+    newsletter = load_config(path).newsletter
+    assert newsletter.site_url == "https://news.example.com/letters/"
+    assert newsletter.archive_url == "https://news.example.com/letters/issues/{issue}/"
+    assert newsletter.unsubscribe_url == "https://news.example.com/letters/unsubscribe?token={token}"

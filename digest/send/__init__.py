@@ -249,7 +249,7 @@ class ListBackend(Backend):
     def start(self, db: sqlite_utils.Database, plan: SendPlan, now: datetime) -> int:
         """Before the first message: subscribers.csv's rows recorded in the database, and each recipient's
         ledger row pending (see store.start_deliveries). Returns how many rows a killed run left `sending`."""
-        store.record_subscribers(db, plan.listed, "csv", now)
+        store.record_subscribers(db, plan.listed, "csv", now, whole=True)
         keys = (address_key(subscriber.email) for subscriber in plan.recipients)
         return store.start_deliveries(db, plan.issue, self.name, keys, now)
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from ..config import Newsletter
 from ..credentials import env_secret
 from ..errors import SetupError
-from ..subscribers import address_key
+from ..subscribers import address_key, is_valid_email
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
 MAX_LINE = 998  # bytes in a line of a message, CRLF excluded (RFC 5322 2.1.1)
@@ -64,8 +64,8 @@ def verify_token(secret: str, newsletter: str, token: str) -> str | None:
             expected = _signature(secret, newsletter, email)
         elif len(parts) == 2:
             email, signature = _unb64(parts[0]).decode("utf-8"), _unb64(parts[1])
-            if not email.isascii():  # case folding could make it someone else's token
-                return None
+            if not email.isascii() or not is_valid_email(email):  # case folding could make it someone else's
+                return None  # token; and a version-2 token re-read as one of 0.1.0 holds no address
             expected = _legacy_signature(secret, email)
         else:
             return None

@@ -2,7 +2,8 @@
 
     GET  /  /issues/<issue>/  /feed.xml  /feed.json   the archive as `digest publish` writes it, kept current
     POST /subscribe            a pending subscriber and a confirmation mail; always the same answer
-    GET  /confirm?token=       the subscriber becomes active
+    GET  /confirm?token=       a page with one button (mail scanners open every link of a mail)
+    POST /confirm?token=       that button: the subscriber becomes active
     GET  /unsubscribe?token=   a page with one button (a GET never unsubscribes: mail scanners follow links)
     POST /unsubscribe?token=   RFC 8058 one-click, and that button
     GET  /healthz
@@ -14,10 +15,13 @@ the templates, and no page sends a Referer to another site (the URLs hold tokens
 
 from __future__ import annotations
 
-import collections
+import ipaddress
 import logging
+import queue
+import socket
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy
@@ -28,7 +32,6 @@ from urllib.parse import quote, urlsplit
 
 import sqlite_utils
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -42,11 +45,12 @@ from ..credentials import env_secret, redact
 from ..errors import SetupError
 from ..send.smtp import Connection, smtp_password
 from ..send.unsubscribe import SECRET_ENV, signed_address
-from ..subscribers import is_valid_email
+from ..subscribers import address_key, is_valid_email
 from . import signup
 from .publish import publish, site_context
 
 log = logging.getLogger("digest.serve")
+MIN_SECRET = 16  # characters of DIGEST_UNSUBSCRIBE_SECRET that serve accepts
 MAX_FORM_BYTES = 16 * 1024  # a signup form is a few hundred bytes; a one-click POST a few dozen
 HONEYPOT = "website"  # the signup form's field that people never see and bots fill in
 Clock = Callable[[], datetime]
@@ -71,6 +75,7 @@ class _Databases:
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = store.open_db(self.path)
+            db.execute("PRAGMA synchronous=FULL")  # an unsubscribe answered 200 survives a power cut too
         return db
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
@@ -91,25 +96,79 @@ class _Databases:
 
 
 class _RateLimit:
-    """At most `limit` requests per `window` seconds per key (a client's address), in this process's memory."""
+    """At most about `limit` requests per `window` seconds per key, in this process's memory: the counts of the
+    current window and of the one before, weighted by how much of it still overlaps (a sliding estimate). Two
+    plain dicts: memory holds the keys of two windows at most, and no call walks them."""
 
     def __init__(self, limit: int, window: float):
         self.limit, self.window = limit, window
-        self._hits: dict[str, collections.deque[float]] = {}
+        self._start = time.monotonic()
+        self._current: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            if len(self._hits) > 10_000:  # forget clients whose window has passed
-                self._hits = {k: hits for k, hits in self._hits.items() if hits and hits[-1] > now - self.window}
-            hits = self._hits.setdefault(key, collections.deque())
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            if len(hits) >= self.limit:
+            elapsed = now - self._start
+            if elapsed >= self.window:
+                self._previous = self._current if elapsed < 2 * self.window else {}
+                self._current = {}
+                self._start += self.window * (elapsed // self.window)
+                elapsed = now - self._start
+            overlap = 1 - elapsed / self.window
+            if self._previous.get(key, 0) * overlap + self._current.get(key, 0) >= self.limit:
                 return False
-            hits.append(now)
+            self._current[key] = self._current.get(key, 0) + 1
             return True
+
+
+def client_key(host: str) -> str:
+    """Who a client is, for the limits: an IPv4 address, or the /64 network of an IPv6 one (one host usually
+    has a whole /64 to pick addresses from)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def inbox_key(email: str) -> str:
+    """The inbox an address delivers to, for the per-inbox limit: without a `+tag`, and for Gmail without dots
+    (`v.i.c.tim+1@gmail.com` is `victim@gmail.com`'s inbox)."""
+    local, _, domain = address_key(email).rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in ("gmail.com", "googlemail.com"):
+        local, domain = local.replace(".", ""), "gmail.com"
+    return f"{local}@{domain}"
+
+
+class _Mailer:
+    """Confirmation mails, sent one at a time by a thread of their own: a slow or absent SMTP server never holds
+    the request threads (the unsubscribes' too). At most QUEUE_SIZE wait; more are dropped, and logged."""
+
+    QUEUE_SIZE = 100
+
+    def __init__(self, send: Callable[[str], None]):
+        self._send = send
+        self._queue: queue.Queue[str] = queue.Queue(self.QUEUE_SIZE)
+        threading.Thread(target=self._run, name="confirmations", daemon=True).start()
+
+    def put(self, email: str) -> None:
+        try:
+            self._queue.put_nowait(email)
+        except queue.Full:
+            log.error("confirmation mail to %s not sent: %d are waiting already", email, self.QUEUE_SIZE)
+
+    def _run(self) -> None:
+        while True:
+            email = self._queue.get()
+            try:
+                self._send(email)
+            except Exception as exc:  # one logged line, never the thread's end
+                log.error("confirmation mail to %s not sent: %s", email, redact(f"{exc}" or type(exc).__name__))
 
 
 class _Archive:
@@ -166,6 +225,19 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _capped_body(request: Request) -> bytes | None:
+    """The request's body, or None past MAX_FORM_BYTES: read as it streams in (a chunked body has no
+    Content-Length to refuse it by), never more than the limit held."""
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    return body
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
@@ -178,18 +250,24 @@ class WebSide:
         if config.serve is None or not config.newsletter.site_url:
             raise SetupError(f"{config.path}: digest serve needs a serve: section and newsletter.site_url")
         secret = env_secret(SECRET_ENV)
-        if not secret:
-            raise SetupError(f"{SECRET_ENV} is not set: it signs the confirmation and unsubscribe links")
+        if not secret or len(secret) < MIN_SECRET:
+            raise SetupError(
+                f"{SECRET_ENV} is {'too short' if secret else 'not set'}: it signs the confirmation and unsubscribe "
+                f"links (use at least {MIN_SECRET} random characters, the same as digest send's)"
+            )
         self.config, self.settings, self.secret, self.clock = config, config.serve, secret, clock
         self.site_url = config.newsletter.site_url
         self.list_id = config.newsletter.list_identifier
         self.databases = _Databases(db_path)
         self.per_client = _RateLimit(self.settings.subscribes_per_hour, 3600.0)
+        self.per_inbox = _RateLimit(self.settings.confirmations_per_day, 86400.0)
+        self.all_confirmations = _RateLimit(self.settings.confirmations_per_hour, 3600.0)
         origins = {_origin(self.site_url), *([_origin(config.signup_url)] if config.signup_url else [])}
         self.origins = sorted(origins)
         self.smtp = config.backends["smtp"]  # the confirmation mails go as the issues do
         self.smtp_password = smtp_password(self.smtp)  # refused now when it is needed and missing
         self.archive = _Archive(config, self.databases)
+        self.mailer = _Mailer(self.mail_confirmation)
 
     # --- pages --------------------------------------------------------------------------
 
@@ -206,11 +284,13 @@ class WebSide:
         if not self.settings.signup:
             return self.page("Not found", "There is no signup here.", status=404)
         origin = request.headers.get("origin")
-        if origin is not None and origin.lower() not in self.origins:
+        if (origin is not None and origin.lower() not in self.origins) or (
+            origin is None and request.headers.get("sec-fetch-site") == "cross-site"
+        ):
             return self.page("Refused", "This form can only be sent from the newsletter's own pages.", status=403)
         if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
             return self.page("Too large", "That request is too large for a signup form.", status=413)
-        client = request.client.host if request.client else "unknown"
+        client = client_key(request.client.host) if request.client else "unknown"
         if not self.per_client.allow(client):
             response = self.page("Too many requests", "Too many signups from here: try again in an hour.", status=429)
             response.headers["Retry-After"] = "3600"
@@ -228,7 +308,7 @@ class WebSide:
         )
         if form.get(HONEYPOT):
             return done
-        if not is_valid_email(email):
+        if not is_valid_email(email) or any(unicodedata.category(character) in "CcCf" for character in email):
             return self.page("Not an address", "That does not look like an email address.", status=400)
         mail = await self.databases.write(
             signup.request_subscription,
@@ -237,12 +317,12 @@ class WebSide:
             self.clock(),
             per_day=self.settings.confirmations_per_day,
         )
-        if mail:
-            done.background = BackgroundTask(self.mail_confirmation, email)
+        if mail and self.per_inbox.allow(inbox_key(email)) and self.all_confirmations.allow(""):
+            self.mailer.put(email)
         return done
 
     def mail_confirmation(self, email: str) -> None:
-        """After the answer went out (its timing tells nothing); a failure is logged, the answer stays the same."""
+        """On the mailer's thread, after the answer went out (its timing tells nothing)."""
         now = self.clock()
         token = signup.make_confirm_token(self.secret, self.list_id, email, now)
         url = f"{self.site_url}confirm?token={quote(token)}"
@@ -251,24 +331,44 @@ class WebSide:
         try:
             sender = self.config.newsletter.from_address
             connection.transact(parseaddr(sender)[1], email, message.as_bytes(policy=policy.SMTP))
-        except Exception as exc:  # after the answer: one logged line, never a task's traceback
-            log.error("confirmation mail to %s not sent: %s", email, redact(f"{exc}" or type(exc).__name__))
         finally:
             connection.close()
 
-    async def confirm(self, request: Request) -> Response:
+    def _confirm_token(self, request: Request) -> tuple[signup.ConfirmToken | None, Response | None]:
         token = signup.verify_confirm_token(self.secret, self.list_id, request.query_params.get("token", ""))
         if token is None:
-            return self.page("Link not valid", "This confirmation link is not valid: nothing was changed.", status=400)
-        now = self.clock()
-        if token.expired(now):
-            return self.page(
+            return None, self.page(
+                "Link not valid", "This confirmation link is not valid: nothing was changed.", status=400
+            )
+        if token.expired(self.clock()):
+            return None, self.page(
                 "Link expired",
                 f"This confirmation link is more than {signup.CONFIRM_DAYS} days old: nothing was changed. "
                 "Subscribe again to get a new one.",
                 status=400,
             )
-        outcome = await self.databases.write(signup.confirm, token, now)
+        return token, None
+
+    async def confirm_page(self, request: Request) -> Response:
+        """GET: a page with one button. Mail scanners (Safe Links, Mimecast) open every link of a mail: a GET that
+        confirmed would subscribe an address without its owner."""
+        token, refused = self._confirm_token(request)
+        if token is None:
+            return refused or self.page("Link not valid", "", status=400)
+        return self.page(
+            "Confirm your subscription",
+            f"Start sending {self.config.newsletter.title} to {token.email}?",
+            form={"action": f"confirm?token={quote(request.query_params['token'])}", "button": "Confirm"},
+        )
+
+    async def confirm(self, request: Request) -> Response:
+        """POST, the page's button: the subscriber becomes active."""
+        if await _capped_body(request) is None:
+            return self.page("Too large", "That request is too large.", status=413)
+        token, refused = self._confirm_token(request)
+        if token is None:
+            return refused or self.page("Link not valid", "", status=400)
+        outcome = await self.databases.write(signup.confirm, token, self.clock())
         title = self.config.newsletter.title
         pages = {
             "confirmed": ("Subscribed", f"{token.email} will receive {title}. Thank you!"),
@@ -297,9 +397,9 @@ class WebSide:
     async def unsubscribe(self, request: Request) -> Response:
         """POST: RFC 8058 one-click (List-Unsubscribe=One-Click, urlencoded or multipart) or the page's button.
         The body is not needed: the signed token in the URL says who."""
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        body = await _capped_body(request)
+        if body is None:
             return self.page("Too large", "That request is too large.", status=413)
-        body = await request.body()
         token = request.query_params.get("token", "")
         how = "one-click unsubscribe" if b"one-click" in body.lower() else "unsubscribe page"
         email = await self.databases.write(signup.unsubscribe, self.secret, [self.list_id], token, self.clock(), how)
@@ -318,7 +418,8 @@ def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp
         routes=[
             Route("/healthz", web.healthz, methods=["GET"]),
             Route("/subscribe", web.subscribe, methods=["POST"]),
-            Route("/confirm", web.confirm, methods=["GET"]),
+            Route("/confirm", web.confirm_page, methods=["GET"]),
+            Route("/confirm", web.confirm, methods=["POST"]),
             Route("/unsubscribe", web.unsubscribe_page, methods=["GET"]),
             Route("/unsubscribe", web.unsubscribe, methods=["POST"]),
             Mount("/", app=web.archive),
@@ -327,10 +428,21 @@ def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp
     return _SecurityHeaders(app, web.origins)
 
 
-def serve(config: Config, db_path: Path, *, host: str, port: int) -> None:
-    """Run the application under uvicorn until Ctrl-C or SIGTERM. No access log: its lines would hold the
-    tokens of the URLs; X-Forwarded-For is trusted from the local reverse proxy only (uvicorn's default)."""
+def serve(config: Config, db_path: Path, *, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Run the application under uvicorn until Ctrl-C or SIGTERM. The port is taken first, so that a port in use
+    is one line and exit 2. No access log: its lines would hold the tokens of the URLs; X-Forwarded-For is
+    believed from the local reverse proxy only (uvicorn's default, FORWARDED_ALLOW_IPS)."""
     import uvicorn
 
     app = create_app(config, db_path)
-    uvicorn.run(app, host=host, port=port, access_log=False, proxy_headers=True, log_level="info")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise SetupError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    on_ready(f"http://{host}:{listener.getsockname()[1]}")
+    settings = uvicorn.Config(app, access_log=False, proxy_headers=True, log_level="info", lifespan="off")
+    uvicorn.Server(settings).run(sockets=[listener])

@@ -74,9 +74,14 @@ def request_subscription(db: sqlite_utils.Database, email: str, name: str, now: 
 
     A new address is pending until confirmed. An active one needs nothing. Someone who unsubscribed may come
     back through a new confirmation; a bounced or complained address is never mailed from a form. At most
-    `per_day` confirmation mails go to one address a day (UTC): a form cannot be used to flood an inbox."""
+    `per_day` confirmation mails go to one address a day (UTC): a form cannot be used to flood an inbox. Requests
+    never confirmed are forgotten once their last link has expired."""
     key, today, now_text = address_key(email), now.astimezone(UTC).date().isoformat(), store.iso(now)
     with store.transaction(db):
+        db.execute(
+            "DELETE FROM subscribers WHERE status = 'pending' AND source = 'form' AND updated_at < ?",
+            [store.iso(now - timedelta(days=CONFIRM_DAYS))],
+        )
         row = db.execute(
             "SELECT status, confirmations_sent, confirmation_day FROM subscribers WHERE email_key = ?", [key]
         ).fetchone()
@@ -94,9 +99,10 @@ def request_subscription(db: sqlite_utils.Database, email: str, name: str, now: 
         if sent >= per_day:
             return False
         db.execute(
-            "UPDATE subscribers SET confirmations_sent = ?, confirmation_day = ?, "
-            "name = CASE WHEN ? != '' AND status = 'pending' THEN ? ELSE name END WHERE email_key = ?",
-            [sent + 1, today, clean_name(name), clean_name(name), key],
+            "UPDATE subscribers SET confirmations_sent = ?, confirmation_day = ?, updated_at = CASE WHEN status = "
+            "'pending' THEN ? ELSE updated_at END, name = CASE WHEN ? != '' AND status = 'pending' THEN ? ELSE name "
+            "END WHERE email_key = ?",
+            [sent + 1, today, now_text, clean_name(name), clean_name(name), key],
         )
     return True
 
