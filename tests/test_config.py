@@ -354,7 +354,7 @@ def test_a_publish_folder_that_holds_the_newsletter_itself_is_refused(tmp_path, 
     path = tmp_path / "feeds.yaml"
     path.write_text(
         "newsletter:\n  site_url: https://news.example.com/\n"
-        f"feeds:\n  - url: https://a.example/feed\npublish:\n  dir: \"{folder}\"\n",
+        f'feeds:\n  - url: https://a.example/feed\npublish:\n  dir: "{folder}"\n',
         encoding="utf-8",
     )
     with pytest.raises(ConfigError) as error:
