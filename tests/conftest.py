@@ -50,6 +50,18 @@ def server():
 
 
 @pytest.fixture
+def site(tmp_path, server, monkeypatch):
+    """A newsletter folder with serve: and publish:, served by uvicorn on loopback (helpers/web.py); ada is in
+    its subscribers.csv."""
+    from helpers.web import SECRET, Site
+
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    made = Site(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
+    yield made
+    made.stop()
+
+
+@pytest.fixture
 def api(monkeypatch):
     """A fake of Buttondown's API on loopback, and the key digest reads from the environment."""
     monkeypatch.setenv("BUTTONDOWN_API_KEY", KEY)

@@ -23,14 +23,6 @@ from helpers.project import WEEK, make_project, subscribers
 from helpers.web import SECRET, Site, confirmation_link
 
 
-@pytest.fixture
-def site(tmp_path, server, monkeypatch):
-    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
-    made = Site(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
-    yield made
-    made.stop()
-
-
 def test_signup_sends_a_confirmation_link_that_activates_the_subscriber(site, server):
     answer = site.subscribe("grace@example.com", "Grace")
     assert answer.status_code == 200 and "Check your inbox" in answer.text

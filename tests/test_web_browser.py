@@ -15,15 +15,7 @@ from test_subscribers import next_week
 
 from helpers.browser import chromium
 from helpers.project import WEEK
-from helpers.web import SECRET, Site, confirmation_link
-
-
-@pytest.fixture
-def site(tmp_path, server, monkeypatch):
-    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
-    made = Site(tmp_path, server.port, [{"email": "ada@example.com", "name": "Ada", "status": "active"}])
-    yield made
-    made.stop()
+from helpers.web import confirmation_link
 
 
 def received_by(server, address: str) -> list[email.message.EmailMessage]:
