@@ -262,6 +262,37 @@ def _print_build(report: BuildReport, prefix: str = "") -> None:
 
 
 @app.command()
+def check(
+    ctx: typer.Context,
+    week: str | None = WEEK,
+    as_json: bool = AS_JSON,
+    links: bool = typer.Option(True, "--links/--no-links", help="Fetch every link (check.links in feeds.yaml)."),
+) -> None:
+    """What could go wrong with the week's issue: dead links, items already sent, placeholders, missing
+    summaries, the size. Exit 1 when there are errors, which `send` and `run` refuse unless --force."""
+    from .checks import check_issue
+
+    config = _config(ctx)
+    report = check_issue(config, _db(ctx), _week(config, week), links=None if links else False)
+    if as_json:
+        _json(
+            {
+                "issue": report.issue,
+                "errors": len(report.errors),
+                "warnings": len(report.warnings),
+                "links": report.links,
+                "fetched": report.fetched,
+                "findings": [asdict(finding) for finding in report.findings],
+            }
+        )
+    else:
+        for finding in report.findings:
+            _say(str(finding))
+        _say(report.summary)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+@app.command()
 def feeds(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
     """Feed health: last fetch, status, error, posts, consecutive failures."""
     from .collecting import feed_health
@@ -360,8 +391,9 @@ ALLOW_CLIPPED = typer.Option(
 FORCE = typer.Option(
     False,
     "--force",
-    help="Send although a receipt in the drafts folder says this issue began sending and the database "
-    "has no record of it, or give up a Buttondown request whose answer never came (everyone may get it twice).",
+    help="Send although the checks found errors (see digest check), or a receipt in the drafts folder says this "
+    "issue began sending and the database has no record of it; or give up a Buttondown request whose answer "
+    "never came (everyone may get it twice).",
 )
 
 
@@ -388,6 +420,8 @@ class _Sending:
     def on_plan(self, plan: SendPlan) -> None:
         for problem in plan.problems:
             _warn(f"{problem} (not mailed)")
+        for finding in plan.check.warnings if plan.check else []:
+            _warn(f"{finding.where}: {finding.message}")
         if plan.snapshot_note:
             _warn(plan.snapshot_note)
         if plan.recipients and sys.stdout.isatty():

@@ -109,6 +109,18 @@ COLLECT_RENAMED = {
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    """`check:`: how `digest check` (and `send` and `run`, which run it) checks the issue's links."""
+
+    links: bool = True  # fetch every link of the issue
+    timeout: float = setting(10.0, above=0, maximum=HOUR)  # seconds for one link, redirects included
+    concurrency: int = setting(16, minimum=1, maximum=1000)  # links in flight at once
+    per_host: int = setting(2, minimum=1, maximum=100)  # links in flight to one host: a polite visitor
+    cache_hours: float = setting(24.0, minimum=0, maximum=24 * 365)  # a link checked this recently is not fetched
+    private: bool = False  # also fetch links to loopback and private addresses (an intranet newsletter)
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     """`publish:`: the static archive `digest publish` writes (and `digest serve` serves)."""
 
@@ -147,6 +159,7 @@ class Config:
     backends: dict[str, Any] = field(default_factory=dict)  # backend name -> its settings (send/)
     drafts_dir: Path = Path("drafts")
     subscribers_path: Path = Path("subscribers.csv")
+    check: CheckSettings = field(default_factory=CheckSettings)
     publish: PublishSettings | None = None  # None: no `publish:` section (digest run does not publish)
     serve: ServeSettings | None = None  # None: no `serve:` section
     warnings: tuple[str, ...] = ()  # deprecated keys read: one line each, for the CLI to show
@@ -341,7 +354,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
 
 
 NOT_FOUND = "not found (run `digest init` to write a starter file)"
-TOP_LEVEL = {"newsletter", "feeds", "collect", "drafts_dir", "subscribers", "publish", "serve"}
+TOP_LEVEL = {"newsletter", "feeds", "collect", "drafts_dir", "subscribers", "check", "publish", "serve"}
 
 
 def database_path(config_path: Path, given: Path | None = None) -> Path:
@@ -366,6 +379,7 @@ def load_config(path: Path | str) -> Config:
     warnings: list[str] = []
     collect = read_section(top.sub("collect"), CollectSettings, warnings, COLLECT_RENAMED)
     settings = {name: backend.read_settings(top.sub(name), warnings, os.environ) for name, backend in backends.items()}
+    check = read_section(top.sub("check"), CheckSettings, warnings)
     publish = read_section(top.sub("publish"), PublishSettings, warnings) if "publish" in top.mapping else None
     serve = read_section(top.sub("serve"), ServeSettings, warnings) if "serve" in top.mapping else None
     if publish or serve:
@@ -374,6 +388,7 @@ def load_config(path: Path | str) -> Config:
     return Config(
         path=path,
         newsletter=newsletter,
+        check=check,
         publish=publish,
         serve=serve,
         feeds=feeds,

@@ -9,6 +9,7 @@
     │   ├── SendError                    a backend could not do its job (server, login, API)
     │   ├── Clipped                      the email is past Gmail's clipping limit
     │   ├── Unrecorded                   a receipt says an issue was sent, and the database knows nothing of it
+    │   ├── CheckFailed                  `digest check` found errors in the issue (a dead link, a placeholder)
     │   └── DatabaseProblem              the database is empty, newer than this digest, removed or unreadable
     └── TryLater                     (75) another digest holds the lock, or the database is busy
 
@@ -67,6 +68,10 @@ class Clipped(SendError):
 
 class Unrecorded(SendError):
     """The drafts folder's receipt says the issue began sending, and the database knows nothing of it."""
+
+
+class CheckFailed(Failed):
+    """The issue's checks found errors, and sending it anyway was not asked for (--force)."""
 
 
 class DatabaseProblem(Failed):

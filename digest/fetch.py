@@ -139,7 +139,7 @@ def configured_private(url: str) -> bool:
     return not ip.is_global and not ip.is_link_local
 
 
-_ALLOW_PRIVATE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_private", default=False)
+allow_private: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_private", default=False)
 
 
 async def _resolve(host: str, port: int) -> list[str]:
@@ -160,10 +160,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             addresses = await _resolve(host, port)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        allowed = [address for address in addresses if address_problem(address, _ALLOW_PRIVATE.get()) is None]
+        allowed = [address for address in addresses if address_problem(address, allow_private.get()) is None]
         if not allowed:
-            problem = address_problem(addresses[0], _ALLOW_PRIVATE.get())
-            raise httpcore.ConnectError(f"{_REFUSED}{host} is {addresses[0]}, {problem}")
+            problem = address_problem(addresses[0], allow_private.get())
+            raise httpcore.ConnectError(f"{REFUSED}{host} is {addresses[0]}, {problem}")
         return await self.inner.connect_tcp(
             allowed[0], port, timeout=timeout, local_address=local_address, socket_options=socket_options
         )
@@ -175,7 +175,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-_REFUSED = "refused to connect: "
+REFUSED = "refused to connect: "
 
 
 async def _check_redirect(url: str) -> None:
@@ -188,7 +188,7 @@ async def _check_redirect(url: str) -> None:
     except OSError:
         return  # the connection attempt will say it cannot resolve the name
     for address in addresses:
-        problem = address_problem(address, _ALLOW_PRIVATE.get())
+        problem = address_problem(address, allow_private.get())
         if problem:
             raise _Stop(f"redirected to {url[:200]}: refused, {parts.hostname} is {address}, {problem}", refused=True)
 
@@ -301,7 +301,7 @@ class Fetcher:
                 headers={"User-Agent": USER_AGENT, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
                 timeout=httpx.Timeout(self.settings.timeout),
                 follow_redirects=False,
-                transport=self.transport or _guarded_transport(tls, limits),
+                transport=self.transport or guarded_transport(tls, limits),
             )
             self.clients.append(await self._stack.enter_async_context(client))
         return self
@@ -316,7 +316,7 @@ class Fetcher:
             return await fetch_one(client, request, self.settings)
 
 
-def _guarded_transport(tls: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+def guarded_transport(tls: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     transport = httpx.AsyncHTTPTransport(verify=tls, limits=limits)
     pool = transport._pool  # httpx does not take a network backend; httpcore's pool does
     pool._network_backend = _GuardedBackend(pool._network_backend)
@@ -326,7 +326,7 @@ def _guarded_transport(tls: ssl.SSLContext, limits: httpx.Limits) -> httpx.Async
 async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: CollectSettings) -> FetchResult:
     """One feed, with retries, within one deadline; never raises: the result says what went wrong."""
     result = FetchResult(key=request.key, url=request.url)
-    allow = _ALLOW_PRIVATE.set(request.allow_private)
+    allow = allow_private.set(request.allow_private)
     attempts, last = 0, None
     try:
         async with asyncio.timeout(settings.deadline):
@@ -337,7 +337,7 @@ async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: 
                     return result
                 except (_Retryable, httpx.TimeoutException, httpx.TransportError) as exc:
                     last = _describe(exc, settings)
-                    if str(exc).startswith(_REFUSED):
+                    if str(exc).startswith(REFUSED):
                         _fail(result, str(exc), refused=True)
                         return result
                 if attempts >= settings.max_attempts:
@@ -354,7 +354,7 @@ async def fetch_one(client: httpx.AsyncClient, request: FetchRequest, settings: 
     except Exception as exc:  # whatever else one server can provoke is this feed's error, not the run's
         _fail(result, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     finally:
-        _ALLOW_PRIVATE.reset(allow)
+        allow_private.reset(allow)
     return result
 
 

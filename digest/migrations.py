@@ -203,3 +203,18 @@ def m006_subscribers(db: sqlite_utils.Database) -> None:
         DROP TABLE suppressions;
     """,
     )
+
+
+@migration
+def m007_link_checks(db: sqlite_utils.Database) -> None:
+    """What `digest check` found at each link (issue 12), kept a day so that a second check is fast: the
+    status of the last answer (after redirects), where the redirects led, the error when there was no answer,
+    and for an http:// link whether its https:// twin answered."""
+    _run(
+        db,
+        """
+        CREATE TABLE link_checks (
+            url TEXT PRIMARY KEY NOT NULL, checked_at TEXT NOT NULL, status INTEGER, final_url TEXT,
+            error TEXT, https_works INTEGER) WITHOUT ROWID;
+    """,
+    )

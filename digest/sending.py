@@ -21,9 +21,10 @@ from pathlib import Path
 import sqlite_utils
 
 from . import store
+from .checks import check_issue
 from .config import Config
 from .draft import draft_path, parse_draft, write_durably
-from .errors import Clipped, Failed, SetupError, Unrecorded
+from .errors import CheckFailed, Clipped, Failed, SetupError, Unrecorded
 from .lock import hold
 from .models import DeliveryStatus, Draft, IssueStatus
 from .render import GMAIL_CLIP_BYTES, render_issue
@@ -77,6 +78,12 @@ def plan_send(
     if not plan.draft.items:
         plan.done = f"{issue_id}: {path} has no items, nothing to send"
         return plan
+    if kept is None:  # a resumed send mails what its first subscribers got: nothing to check any more
+        plan.check = check_issue(config, db, issue_id, draft=plan.draft, size=False)
+        if plan.check.errors and dry_run:
+            plan.warnings += [f"{finding} (a real send refuses it without --force)" for finding in plan.check.errors]
+        elif plan.check.errors and not force:
+            raise CheckFailed(plan.check.refusal(path))
     plan.rendered = render_issue(plan.draft, config.newsletter, config.folder)
     plan.html_bytes = backend.html_bytes(plan)
     if plan.html_bytes > GMAIL_CLIP_BYTES and dry_run:

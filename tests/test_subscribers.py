@@ -42,6 +42,8 @@ def next_week(tmp_path: Path) -> str:
     """The draft of the week after WEEK, for a second send."""
     draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
     draft.issue = "2026-W15"
+    for item in draft.items:
+        item.url = f"{item.url}/next-week"  # new posts: the same ones would be refused as already sent
     write_draft(draft_path(tmp_path / "drafts", "2026-W15"), draft)
     return "2026-W15"
 

@@ -33,6 +33,7 @@ from ..settings import read_section
 from ..subscribers import Subscriber, address_key, read_subscribers
 
 if TYPE_CHECKING:
+    from ..checks import CheckReport
     from ..config import Config
     from ..errors import ConfigError
     from ..yamlfile import MappingReader
@@ -57,6 +58,7 @@ class SendPlan:
     warnings: list[str] = field(default_factory=list)  # what a real send would refuse, told by a dry run
     draft_text: str = ""  # the draft as sent: a resumed send sends what the first subscribers got
     snapshot_note: str | None = None  # the draft file changed since the send began
+    check: CheckReport | None = None  # what the checks found (none for a resumed send: its draft is fixed)
     rendered: RenderedIssue | None = None  # the email, rendered once for the size check and the send
     html_bytes: int = 0  # its HTML as the largest copy a subscriber gets
 

@@ -1,0 +1,176 @@
+"""`digest check`: placeholders, summaries, items already sent, and the issue's links fetched from a loopback
+site (200, 404, a redirect to the home page, a redirect chain, a timeout, a TLS failure); `send` refuses on
+errors unless --force."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import threading
+
+import pytest
+import yaml
+
+from digest import store
+from digest.draft import draft_path, read_draft, write_draft
+from digest.models import DraftItem
+
+from helpers.feeds import FeedServer, Route
+from helpers.project import WEEK, make_project
+from helpers.smtp import self_signed_certificate
+
+
+@pytest.fixture(autouse=True)
+def secret(monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a-long-random-secret-for-the-tests")
+
+
+def edit_draft(tmp_path, issue: str = WEEK, **changes):
+    path = draft_path(tmp_path / "drafts", issue)
+    draft = read_draft(path)
+    for name, value in changes.items():
+        setattr(draft, name, value)
+    write_draft(path, draft)
+    return draft
+
+
+def set_check(tmp_path, **settings) -> None:
+    config = tmp_path / "feeds.yaml"
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["check"] = settings
+    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def test_placeholders_are_errors_and_missing_words_are_warnings(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [], items=2)
+    draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+    draft.items[0].summary = "Write this TODO"
+    draft.items[1].summary = ""
+    edit_draft(tmp_path, intro="", subject="A subject that goes on and on " * 3, sections=draft.sections)
+    code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+    assert code == 1
+    lines = out.splitlines()
+    assert any(line.startswith("error: News #1 ") and line.endswith("a placeholder is left: TODO") for line in lines)
+    assert "warning: intro: empty" in lines
+    assert any(line.startswith("warning: News #2 ") and line.endswith("no summary") for line in lines)
+    assert "warning: subject: 90 characters: inboxes cut it past 78" in lines
+    assert lines[-1].startswith(f"check {WEEK}: 1 error(s), 3 warning(s); links not checked in ")
+    code, out, _ = run_cli("check", "--week", WEEK, "--json", cwd=tmp_path)
+    assert json.loads(out)["errors"] == 1
+    code, _, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 1 and err.startswith(f"error: {WEEK}: 1 error(s) found by the checks: News #1 ")
+    assert "add --force to send it as it is" in err and not server.messages
+
+
+def test_an_item_sent_in_an_earlier_issue_is_an_error_even_behind_tracking_and_http(tmp_path, server, run_cli):
+    make_project(tmp_path, server.port, [{"email": "ada@example.com", "name": "", "status": "active"}], items=2)
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+    draft.issue = "2026-W15"
+    draft.sections[0].items = [
+        DraftItem(title="Again", url="http://blog.example.com/0?utm_source=x", summary="Seen before."),
+        DraftItem(title="New", url="https://blog.example.com/new", summary="Never sent."),
+    ]
+    write_draft(draft_path(tmp_path / "drafts", "2026-W15"), draft)
+    code, out, _ = run_cli("check", "--week", "2026-W15", cwd=tmp_path)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert code == 1 and errors == [
+        f"error: News #1 “Again”: already sent in {WEEK}: http://blog.example.com/0?utm_source=x"
+    ]
+    assert run_cli("send", "--week", "2026-W15", "--yes", cwd=tmp_path)[0] == 1
+    code, _, err = run_cli("send", "--week", "2026-W15", "--yes", "--force", cwd=tmp_path)
+    assert code == 0, err
+    assert [message.rcpt for message in server.messages] == ["ada@example.com", "ada@example.com"]
+
+
+class _TlsServer:
+    """An HTTPS server whose certificate nobody trusts (self-signed): a TLS failure for the link checker."""
+
+    def __init__(self, directory):
+        cert, key = self_signed_certificate(directory)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/page"
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_links_are_fetched_judged_and_remembered_for_a_day(tmp_path, server, run_cli):
+    site = FeedServer().start()
+    tls = _TlsServer(tmp_path)
+    try:
+        html = {"Content-Type": "text/html"}
+        site.routes.update(
+            {
+                "/": Route(b"home", headers=html),
+                "/ok": Route(b"fine", headers=html),
+                "/gone": Route(b"no", status=404, headers=html),
+                "/moved": Route(status=301, headers={"Location": site.url("/")}),
+                "/chain": Route(status=302, headers={"Location": site.url("/chain2")}),
+                "/chain2": Route(status=302, headers={"Location": site.url("/ok")}),
+                "/slow": Route(b"late", delay=3, headers=html),
+            }
+        )
+        make_project(tmp_path, server.port, [], items=0)
+        draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+        draft.sections[0].items = [
+            DraftItem(title=path, url=site.url(path), summary="s") for path in ("/ok", "/gone", "/moved", "/chain")
+        ] + [
+            DraftItem(title="slow", url=site.url("/slow"), summary="s"),
+            DraftItem(title="tls", url=tls.url, summary="s"),
+        ]
+        write_draft(draft_path(tmp_path / "drafts", WEEK), draft)
+        edit_draft(tmp_path, intro=f"Read {site.url('/ok')}.")
+        set_check(tmp_path, links=True, private=True, timeout=1)
+        code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+        findings = [line for line in out.splitlines() if line.startswith(("error", "warning"))]
+        assert code == 1
+        assert findings[0] == f"error: News #2 “/gone”: {site.url('/gone')} answers 404"
+        assert findings[1] == (
+            f"warning: News #3 “/moved”: {site.url('/moved')} redirects to the site's home page ({site.url('/')})"
+        )
+        assert findings[2] == f"warning: News #5 “slow”: {site.url('/slow')}: no answer within 1 s"
+        assert findings[3].startswith(f"warning: News #6 “tls”: {tls.url}: TLS: ") and "CERTIFICATE" in findings[3]
+        assert len(findings) == 4  # /ok, the /chain to it, and the intro's link to it are fine
+        assert out.splitlines()[-1].startswith(f"check {WEEK}: 1 error(s), 3 warning(s); 6 links (6 fetched now)")
+        assert ("/ok", "HEAD") not in site.requests  # the loopback site answers HEAD 501: GET was used
+
+        requests = len(site.requests)
+        code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+        assert code == 1 and "6 links (0 fetched now)" in out.splitlines()[-1] and len(site.requests) == requests
+        db = store.open_db(tmp_path / "digest.db")
+        db.execute("UPDATE link_checks SET checked_at = '2020-01-01T00:00:00+00:00'")  # a day old and more
+        code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+        assert "6 links (6 fetched now)" in out.splitlines()[-1]
+    finally:
+        site.stop()
+        tls.stop()
+
+
+def test_links_to_this_machine_are_not_fetched_unless_allowed(tmp_path, server, run_cli):
+    site = FeedServer().start()
+    try:
+        site.routes["/ok"] = Route(b"fine")
+        make_project(tmp_path, server.port, [], items=0)
+        draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+        draft.sections[0].items = [DraftItem(title="internal", url=site.url("/ok"), summary="s")]
+        write_draft(draft_path(tmp_path / "drafts", WEEK), draft)
+        set_check(tmp_path, links=True)
+        code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+        assert (
+            code == 0
+            and (
+                "cannot connect: refused to connect: 127.0.0.1 is 127.0.0.1, a loopback or private address "
+                "(check.private: true fetches such links)"
+            )
+            in out
+        )
+        assert not site.requests
+    finally:
+        site.stop()
