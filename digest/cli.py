@@ -532,7 +532,12 @@ def run(
                 _say(f"build {step.issue}: nothing new this week, nothing sent")
             else:
                 _print_build(step.built, prefix="build ")
-        told.update(name for name in ("resumed", "collected", "built") if getattr(step, name))
+        if step.approval is not None and "approval" not in told:
+            for line in step.approval.lines:
+                _say(line)
+            for finding in step.approval.check.warnings if step.approval.check else []:
+                _warn(f"{finding.where}: {finding.message}")
+        told.update(name for name in ("resumed", "collected", "built", "approval") if getattr(step, name))
 
     try:
         with _Progress(len(config.feeds), "Collecting", quiet=quiet) as on_feed:
@@ -572,6 +577,33 @@ def unsubscribe(
 
     email, new = unsubscribe_address(_config(ctx), _db(ctx), address)
     _say(f"{email}: unsubscribed" if new else f"{email}: already unsubscribed or bounced, nothing to do")
+
+
+@app.command()
+def status(ctx: typer.Context, week: str | None = WEEK) -> None:
+    """Where the week's issue stands: collected, built, checked, approved, sending, sent, with counts."""
+    from .jobs import week_status
+
+    config = _config(ctx)
+    for line in week_status(config, _db(ctx), _week(config, week)):
+        _say(line)
+
+
+@app.command()
+def approve(ctx: typer.Context, week: str | None = WEEK) -> None:
+    """Approve the week's draft as it is now: with approval: required, the next digest run sends it. Editing
+    the draft afterwards voids the approval. A draft the checks find errors in is refused: fix it (or send it
+    yourself with digest send --force)."""
+    from datetime import UTC, datetime
+
+    from .approval import approve as approve_issue
+
+    config = _config(ctx)
+    issue_id = _week(config, week)
+    digest, check = approve_issue(config, _db(ctx), issue_id, now=datetime.now(UTC))
+    for finding in check.findings:
+        _say(str(finding))
+    _say(f"{issue_id}: approved (draft {digest[:12]}); the next digest run sends it")
 
 
 # --- the web side: publish, serve -------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import re
 import string
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, time
 from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +48,9 @@ class Newsletter:
     reason: str = "You are receiving this email because you subscribed to this newsletter."
     list_id: str | None = None  # the List-Id header's id (RFC 2919); derived from title and site_url when None
     stale_after_weeks: int = 4  # posts dated longer before the issue's week are held back for the editor
+    approval: str = "none"  # "required": `digest run` mails the editors a review copy and sends only once approved
+    editors: tuple[str, ...] = ()  # who gets the review copies
+    approval_deadline: tuple[int, time] | None = None  # (weekday, Monday 0; time): send unapproved after it
 
     @property
     def tz(self) -> ZoneInfo:
@@ -207,7 +210,9 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         "postal_address": "postal_address",
         "reason": "reason",
     }
-    reader.check_keys(set(fields) | {"sections", "list_id", "stale_after_weeks"})
+    reader.check_keys(
+        set(fields) | {"sections", "list_id", "stale_after_weeks", "approval", "editors", "approval_deadline"}
+    )
     values: dict[str, Any] = {}
     for key, attr in fields.items():
         value = reader.get(key, str)
@@ -238,6 +243,7 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise reader.error("timezone", f"unknown time zone {timezone!r}") from None
+    _approval(reader, values)
     sections = reader.words("sections")
     if sections:
         if len(set(sections)) != len(sections):
@@ -271,6 +277,31 @@ def _web_defaults(top: MappingReader, newsletter: Newsletter, section: str, serv
         archive_url=newsletter.archive_url or site_url + "issues/{issue}/",
         unsubscribe_url=unsubscribe_url,
     )
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _approval(reader: MappingReader, values: dict[str, Any]) -> None:
+    """approval (none or required), editors (addresses), approval_deadline ("friday 17:00")."""
+    approval = (reader.get("approval", str) or "none").strip()
+    if approval not in ("none", "required"):
+        raise reader.error("approval", f"must be none or required, got {approval!r}")
+    editors = reader.words("editors")
+    for editor in editors:
+        if not is_valid_email(editor):
+            raise reader.error("editors", f"not an address: {editor!r}")
+    if approval == "required" and not editors:
+        raise reader.error("approval", "required: list the editors who get the review copy (editors: [...])")
+    values.update(approval=approval, editors=editors)
+    deadline = reader.get("approval_deadline", str)
+    if deadline is not None:
+        match = re.fullmatch(r"\s*([a-z]+)\s+(\d{1,2}):(\d\d)\s*", deadline.lower())
+        if not match or match[1] not in WEEKDAYS or int(match[2]) > 23 or int(match[3]) > 59:
+            raise reader.error(
+                "approval_deadline", f"must be a weekday and a time, such as 'friday 17:00', got {deadline!r}"
+            )
+        values["approval_deadline"] = (WEEKDAYS.index(match[1]), time(int(match[2]), int(match[3])))
 
 
 def _mailbox(reader: MappingReader, key: str, value: str) -> str:

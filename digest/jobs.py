@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 import sqlite_utils
 
 from . import store
+from .approval import Decision, approval_started, decide
 from .collecting import CollectReport, FeedReport, collect
 from .config import Config
 from .credentials import env_secret
@@ -168,6 +169,7 @@ class WeekReport:
     built: BuildReport | None = None
     sent: SendReport | None = None
     published: PublishReport | None = None  # with publish: in feeds.yaml, the archive after a complete send
+    approval: Decision | None = None  # with approval: required, what was decided (send, or wait for the editor)
 
     @property
     def problem(self) -> str | None:
@@ -220,14 +222,20 @@ def run_week(
         if not force:
             check_receipts(config, db)  # before collecting into the draft of a lost send
         report.resumed = sending_began(db, report.issue)
+        needs_approval = config.newsletter.approval == "required"
         if report.resumed:
             step(report)
-        else:
+        elif not (needs_approval and approval_started(db, report.issue)):
             report.collected = collect(config, db, now=now, on_feed=on_feed)
             step(report)
             report.built = _build(config, db, report.issue, now=now, force=force)
             step(report)
             if report.built.outcome == "empty":
+                return report
+        if needs_approval and not report.resumed:
+            report.approval = decide(config, db, report.issue, now)
+            step(report)
+            if not report.approval.send:
                 return report
         report.sent = send_locked(
             config,
@@ -305,3 +313,56 @@ def export_subscribers(db: sqlite_utils.Database, stream: TextIO, *, status: str
         writer.writerow([spreadsheet_safe(row[column] or "") for column in EXPORT_COLUMNS])
         count += 1
     return count
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> list[str]:
+    """Where the week's issue stands, one line a stage: collected, built, checked, approved, sending, sent.
+    The checks run without fetching links (their last answers, when `digest check` or a run fetched them
+    within check.cache_hours, count)."""
+    from .approval import draft_hash
+    from .checks import check_issue
+
+    issue = store.get_issue(db, issue_id) or {}
+    fetched = db.execute("SELECT max(last_fetched_at), sum(last_error IS NOT NULL) FROM feeds").fetchone()
+    posts = db.execute("SELECT count(*) FROM posts").fetchone()[0]
+    lines = [
+        f"{issue_id}",
+        f"  collected: {posts:,} posts stored; last collect {fetched[0] or 'never'}"
+        + (f", {fetched[1]} feed(s) failing" if fetched[1] else ""),
+    ]
+    path = draft_path(config.drafts_dir, issue_id)
+    if not path.exists():
+        lines.append(f"  built:     no draft yet ({path})")
+        return lines
+    text = path.read_text(encoding="utf-8")
+    draft = read_draft(path)
+    held = draft.held_more + draft.held_stale
+    lines.append(
+        f"  built:     {issue.get('built_at') or 'by hand'}; {len(draft.items)} items in the email"
+        + (f", {held} held back" if held else "")
+    )
+    check = check_issue(config, db, issue_id, draft=draft, links=False)
+    lines.append(
+        f"  checked:   {len(check.errors)} error(s), {len(check.warnings)} warning(s) (digest check for links)"
+    )
+    if config.newsletter.approval == "required":
+        if issue.get("approved_hash") == draft_hash(text):
+            approval = f"approved at {issue['approved_at']}"
+        elif issue.get("approved_hash"):
+            approval = "approval void: the draft changed after it"
+        else:
+            approval = "not approved" + (
+                f"; review copy mailed at {issue['reviewed_at']}" if issue.get("reviewed_at") else ""
+            )
+        lines.append(f"  approved:  {approval}")
+    counts = store.delivery_counts(db, issue_id)
+    status = issue.get("status", "draft")
+    if status == "draft":
+        lines.append("  sent:      not yet")
+    else:
+        shown = ", ".join(f"{count:,} {name}" for name, count in sorted(counts.items()))
+        lines.append(f"  {status + ':':<10} {issue.get('backend') or ''} {shown}".rstrip())
+    return lines

@@ -218,3 +218,18 @@ def m007_link_checks(db: sqlite_utils.Database) -> None:
             error TEXT, https_works INTEGER) WITHOUT ROWID;
     """,
     )
+
+
+@migration
+def m008_approval(db: sqlite_utils.Database) -> None:
+    """Approval before the schedule sends (issue 12): the hash of the draft a review copy was last mailed for,
+    and of the draft the editor approved; editing the draft after approval voids it."""
+    _run(
+        db,
+        """
+        ALTER TABLE issues ADD COLUMN review_hash TEXT;
+        ALTER TABLE issues ADD COLUMN reviewed_at TEXT;
+        ALTER TABLE issues ADD COLUMN approved_hash TEXT;
+        ALTER TABLE issues ADD COLUMN approved_at TEXT;
+    """,
+    )

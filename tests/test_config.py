@@ -377,3 +377,30 @@ def test_the_web_side_needs_site_url_and_gives_the_links_their_defaults(tmp_path
     assert newsletter.site_url == "https://news.example.com/letters/"
     assert newsletter.archive_url == "https://news.example.com/letters/issues/{issue}/"
     assert newsletter.unsubscribe_url == "https://news.example.com/letters/unsubscribe?token={token}"
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "words"),
+    [
+        ("  approval: maybe\n", "newsletter.approval", "must be none or required"),
+        ("  approval: required\n", "newsletter.approval", "list the editors"),
+        ("  approval: required\n  editors: [not-an-address]\n", "newsletter.editors", "not an address"),
+        ("  approval_deadline: someday 17:00\n", "newsletter.approval_deadline", "a weekday and a time"),
+        ("  approval_deadline: friday 25:00\n", "newsletter.approval_deadline", "a weekday and a time"),
+    ],
+)
+def test_approval_settings_are_checked(tmp_path, settings, field, words):
+    text = "newsletter:\n" + settings + "feeds:\n  - url: https://a.example/feed\n"
+    error = error_of(write(tmp_path, text))
+    assert f" {field}: " in str(error) and words in str(error)
+
+
+def test_approval_settings_are_read(tmp_path):
+    text = (
+        "newsletter:\n  approval: required\n  editors: [ed@example.com, jo@example.com]\n"
+        "  approval_deadline: Friday 17:30\nfeeds:\n  - url: https://a.example/feed\n"
+    )
+    newsletter = load_config(write(tmp_path, text)).newsletter
+    assert newsletter.editors == ("ed@example.com", "jo@example.com")
+    assert newsletter.approval_deadline is not None and newsletter.approval_deadline[0] == 4
+    assert str(newsletter.approval_deadline[1]) == "17:30:00"

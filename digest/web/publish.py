@@ -192,7 +192,7 @@ class _Publisher:
             },
             folder,
         )
-        self._write(issue.page, _with_head_links(_after_body_tag(html, nav), self._feed_links()), key)
+        self._write(issue.page, _with_head_links(after_body_tag(html, nav), self._feed_links()), key)
 
     def _feed_links(self) -> str:
         title = escape(one_line(self.config.newsletter.title), quote=True)
@@ -381,7 +381,7 @@ def _archive_url_warnings(config: Config, url: str) -> list[str]:
     return []
 
 
-def _after_body_tag(html: str, fragment: str) -> str:
+def after_body_tag(html: str, fragment: str) -> str:
     """`fragment` right after the <body> tag (any template's: an override has its own), else after the doctype."""
     match = _BODY_TAG.search(html) or _DOCTYPE.match(html)
     end = match.end() if match else 0

@@ -1,0 +1,97 @@
+"""Approval before the schedule sends, end to end with aiosmtpd and a loopback feed: run → review copy →
+edit → voided → approve → run sends → run does nothing; and the deadline that sends without the editor."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+
+import yaml
+from test_run import WEEK, project  # noqa: F401  (the fixture: two posts of WEEK on a loopback feed)
+
+from digest.draft import draft_path, read_draft, write_draft
+
+EDITOR = "editor@example.com"
+
+
+def require_approval(directory, **more) -> None:
+    config = directory / "feeds.yaml"
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["newsletter"].update(approval="required", editors=[EDITOR], **more)
+    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def to_editor(server) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(message.data, policy=policy.default)
+        for message in server.messages
+        if message.rcpt == EDITOR
+    ]
+
+
+def to_subscribers(server) -> list[str]:
+    return [message.rcpt for message in server.messages if message.rcpt != EDITOR]
+
+
+def edit_title(directory, title: str) -> None:
+    path = draft_path(directory / "drafts", WEEK)
+    draft = read_draft(path)
+    draft.items[0].title = title
+    write_draft(path, draft)
+
+
+def test_the_schedule_sends_only_what_the_editor_approved(project, server, feed_server, run_cli):  # noqa: F811
+    require_approval(project)
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    assert f"{WEEK}: review copy mailed to {EDITOR}" in out and "waiting for approval" in out
+    reviews = to_editor(server)
+    assert len(reviews) == 1 and reviews[0]["Subject"].startswith("[Review] ")
+    html = reviews[0].get_body(("html",)).get_content()
+    assert f"digest approve --week {WEEK}" in html and "warning: intro: empty" in html
+    assert not to_subscribers(server)
+
+    fetched = len(feed_server.requests)
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    assert code == 0 and "waiting for approval" in out and "review copy mailed" not in out
+    assert len(to_editor(server)) == 1 and len(feed_server.requests) == fetched  # the draft is the editor's now
+
+    edit_title(project, "A better title")
+    run_cli("run", "--yes", cwd=project)
+    assert len(to_editor(server)) == 2 and not to_subscribers(server)  # the edited draft, reviewed again
+
+    assert run_cli("approve", "--week", WEEK, cwd=project)[0] == 0
+    edit_title(project, "An even better title")
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    assert "the draft changed after it was approved: the approval is void" in out
+    assert len(to_editor(server)) == 3 and not to_subscribers(server)
+
+    code, out, _ = run_cli("status", "--week", WEEK, cwd=project)
+    assert "  approved:  approval void: the draft changed after it" in out.splitlines()
+    code, out, _ = run_cli("approve", "--week", WEEK, cwd=project)
+    assert code == 0 and out.splitlines()[-1].startswith(f"{WEEK}: approved (draft ")
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    assert f"{WEEK}: approved at " in out and f"send {WEEK} via smtp: 3 sent" in out
+    assert len(to_subscribers(server)) == 3 and len(to_editor(server)) == 3
+    code, out, _ = run_cli("status", "--week", WEEK, cwd=project)
+    assert "  sent:      smtp 3 sent" in out.splitlines()
+
+    code, out, _ = run_cli("run", "--yes", cwd=project)
+    assert code == 0 and out.startswith(f"{WEEK}: already sent") and len(to_subscribers(server)) == 3
+
+
+def test_a_draft_with_errors_cannot_be_approved(project, server, run_cli):  # noqa: F811
+    require_approval(project)
+    run_cli("run", "--yes", cwd=project)
+    edit_title(project, "TK: find a title")
+    code, _, err = run_cli("approve", "--week", WEEK, cwd=project)
+    assert code == 1 and "a placeholder is left: TK" in err and err.rstrip().endswith("then approve it")
+
+
+def test_past_the_deadline_a_draft_without_errors_goes_unapproved(project, server, run_cli):  # noqa: F811
+    require_approval(project, approval_deadline="monday 09:00")  # WEEK is last week: long past
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    assert "the approval deadline (Mon 09:00) has passed and the checks found no error; sending" in out
+    assert len(to_subscribers(server)) == 3 and not to_editor(server)
