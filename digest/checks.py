@@ -29,7 +29,7 @@ from . import store
 from .config import CheckSettings, Config
 from .draft import draft_path, read_draft
 from .models import Draft
-from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue
+from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
 from .urls import clean_url, url_key
 
 ERROR, WARNING = "error", "warning"
@@ -122,17 +122,16 @@ def _items(draft: Draft) -> Iterable[tuple[str, str, str, str | None]]:
 
 def content_findings(draft: Draft) -> list[Finding]:
     findings = []
-    texts = [("subject", draft.subject), ("intro", draft.intro)]
+    subject = resolve_subject(draft)
+    texts = [("subject", subject), ("intro", draft.intro)]
     if draft.sponsor is not None:
         texts += [("sponsor", f"{draft.sponsor.title}\n{draft.sponsor.text}")]
     texts += [(where, f"{title}\n{summary}") for where, title, summary, _ in _items(draft)]
     for where, text in texts:
         for word in dict.fromkeys(PLACEHOLDER.findall(text or "")):
             findings.append(Finding(ERROR, where, f"a placeholder is left: {word}"))
-    if len(draft.subject) > SUBJECT_CHARS:
-        findings.append(
-            Finding(WARNING, "subject", f"{len(draft.subject)} characters: inboxes cut it past {SUBJECT_CHARS}")
-        )
+    if len(subject) > SUBJECT_CHARS:
+        findings.append(Finding(WARNING, "subject", f"{len(subject)} characters: inboxes cut it past {SUBJECT_CHARS}"))
     if not (draft.intro or "").strip():
         findings.append(Finding(WARNING, "intro", "empty"))
     empty = [section.title for section in draft.sections if not section.items and not section.more]

@@ -26,7 +26,7 @@ from .subscribers import is_valid_email
 from .text import one_line
 from .yamlfile import MappingReader, YamlNode, check_url, load_yaml_with_lines, read_text_file
 
-DEFAULT_SECTIONS = ("News", "Articles", "Videos", "Projects", "Jobs")
+DEFAULT_SECTIONS = ("News", "Articles", "Events", "Videos", "Projects", "Jobs")
 DEFAULT_SUBJECT = "{title}: {start:%b %-d} – {end:%b %-d, %Y}"
 # RFC 2919's list-id: a dot-atom whose last part is a domain ("weekly.digest.example.com").
 _LIST_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+$")
@@ -252,10 +252,18 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
     newsletter = Newsletter(**values)
     try:
         sample = newsletter.subject.format(
-            title=newsletter.title, issue="2026-W01", start=date(2026, 1, 5), end=date(2026, 1, 11)
+            title=newsletter.title,
+            issue="2026-W01",
+            start=date(2026, 1, 5),
+            end=date(2026, 1, 11),
+            lead="The lead story",
+            number=1,
         )
     except (KeyError, IndexError, ValueError, AttributeError, TypeError, OverflowError, MemoryError) as exc:
-        problem = f"bad pattern ({exc or type(exc).__name__}); use {{title}}, {{issue}}, {{start}}, {{end}}"
+        problem = (
+            f"bad pattern ({exc or type(exc).__name__}); use {{title}}, {{issue}}, {{start}}, {{end}}, {{lead}}, "
+            f"{{number}}"
+        )
         raise reader.error("subject", problem) from None
     if "\r" in sample or "\n" in sample:
         raise reader.error("subject", "must give one line (no line breaks)")

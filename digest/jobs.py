@@ -66,9 +66,14 @@ class BuildReport:
         return line
 
 
-def subject_for(config: Config, issue_id: str) -> str:
+def subject_for(config: Config, db: sqlite_utils.Database, issue_id: str) -> str:
+    """The subject of a new draft: {number} is the issues sent before this one plus one; {lead} stays in the
+    draft, filled in with the first item's title whenever it is rendered (render.resolve_subject)."""
     start, end = week_dates(issue_id)
-    return config.newsletter.subject.format(title=config.newsletter.title, issue=issue_id, start=start, end=end)
+    number = db.execute("SELECT count(*) + 1 FROM issues WHERE status = 'sent' AND id < ?", [issue_id]).fetchone()[0]
+    return config.newsletter.subject.format(
+        title=config.newsletter.title, issue=issue_id, start=start, end=end, lead="{lead}", number=number
+    )
 
 
 def build(
@@ -100,7 +105,7 @@ def _build(
     elif not fresh:
         return BuildReport(issue=issue_id, outcome="empty")
     else:
-        draft = new_draft(issue_id, subject_for(config, issue_id), list(config.newsletter.sections))
+        draft = new_draft(issue_id, subject_for(config, db, issue_id), list(config.newsletter.sections))
     offered_links = {post["url_key"] for post in store.offered_posts(db, issue_id) if post["url_key"]}
     added = add_posts(draft, fresh, config.newsletter.sections, config.newsletter.tz, offered_links)
     rendered = render_issue(draft, config.newsletter, config.folder)  # first: a broken template changes nothing

@@ -19,6 +19,7 @@ import html as html_lib
 import logging
 import re
 import textwrap
+import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -56,6 +57,17 @@ def _wrap(text: str, width: int = TEXT_WIDTH) -> str:
     return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False) if text else ""
 
 
+def columns(text: str) -> int:
+    """How many columns a terminal gives the text: a wide character (an emoji, CJK) takes two, a combining
+    mark or a joiner none. For the text version's underlines."""
+    width = 0
+    for character in text:
+        if unicodedata.combining(character) or unicodedata.category(character) in ("Mn", "Cf") or character == "\ufe0f":
+            continue
+        width += 2 if unicodedata.east_asian_width(character) in ("W", "F") else 1
+    return width
+
+
 def template_folders(folder: Path | None) -> list[Path]:
     """Where templates are looked for, first first: the newsletter folder's own, then the built-in ones."""
     return ([folder / OVERRIDES] if folder is not None else []) + [BUILT_IN_TEMPLATES]
@@ -74,6 +86,7 @@ def _environment(folder: Path | None, autoescape: bool) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["wrap"] = _wrap
+    env.filters["columns"] = columns
     return env
 
 
@@ -136,9 +149,10 @@ class _More:
 
 @dataclass(frozen=True)
 class _Section:
-    title: str
+    title: str  # without its emoji
     items: tuple[_Item, ...]
     more: tuple[_More, ...]
+    emoji: str = ""  # a heading's leading emoji ("📰 News"): shown, hidden from screen readers
 
 
 @dataclass(frozen=True)
@@ -210,7 +224,28 @@ def _section(section: DraftSection) -> _Section:
         for group in section.more
         if group.items
     )
-    return _Section(title=_one_line(section.title), items=tuple(items), more=more)
+    emoji, title = split_emoji(_one_line(section.title))
+    return _Section(title=title, items=tuple(items), more=more, emoji=emoji)
+
+
+def split_emoji(heading: str) -> tuple[str, str]:
+    """("📰", "News") from "📰 News": the leading symbols (emoji, their joiners and variation selectors), and
+    the words a screen reader should read."""
+    end = 0
+    while end < len(heading) and (
+        unicodedata.category(heading[end]) in ("So", "Sk", "Mn", "Cf") or heading[end] in "\ufe0f\u200d"
+    ):
+        end += 1
+    if end == 0 or not heading[end:].strip():
+        return "", heading
+    return heading[:end], heading[end:].strip()
+
+
+def resolve_subject(draft: Draft) -> str:
+    """The draft's subject with {lead}, the first item's title, filled in as the draft stands now (the editor
+    may reorder the items after the build)."""
+    items = draft.items
+    return draft.subject.replace("{lead}", _one_line(items[0].title) if items else "")
 
 
 def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict:
@@ -234,7 +269,7 @@ def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict
     return {
         "lang": _one_line(newsletter.language) or "en",
         "title": _one_line(newsletter.title),
-        "subject": _one_line(draft.subject),
+        "subject": _one_line(resolve_subject(draft)),
         "dates": format_dates(draft.week_start, draft.week_end),
         "issue": draft.issue,
         "preheader": build_preheader(draft),

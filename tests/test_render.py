@@ -360,3 +360,58 @@ def test_header_footer_and_width(big):
 def test_dates_across_a_year():
     draft = make_draft(1, 1, issue="2026-W01", week_start=date(2025, 12, 29), week_end=date(2026, 1, 4))
     assert "Dec 29, 2025 – Jan 4, 2026" in render_issue(draft, NEWSLETTER).text
+
+
+@pytest.mark.parametrize(
+    ("heading", "parts"),
+    [
+        ("📰 News", ("📰", "News")),
+        ("🎟️ Events", ("🎟️", "Events")),
+        ("👩‍💻 Jobs", ("👩‍💻", "Jobs")),
+        ("News", ("", "News")),
+        ("📰", ("", "📰")),
+        ("C++ news", ("", "C++ news")),
+    ],
+)
+def test_a_headings_leading_emoji_is_told_apart_from_its_words(heading, parts):
+    from digest.render import split_emoji
+
+    assert split_emoji(heading) == parts
+
+
+def test_an_emoji_heading_is_shown_and_hidden_from_screen_readers():
+    draft = Draft(
+        issue="2026-W14",
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="Digest: {lead}",
+        sections=[
+            DraftSection(
+                title="📰 News",
+                items=[DraftItem(title="First story", url="https://a.example/1"), DraftItem(title="Second")],
+            )
+        ],
+    )
+    rendered = render_issue(draft, Newsletter())
+    assert '<span aria-hidden="true">📰</span> News</h2>' in rendered.html
+    assert "\n📰 News\n=======\n" in rendered.text
+    assert rendered.subject == "Digest: First story"
+    draft.sections[0].items.reverse()  # the editor put another story first
+    assert render_issue(draft, Newsletter()).subject == "Digest: Second"
+
+
+def test_a_new_drafts_subject_counts_the_issues_sent_before_it(tmp_path):
+    from digest import store
+    from digest.config import load_config
+    from digest.jobs import subject_for
+
+    (tmp_path / "feeds.yaml").write_text(
+        "newsletter:\n  title: Digest\n  subject: '{title} #{number}: {lead}'\nfeeds:\n  - url: https://a.example/f\n",
+        encoding="utf-8",
+    )
+    config = load_config(tmp_path / "feeds.yaml")
+    db = store.open_db(tmp_path / "digest.db")
+    assert subject_for(config, db, "2026-W14") == "Digest #1: {lead}"
+    db.execute("INSERT INTO issues (id, status, created_at) VALUES ('2026-W13', 'sent', '2026-03-27T00:00:00+00:00')")
+    db.execute("INSERT INTO issues (id, status, created_at) VALUES ('2026-W12', 'draft', '2026-03-20T00:00:00+00:00')")
+    assert subject_for(config, db, "2026-W14") == "Digest #2: {lead}"
