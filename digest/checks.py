@@ -91,10 +91,12 @@ def check_issue(
     draft: Draft | None = None,
     links: bool | None = None,
     size: bool = True,
+    fetch: bool = True,
     now: datetime | None = None,
 ) -> CheckReport:
     """Every check of the issue's draft (read from drafts/ unless given). `links` overrides check.links; `size`
-    False leaves the size to the caller (a send measures the copy its backend sends)."""
+    False leaves the size to the caller (a send measures the copy its backend sends); `fetch` False judges the
+    links by their cached answers only (the preview, at every save)."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     draft = draft or read_draft(draft_path(config.drafts_dir, issue_id))
@@ -104,7 +106,7 @@ def check_issue(
         report.findings += size_findings(config, draft)
     report.findings += already_sent_findings(db, draft)
     if config.check.links if links is None else links:
-        report.links, report.fetched, found = link_findings(db, config.check, issue_links(draft), now)
+        report.links, report.fetched, found = link_findings(db, config.check, issue_links(draft), now, fetch=fetch)
         report.findings += found
     report.seconds = time.perf_counter() - started
     return report
@@ -209,12 +211,13 @@ class LinkResult:
 
 
 def link_findings(
-    db: sqlite_utils.Database, settings: CheckSettings, links: dict[str, str], now: datetime
+    db: sqlite_utils.Database, settings: CheckSettings, links: dict[str, str], now: datetime, *, fetch: bool = True
 ) -> tuple[int, int, list[Finding]]:
-    """(links, fetched now, findings): each link fetched unless its answer is cached, the new answers kept."""
+    """(links, fetched now, findings): each link fetched unless its answer is cached, the new answers kept;
+    without `fetch`, a link with no cached answer is left out."""
     since = store.iso(now - timedelta(hours=settings.cache_hours))
     results = {url: _cached(db, url, since) for url in links}
-    stale = [url for url, result in results.items() if result is None]
+    stale = [url for url, result in results.items() if result is None] if fetch else []
     if stale:
         fetched = asyncio.run(_fetch_all(stale, settings))
         with store.transaction(db):
@@ -230,8 +233,8 @@ def link_findings(
     findings = []
     for url, where in links.items():
         result = results[url]
-        assert result is not None  # fetched just above
-        findings += _judge(result, where)
+        if result is not None:  # None: not fetched (fetch False) and not cached
+            findings += _judge(result, where)
     return len(links), len(stale), findings
 
 

@@ -54,6 +54,7 @@ class PreviewState:
     preheader: str = ""
     sender: str = ""
     links: list[dict] = field(default_factory=list)
+    findings: list[dict] = field(default_factory=list)  # what `digest check` says (links: their cached answers)
     error: str | None = None
 
     def as_json(self) -> dict:
@@ -67,6 +68,7 @@ class PreviewState:
             "preheader": self.preheader,
             "sender": self.sender,
             "links": self.links,
+            "findings": self.findings,
             "error": self.error,
             "html_bytes": size,
             "target_bytes": WARN_BYTES,
@@ -169,12 +171,30 @@ class Preview:
             name, address = parseaddr(config.newsletter.from_address)
             state.sender = name or address
             state.links = links_of(state.html)
+            state.findings = self._findings(config, draft)
         if state.error:  # keep showing the last good rendering under the error
             state.html, state.text, state.subject = previous.html, previous.text, previous.subject
             state.preheader, state.links, state.sender = previous.preheader, previous.links, previous.sender
         with self.changed:
             self.state = state
             self.changed.notify_all()
+
+    def _findings(self, config: Config, draft) -> list[dict]:
+        """The checks as `digest check` makes them, links judged by their cached answers: nothing is fetched
+        at every save. None before the database exists."""
+        from . import store
+        from .checks import check_issue
+        from .config import database_path
+
+        path = database_path(self.config_path)
+        if not path.exists():
+            return []
+        db = store.open_db(path)
+        try:
+            report = check_issue(config, db, self.issue_id, draft=draft, fetch=False)
+        finally:
+            db.close()
+        return [{"severity": f.severity, "where": f.where, "message": f.message} for f in report.findings]
 
     def wait_for_change(self, version: int, timeout: float, stopping: threading.Event | None = None) -> PreviewState:
         """The state once its version is no longer `version`, or as it is after `timeout` or once `stopping`."""

@@ -286,3 +286,21 @@ def test_the_classic_yaml_slip_gets_a_hint_on_the_page(tmp_path):
     assert preview.state.error.startswith(f"{path}:{line}: not valid YAML")
     assert "needs quotes around it" in preview.state.error
     assert "Item 3: what is new in Django" in preview.state.text  # the last good rendering stays
+
+
+def test_the_checks_are_shown_beside_the_email_and_follow_the_draft(site, page, tmp_path):
+    from digest import store
+
+    server, path = site
+    store.open_db(tmp_path / "digest.db").close()  # built drafts have a database: the checks need it
+    page.goto(server.url)
+    page.wait_for_function("document.getElementById('subject').textContent.includes('Django Digest')")
+    edit(path, "Hello, readers.", "Hello, TODO readers.")
+    page.wait_for_function(
+        "document.getElementById('findings').innerText.includes('error: intro: a placeholder is left: TODO')",
+        timeout=5000,
+    )
+    assert page.locator("#checks-count").text_content().startswith("(1 error(s), ")
+    edit(path, "Hello, TODO readers.", "Hello, readers.")
+    page.wait_for_function("!document.getElementById('findings').innerText.includes('TODO')", timeout=5000)
+    assert not page.console_errors
