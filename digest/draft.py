@@ -20,6 +20,7 @@ import yaml
 
 from .errors import BadWeek, ConfigError
 from .models import Draft, DraftItem, DraftSection, MoreGroup, Placement, Sponsor
+from .prose import escape_markdown
 from .selection import SelectedPost
 from .store import from_iso
 from .urls import clean_url, host_of, url_key
@@ -77,7 +78,7 @@ def item_from_post(post: SelectedPost, tz: ZoneInfo) -> DraftItem:
     return DraftItem(
         title=row["title"],
         url=url,
-        summary=row["summary"] or "",
+        summary=escape_markdown(row["summary"] or ""),  # the feed's plain text, shown as it is
         source=row["source"] or source_of(url) or source_of(post.site),
         author=row["author"] or None,
         published=from_iso(row["published_at"]).astimezone(tz).date(),

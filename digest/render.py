@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from .config import Newsletter
 from .errors import ConfigError
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
+from .prose import Prose, render_prose
 from .text import cut_at_word, strip_invisible
 from .urls import is_http_url
 
@@ -134,8 +135,9 @@ _DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
 class _Item:
     title: str
     url: str | None  # None: not http(s), shown unlinked
-    summary: str
+    summary: str  # the draft's text on one line (templates of earlier releases print it)
     meta: str  # "source · author"
+    summary_prose: Prose  # the summary's Markdown as sanitized HTML and as plain text
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class _Sponsor:
     title: str
     url: str | None
     text: str
+    text_prose: Prose
 
 
 def _clean(text: str | None) -> str:
@@ -199,7 +202,7 @@ def format_dates(start: date, end: date) -> str:
 
 def build_preheader(draft: Draft) -> str:
     """The inbox preview line: the draft's own, else the intro's start, else the first items' titles."""
-    for text in (draft.preheader, draft.intro):
+    for text in (draft.preheader, render_prose(_clean(draft.intro)).text.split("\n\n[1] ")[0]):
         text = _one_line(text)
         if text:
             return cut_at_word(text, PREHEADER_CHARS)
@@ -217,6 +220,7 @@ def _section(section: DraftSection) -> _Section:
                 url=_http_url(item.url),
                 summary=_one_line(item.summary),
                 meta=meta,
+                summary_prose=render_prose(_clean(item.summary)),
             )
         )
     more = tuple(
@@ -254,7 +258,10 @@ def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict
     sponsor = None
     if draft.sponsor is not None:
         sponsor = _Sponsor(
-            title=_one_line(draft.sponsor.title), url=_http_url(draft.sponsor.url), text=_one_line(draft.sponsor.text)
+            title=_one_line(draft.sponsor.title),
+            url=_http_url(draft.sponsor.url),
+            text=_one_line(draft.sponsor.text),
+            text_prose=render_prose(_clean(draft.sponsor.text)),
         )
     archive_url = None
     if newsletter.archive_url:
@@ -276,7 +283,8 @@ def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict
         "archive_url": archive_url,
         "site_url": site_url,
         "site_label": site_label,
-        "intro": _paragraphs(draft.intro),
+        "intro": _paragraphs(draft.intro),  # its paragraphs as written (templates of earlier releases)
+        "intro_prose": render_prose(_clean(draft.intro)),  # its Markdown as sanitized HTML and as plain text
         "sponsor": sponsor,
         "sections": sections,
         "reason": _one_line(newsletter.reason),

@@ -415,3 +415,39 @@ def test_a_new_drafts_subject_counts_the_issues_sent_before_it(tmp_path):
     db.execute("INSERT INTO issues (id, status, created_at) VALUES ('2026-W13', 'sent', '2026-03-27T00:00:00+00:00')")
     db.execute("INSERT INTO issues (id, status, created_at) VALUES ('2026-W12', 'draft', '2026-03-20T00:00:00+00:00')")
     assert subject_for(config, db, "2026-W14") == "Digest #2: {lead}"
+
+
+def test_the_editors_markdown_is_rendered_safe_in_html_and_readable_in_text():
+    draft = Draft(
+        issue="2026-W14",
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="Digest",
+        intro=(
+            "Welcome! **Django 6.0** is out: read [the notes](https://docs.example.com/6.0/).\n\n"
+            "- one\n- two\n\n<script>alert(1)</script> [bad](javascript:alert(1)) <b>raw</b>"
+        ),
+        sections=[
+            DraftSection(
+                title="News",
+                items=[DraftItem(title="Post", url="https://a.example/1", summary="Uses `async` *views*.")],
+            )
+        ],
+    )
+    rendered = render_issue(draft, Newsletter())
+    assert "<strong>Django 6.0</strong>" in rendered.html
+    assert '<a href="https://docs.example.com/6.0/"' in rendered.html and "<li>one</li>" in rendered.html
+    assert "<script>alert" not in rendered.html and 'href="javascript' not in rendered.html
+    assert "<b>raw</b>" not in rendered.html and "&lt;b&gt;raw&lt;/b&gt;" in rendered.html
+    assert "<code>async</code>" in rendered.html and "<em>views</em>" in rendered.html
+    text = rendered.text
+    assert "Django 6.0 is out: read the notes [1]." in text and "[1] https://docs.example.com/6.0/" in text
+    assert "- one\n- two" in text and "**" not in text and "Uses async views." in text
+
+
+def test_a_feeds_summary_is_written_into_the_draft_so_that_it_shows_as_it_is():
+    from digest.prose import escape_markdown, render_prose
+
+    for plain in ["*Stars* and snake_case", "1. Not a list", "- not a bullet", "[not](a link) <b>"]:
+        shown = render_prose(escape_markdown(plain))
+        assert shown.text == plain, plain
