@@ -24,7 +24,7 @@ from . import store
 from .checks import CheckReport, check_issue
 from .config import Config
 from .draft import draft_path, parse_draft
-from .errors import CheckFailed
+from .errors import CheckFailed, SendError
 from .render import render_issue
 from .send import SendPlan, backend_class
 from .weeks import parse_week
@@ -44,6 +44,8 @@ class Decision:
     outcome: str  # "approved", "deadline", "waiting"
     lines: list[str] = field(default_factory=list)
     check: CheckReport | None = None
+    approved_hash: str | None = None  # the draft that may be sent: the send refuses any other
+    problem: str | None = None  # what cron must hear: past the deadline, and the issue cannot go out
 
     @property
     def send(self) -> bool:
@@ -73,15 +75,17 @@ def decide(config: Config, db: sqlite_utils.Database, issue_id: str, now: dateti
     current = draft_hash(text)
     issue = store.get_issue(db, issue_id) or {}
     if issue.get("approved_hash") == current:
-        return Decision("approved", [f"{issue_id}: approved at {issue['approved_at']}; sending"])
+        lines = [f"{issue_id}: approved at {issue['approved_at']}; sending"]
+        return Decision("approved", lines, approved_hash=current)
     check = check_issue(config, db, issue_id, draft=parse_draft(path, text), now=now)
     due = deadline(config, issue_id)
-    if due is not None and now >= due and not check.errors:
+    reviewed = issue.get("review_hash") is not None  # the editors had their chance: a copy went out before
+    if due is not None and now >= due and reviewed and not check.errors:
         line = (
             f"{issue_id}: not approved, but the approval deadline ({due:%a %H:%M}) has passed and the checks "
             f"found no error; sending"
         )
-        return Decision("deadline", [line], check)
+        return Decision("deadline", [line], check, approved_hash=current)
     decision = Decision("waiting", check=check)
     if issue.get("approved_hash"):
         decision.lines.append(f"{issue_id}: the draft changed after it was approved: the approval is void")
@@ -92,6 +96,11 @@ def decide(config: Config, db: sqlite_utils.Database, issue_id: str, now: dateti
         f"{issue_id}: waiting for approval ({len(check.errors)} error(s), {len(check.warnings)} warning(s)): "
         f"digest approve --week {issue_id}"
     )
+    if due is not None and now >= due and reviewed:
+        decision.problem = (
+            f"{issue_id}: the approval deadline ({due:%a %H:%M}) has passed, and the issue is neither approved nor "
+            f"free of errors: it will not go out until someone approves it"
+        )
     return decision
 
 
@@ -128,24 +137,34 @@ def review(
     )
     smtp = backend_class("smtp")(config)
     plan = SendPlan(issue=issue_id, backend=smtp.name, draft=draft, rendered=copy)
+    mailed, refused = [], []
     for editor in config.newsletter.editors:
-        smtp.send_test(plan, editor)
+        try:
+            smtp.send_test(plan, editor)
+            mailed.append(editor)
+        except SendError as exc:  # one editor's address refused: the others still get their copy
+            refused.append(str(exc))
+    if not mailed:
+        raise SendError(f"no review copy could be mailed: {'; '.join(refused)}")
     store.ensure_issue(db, issue_id, draft.subject, now)
     db.execute(
         "UPDATE issues SET review_hash = ?, reviewed_at = ? WHERE id = ?", [draft_hash(text), store.iso(now), issue_id]
     )
-    return list(config.newsletter.editors)
+    return mailed + [f"(not {problem})" for problem in refused]
 
 
-def approve(config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime) -> tuple[str, CheckReport]:
+def approve(
+    config: Config, db: sqlite_utils.Database, issue_id: str, *, now: datetime, force: bool = False
+) -> tuple[str, CheckReport]:
     """Record the editor's approval of the draft as it is now (its hash). A draft the checks find errors in is
-    refused: the run's send would refuse it too. Returns the hash and the checks' report."""
+    refused unless `force`: then the editor accepts them (a false alarm: "TODO apps", a site that refuses
+    robots), and the run sends it as approved. Returns the hash and the checks' report."""
     path = draft_path(config.drafts_dir, issue_id)
     text = read_text_file(path, NO_DRAFT)
     draft = parse_draft(path, text)
     check = check_issue(config, db, issue_id, draft=draft, now=now)
-    if check.errors:
-        raise CheckFailed(check.refusal(path).replace("or add --force to send it as it is", "then approve it"))
+    if check.errors and not force:
+        raise CheckFailed(check.refusal(path).replace("to send it as it is", "to approve it as it is"))
     store.ensure_issue(db, issue_id, draft.subject, now)
     digest = draft_hash(text)
     db.execute("UPDATE issues SET approved_hash = ?, approved_at = ? WHERE id = ?", [digest, store.iso(now), issue_id])

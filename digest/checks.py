@@ -21,22 +21,25 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
 from . import store
 from .config import CheckSettings, Config
-from .draft import draft_path, read_draft
+from .draft import draft_path, parse_draft, read_draft
+from .errors import ConfigError
 from .models import Draft
 from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
-from .urls import clean_url, url_key
+from .urls import clean_url, is_http_url, url_key
 
 ERROR, WARNING = "error", "warning"
 SUBJECT_CHARS = 78  # past this, inboxes cut the subject
-PLACEHOLDER = re.compile(r"\b(TK|TODO|XXX)\b")
-_URL_IN_TEXT = re.compile(r"https?://[^\s<>\"')\]]+")
-_DRAFT_URL = re.compile(r"^\s*(?:- )?url: ['\"]?(\S+?)['\"]?\s*$", re.MULTILINE)  # in a sent draft's YAML
+# An editor's marker, in capitals, on its own: "TK", "TODO: link", "[XXX]"; not "Building TODO apps" (a word
+# follows) nor "Python/TK" (part of a name) nor inside a URL.
+PLACEHOLDER = re.compile(r"(?<![\w/.-])(TK|TODO|XXX|FIXME|TBD)(?![\w/.-])(?!\s+[a-z])")
+_URL_IN_TEXT = re.compile(r"https?://[^\s<>\"'\]]+")
 
 
 @dataclass(frozen=True)
@@ -164,16 +167,24 @@ def already_sent_findings(db: sqlite_utils.Database, draft: Draft) -> list[Findi
     sent: dict[str, str] = {}
     rows = db.execute(
         "SELECT posts.url_key, issue_posts.issue_id FROM issue_posts JOIN posts ON posts.id = issue_posts.post_id "
-        "JOIN issues ON issues.id = issue_posts.issue_id WHERE issue_posts.in_email = 1 AND issues.status = 'sent' "
+        "JOIN issues ON issues.id = issue_posts.issue_id WHERE issue_posts.in_email = 1 "
+        "AND (issues.status = 'sent' OR issues.remote_id IS NOT NULL) "
         "AND issues.id != ? AND posts.url_key IS NOT NULL",
         [draft.issue],
     )
     sent.update(rows)
     for issue_id, text in db.execute(
-        "SELECT id, sent_draft FROM issues WHERE status = 'sent' AND id != ? AND sent_draft IS NOT NULL", [draft.issue]
+        "SELECT id, sent_draft FROM issues WHERE (status = 'sent' OR remote_id IS NOT NULL) AND id != ? "
+        "AND sent_draft IS NOT NULL",
+        [draft.issue],
     ):
-        for url in _DRAFT_URL.findall(text):
-            sent.setdefault(_key(url), issue_id)
+        try:
+            earlier = parse_draft(Path(f"{issue_id}.yaml"), text)
+        except ConfigError:
+            continue  # a draft this digest cannot read: its collected posts above still count
+        for item in earlier.items:  # what the email held: not the posts held back in the draft
+            if item.url:
+                sent.setdefault(_key(item.url), issue_id)
     findings = []
     for where, _, _, url in _items(draft):
         if url and _key(url) in sent:
@@ -197,7 +208,11 @@ def issue_links(draft: Draft) -> dict[str, str]:
     if draft.sponsor is not None and draft.sponsor.url:
         links.setdefault(draft.sponsor.url, "sponsor")
     for url in _URL_IN_TEXT.findall(draft.intro or ""):
-        links.setdefault(url.rstrip(".,;:!?"), "intro")
+        url = url.rstrip(".,;:!?")
+        while url.endswith(")") and url.count(")") > url.count("("):  # "(see https://x/y)": not the link's
+            url = url[:-1].rstrip(".,;:!?")
+        if is_http_url(url):
+            links.setdefault(url, "intro")
     return links
 
 
@@ -220,13 +235,14 @@ def link_findings(
     stale = [url for url, result in results.items() if result is None] if fetch else []
     if stale:
         fetched = asyncio.run(_fetch_all(stale, settings))
-        with store.transaction(db):
+        with store.transaction(db):  # only answers below 400: a link that failed is asked again next time
             db.conn.executemany(
                 "INSERT OR REPLACE INTO link_checks (url, checked_at, status, final_url, error, https_works) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (item.url, store.iso(now), item.status, item.final_url, item.error, item.https_works)
                     for item in fetched
+                    if item.error is None and item.status is not None and item.status < 400
                 ],
             )
         results.update({item.url: item for item in fetched})
@@ -251,7 +267,8 @@ def _cached(db: sqlite_utils.Database, url: str, since: str) -> LinkResult | Non
 def _judge(result: LinkResult, where: str) -> list[Finding]:
     url = result.url
     if result.error is not None:
-        return [Finding(WARNING, where, f"{url}: {result.error}")]
+        severity = ERROR if result.error.startswith("cannot connect: cannot resolve") else WARNING  # no such host
+        return [Finding(severity, where, f"{url}: {result.error}")]
     findings = []
     if result.status is not None and result.status >= 400:
         findings.append(Finding(ERROR, where, f"{url} answers {result.status}"))
@@ -285,8 +302,12 @@ async def _fetch_all(urls: list[str], settings: CheckSettings) -> list[LinkResul
     ) as client:
 
         async def one(url: str) -> LinkResult:
-            host = urlsplit(url).hostname or ""
-            async with every, hosts.setdefault(host, asyncio.Semaphore(settings.per_host)):
+            try:
+                host = urlsplit(url).hostname or ""
+            except ValueError as exc:  # "http://[::1": a link no server can answer
+                return LinkResult(url, error=f"not a valid address: {exc}")
+            # the host's turn first, then a slot of all: a busy host does not hold slots the others could use
+            async with hosts.setdefault(host, asyncio.Semaphore(settings.per_host)), every:
                 result = await _fetch(client, url, settings.timeout)
                 if url.startswith("http://") and result.error is None and (result.status or 500) < 400:
                     twin = await _fetch(client, urlunsplit(("https", *urlsplit(url)[1:])), settings.timeout)
@@ -317,7 +338,7 @@ async def _fetch(client, url: str, timeout: float) -> LinkResult:
         result.error = "more than 10 redirects"
     except httpx.ConnectError as exc:
         text = str(exc)
-        if text.startswith(REFUSED):  # the guarded transport's words are for feeds: say what a check can do
+        if text.startswith(REFUSED) and "(set `private: true`" in text:  # feeds' words: say what a check can do
             text = text.split(" (set `private: true`", 1)[0] + " (check.private: true fetches such links)"
         is_tls = "SSL" in text or "certificate" in text.lower()
         result.error = f"TLS: {text}" if is_tls else f"cannot connect: {text or type(exc).__name__}"
@@ -325,4 +346,6 @@ async def _fetch(client, url: str, timeout: float) -> LinkResult:
         result.error = f"{type(exc).__name__}: {exc}"
     except ssl.SSLError as exc:
         result.error = f"TLS: {exc}"
+    except Exception as exc:  # a host name IDNA refuses (`a..b`), a label too long: that link's error only
+        result.error = f"cannot connect: cannot resolve: {type(exc).__name__}: {exc}"
     return result

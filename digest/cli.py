@@ -590,17 +590,22 @@ def status(ctx: typer.Context, week: str | None = WEEK) -> None:
 
 
 @app.command()
-def approve(ctx: typer.Context, week: str | None = WEEK) -> None:
+def approve(
+    ctx: typer.Context,
+    week: str | None = WEEK,
+    force: bool = typer.Option(
+        False, "--force", help="Approve although the checks found errors (false alarms): the run sends it as it is."
+    ),
+) -> None:
     """Approve the week's draft as it is now: with approval: required, the next digest run sends it. Editing
-    the draft afterwards voids the approval. A draft the checks find errors in is refused: fix it (or send it
-    yourself with digest send --force)."""
+    the draft afterwards voids the approval. A draft the checks find errors in is refused unless --force."""
     from datetime import UTC, datetime
 
     from .approval import approve as approve_issue
 
     config = _config(ctx)
     issue_id = _week(config, week)
-    digest, check = approve_issue(config, _db(ctx), issue_id, now=datetime.now(UTC))
+    digest, check = approve_issue(config, _db(ctx), issue_id, now=datetime.now(UTC), force=force)
     for finding in check.findings:
         _say(str(finding))
     _say(f"{issue_id}: approved (draft {digest[:12]}); the next digest run sends it")

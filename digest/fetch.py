@@ -158,8 +158,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             addresses = await _resolve(host, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA refuses (a..b)
+            raise httpcore.ConnectError(f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}") from None
         allowed = [address for address in addresses if address_problem(address, allow_private.get()) is None]
         if not allowed:
             problem = address_problem(addresses[0], allow_private.get())

@@ -20,8 +20,8 @@ from .approval import Decision, approval_started, decide
 from .collecting import CollectReport, FeedReport, collect
 from .config import Config
 from .credentials import env_secret
-from .draft import add_posts, draft_path, new_draft, read_draft, write_atomically, write_draft
-from .errors import SetupError
+from .draft import add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft
+from .errors import ConfigError, SetupError
 from .lock import hold
 from .models import IssueStatus, RenderedIssue
 from .render import WARN_BYTES, personalize, render_issue, size_advice
@@ -31,6 +31,7 @@ from .send.unsubscribe import SECRET_ENV, sample_url, signed_address
 from .sending import check_receipts, send_locked, sending_began
 from .subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
 from .weeks import current_week, week_dates
+from .yamlfile import read_text_file
 
 if TYPE_CHECKING:
     from .web.publish import PublishReport
@@ -178,7 +179,10 @@ class WeekReport:
 
     @property
     def problem(self) -> str | None:
-        """What cron must hear about although the week went on: every feed failed."""
+        """What cron must hear about although the week went on: every feed failed; past the approval deadline,
+        an issue that cannot go out."""
+        if self.approval is not None and self.approval.problem:
+            return self.approval.problem
         if self.collected is None or not self.collected.all_failed:
             return None
         if self.sent is None:
@@ -254,6 +258,7 @@ def run_week(
             now=None,
             on_result=on_result,
             on_plan=on_plan,
+            approved_hash=report.approval.approved_hash if report.approval else None,
         )
     if config.publish is not None and report.sent.complete:
         from .web.publish import publish
@@ -325,8 +330,8 @@ def export_subscribers(db: sqlite_utils.Database, stream: TextIO, *, status: str
 
 def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> list[str]:
     """Where the week's issue stands, one line a stage: collected, built, checked, approved, sending, sent.
-    The checks run without fetching links (their last answers, when `digest check` or a run fetched them
-    within check.cache_hours, count)."""
+    The checks run without fetching links (their last good answers, within check.cache_hours, count). An issue
+    sent or being sent shows the draft it went out with."""
     from .approval import draft_hash
     from .checks import check_issue
 
@@ -339,19 +344,25 @@ def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> lis
         + (f", {fetched[1]} feed(s) failing" if fetched[1] else ""),
     ]
     path = draft_path(config.drafts_dir, issue_id)
-    if not path.exists():
+    text = issue.get("sent_draft") if issue.get("status", "draft") != "draft" else None
+    if text is None and not path.exists():
         lines.append(f"  built:     no draft yet ({path})")
         return lines
-    text = path.read_text(encoding="utf-8")
-    draft = read_draft(path)
+    try:
+        text = text if text is not None else read_text_file(path, "no draft")
+        draft = parse_draft(path, text)
+    except ConfigError as exc:
+        lines.append(f"  built:     the draft cannot be read: {exc}")
+        return lines
     held = draft.held_more + draft.held_stale
     lines.append(
         f"  built:     {issue.get('built_at') or 'by hand'}; {len(draft.items)} items in the email"
         + (f", {held} held back" if held else "")
     )
-    check = check_issue(config, db, issue_id, draft=draft, links=False)
+    check = check_issue(config, db, issue_id, draft=draft, fetch=False)
     lines.append(
-        f"  checked:   {len(check.errors)} error(s), {len(check.warnings)} warning(s) (digest check for links)"
+        f"  checked:   {len(check.errors)} error(s), {len(check.warnings)} warning(s) (links as last fetched: "
+        f"digest check fetches them)"
     )
     if config.newsletter.approval == "required":
         if issue.get("approved_hash") == draft_hash(text):

@@ -21,6 +21,7 @@ from pathlib import Path
 import sqlite_utils
 
 from . import store
+from .approval import draft_hash
 from .checks import check_issue
 from .config import Config
 from .draft import draft_path, parse_draft, write_durably
@@ -52,12 +53,14 @@ def plan_send(
     dry_run: bool = False,
     allow_clipped: bool = False,
     force: bool = False,
+    approved_hash: str | None = None,
 ) -> SendPlan:
     """What a send of the issue would do, reading the draft once and rendering it once.
 
     An email that Gmail would clip is refused (Clipped) unless `allow_clipped`, a dry run, or a send that
     began with it allowed (it resumes the version its first subscribers got). A send the receipt knows of
-    but the database does not is refused (Unrecorded) unless `force`.
+    but the database does not is refused (Unrecorded) unless `force`. With `approved_hash` (a run under
+    approval: required) only that very draft is sent, its checks' errors accepted by the editor.
     """
     if force and not dry_run:
         backend.forget_unanswered(db, issue_id)
@@ -78,11 +81,13 @@ def plan_send(
     if not plan.draft.items:
         plan.done = f"{issue_id}: {path} has no items, nothing to send"
         return plan
+    if kept is None and approved_hash is not None and draft_hash(file_text) != approved_hash:
+        raise Failed(f"{path} changed after it was approved: nothing sent; the next run mails a new review copy")
     if kept is None:  # a resumed send mails what its first subscribers got: nothing to check any more
         plan.check = check_issue(config, db, issue_id, draft=plan.draft, size=False)
         if plan.check.errors and dry_run:
             plan.warnings += [f"{finding} (a real send refuses it without --force)" for finding in plan.check.errors]
-        elif plan.check.errors and not force:
+        elif plan.check.errors and not (force or approved_hash):
             raise CheckFailed(plan.check.refusal(path))
     plan.rendered = render_issue(plan.draft, config.newsletter, config.folder)
     plan.html_bytes = backend.html_bytes(plan)
@@ -151,10 +156,13 @@ def send_locked(
     now: datetime | None,
     on_result: Callable[[str, str], None] | None,
     on_plan: Callable[[SendPlan], None] | None,
+    approved_hash: str | None = None,
 ) -> SendReport:
     """send_issue, for a caller that holds the send lock already (run_week)."""
     chosen = _backend(config, backend, db, issue_id, send_now=send_now, on_result=on_result)
-    plan = plan_send(config, db, issue_id, chosen, allow_clipped=allow_clipped, force=force)
+    plan = plan_send(
+        config, db, issue_id, chosen, allow_clipped=allow_clipped, force=force, approved_hash=approved_hash
+    )
     if on_plan is not None:
         on_plan(plan)
     if plan.done:

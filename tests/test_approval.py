@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 from email import policy
 
+import pytest
 import yaml
 from test_run import WEEK, project  # noqa: F401  (the fixture: two posts of WEEK on a loopback feed)
 
@@ -86,12 +87,59 @@ def test_a_draft_with_errors_cannot_be_approved(project, server, run_cli):  # no
     run_cli("run", "--yes", cwd=project)
     edit_title(project, "TK: find a title")
     code, _, err = run_cli("approve", "--week", WEEK, cwd=project)
-    assert code == 1 and "a placeholder is left: TK" in err and err.rstrip().endswith("then approve it")
+    assert (
+        code == 1
+        and "a placeholder is left: TK" in err
+        and err.rstrip().endswith("or add --force to approve it as it is")
+    )
 
 
 def test_past_the_deadline_a_draft_without_errors_goes_unapproved(project, server, run_cli):  # noqa: F811
     require_approval(project, approval_deadline="monday 09:00")  # WEEK is last week: long past
+    run_cli("run", "--yes", cwd=project)  # the editors get their chance first, deadline or not
+    assert len(to_editor(server)) == 1 and not to_subscribers(server)
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 0, err
     assert "the approval deadline (Mon 09:00) has passed and the checks found no error; sending" in out
-    assert len(to_subscribers(server)) == 3 and not to_editor(server)
+    assert len(to_subscribers(server)) == 3 and len(to_editor(server)) == 1
+
+
+def test_a_false_alarm_is_approved_with_force_and_the_run_sends_it(project, server, run_cli):  # noqa: F811
+    require_approval(project)
+    run_cli("run", "--yes", cwd=project)
+    edit_title(project, "TODO: a real post's title, which the editor keeps")
+    assert run_cli("approve", "--week", WEEK, cwd=project)[0] == 1
+    code, out, _ = run_cli("approve", "--week", WEEK, "--force", cwd=project)
+    assert code == 0 and "error: News #1 " in out
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    assert len(to_subscribers(server)) == 3
+
+
+def test_past_the_deadline_an_issue_that_cannot_go_tells_cron(project, server, run_cli):  # noqa: F811
+    require_approval(project, approval_deadline="monday 09:00")
+    run_cli("run", "--yes", cwd=project)  # the deadline has passed, but no review went out yet: review first
+    assert len(to_editor(server)) == 1 and not to_subscribers(server)
+    edit_title(project, "TK")
+    code, _, err = run_cli("run", "--yes", cwd=project)
+    assert code == 1 and "the approval deadline (Mon 09:00) has passed, and the issue is neither approved" in err
+    assert not to_subscribers(server)
+
+
+def test_only_the_approved_draft_is_sent(project, server, run_cli):  # noqa: F811
+    from digest import sending
+    from digest.config import load_config
+    from digest.errors import Failed
+    from digest.send import backend_class
+    from digest.store import open_db
+
+    require_approval(project)
+    run_cli("run", "--yes", cwd=project)
+    approved = run_cli("approve", "--week", WEEK, cwd=project)[1].splitlines()[-1]
+    config = load_config(project / "feeds.yaml")
+    db = open_db(project / "digest.db")
+    digest = db.execute("SELECT approved_hash FROM issues WHERE id = ?", [WEEK]).fetchone()[0]
+    assert approved.startswith(f"{WEEK}: approved (draft {digest[:12]})")
+    edit_title(project, "Saved between the decision and the send")
+    with pytest.raises(Failed, match="changed after it was approved: nothing sent"):
+        sending.plan_send(config, db, WEEK, backend_class("smtp")(config), approved_hash=digest)
