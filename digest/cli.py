@@ -266,14 +266,16 @@ def check(
     ctx: typer.Context,
     week: str | None = WEEK,
     as_json: bool = AS_JSON,
-    links: bool = typer.Option(True, "--links/--no-links", help="Fetch every link (check.links in feeds.yaml)."),
+    links: bool | None = typer.Option(
+        None, "--links/--no-links", show_default="check.links", help="Fetch every link, or none this time."
+    ),
 ) -> None:
     """What could go wrong with the week's issue: dead links, items already sent, placeholders, missing
     summaries, the size. Exit 1 when there are errors, which `send` and `run` refuse unless --force."""
     from .checks import check_issue
 
     config = _config(ctx)
-    report = check_issue(config, _db(ctx), _week(config, week), links=None if links else False)
+    report = check_issue(config, _db(ctx), _week(config, week), links=links)
     if as_json:
         _json(
             {

@@ -131,6 +131,8 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
         except Exception as exc:
             failed = replace(result, content=None, error=f"cannot store: {_one_line(exc)}")
             feed_report = _store(db, feed, failed, None, now, configured)
+        if feed.summaries == "page" and feed_report.new_posts:
+            await _page_summaries(fetcher, db, feed, request.allow_private, now)
         report.feeds.append(feed_report)
         if on_feed:
             on_feed(feed_report)
@@ -153,6 +155,22 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             raise
+
+
+MAX_PAGES = 50  # pages fetched for one feed in one run: a feed that suddenly lists a thousand posts waits
+
+
+async def _page_summaries(fetcher: Fetcher, db, feed: FeedConfig, allow_private: bool, now: datetime) -> None:
+    """The feed's posts stored in this run without any text get their page's description (pages.py). Each
+    page is asked for once, through the feeds' fetcher: the same size cap, deadline, redirect and address
+    rules. A page that fails, or says nothing, leaves the summary empty for the editor."""
+    from .fetch import FetchRequest
+    from .pages import page_description
+
+    for post_id, url in store.posts_without_text(db, feed.url, now, MAX_PAGES):
+        result = await fetcher.fetch(FetchRequest(key=url, url=url, allow_private=allow_private))
+        summary = page_description(result.content) if result.content and not result.error else ""
+        store.record_page_summary(db, post_id, summary)
 
 
 def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:

@@ -233,3 +233,10 @@ def m008_approval(db: sqlite_utils.Database) -> None:
         ALTER TABLE issues ADD COLUMN approved_at TEXT;
     """,
     )
+
+
+@migration
+def m009_page_summaries(db: sqlite_utils.Database) -> None:
+    """Summaries for title-only feeds (issue 12): whether a post's own page was fetched for its description,
+    so that each page is fetched once."""
+    _run(db, "ALTER TABLE posts ADD COLUMN page_tried INTEGER")

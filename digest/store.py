@@ -233,7 +233,9 @@ def _insert_posts(
     )
     db.conn.executemany("UPDATE posts SET feed_url = ?, guid = coalesce(?, guid) WHERE id = ?", owned)
     db.conn.executemany(
-        "UPDATE posts SET title = ?, author = ?, summary = ?, content_html = ?, canonical_url = ?, url_key = ?, "
+        # a summary taken from the post's page (the feed gives none) is kept when the feed still gives none
+        "UPDATE posts SET title = ?, author = ?, summary = coalesce(nullif(?, ''), CASE WHEN page_tried = 1 THEN "
+        "summary END, ''), content_html = ?, canonical_url = ?, url_key = ?, "
         f"content_key = ?, source = ? WHERE id = ? AND {_NOT_SENT}",
         refreshed,
     )
@@ -467,6 +469,20 @@ def post_sources(db: sqlite_utils.Database, post_ids: list[str]) -> dict[str, li
 def feed_sites(db: sqlite_utils.Database) -> dict[str, str]:
     """Each feed's home page, as its channel link gives it."""
     return dict(db.execute("SELECT url, site_url FROM feeds WHERE site_url IS NOT NULL").fetchall())
+
+
+def posts_without_text(db: sqlite_utils.Database, feed_url: str, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(id, link) of the feed's posts first stored at `now` (this run) with no summary, whose page was never
+    asked for."""
+    return db.execute(
+        "SELECT id, canonical_url FROM posts WHERE feed_url = ? AND first_seen_at = ? AND page_tried IS NULL "
+        "AND coalesce(summary, '') = '' AND canonical_url IS NOT NULL LIMIT ?",
+        [feed_url, iso(now), limit],
+    ).fetchall()
+
+
+def record_page_summary(db: sqlite_utils.Database, post_id: str, summary: str) -> None:
+    db.execute("UPDATE posts SET summary = ?, page_tried = 1 WHERE id = ?", [summary, post_id])
 
 
 # --- sending ---------------------------------------------------------------------

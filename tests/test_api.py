@@ -85,6 +85,8 @@ def test_a_whole_week_through_the_library_and_the_memory_backend(tmp_path, monke
             )
         )
         config_path = write_config(tmp_path, [{"name": "Blog", "url": server.url("/feed.xml"), "section": "News"}])
+        with config_path.open("a", encoding="utf-8") as config:
+            config.write("check:\n  links: false\n")  # its posts link to blog.example.com, which does not exist
         (tmp_path / "subscribers.csv").write_text("email\nada@example.com\ngrace@example.com\n")
         config, db = digest.load_config(config_path), digest.open_db(tmp_path / "digest.db")
         MemoryBackend.outbox.clear()

@@ -295,12 +295,12 @@ def test_the_checks_are_shown_beside_the_email_and_follow_the_draft(site, page, 
     store.open_db(tmp_path / "digest.db").close()  # built drafts have a database: the checks need it
     page.goto(server.url)
     page.wait_for_function("document.getElementById('subject').textContent.includes('Django Digest')")
-    edit(path, "Hello, readers.", "Hello, TODO readers.")
+    edit(path, "Hello, readers.", "Hello, readers. TODO")
     page.wait_for_function(
         "document.getElementById('findings').innerText.includes('error: intro: a placeholder is left: TODO')",
         timeout=5000,
     )
     assert page.locator("#checks-count").text_content().startswith("(1 error(s), ")
-    edit(path, "Hello, TODO readers.", "Hello, readers.")
+    edit(path, "Hello, readers. TODO", "Hello, readers.")
     page.wait_for_function("!document.getElementById('findings').innerText.includes('TODO')", timeout=5000)
     assert not page.console_errors

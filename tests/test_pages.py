@@ -1,0 +1,55 @@
+"""Summaries for title-only feeds (`summaries: page`): each new post without text gets its page's description,
+fetched once, during collect, from a loopback site: og:description, else the meta description, else the first
+paragraph of the article, else nothing."""
+
+from __future__ import annotations
+
+from digest import store
+
+from conftest import write_config
+from helpers.feeds import Route, rss
+
+HTML = {"Content-Type": "text/html; charset=utf-8"}
+LONG = "A paragraph long enough to stand for the page, as a first paragraph of an article is. "
+
+
+def test_title_only_posts_get_their_pages_description_once(tmp_path, feed_server, run_cli):
+    pages = {
+        "/og": b'<html><head><meta property="og:description" content="From Open Graph &amp; friends">'
+        b'<meta name="description" content="Not this one"></head><body><p>Nor this.</p></body></html>',
+        "/meta": b'<html><head><meta name="description" content="Only a meta description"></head></html>',
+        "/para": f"<html><body><p>Byline</p><article><p>Short.</p><p>{LONG * 6}</p></article></body></html>".encode(),
+        "/nothing": b"<html><body><p>Too short.</p></body></html>",
+    }
+    for path, body in pages.items():
+        feed_server.routes[path] = Route(body, headers=HTML)
+    items = [{"title": f"Post {path}", "link": feed_server.url(path), "guid": path} for path in pages]
+    items.append({"title": "With text", "link": feed_server.url("/og"), "guid": "text", "description": "Own words"})
+    feed_server.routes["/feed.xml"] = Route(rss(items))
+    write_config(tmp_path, [{"name": "Forum", "url": feed_server.url("/feed.xml"), "summaries": "page"}])
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    db = store.open_db(tmp_path / "digest.db")
+    summaries = dict(db.execute("SELECT guid, summary FROM posts").fetchall())
+    assert summaries["/og"] == "From Open Graph & friends"
+    assert summaries["/meta"] == "Only a meta description"
+    assert summaries["/para"].startswith(LONG.strip()) and summaries["/para"].endswith("…")
+    assert len(summaries["/para"]) <= 300
+    assert summaries["/nothing"] == "" and summaries["text"] == "Own words"
+    fetched = [path for path, _ in feed_server.requests if path in pages]
+    assert sorted(fetched) == sorted(pages)  # each page once (the post with text needs none)
+
+    items.append({"title": "Newer", "link": feed_server.url("/meta"), "guid": "newer"})
+    feed_server.routes["/feed.xml"] = Route(rss(items))  # the feed changed: every post is read again
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    again = [path for path, _ in feed_server.requests if path in pages]
+    assert again == [*fetched, "/meta"]  # only the new post's page
+    summaries = dict(db.execute("SELECT guid, summary FROM posts").fetchall())
+    assert summaries["/og"] == "From Open Graph & friends"  # kept, though the feed still gives no text
+
+
+def test_a_feed_without_the_setting_fetches_no_page(tmp_path, feed_server, run_cli):
+    feed_server.routes["/page"] = Route(b'<meta name="description" content="x">', headers=HTML)
+    feed_server.routes["/feed.xml"] = Route(rss([{"title": "T", "link": feed_server.url("/page"), "guid": "g"}]))
+    write_config(tmp_path, [{"name": "Forum", "url": feed_server.url("/feed.xml")}])
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    assert [path for path, _ in feed_server.requests] == ["/feed.xml"]
