@@ -39,6 +39,7 @@ SUBJECT_CHARS = 78  # past this, inboxes cut the subject
 # An editor's marker, in capitals, on its own: "TK", "TODO: link", "[XXX]"; not "Building TODO apps" (a word
 # follows) nor "Python/TK" (part of a name) nor inside a URL.
 PLACEHOLDER = re.compile(r"(?<![\w/.-])(TK|TODO|XXX|FIXME|TBD)(?![\w/.-])(?!\s+[a-z])")
+_UNESCAPE = re.compile(r"\\(?=[\\`*_\[\]<>&])")  # Markdown's backslash before a character it would read
 _URL_IN_TEXT = re.compile(r"https?://[^\s<>\"'\]]+")
 
 
@@ -207,12 +208,15 @@ def issue_links(draft: Draft) -> dict[str, str]:
             links.setdefault(url, where)
     if draft.sponsor is not None and draft.sponsor.url:
         links.setdefault(draft.sponsor.url, "sponsor")
-    for url in _URL_IN_TEXT.findall(draft.intro or ""):
-        url = url.rstrip(".,;:!?")
-        while url.endswith(")") and url.count(")") > url.count("("):  # "(see https://x/y)": not the link's
-            url = url[:-1].rstrip(".,;:!?")
-        if is_http_url(url):
-            links.setdefault(url, "intro")
+    texts = [("intro", draft.intro), ("sponsor", draft.sponsor.text if draft.sponsor else "")]
+    texts += [(where, summary) for where, _, summary, _ in _items(draft)]
+    for where, text in texts:  # links written in the prose, bare or as Markdown's [text](url)
+        for url in _URL_IN_TEXT.findall(text or ""):
+            url = _UNESCAPE.sub("", url).rstrip(".,;:!?")  # a feed's summary is written with `\_` for `_`
+            while url.endswith(")") and url.count(")") > url.count("("):  # "(see https://x/y)": not the link's
+                url = url[:-1].rstrip(".,;:!?")
+            if is_http_url(url):
+                links.setdefault(url, where)
     return links
 
 

@@ -131,8 +131,8 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
         except Exception as exc:
             failed = replace(result, content=None, error=f"cannot store: {_one_line(exc)}")
             feed_report = _store(db, feed, failed, None, now, configured)
-        if feed.summaries == "page" and feed_report.new_posts:
-            await _page_summaries(fetcher, db, feed, request.allow_private, now)
+        if feed.summaries == "page" and feed_report.outcome != FeedOutcome.FAILED:
+            await _page_summaries(fetcher, db, feed, request.allow_private, settings)
         report.feeds.append(feed_report)
         if on_feed:
             on_feed(feed_report)
@@ -160,17 +160,54 @@ async def _collect(config, db, requests, still_broken, now, settings, pool, tran
 MAX_PAGES = 50  # pages fetched for one feed in one run: a feed that suddenly lists a thousand posts waits
 
 
-async def _page_summaries(fetcher: Fetcher, db, feed: FeedConfig, allow_private: bool, now: datetime) -> None:
-    """The feed's posts stored in this run without any text get their page's description (pages.py). Each
-    page is asked for once, through the feeds' fetcher: the same size cap, deadline, redirect and address
-    rules. A page that fails, or says nothing, leaves the summary empty for the editor."""
+PAGES_AT_ONCE = 4  # a feed's pages in flight together
+
+
+async def _page_summaries(
+    fetcher: Fetcher, db, feed: FeedConfig, allow_private: bool, settings: CollectSettings
+) -> None:
+    """The feed's posts without any text get their page's description (pages.py), newest first, MAX_PAGES a
+    run (the others in the next runs). Each link is asked for once, a few at a time, through the feeds'
+    fetcher (its size cap, redirect and address rules), all within one feed's deadline. A page at a loopback
+    or private address is fetched only on the feed's own host: a feed configured there may relay links that
+    strangers wrote. A page that fails, or says nothing, leaves the summary to the editor."""
+    from urllib.parse import urlsplit
+
     from .fetch import FetchRequest
     from .pages import page_description
 
-    for post_id, url in store.posts_without_text(db, feed.url, now, MAX_PAGES):
-        result = await fetcher.fetch(FetchRequest(key=url, url=url, allow_private=allow_private))
-        summary = page_description(result.content) if result.content and not result.error else ""
-        store.record_page_summary(db, post_id, summary)
+    feed_host = urlsplit(feed.url).hostname
+    posts = store.posts_without_text(db, feed.url, MAX_PAGES)
+    links: dict[str, list[str]] = {}
+    for post_id, url in posts:
+        links.setdefault(url, []).append(post_id)
+    gate = asyncio.Semaphore(PAGES_AT_ONCE)
+
+    async def one(url: str) -> tuple[str, str]:
+        async with gate:
+            private = allow_private and urlsplit(url).hostname == feed_host
+            result = await fetcher.fetch(FetchRequest(key=url, url=url, allow_private=private))
+        if not result.content or result.error:
+            return url, ""
+        return url, page_description(result.content, _charset(result.headers.get("content-type", "")))
+
+    found: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(settings.deadline):
+            for task in asyncio.as_completed([one(url) for url in links]):
+                url, summary = await task
+                found[url] = summary
+    except TimeoutError:
+        pass  # the pages not reached are asked for again next run
+    store.record_page_summaries(db, [(found[url], post_id) for url in found for post_id in links[url]])
+
+
+def _charset(content_type: str) -> str | None:
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "charset" and value.strip('" '):
+            return value.strip('" ')
+    return None
 
 
 def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:

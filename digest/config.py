@@ -268,6 +268,9 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
         raise reader.error("subject", problem) from None
     if "\r" in sample or "\n" in sample:
         raise reader.error("subject", "must give one line (no line breaks)")
+    for _, name, spec, conversion in string.Formatter().parse(newsletter.subject):
+        if name == "lead" and (spec or conversion):  # {lead} is filled in later, whole: no format of its own
+            raise reader.error("subject", "write {lead} alone, without a format or conversion")
     return newsletter
 
 

@@ -94,6 +94,7 @@ def new_draft(issue_id: str, subject: str, sections: list[str]) -> Draft:
         week_end=end,
         subject=subject,
         sections=[DraftSection(title=name) for name in sections],
+        markdown=True,
     )
 
 
@@ -271,6 +272,7 @@ def dump_draft(draft: Draft) -> str:
         "preheader": _prose(draft.preheader),
         "intro": _prose(draft.intro),
         "sponsor": sponsor,
+        **({"markdown": True} if draft.markdown else {}),
     }
     lines = _yaml(head).splitlines(keepends=True)
     start = 0
@@ -530,7 +532,7 @@ def parse_draft(path: Path, text: str) -> Draft:
     if root is None:
         raise DraftError(path, 1, None, "the draft is empty")
     top = MappingReader(path, root, "")
-    top.check_keys({"issue", "subject", "preheader", "intro", "sponsor", "sections"})
+    top.check_keys({"issue", "subject", "preheader", "intro", "sponsor", "sections", "markdown"})
     issue_id = top.get("issue", str, required=True)
     expected = path.stem
     if issue_id != expected:
@@ -575,6 +577,7 @@ def parse_draft(path: Path, text: str) -> Draft:
         intro=top.get("intro", str, ""),
         sponsor=sponsor,
         sections=sections,
+        markdown=top.get("markdown", bool, False),
     )
 
 

@@ -71,7 +71,9 @@ def subject_for(config: Config, db: sqlite_utils.Database, issue_id: str) -> str
     """The subject of a new draft: {number} is the issues sent before this one plus one; {lead} stays in the
     draft, filled in with the first item's title whenever it is rendered (render.resolve_subject)."""
     start, end = week_dates(issue_id)
-    number = db.execute("SELECT count(*) + 1 FROM issues WHERE status = 'sent' AND id < ?", [issue_id]).fetchone()[0]
+    number = db.execute(  # issues sent, or handed to a backend that sends them (Buttondown)
+        "SELECT count(*) + 1 FROM issues WHERE (status = 'sent' OR remote_id IS NOT NULL) AND id < ?", [issue_id]
+    ).fetchone()[0]
     return config.newsletter.subject.format(
         title=config.newsletter.title, issue=issue_id, start=start, end=end, lead="{lead}", number=number
     )

@@ -121,6 +121,7 @@ class Draft:
     intro: str = ""
     sponsor: Sponsor | None = None
     sections: list[DraftSection] = field(default_factory=list)
+    markdown: bool = False  # its prose is Markdown (drafts built since 0.3); a draft of before is plain text
 
     @property
     def items(self) -> list[DraftItem]:

@@ -13,15 +13,19 @@ from .text import cut_at_word, one_line
 
 SUMMARY_CHARS = 300
 SENTENCE = 40  # characters a paragraph must have to stand for the page (not a dateline or a byline)
+# where a paragraph is not the article's: a "please enable JavaScript" notice, a menu, a cookie banner
+_NOT_PROSE = ("noscript", "nav", "header", "footer", "aside", "form", "dialog")
 
 
-def page_description(content: bytes) -> str:
-    """The page's description, cleaned and cut at SUMMARY_CHARS; "" when it has none."""
+def page_description(content: bytes, charset: str | None = None) -> str:
+    """The page's description, cleaned and cut at SUMMARY_CHARS; "" when it has none. `charset`: the one its
+    Content-Type header names, which wins over the page's own (as in a browser)."""
     import lxml.html
 
     try:
-        page = lxml.html.document_fromstring(content)
-    except (ValueError, lxml.etree.ParserError):  # empty, or no document at all
+        parser = lxml.html.HTMLParser(encoding=charset) if charset else None
+        page = lxml.html.document_fromstring(content, parser=parser)
+    except (ValueError, LookupError, lxml.etree.ParserError):  # empty, no document, an unknown charset
         return ""
     for query in ('//meta[@property="og:description"]/@content', '//meta[@name="description"]/@content'):
         for found in page.xpath(query):
@@ -29,7 +33,7 @@ def page_description(content: bytes) -> str:
             if text:
                 return cut_at_word(text, SUMMARY_CHARS)
     for container in ("//article", "//main", "//body"):
-        for paragraph in page.xpath(f"{container}//p"):
+        for paragraph in page.xpath(f"{container}//p[not(ancestor::{' or ancestor::'.join(_NOT_PROSE)})]"):
             text = one_line(paragraph.text_content())
             if len(text) >= SENTENCE:
                 return cut_at_word(text, SUMMARY_CHARS)

@@ -115,8 +115,8 @@ def _inline_text(children, references: list[str]) -> str:
     return " ".join("".join(parts).split())
 
 
-_SPECIAL = re.compile(r"([\\`*\[\]<>])|(?<!\w)_|_(?!\w)")
-_BLOCK_START = re.compile(r"^(\s*)(?:([#>+-])|(\d+)([.)]))(?=\s)")  # "- x", "+ x", "1. x", "1) x"
+_SPECIAL = re.compile(r"[\\`*_\[\]<>&]")  # every underscore: `__init__` would be emphasis; `&amp;` an entity
+_BLOCK_START = re.compile(r"^(\s*)(?:([#>+-])|(\d+)([.)]))(?=\s|$)")  # "- x", "1. x", and a bare "2024."
 
 
 def escape_markdown(text: str) -> str:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from .config import Newsletter
 from .errors import ConfigError
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
-from .prose import Prose, render_prose
+from .prose import Prose, escape_markdown, render_prose
 from .text import cut_at_word, strip_invisible
 from .urls import is_http_url
 
@@ -186,11 +186,6 @@ def _http_url(url: str | None) -> str | None:
     return url
 
 
-def _paragraphs(text: str | None) -> list[str]:
-    """Paragraphs split on blank lines, each on one line."""
-    return [p for p in (" ".join(block.split()) for block in re.split(r"\n\s*\n", _clean(text))) if p]
-
-
 def format_dates(start: date, end: date) -> str:
     """ "Mar 30 – Apr 5, 2026" (English month abbreviations whatever the locale)."""
     first = f"{_MONTHS[start.month - 1]} {start.day}"
@@ -202,7 +197,7 @@ def format_dates(start: date, end: date) -> str:
 
 def build_preheader(draft: Draft) -> str:
     """The inbox preview line: the draft's own, else the intro's start, else the first items' titles."""
-    for text in (draft.preheader, render_prose(_clean(draft.intro)).text.split("\n\n[1] ")[0]):
+    for text in (draft.preheader, _plain(_prose(draft.intro, draft.markdown))):
         text = _one_line(text)
         if text:
             return cut_at_word(text, PREHEADER_CHARS)
@@ -210,7 +205,18 @@ def build_preheader(draft: Draft) -> str:
     return cut_at_word(" · ".join(title for title in titles if title), PREHEADER_CHARS)
 
 
-def _section(section: DraftSection) -> _Section:
+def _prose(text: str | None, markdown: bool) -> Prose:
+    """The editor's text as Markdown; a draft written before Markdown (no `markdown: true`) as plain text."""
+    text = _clean(text)
+    return render_prose(text if markdown else escape_markdown(text))
+
+
+def _plain(prose: Prose) -> str:
+    """A prose's text on one line, without its link references: for templates of earlier releases."""
+    return _one_line(prose.text.split("\n\n[1] ")[0])
+
+
+def _section(section: DraftSection, markdown: bool) -> _Section:
     items = []
     for item in section.items:
         meta = " · ".join(part for part in (_one_line(item.source), _one_line(item.author)) if part)
@@ -218,9 +224,9 @@ def _section(section: DraftSection) -> _Section:
             _Item(
                 title=_one_line(item.title) or "(untitled)",
                 url=_http_url(item.url),
-                summary=_one_line(item.summary),
+                summary=_plain(summary := _prose(item.summary, markdown)),
                 meta=meta,
-                summary_prose=render_prose(_clean(item.summary)),
+                summary_prose=summary,
             )
         )
     more = tuple(
@@ -254,14 +260,19 @@ def resolve_subject(draft: Draft) -> str:
 
 def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict:
     # A section with nothing to show is left out: no bare heading in the email (most weeks, Jobs or Projects).
-    sections = [rendered for rendered in map(_section, draft.sections) if rendered.items or rendered.more]
+    sections = [
+        rendered
+        for rendered in (_section(section, draft.markdown) for section in draft.sections)
+        if rendered.items or rendered.more
+    ]
+    intro = _prose(draft.intro, draft.markdown)
     sponsor = None
     if draft.sponsor is not None:
         sponsor = _Sponsor(
             title=_one_line(draft.sponsor.title),
             url=_http_url(draft.sponsor.url),
-            text=_one_line(draft.sponsor.text),
-            text_prose=render_prose(_clean(draft.sponsor.text)),
+            text=_plain(text := _prose(draft.sponsor.text, draft.markdown)),
+            text_prose=text,
         )
     archive_url = None
     if newsletter.archive_url:
@@ -283,8 +294,8 @@ def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict
         "archive_url": archive_url,
         "site_url": site_url,
         "site_label": site_label,
-        "intro": _paragraphs(draft.intro),  # its paragraphs as written (templates of earlier releases)
-        "intro_prose": render_prose(_clean(draft.intro)),  # its Markdown as sanitized HTML and as plain text
+        "intro": [_one_line(block) for block in intro.text.split("\n\n[1] ")[0].split("\n\n")],  # earlier templates
+        "intro_prose": intro,  # its Markdown as sanitized HTML and as plain text
         "sponsor": sponsor,
         "sections": sections,
         "reason": _one_line(newsletter.reason),

@@ -471,18 +471,21 @@ def feed_sites(db: sqlite_utils.Database) -> dict[str, str]:
     return dict(db.execute("SELECT url, site_url FROM feeds WHERE site_url IS NOT NULL").fetchall())
 
 
-def posts_without_text(db: sqlite_utils.Database, feed_url: str, now: datetime, limit: int) -> list[tuple[str, str]]:
-    """(id, link) of the feed's posts first stored at `now` (this run) with no summary, whose page was never
-    asked for."""
+def posts_without_text(db: sqlite_utils.Database, feed_url: str, limit: int) -> list[tuple[str, str]]:
+    """(id, link) of the feed's posts with no summary whose page was never asked for, newest first, never one
+    already sent."""
     return db.execute(
-        "SELECT id, canonical_url FROM posts WHERE feed_url = ? AND first_seen_at = ? AND page_tried IS NULL "
-        "AND coalesce(summary, '') = '' AND canonical_url IS NOT NULL LIMIT ?",
-        [feed_url, iso(now), limit],
+        "SELECT id, canonical_url FROM posts WHERE feed_url = ? AND page_tried IS NULL "
+        f"AND coalesce(summary, '') = '' AND canonical_url IS NOT NULL AND {_NOT_SENT} "
+        "ORDER BY seen_seq DESC LIMIT ?",
+        [feed_url, limit],
     ).fetchall()
 
 
-def record_page_summary(db: sqlite_utils.Database, post_id: str, summary: str) -> None:
-    db.execute("UPDATE posts SET summary = ?, page_tried = 1 WHERE id = ?", [summary, post_id])
+def record_page_summaries(db: sqlite_utils.Database, summaries: list[tuple[str, str]]) -> None:
+    """(summary, post id) pairs: each post's page was asked for (its summary may be empty)."""
+    with transaction(db):
+        db.conn.executemany("UPDATE posts SET summary = ?, page_tried = 1 WHERE id = ?", summaries)
 
 
 # --- sending ---------------------------------------------------------------------

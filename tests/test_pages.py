@@ -53,3 +53,27 @@ def test_a_feed_without_the_setting_fetches_no_page(tmp_path, feed_server, run_c
     write_config(tmp_path, [{"name": "Forum", "url": feed_server.url("/feed.xml")}])
     assert run_cli("collect", cwd=tmp_path)[0] == 0
     assert [path for path, _ in feed_server.requests] == ["/feed.xml"]
+
+
+def test_a_page_is_read_in_its_headers_charset_once_per_link_and_never_off_the_feeds_own_host(
+    tmp_path, feed_server, run_cli
+):
+    text = "Café in Zürich: a naïve résumé of what the forum said this week."
+    feed_server.routes["/utf8"] = Route(
+        f"<html><body><article><p>{text}</p></article></body></html>".encode(),
+        headers={"Content-Type": "text/html; charset=utf-8"},  # and no <meta charset>
+    )
+    feed_server.routes["/internal"] = Route(b'<meta name="description" content="secret">', headers=HTML)
+    elsewhere = feed_server.url("/internal").replace("127.0.0.1", "localhost")  # this machine, by another name
+    items = [
+        {"title": "One", "link": feed_server.url("/utf8"), "guid": "one"},
+        {"title": "Two", "link": feed_server.url("/utf8"), "guid": "two"},  # the same page
+        {"title": "Relayed", "link": elsewhere, "guid": "relayed"},
+    ]
+    feed_server.routes["/feed.xml"] = Route(rss(items))
+    write_config(tmp_path, [{"name": "Forum", "url": feed_server.url("/feed.xml"), "summaries": "page"}])
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    summaries = dict(store.open_db(tmp_path / "digest.db").execute("SELECT guid, summary FROM posts").fetchall())
+    assert summaries == {"one": text, "two": text, "relayed": ""}
+    assert [path for path, _ in feed_server.requests].count("/utf8") == 1
+    assert "/internal" not in [path for path, _ in feed_server.requests]

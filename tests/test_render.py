@@ -427,6 +427,7 @@ def test_the_editors_markdown_is_rendered_safe_in_html_and_readable_in_text():
             "Welcome! **Django 6.0** is out: read [the notes](https://docs.example.com/6.0/).\n\n"
             "- one\n- two\n\n<script>alert(1)</script> [bad](javascript:alert(1)) <b>raw</b>"
         ),
+        markdown=True,
         sections=[
             DraftSection(
                 title="News",
@@ -451,3 +452,22 @@ def test_a_feeds_summary_is_written_into_the_draft_so_that_it_shows_as_it_is():
     for plain in ["*Stars* and snake_case", "1. Not a list", "- not a bullet", "[not](a link) <b>"]:
         shown = render_prose(escape_markdown(plain))
         assert shown.text == plain, plain
+
+
+def test_a_draft_written_before_markdown_renders_as_the_plain_text_it_was():
+    draft = Draft(
+        issue="2026-W14",
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="Digest",
+        intro="Use *args and **kwargs in __init__, not [x](https://y.example/).",
+        sections=[DraftSection(title="News", items=[DraftItem(title="Post", summary="snake_case __str__")])],
+    )
+    rendered = render_issue(draft, Newsletter())
+    assert (
+        "<em>" not in rendered.html
+        and "<strong>" not in rendered.html
+        and 'href="https://y.example/"' not in rendered.html
+    )
+    assert "Use *args and **kwargs in __init__, not [x](https://y.example/)." in rendered.text
+    assert "snake_case __str__" in rendered.text
