@@ -174,7 +174,7 @@ async def _page_summaries(
     from urllib.parse import urlsplit
 
     from .fetch import FetchRequest
-    from .pages import page_description
+    from .pages import PageInfo, page_info
 
     feed_host = urlsplit(feed.url).hostname
     posts = store.posts_without_text(db, feed.url, MAX_PAGES)
@@ -183,15 +183,15 @@ async def _page_summaries(
         links.setdefault(url, []).append(post_id)
     gate = asyncio.Semaphore(PAGES_AT_ONCE)
 
-    async def one(url: str) -> tuple[str, str]:
+    async def one(url: str) -> tuple[str, PageInfo]:
         async with gate:
             private = allow_private and urlsplit(url).hostname == feed_host
             result = await fetcher.fetch(FetchRequest(key=url, url=url, allow_private=private))
         if not result.content or result.error:
-            return url, ""
-        return url, page_description(result.content, _charset(result.headers.get("content-type", "")))
+            return url, PageInfo()
+        return url, page_info(result.content, result.url, _charset(result.headers.get("content-type", "")))
 
-    found: dict[str, str] = {}
+    found: dict[str, PageInfo] = {}
     try:
         async with asyncio.timeout(settings.deadline):
             for task in asyncio.as_completed([one(url) for url in links]):
@@ -199,7 +199,9 @@ async def _page_summaries(
                 found[url] = summary
     except TimeoutError:
         pass  # the pages not reached are asked for again next run
-    store.record_page_summaries(db, [(found[url], post_id) for url in found for post_id in links[url]])
+    store.record_page_summaries(
+        db, [(found[url].description, found[url].image, post_id) for url in found for post_id in links[url]]
+    )
 
 
 def _charset(content_type: str) -> str | None:

@@ -78,6 +78,7 @@ class FeedConfig:
     max_items: int = 25  # posts of this feed in one issue's email; the rest are listed in the draft
     private: bool = False  # may be fetched from loopback and private addresses (an intranet feed)
     summaries: str = "feed"  # "page": a post without text gets its page's description (title-only feeds)
+    images: bool = False  # each item shows its entry's thumbnail (or its page's og:image), small
     line: int | None = None  # where the feed is declared in feeds.yaml
 
     def wants(self, title: str, summary: str) -> bool:
@@ -371,7 +372,9 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
     seen: set[str] = set()
     for index, item in enumerate(node.value):
         reader = MappingReader(path, item, f"feeds[{index}]")
-        reader.check_keys({"name", "url", "section", "include", "exclude", "max_items", "private", "summaries"})
+        reader.check_keys(
+            {"name", "url", "section", "include", "exclude", "max_items", "private", "summaries", "images"}
+        )
         summaries = reader.get("summaries", str, "feed").strip()
         if summaries not in ("feed", "page"):
             raise reader.error("summaries", f"must be feed or page, got {summaries!r}")
@@ -394,6 +397,7 @@ def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: i
                 max_items=reader.number("max_items", int, FeedConfig.max_items, minimum=1),
                 private=reader.get("private", bool, False),
                 summaries=summaries,
+                images=reader.get("images", bool, False),
                 line=item.line,
             )
         )

@@ -83,7 +83,14 @@ def item_from_post(post: SelectedPost, tz: ZoneInfo) -> DraftItem:
         author=row["author"] or None,
         published=from_iso(row["published_at"]).astimezone(tz).date(),
         site=None if url else post.site,
+        **(_image_of(row) if post.feed.images else {}),
     )
+
+
+def _image_of(row: dict) -> dict:
+    if not row.get("image_url"):
+        return {}
+    return {"image": row["image_url"], "image_width": row["image_width"], "image_height": row["image_height"]}
 
 
 def new_draft(issue_id: str, subject: str, sections: list[str]) -> Draft:
@@ -594,7 +601,9 @@ def _items(path: Path, parent: MappingReader, key: str) -> list[DraftItem]:
     items = []
     for index, item_node in enumerate(_list(parent, key)):
         item = MappingReader(path, item_node, f"{parent.where}.{key}[{index}]")
-        item.check_keys({"title", "url", "summary", "source", "author", "published", "site"})
+        item.check_keys(
+            {"title", "url", "summary", "source", "author", "published", "site", "image", "image_width", "image_height"}
+        )
         published = item.get("published", date)
         if isinstance(published, datetime):
             published = published.date()
@@ -609,9 +618,18 @@ def _items(path: Path, parent: MappingReader, key: str) -> list[DraftItem]:
                 author=item.get("author", str),
                 published=published,
                 site=site,
+                image=_url(item, "image", required=False),
+                image_width=_pixels(item, "image_width"),
+                image_height=_pixels(item, "image_height"),
             )
         )
     return items
+
+
+def _pixels(item: MappingReader, key: str) -> int | None:
+    if key not in item.mapping or item.mapping[key].value is None:
+        return None
+    return item.number(key, int, None, minimum=1, maximum=4000)
 
 
 def _groups(path: Path, section: MappingReader) -> list[MoreGroup]:

@@ -240,3 +240,17 @@ def m009_page_summaries(db: sqlite_utils.Database) -> None:
     """Summaries for title-only feeds (issue 12): whether a post's own page was fetched for its description,
     so that each page is fetched once."""
     _run(db, "ALTER TABLE posts ADD COLUMN page_tried INTEGER")
+
+
+@migration
+def m010_post_images(db: sqlite_utils.Database) -> None:
+    """A post's image (issue 12, a feed's `images: true`): its feed's thumbnail or image enclosure, else its
+    page's og:image, with the width and height the email needs to reserve its place."""
+    _run(
+        db,
+        """
+        ALTER TABLE posts ADD COLUMN image_url TEXT;
+        ALTER TABLE posts ADD COLUMN image_width INTEGER;
+        ALTER TABLE posts ADD COLUMN image_height INTEGER;
+    """,
+    )

@@ -62,6 +62,9 @@ class Post:
     url_key: str | None = None  # the link's identity (urls.url_key): one article across feeds
     content_key: str | None = None  # hash of the normalized title and text: a link-less entry's identity
     source: str | None = None  # the article's site, as shown under the item ("djangoproject.com")
+    image_url: str | None = None  # the entry's thumbnail (media:thumbnail, an image enclosure), absolute https
+    image_width: int | None = None
+    image_height: int | None = None
 
 
 @dataclass
@@ -83,6 +86,9 @@ class DraftItem:
     author: str | None = None
     published: date | None = None
     site: str | None = None  # a link-less post's feed site: the editor may make it the url
+    image: str | None = None  # a small image beside the item (a feed's `images: true`), with its size
+    image_width: int | None = None
+    image_height: int | None = None
 
 
 @dataclass

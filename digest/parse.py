@@ -40,6 +40,7 @@ import feedparser
 import nh3
 
 from .models import ParsedFeed, Post
+from .pages import MIN_IMAGE
 from .text import content_key, cut_at_word, one_line, plain_text, same_words, sanitized_text, strip_invisible
 from .urls import clean_url, host_of, is_opaque_redirect, unwrap, url_key
 
@@ -322,7 +323,30 @@ def _post_from_entry(
         url_key=link_key,
         content_key=text_key,
         source=source or None,
+        **_image(entry, link or base_url),
     )
+
+
+def _image(entry, base: str) -> dict:
+    """The entry's thumbnail: media:thumbnail, else an image in media:content or an image enclosure; only an
+    http(s) address with its width and height given (the email reserves the place; an image without them
+    could be anything), and larger than a tracking pixel."""
+    candidates = list(entry.get("media_thumbnail") or [])
+    candidates += [media for media in entry.get("media_content") or [] if _is_image(media)]
+    candidates += [enclosure for enclosure in entry.get("enclosures") or [] if _is_image(enclosure)]
+    for candidate in candidates:
+        url = clean_url(urljoin(base, str(candidate.get("url") or candidate.get("href") or "")))
+        try:
+            width, height = int(candidate.get("width") or 0), int(candidate.get("height") or 0)
+        except (TypeError, ValueError):
+            continue
+        if url and url.startswith(("http://", "https://")) and width >= MIN_IMAGE and height >= MIN_IMAGE:
+            return {"image_url": url, "image_width": width, "image_height": height}
+    return {}
+
+
+def _is_image(media) -> bool:
+    return str(media.get("medium") or "") == "image" or str(media.get("type") or "").startswith("image/")
 
 
 def _entry_html(entry) -> tuple[str, str | None]:

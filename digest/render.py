@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .config import Newsletter
 from .errors import ConfigError
-from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftSection, RenderedIssue
+from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection, RenderedIssue
 from .prose import Prose, escape_markdown, render_prose
 from .text import cut_at_word, strip_invisible
 from .urls import is_http_url
@@ -138,6 +138,29 @@ class _Item:
     summary: str  # the draft's text on one line (templates of earlier releases print it)
     meta: str  # "source · author"
     summary_prose: Prose  # the summary's Markdown as sanitized HTML and as plain text
+    image: _Image | None = None
+
+
+@dataclass(frozen=True)
+class _Image:
+    """An item's image, scaled to fit IMAGE_BOX: its place reserved by width and height, alt from the title."""
+
+    url: str
+    width: int
+    height: int
+    alt: str
+
+
+IMAGE_BOX = 120  # pixels: the most an item's image takes either way
+
+
+def _image(item: DraftItem, title: str) -> _Image | None:
+    url = _http_url(item.image)
+    if not url or not item.image_width or not item.image_height:
+        return None  # without its size, its place cannot be reserved: left out
+    scale = min(1.0, IMAGE_BOX / max(item.image_width, item.image_height))
+    width, height = max(1, round(item.image_width * scale)), max(1, round(item.image_height * scale))
+    return _Image(url=url, width=width, height=height, alt=title)
 
 
 @dataclass(frozen=True)
@@ -227,6 +250,7 @@ def _section(section: DraftSection, markdown: bool) -> _Section:
                 summary=_plain(summary := _prose(item.summary, markdown)),
                 meta=meta,
                 summary_prose=summary,
+                image=_image(item, _one_line(item.title)),
             )
         )
     more = tuple(

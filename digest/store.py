@@ -181,6 +181,9 @@ _POST_COLUMNS = (
     "url_key",
     "content_key",
     "source",
+    "image_url",
+    "image_width",
+    "image_height",
     "seen_seq",
 )
 _NOT_SENT = (
@@ -482,10 +485,19 @@ def posts_without_text(db: sqlite_utils.Database, feed_url: str, limit: int) -> 
     ).fetchall()
 
 
-def record_page_summaries(db: sqlite_utils.Database, summaries: list[tuple[str, str]]) -> None:
-    """(summary, post id) pairs: each post's page was asked for (its summary may be empty)."""
+def record_page_summaries(db: sqlite_utils.Database, pages: list[tuple[str, tuple[str, int, int] | None, str]]) -> None:
+    """(description, image or None, post id): each post's page was asked for (the description may be empty);
+    its image is kept only where the feed gave none."""
     with transaction(db):
-        db.conn.executemany("UPDATE posts SET summary = ?, page_tried = 1 WHERE id = ?", summaries)
+        db.conn.executemany(
+            "UPDATE posts SET summary = ?, page_tried = 1, image_width = CASE WHEN image_url IS NULL THEN ? "
+            "ELSE image_width END, image_height = CASE WHEN image_url IS NULL THEN ? ELSE image_height END, "
+            "image_url = coalesce(image_url, ?) WHERE id = ?",
+            [
+                (description, *(image[1:] if image else (None, None)), image[0] if image else None, post_id)
+                for description, image, post_id in pages
+            ],
+        )
 
 
 # --- sending ---------------------------------------------------------------------

@@ -77,3 +77,82 @@ def test_a_page_is_read_in_its_headers_charset_once_per_link_and_never_off_the_f
     assert summaries == {"one": text, "two": text, "relayed": ""}
     assert [path for path, _ in feed_server.requests].count("/utf8") == 1
     assert "/internal" not in [path for path, _ in feed_server.requests]
+
+
+def media_rss(items: list[str]) -> bytes:
+    return (
+        '<?xml version="1.0"?><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel>'
+        "<title>Jobs</title><link>https://jobs.example.com/</link><description>d</description>"
+        + "".join(items)
+        + "</channel></rss>"
+    ).encode()
+
+
+def test_images_come_from_thumbnails_or_the_pages_og_image_and_never_a_tracking_pixel(tmp_path, feed_server, run_cli):
+    feed_server.routes["/page"] = Route(
+        b'<html><head><meta property="og:image" content="/cover.png"><meta property="og:image:width" '
+        b'content="1200"><meta property="og:image:height" content="630"></head><body></body></html>',
+        headers=HTML,
+    )
+    feed_server.routes["/feed.xml"] = Route(
+        media_rss(
+            [
+                "<item><title>With a thumbnail</title><link>https://jobs.example.com/1</link><guid>1</guid>"
+                "<description>Text.</description>"
+                '<media:thumbnail url="https://img.example.com/1.jpg" width="300" height="200"/></item>',
+                "<item><title>A pixel</title><link>https://jobs.example.com/2</link><guid>2</guid>"
+                "<description>Text.</description>"
+                '<enclosure url="https://track.example.com/p.gif" type="image/gif" length="43"/>'
+                '<media:content url="https://track.example.com/p2.gif" medium="image" width="1" height="1"/></item>',
+                f"<item><title>Page only</title><link>{feed_server.url('/page')}</link><guid>3</guid></item>",
+            ]
+        )
+    )
+    write_config(
+        tmp_path,
+        [{"name": "Jobs", "url": feed_server.url("/feed.xml"), "images": True, "summaries": "page"}],
+    )
+    assert run_cli("collect", cwd=tmp_path)[0] == 0
+    images = {
+        guid: (url, width, height)
+        for guid, url, width, height in store.open_db(tmp_path / "digest.db").execute(
+            "SELECT guid, image_url, image_width, image_height FROM posts"
+        )
+    }
+    assert images == {
+        "1": ("https://img.example.com/1.jpg", 300, 200),
+        "2": (None, None, None),  # no size (the enclosure), or 1×1 (the media:content): not pictures
+        "3": (feed_server.url("/cover.png"), 1200, 630),
+    }
+    assert run_cli("build", cwd=tmp_path)[0] == 0
+    draft = next((tmp_path / "drafts").glob("*.yaml")).read_text(encoding="utf-8")
+    assert "image: https://img.example.com/1.jpg\n" in draft and "image_width: 300\n" in draft
+    assert "track.example.com" not in draft
+
+
+def test_an_items_image_is_small_has_its_size_and_alt_and_only_where_asked():
+    from datetime import date
+
+    from digest.config import Newsletter
+    from digest.models import Draft, DraftItem, DraftSection
+    from digest.render import render_issue
+
+    item = DraftItem(
+        title="Senior <Django> developer",
+        url="https://jobs.example.com/1",
+        image="https://img.example.com/1.jpg",
+        image_width=300,
+        image_height=200,
+    )
+    draft = Draft(
+        issue="2026-W14",
+        week_start=date(2026, 3, 30),
+        week_end=date(2026, 4, 5),
+        subject="s",
+        sections=[DraftSection(title="Jobs", items=[item, DraftItem(title="No image", url="https://x.example/")])],
+    )
+    html = render_issue(draft, Newsletter()).html
+    assert html.count("<img ") == 1
+    tag = html[html.index("<img ") : html.index(">", html.index("<img "))]
+    assert 'src="https://img.example.com/1.jpg"' in tag and 'alt="Senior &lt;Django&gt; developer"' in tag
+    assert 'width="120"' in tag and 'height="80"' in tag
