@@ -57,8 +57,17 @@ def render_prose(source: str, width: int = TEXT_WIDTH) -> Prose:
         attributes={"a": {"href"}},
         url_schemes=ALLOWED_SCHEMES,
         link_rel=None,
+        attribute_filter=_absolute_links_only,
     ).strip()
     return Prose(html=html, text=_text(tokens, width))
+
+
+def _absolute_links_only(tag: str, attribute: str, value: str) -> str | None:
+    """A link in an email has no page to be relative to: `/docs` and `//host/x` lose their href (nh3 lets
+    relative links through whatever the schemes)."""
+    if tag == "a" and attribute == "href" and not re.match(r"(?i)(https?|mailto):", value):
+        return None
+    return value
 
 
 def _text(tokens, width: int) -> str:

@@ -143,3 +143,26 @@ def test_only_the_approved_draft_is_sent(project, server, run_cli):  # noqa: F81
     edit_title(project, "Saved between the decision and the send")
     with pytest.raises(Failed, match="changed after it was approved: nothing sent"):
         sending.plan_send(config, db, WEEK, backend_class("smtp")(config), approved_hash=digest)
+
+
+def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, run_cli):  # noqa: F811
+    """The clock is passed in (run_week's `now`): a minute before Friday 17:00 London, the issue waits;
+    a minute after, it goes."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from digest import jobs
+    from digest.config import load_config
+    from digest.store import open_db
+    from digest.weeks import parse_week
+
+    require_approval(project, approval_deadline="friday 17:00")
+    friday = datetime.combine(parse_week(WEEK) + timedelta(days=4), datetime.min.time(), ZoneInfo("Europe/London"))
+    config, db = load_config(project / "feeds.yaml"), open_db(project / "digest.db")
+    first = jobs.run_week(config, db, now=friday.replace(hour=9))
+    assert first.approval is not None and not first.approval.send and len(to_editor(server)) == 1
+    before = jobs.run_week(config, db, now=friday.replace(hour=16, minute=59))
+    assert before.approval is not None and before.approval.outcome == "waiting" and not to_subscribers(server)
+    after = jobs.run_week(config, db, now=friday.replace(hour=17, minute=1))
+    assert after.approval is not None and after.approval.outcome == "deadline"
+    assert after.sent is not None and after.sent.complete and len(to_subscribers(server)) == 3

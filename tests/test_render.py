@@ -440,6 +440,9 @@ def test_the_editors_markdown_is_rendered_safe_in_html_and_readable_in_text():
     assert '<a href="https://docs.example.com/6.0/"' in rendered.html and "<li>one</li>" in rendered.html
     assert "<script>alert" not in rendered.html and 'href="javascript' not in rendered.html
     assert "<b>raw</b>" not in rendered.html and "&lt;b&gt;raw&lt;/b&gt;" in rendered.html
+    relative = render_issue(replace(draft, intro="[a](/docs) [b](//evil.example/x)"), Newsletter()).html
+    assert 'href="/docs"' not in relative and 'href="//evil.example/x"' not in relative
+    assert re.search(r"<a[^>]*>a</a> <a[^>]*>b</a>", relative) and not re.search(r"<a [^>]*href[^>]*>a</a>", relative)
     assert "<code>async</code>" in rendered.html and "<em>views</em>" in rendered.html
     text = rendered.text
     assert "Django 6.0 is out: read the notes [1]." in text and "[1] https://docs.example.com/6.0/" in text
