@@ -282,7 +282,7 @@ def unsubscribe(
         email = text
     else:
         secret = env_secret(SECRET_ENV)
-        signed_for = signed_address(secret, [config.newsletter.list_identifier, *store.list_ids(db)], text)
+        signed_for = signed_address(db, secret, config.newsletter.list_identifier, text)
         if signed_for is None:
             raise SetupError(f"{text!r} is neither an address nor a token of this newsletter signed with {SECRET_ENV}")
         email = signed_for

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from urllib.parse import quote
 
+import sqlite_utils
+
+from .. import store
 from ..config import Newsletter
 from ..credentials import env_secret
 from ..errors import SetupError
@@ -74,12 +77,12 @@ def verify_token(secret: str, newsletter: str, token: str) -> str | None:
     return email if hmac.compare_digest(signature, expected) else None
 
 
-def signed_address(secret: str | None, list_ids: list[str], token: str) -> str | None:
-    """The address a token was signed for under any of the list-ids the newsletter has sent with (a change
-    of title or site_url changes the default one; links already in inboxes must still work), or None."""
+def signed_address(db: sqlite_utils.Database, secret: str | None, current: str, token: str) -> str | None:
+    """The address a token was signed for under the newsletter's list-id or any it has sent issues with (a
+    change of title or site_url changes the default one; links already in inboxes must still work), or None."""
     if not secret:
         return None
-    for list_id in dict.fromkeys(list_ids):
+    for list_id in dict.fromkeys([current, *store.list_ids(db)]):
         email = verify_token(secret, list_id, token)
         if email is not None:
             return email

@@ -334,27 +334,26 @@ class WebSide:
         finally:
             connection.close()
 
-    def _confirm_token(self, request: Request) -> tuple[signup.ConfirmToken | None, Response | None]:
+    def _confirm_token(self, request: Request) -> signup.ConfirmToken | Response:
+        """The request's valid, unexpired confirmation token, or the page that refuses it."""
         token = signup.verify_confirm_token(self.secret, self.list_id, request.query_params.get("token", ""))
         if token is None:
-            return None, self.page(
-                "Link not valid", "This confirmation link is not valid: nothing was changed.", status=400
-            )
+            return self.page("Link not valid", "This confirmation link is not valid: nothing was changed.", status=400)
         if token.expired(self.clock()):
-            return None, self.page(
+            return self.page(
                 "Link expired",
                 f"This confirmation link is more than {signup.CONFIRM_DAYS} days old: nothing was changed. "
                 "Subscribe again to get a new one.",
                 status=400,
             )
-        return token, None
+        return token
 
     async def confirm_page(self, request: Request) -> Response:
         """GET: a page with one button. Mail scanners (Safe Links, Mimecast) open every link of a mail: a GET that
         confirmed would subscribe an address without its owner."""
-        token, refused = self._confirm_token(request)
-        if token is None:
-            return refused or self.page("Link not valid", "", status=400)
+        token = self._confirm_token(request)
+        if isinstance(token, Response):
+            return token
         return self.page(
             "Confirm your subscription",
             f"Start sending {self.config.newsletter.title} to {token.email}?",
@@ -365,9 +364,9 @@ class WebSide:
         """POST, the page's button: the subscriber becomes active."""
         if await _capped_body(request) is None:
             return self.page("Too large", "That request is too large.", status=413)
-        token, refused = self._confirm_token(request)
-        if token is None:
-            return refused or self.page("Link not valid", "", status=400)
+        token = self._confirm_token(request)
+        if isinstance(token, Response):
+            return token
         outcome = await self.databases.write(signup.confirm, token, self.clock())
         title = self.config.newsletter.title
         pages = {
@@ -383,9 +382,7 @@ class WebSide:
     async def unsubscribe_page(self, request: Request) -> Response:
         """GET: only a page with a button; scanners and previews that follow links change nothing."""
         token = request.query_params.get("token", "")
-        email = await self.databases.run(
-            lambda db: signed_address(self.secret, [self.list_id, *store.list_ids(db)], token)
-        )
+        email = await self.databases.run(signed_address, self.secret, self.list_id, token)
         if email is None:
             return self.page("Link not valid", "This unsubscribe link is not valid: nothing was changed.", status=400)
         return self.page(
@@ -402,7 +399,7 @@ class WebSide:
             return self.page("Too large", "That request is too large.", status=413)
         token = request.query_params.get("token", "")
         how = "one-click unsubscribe" if b"one-click" in body.lower() else "unsubscribe page"
-        email = await self.databases.write(signup.unsubscribe, self.secret, [self.list_id], token, self.clock(), how)
+        email = await self.databases.write(signup.unsubscribe, self.secret, self.list_id, token, self.clock(), how)
         if email is None:
             return self.page("Link not valid", "This unsubscribe link is not valid: nothing was changed.", status=400)
         return self.page("Unsubscribed", f"{email} will not receive {self.config.newsletter.title} again.")

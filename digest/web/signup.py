@@ -132,11 +132,11 @@ def confirm(db: sqlite_utils.Database, token: ConfirmToken, now: datetime) -> st
 
 
 def unsubscribe(
-    db: sqlite_utils.Database, secret: str, list_ids: list[str], token: str, now: datetime, how: str
+    db: sqlite_utils.Database, secret: str, list_id: str, token: str, now: datetime, how: str
 ) -> str | None:
     """The address an unsubscribe token was signed for (under any list-id the newsletter has sent with), now
     never mailed again; None for a forged token, which changes nothing."""
-    email = signed_address(secret, [*list_ids, *store.list_ids(db)], token)
+    email = signed_address(db, secret, list_id, token)
     if email is None or not is_valid_email(email):
         return None
     store.suppress(db, email, "unsubscribed", now, detail=how)
