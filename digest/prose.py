@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import nh3
 
+from .text import TEXT_WIDTH, wrap
+
 ALLOWED_TAGS = {"p", "a", "strong", "em", "code", "ul", "ol", "li", "br"}
 ALLOWED_SCHEMES = {"http", "https", "mailto"}
-TEXT_WIDTH = 72
+REFERENCES = "\n\n[1] "  # where a text's link references begin
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class Prose:
 
     def __bool__(self) -> bool:
         return bool(self.text.strip())
+
+    @property
+    def body(self) -> str:
+        """The text without its numbered link references."""
+        return self.text.split(REFERENCES, 1)[0]
 
 
 @functools.cache
@@ -98,7 +105,7 @@ def _text(tokens, width: int) -> str:
                 blocks.append(textwrap.fill(line, width, initial_indent=prefix, subsequent_indent=" " * len(prefix)))
                 prefix = ""
             else:
-                blocks.append(textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False))
+                blocks.append(wrap(line, width))
     joined = "\n\n".join(block for block in blocks if block)
     joined = re.sub(r"(?m)^(\s*(?:- |\d+\. ).*)\n\n(?=\s*(?:- |\d+\. ))", r"\1\n", joined)  # items: one a line
     if references:

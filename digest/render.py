@@ -18,7 +18,6 @@ import functools
 import html as html_lib
 import logging
 import re
-import textwrap
 import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date
@@ -30,7 +29,7 @@ from .config import Newsletter
 from .errors import ConfigError
 from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection, RenderedIssue
 from .prose import Prose, escape_markdown, render_prose
-from .text import cut_at_word, strip_invisible
+from .text import cut_at_word, strip_invisible, wrap
 from .urls import is_http_url
 
 if TYPE_CHECKING:
@@ -49,13 +48,7 @@ HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "text.txt.j2"
 MARK_PREFIX = "%%DIGEST_"  # common to every mark: feed text loses it before rendering
 PREHEADER_CHARS = 150
-TEXT_WIDTH = 72
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _wrap(text: str, width: int = TEXT_WIDTH) -> str:
-    """Fill prose at `width` columns; words (and URLs) longer than that stay whole on their own line."""
-    return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False) if text else ""
 
 
 def columns(text: str) -> int:
@@ -86,7 +79,7 @@ def _environment(folder: Path | None, autoescape: bool) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters["wrap"] = _wrap
+    env.filters["wrap"] = wrap
     env.filters["columns"] = columns
     return env
 
@@ -236,7 +229,7 @@ def _prose(text: str | None, markdown: bool) -> Prose:
 
 def _plain(prose: Prose) -> str:
     """A prose's text on one line, without its link references: for templates of earlier releases."""
-    return _one_line(prose.text.split("\n\n[1] ")[0])
+    return _one_line(prose.body)
 
 
 def _section(section: DraftSection, markdown: bool) -> _Section:
@@ -318,7 +311,7 @@ def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict
         "archive_url": archive_url,
         "site_url": site_url,
         "site_label": site_label,
-        "intro": [_one_line(block) for block in intro.text.split("\n\n[1] ")[0].split("\n\n")],  # earlier templates
+        "intro": [_one_line(block) for block in intro.body.split("\n\n")],  # for templates of earlier releases
         "intro_prose": intro,  # its Markdown as sanitized HTML and as plain text
         "sponsor": sponsor,
         "sections": sections,

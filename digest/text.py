@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import textwrap
 import unicodedata
 from html.parser import HTMLParser
 
@@ -101,6 +102,14 @@ def strip_invisible(text: str, *, keep_newlines: bool = False) -> str:
 def one_line(text: str | None) -> str:
     """Visible text on one line, white space collapsed."""
     return " ".join(strip_invisible(text or "").split())
+
+
+TEXT_WIDTH = 72  # columns of the email's text part
+
+
+def wrap(text: str, width: int = TEXT_WIDTH) -> str:
+    """Fill prose at `width` columns; words (and URLs) longer than that stay whole on their own line."""
+    return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False) if text else ""
 
 
 def cut_at_word(text: str, limit: int) -> str:
