@@ -211,9 +211,9 @@ def format_dates(start: date, end: date) -> str:
     return f"{first} – {last}"
 
 
-def build_preheader(draft: Draft) -> str:
+def _preheader(draft: Draft, intro: Prose) -> str:
     """The inbox preview line: the draft's own, else the intro's start, else the first items' titles."""
-    for text in (draft.preheader, _plain(_prose(draft.intro, draft.markdown))):
+    for text in (draft.preheader, _plain(intro)):
         text = _one_line(text)
         if text:
             return cut_at_word(text, PREHEADER_CHARS)
@@ -307,7 +307,7 @@ def _context(draft: Draft, newsletter: Newsletter, *, web: bool = False) -> dict
         "subject": _one_line(resolve_subject(draft)),
         "dates": format_dates(draft.week_start, draft.week_end),
         "issue": draft.issue,
-        "preheader": build_preheader(draft),
+        "preheader": _preheader(draft, intro),
         "archive_url": archive_url,
         "site_url": site_url,
         "site_label": site_label,
