@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import re
 import secrets
+import time
 from email import policy
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
@@ -136,6 +137,7 @@ class MessageFactory:
             chunks.append(b"\r\n")
         chunks.append(f"--{boundary}--\r\n".encode("ascii"))
         self._chunks = _merge_literals(chunks)
+        self._date: tuple[int, bytes] = (0, b"")
 
     def message_id(self, email: str) -> str:
         """The same for every attempt at one (issue, subscriber): a resend after a crash can be recognized."""
@@ -145,6 +147,13 @@ class MessageFactory:
     def test_message_id(self) -> str:
         return f"<{self.issue_id}.test.{secrets.token_hex(12)}@{self.domain}>"
 
+    def _date_header(self) -> bytes:
+        """The Date line, made once a second rather than once a message."""
+        second, date = int(time.time()), self._date  # the workers share the factory: one read of the pair
+        if date[0] != second:
+            date = self._date = (second, _header("Date", formatdate(second, usegmt=True)))
+        return date[1]
+
     def copy(self, email: str, name: str, message_id: str) -> bytes:
         """One subscriber's message: their headers, then the body with their parts substituted."""
         name = " ".join(name.split())[:_MAX_NAME]
@@ -153,13 +162,13 @@ class MessageFactory:
         for html in (False, True):
             for mark in MARKS:
                 values[mark, html] = qp_value(personalize(mark, unsubscribe_url=url, name=name, html=html))
-        unsubscribe = f"List-Unsubscribe: {self.links.header(email)}\r\n".encode("ascii")
+        unsubscribe = f"List-Unsubscribe: {self.links.header(email, url)}\r\n".encode("ascii")
         if len(unsubscribe.split(b"\r\n", 1)[0]) > MAX_LINE:  # only for addresses longer than any real one
             raise Unmailable(f"its List-Unsubscribe line would exceed {MAX_LINE} bytes")
         head = b"".join(
             (
                 _to_header(email, name),
-                _header("Date", formatdate(usegmt=True)),
+                self._date_header(),
                 _header("Message-ID", message_id),
                 unsubscribe,
             )

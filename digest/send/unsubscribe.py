@@ -165,8 +165,9 @@ class UnsubscribeLinks:
         """The first physical line of the List-Unsubscribe header (the one holding the URL), as sent."""
         return f"List-Unsubscribe: {self.header(email)}".split("\r\n")[0].encode("utf-8")
 
-    def header(self, email: str) -> str:
-        """The List-Unsubscribe value: the URL (if any) then the mailto fallback, folded between the two."""
+    def header(self, email: str, url: str | None = None) -> str:
+        """The List-Unsubscribe value: the URL (if any) then the mailto fallback, folded between the two.
+        `url`: `self.url(email)` when the caller has it already (its token costs an HMAC)."""
         if not self.url_template:
             return f"<{self.mailto}>"
-        return f"<{self.url(email)}>,\r\n <{self.mailto}>"
+        return f"<{url or self.url(email)}>,\r\n <{self.mailto}>"
