@@ -150,6 +150,42 @@ def test_marks_survive_quoted_printable_at_every_column(column):
     assert decoded(html) == personalize(f"<p>{body}</p>", unsubscribe_url=url, name=name, html=True)
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"Subject: dots\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n",
+        b".Starts with a dot\r\n\r\nno line end at the end",
+    ],
+)
+def test_the_data_arrives_as_it_was_made_whatever_its_dots(server, message):
+    """digest stuffs the dots itself (smtplib's regular expression cost a sixth of the sender's CPU)."""
+    from digest.send.smtp import Connection, SmtpSettings
+
+    connection = Connection(SmtpSettings(host="127.0.0.1", port=server.port, security="none"), None)
+    try:
+        assert connection.transact("digest@example.com", "a@example.com", message).startswith("250 ")
+    finally:
+        connection.close()
+    expected = message if message.endswith(b"\r\n") else message + b"\r\n"
+    assert [received.data for received in server.messages] == [expected]
+
+
+def test_a_transaction_not_ready_before_its_data_sends_nothing_and_keeps_the_connection(server):
+    """The ledger's `sending` is waited for before DATA: a recipient settled meanwhile (unsubscribed) gets
+    nothing, and the connection goes on with the next one."""
+    from digest.send.smtp import Connection, SmtpSettings
+
+    connection = Connection(SmtpSettings(host="127.0.0.1", port=server.port, security="none"), None)
+    try:
+        assert connection.transact("digest@example.com", "gone@example.com", b"x\r\n", ready=lambda: False) is None
+        session = connection.smtp
+        assert connection.transact("digest@example.com", "b@example.com", b"y\r\n").startswith("250 ")
+        assert connection.smtp is session
+    finally:
+        connection.close()
+    assert [(received.rcpt, received.data) for received in server.messages] == [("b@example.com", b"y\r\n")]
+
+
 def test_the_issue_is_rendered_once_whatever_the_number_of_subscribers(tmp_path, server, monkeypatch):
     config = load_config(make_project(tmp_path, server.port, subscribers(12)))
     calls = []
@@ -510,35 +546,59 @@ def test_the_header_writer_refuses_a_line_break_on_either_path(value):
     assert _header("Subject", "Week 14") == b"Subject: Week 14\r\n"
 
 
-def test_a_sent_held_for_the_next_commit_survives_that_commit_failing(tmp_path):
-    """A 250 is committed with the next message's `sending`; when that transaction fails, the `sent` is still
-    held and written by the flush every worker ends with: the recipient is not left `sending` (re-mailed)."""
+def test_a_sent_whose_transaction_failed_is_written_by_the_next_one(tmp_path, monkeypatch):
+    """The ledger's writer commits a 250's `sent` without the worker waiting; when that transaction fails, the
+    row is kept and written first by the next transaction (at the latest the one `close` asks for): the
+    recipient is not left `sending` (re-mailed). What a worker waited on fails with the error."""
     import sqlite3
-    import threading
 
     from digest.send.smtp import _Ledger
 
-    db = store.open_db(tmp_path / "digest.db")
+    path = tmp_path / "digest.db"
+    db = store.open_db(path)
     db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
     store.start_deliveries(db, "w", "smtp", iter(["a@example.com", "b@example.com"]), datetime.now(UTC))
-    ledger = _Ledger(db, "w", threading.Lock())
-    assert ledger.sending("a@example.com", "<a@x>")
-    ledger.sent("a@example.com", "250 OK")
-    real = store.mark_sending
+    ledger = _Ledger(str(path), "w")
+    assert ledger.sending("a@example.com", "<a@x>").result(timeout=10)
+    real = store.mark_delivery
 
     def full(*args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
 
-    store.mark_sending = full
-    try:
-        with pytest.raises(sqlite3.OperationalError):
-            ledger.sending("b@example.com", "<b@x>")
-    finally:
-        store.mark_sending = real
-    ledger.flush()
+    monkeypatch.setattr(store, "mark_delivery", full)
+    ledger.sent("a@example.com", "250 OK")
+    with pytest.raises(sqlite3.OperationalError):  # waits for a transaction after the `sent`'s: it failed too
+        ledger.outcome("b@example.com", "pending", "421 try later")
+    assert ledger.unwritten_error() is not None
+    monkeypatch.setattr(store, "mark_delivery", real)
+    ledger.close()
+    assert ledger.closed.wait(10)
+    assert ledger.unwritten_error() is None
     statuses = {row["email"]: row["status"] for row in db["deliveries"].rows}
     assert statuses == {"a@example.com": "sent", "b@example.com": "pending"}
-    assert not db.conn.in_transaction
+
+
+def test_a_ledger_that_cannot_write_the_last_sent_rows_says_so(tmp_path, monkeypatch):
+    import sqlite3
+
+    from digest.send.smtp import _Ledger
+
+    path = tmp_path / "digest.db"
+    db = store.open_db(path)
+    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
+    store.start_deliveries(db, "w", "smtp", iter(["a@example.com"]), datetime.now(UTC))
+    ledger = _Ledger(str(path), "w")
+    assert ledger.sending("a@example.com", "<a@x>").result(timeout=10)
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "mark_delivery", full)
+    ledger.sent("a@example.com", "250 OK")
+    ledger.close()
+    assert ledger.closed.wait(10)
+    assert "disk is full" in str(ledger.unwritten_error())
+    assert db["deliveries"].get(("w", "a@example.com"))["status"] == "sending"  # resent, with its Message-ID
 
 
 def test_a_row_no_longer_pending_is_never_marked_sending(tmp_path):
