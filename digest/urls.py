@@ -175,6 +175,9 @@ def host_of(url: str | None) -> str:
         return ""
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc, exactly: a regular expression, not a loop of lookups
+
+
 def is_http_url(url: str) -> bool:
     """An absolute http(s) URL with a host, that urllib and httpx can take apart (brackets, port)."""
     try:
@@ -182,11 +185,7 @@ def is_http_url(url: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError:
         return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and not any(unicodedata.category(char) == "Cc" for char in url)
-    )
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not _CONTROL.search(url)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

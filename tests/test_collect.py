@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -72,6 +73,18 @@ def test_second_collect_sends_etag_back_and_stores_nothing_new(setup, feed_serve
     assert by_name(report)["a.xml"].outcome == "unchanged" and by_name(report)["a.xml"].http_status == 304
     assert db["posts"].count == 3
     assert db["feeds"].get(config.feeds[0].url)["etag"] == '"v1"'  # a 304 keeps the validators
+
+
+def test_unchanged_feeds_answer_on_the_connections_already_open(setup, feed_server):
+    """A 304 lets its connection go back to the pool (an unread response would close it): 30 unchanged feeds
+    fetched one at a time take one connection, not 30."""
+    config, db = setup({f"/{n}.xml": Route(rss(items(f"f{n}", 1)), etag=f'"{n}"') for n in range(30)})
+    one_at_a_time = replace(FAST, concurrency=1)
+    collecting.collect(config, db, now=NOW, settings=one_at_a_time)
+    feed_server.clients.clear()
+    report = collecting.collect(config, db, now=NOW, settings=one_at_a_time)
+    assert {feed.http_status for feed in report.feeds} == {304}
+    assert len(feed_server.clients) == 30 and len(set(feed_server.clients)) == 1
 
 
 def test_an_unchanged_run_starts_no_parsing_process_and_a_changed_feed_starts_one(setup, feed_server, monkeypatch):

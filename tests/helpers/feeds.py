@@ -27,11 +27,13 @@ class FeedServer(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.clients: list[tuple[str, int]] = []  # the client's address and port of each request: its connection
         server = self
 
         class Handler(QuietHandler):
             def do_GET(self) -> None:
                 server.requests.append((self.path, dict(self.headers)))
+                server.clients.append(self.client_address[:2])
                 route = server.routes.get(self.path)
                 if route is None:
                     self.send_error(404)
