@@ -729,19 +729,23 @@ def mark_sending(db: sqlite_utils.Database, issue_id: str, key: str, message_id:
 def mark_delivery(
     db: sqlite_utils.Database, issue_id: str, key: str, status: str, reply: str, now: datetime, *, bounced: bool = False
 ) -> None:
-    """Record the outcome of one attempt (sent, failed or pending); a bounce also suppresses the address."""
+    """Record the outcome of one attempt (sent, failed or pending); a bounce also suppresses the address.
+
+    Only over a row still open (pending or sending): one settled meanwhile, skipped by an unsubscribe that
+    `digest serve` answered during the send, stays as it is."""
     now_text = iso(now)
     update = (
         "UPDATE deliveries SET status = ?, last_reply = ?, updated_at = ?, "
-        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE issue_id = ? AND email = ?",
+        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
+        "WHERE issue_id = ? AND email = ? AND status IN ('pending', 'sending')",
         [status, reply, now_text, status, now_text, issue_id, key],
     )
     if not bounced:
         db.execute(*update)
         return
     with transaction(db):
-        db.execute(*update)
-        suppress(db, key, "bounced", now, detail=reply, issue_id=issue_id)
+        if db.execute(*update).rowcount:
+            suppress(db, key, "bounced", now, detail=reply, issue_id=issue_id)
 
 
 def finish_deliveries(db: sqlite_utils.Database, issue_id: str, now: datetime) -> bool:

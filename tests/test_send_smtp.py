@@ -20,6 +20,7 @@ import pytest
 from digest import sending, store
 from digest.config import Newsletter, load_config
 from digest.draft import draft_path, read_draft, write_draft
+from digest.errors import DigestError
 from digest.models import (
     SUBSCRIBER_NAME_MARK,
     UNSUBSCRIBE_URL_MARK,
@@ -30,6 +31,7 @@ from digest.models import (
 )
 from digest.render import personalize, render_issue
 from digest.send.message import MessageFactory
+from digest.send.smtp import SmtpBackend
 from digest.send.unsubscribe import UnsubscribeLinks, verify_token
 
 from helpers.project import WEEK, make_project, subscribers
@@ -625,3 +627,126 @@ def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, serv
     assert code == 1
     assert err == "error: database: disk I/O error; nothing was delivered, 2026-W14 is a draft again\n"
     assert server.messages == [] and not ledger(tmp_path)
+
+
+# --- the ledger's writer and rows settled during the send (an unsubscribe that digest serve answered) -------
+
+
+def test_an_unsubscribe_during_a_retry_pause_is_honoured(tmp_path, server, monkeypatch):
+    """The relay refuses two connections; during the pause after the first, the reader unsubscribes. The second
+    failure's `pending` must not overwrite the `skipped` row, or the third attempt would mail them."""
+    from digest.send import smtp
+
+    config = load_config(make_project(tmp_path, server.port, subscribers(1), smtp={"connections": 1}))
+    opens = []
+    real_open = smtp.Connection.open
+
+    def refused_twice(connection):
+        opens.append(1)
+        if len(opens) <= 2:
+            raise ConnectionRefusedError(111, "Connection refused")
+        real_open(connection)
+
+    monkeypatch.setattr(smtp.Connection, "open", refused_twice)
+
+    def unsubscribe_during_the_pause(seconds):
+        if len(opens) == 1:
+            store.suppress(
+                store.open_db(tmp_path / "digest.db"), "reader00000@example.com", "unsubscribed", datetime.now(UTC)
+            )
+
+    backend = smtp.SmtpBackend(config, sleep=unsubscribe_during_the_pause)
+    report = sending.send_issue(config, store.open_db(tmp_path / "digest.db"), WEEK, backend=backend)
+    assert server.messages == [] and report.sent == 0
+    assert ledger(tmp_path)["reader00000@example.com"]["status"] == "skipped"
+
+
+def test_a_timeout_on_a_row_settled_meanwhile_costs_the_next_recipient_nothing(tmp_path):
+    """reader00001 unsubscribes while reader00000 is mailed, and its RCPT then times out: the dead connection
+    is closed there, so reader00002 goes out on the first attempt of a new one (max_attempts: 1)."""
+    import asyncio
+
+    from helpers.smtp import _Handler
+
+    slow = "reader00001@example.com"
+
+    class SlowRcpt(_Handler):
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address == slow:
+                await asyncio.sleep(1.0)  # past smtp.timeout: the client gives up on this reply
+            return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    server = SmtpServer()
+    server.controller.handler = SlowRcpt(server)
+    server.start()
+    try:
+        settings = {"connections": 1, "timeout": 0.3, "max_attempts": 1}
+        config = load_config(make_project(tmp_path, server.port, subscribers(4), smtp=settings))
+
+        def on_result(key, status):
+            if key == "reader00000@example.com":
+                store.suppress(store.open_db(tmp_path / "digest.db"), slow, "unsubscribed", datetime.now(UTC))
+
+        backend = SmtpBackend(config, on_result=on_result)
+        report = sending.send_issue(config, store.open_db(tmp_path / "digest.db"), WEEK, backend=backend)
+    finally:
+        server.stop()
+    statuses = {key: row["status"] for key, row in ledger(tmp_path).items()}
+    assert statuses == {
+        "reader00000@example.com": "sent",
+        slow: "skipped",
+        "reader00002@example.com": "sent",
+        "reader00003@example.com": "sent",
+    }
+    assert report.sent == 3 and report.complete
+    assert slow not in [received.rcpt for received in server.messages]
+
+
+@pytest.mark.parametrize("failure", ["unopenable", "bug"])
+def test_a_ledger_that_cannot_start_stops_the_run_in_one_line_before_any_connection(
+    tmp_path, server, monkeypatch, failure
+):
+    import sqlite3
+    import threading
+
+    config = load_config(make_project(tmp_path, server.port, subscribers(3)))
+    real = store.open_db
+
+    def open_db(path):
+        if threading.current_thread().name == "smtp-ledger":
+            raise (
+                sqlite3.OperationalError("unable to open database file")
+                if failure == "unopenable"
+                else ValueError("a bug")
+            )
+        return real(path)
+
+    monkeypatch.setattr(store, "open_db", open_db)
+    with pytest.raises(DigestError) as raised:
+        sending.send_issue(config, real(tmp_path / "digest.db"), WEEK)
+    assert str(raised.value).startswith("database: ")
+    assert "unable to open" in str(raised.value) or "a bug" in str(raised.value)
+    assert server.messages == [] and not server.rcpt_attempts
+
+
+def test_a_writer_that_stops_fails_every_write_asked_of_it_then_and_after(tmp_path, monkeypatch):
+    """A bug in the writer's loop: no worker waits for ever on a `sending`, and a `sent` refused is reported."""
+    from digest.send.smtp import _Ledger
+
+    path = tmp_path / "digest.db"
+    db = store.open_db(path)
+    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
+    store.start_deliveries(db, "w", "smtp", iter(["a@example.com", "b@example.com"]), datetime.now(UTC))
+    ledger = _Ledger(str(path), "w")
+
+    def broken(*args, **kwargs):
+        raise RecursionError("a bug in the writer")
+
+    monkeypatch.setattr(ledger, "_commit", broken)
+    with pytest.raises(RecursionError):
+        ledger.sending("a@example.com", "<a@x>").result(timeout=10)
+    assert ledger.closed.wait(10)
+    with pytest.raises(RecursionError):
+        ledger.sending("b@example.com", "<b@x>").result(timeout=10)
+    ledger.sent("a@example.com", "250 OK")
+    assert isinstance(ledger.unwritten_error(), RecursionError)

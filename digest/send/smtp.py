@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import sqlite_utils
@@ -219,13 +219,20 @@ class Connection:
             ("RCPT", lambda: _command(smtp, f"RCPT TO:<{recipient}>")),
             ("DATA", lambda: _data(smtp, message)),
         ):
-            if stage == "DATA" and not ready():
-                if not self._reset():
-                    self.close()
-                return None
+            if stage == "DATA":
+                try:
+                    go_ahead = ready()
+                except BaseException:
+                    self.close()  # never left in the middle of a transaction
+                    raise
+                if not go_ahead:
+                    if not self._reset():
+                        self.close()
+                    return None
             code, reply = answer()
             if not 200 <= code < 300:
-                if code == 421 or (stage != "DATA" and not self._reset()):
+                # RSET after a refused DATA too: refused before its 354, the transaction is still open
+                if code == 421 or not self._reset():
                     self.close()
                 raise Refused(stage, code, _text(reply))
         return f"{code} {_text(reply)}"
@@ -287,13 +294,17 @@ class _Work:
 
 @dataclass(slots=True)
 class _Write:
-    """One request to the ledger: its statements, and who waits for their commit (None: nobody, a `sent`)."""
+    """One request to the ledger: its statements, and the future its worker may wait on for their commit."""
 
     statements: Callable[[sqlite_utils.Database], object]
-    committed: Future | None = None
+    kept: bool = False  # a `sent`: nobody waits; kept for the next transaction when this one fails
+    committed: Future = field(default_factory=Future)
 
 
-_CLOSE = _Write(statements=lambda db: None)
+def _closing(db: sqlite_utils.Database) -> None:
+    """The statements of the last write asked of the ledger: none; the writer stops after its transaction."""
+
+
 _MOST_AT_ONCE = 256  # writes in one transaction
 
 
@@ -307,87 +318,107 @@ class _Ledger:
     (synchronous=FULL: through a power cut too, not only a kill -9).
 
     A transaction that fails fails the writes waited on (their worker stops the run); its `sent` rows are kept
-    and written first by the next transaction, down to the last one, at `close`."""
+    and written first by the next transaction, down to the last one, at `close`. A writer that stops for any
+    other reason (a bug) fails every write asked for then and after: no worker waits for ever."""
 
     def __init__(self, path: str, issue_id: str):
+        """Returns once the ledger's database is open, or `error` says why it could not be."""
         self.path, self.issue_id = path, issue_id
         self._queue: queue.SimpleQueue[_Write] = queue.SimpleQueue()
         self._unwritten: list[_Write] = []  # `sent` rows of a failed transaction
-        self._error: Exception | None = None
-        self.closed = threading.Event()
+        self.error: BaseException | None = None
+        self._stopped = False  # the writer takes nothing more
+        self._lock = threading.Lock()  # a write is queued before the writer stops, or refused after
+        self._opened, self.closed = threading.Event(), threading.Event()
         threading.Thread(target=self._run, name="smtp-ledger", daemon=True).start()
+        self._opened.wait()
 
     def sending(self, key: str, message_id: str) -> Future:
         """Its result: False when the row is no longer pending (settled meanwhile): this recipient must not be sent."""
         now = _now()
-        return self._ask(lambda db: store.mark_sending(db, self.issue_id, key, message_id, now), wait=False)
+        return self._ask(_Write(lambda db: store.mark_sending(db, self.issue_id, key, message_id, now)))
 
     def sent(self, key: str, reply: str) -> None:
         now = _now()
-        self._queue.put(_Write(lambda db: store.mark_delivery(db, self.issue_id, key, DeliveryStatus.SENT, reply, now)))
+        self._ask(
+            _Write(lambda db: store.mark_delivery(db, self.issue_id, key, DeliveryStatus.SENT, reply, now), kept=True)
+        )
 
     def outcome(self, key: str, status: str, reply: str, *, bounced: bool = False) -> None:
         now = _now()
-        self._ask(
-            lambda db: store.mark_delivery(db, self.issue_id, key, status, reply, now, bounced=bounced), wait=True
-        )
+        write = _Write(lambda db: store.mark_delivery(db, self.issue_id, key, status, reply, now, bounced=bounced))
+        self._ask(write).result()
 
-    def _ask(self, statements: Callable[[sqlite_utils.Database], object], *, wait: bool) -> Future:
-        write = _Write(statements, Future())
-        self._queue.put(write)
-        assert write.committed is not None
-        if wait:
-            write.committed.result()
+    def _ask(self, write: _Write) -> Future:
+        with self._lock:
+            if self._stopped:
+                self._refuse(write)
+            else:
+                self._queue.put(write)
         return write.committed
+
+    def _refuse(self, write: _Write) -> None:
+        """A write the stopped writer will not make: a `sent` joins the unwritten, a waited one fails."""
+        if write.kept:
+            self._unwritten.append(write)
+        elif not write.committed.done():
+            write.committed.set_exception(self.error or sqlite3.OperationalError("the ledger is closed"))
 
     def close(self) -> None:
         """Ask for the last transaction, once every worker has stopped; `closed` is set when it is done."""
-        self._queue.put(_CLOSE)
+        self._ask(_Write(_closing))
 
-    def unwritten_error(self) -> Exception | None:
+    def unwritten_error(self) -> BaseException | None:
         """After `closed`: why `sent` rows could not be written (those recipients stay `sending`), if so."""
-        return self._error if self._unwritten else None
+        return self.error if self._unwritten else None
 
     def _run(self) -> None:
         db: sqlite_utils.Database | None = None
+        batch: list[_Write] = []  # taken from the queue, not yet committed
         try:
             db = store.open_db(self.path)
             db.execute("PRAGMA synchronous=FULL")
-        except (sqlite3.Error, OSError) as exc:
-            self._error = exc  # every write fails with it, and the workers stop the run
-        try:
+            self._opened.set()
             while True:
                 batch = [self._queue.get()]
                 with contextlib.suppress(queue.Empty):
-                    while len(batch) < _MOST_AT_ONCE and batch[-1] is not _CLOSE:
+                    while len(batch) < _MOST_AT_ONCE and batch[-1].statements is not _closing:
                         batch.append(self._queue.get_nowait())
-                self._commit(db, [write for write in batch if write is not _CLOSE])
-                if batch[-1] is _CLOSE:
+                closing = batch[-1].statements is _closing
+                self._commit(db, batch)
+                batch = []
+                if closing:
                     return
+        except BaseException as exc:  # the database would not open, or a bug: one line from the workers, no hang
+            self.error = self.error or exc
         finally:
+            with self._lock, contextlib.suppress(queue.Empty):
+                self._stopped = True
+                for write in batch:
+                    self._refuse(write)
+                while True:
+                    self._refuse(self._queue.get_nowait())
             if db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
+            self._opened.set()
             self.closed.set()
 
-    def _commit(self, db: sqlite_utils.Database | None, writes: list[_Write]) -> None:
+    def _commit(self, db: sqlite_utils.Database, writes: list[_Write]) -> None:
         writes = self._unwritten + writes
         try:
-            if db is None:
-                raise self._error or sqlite3.OperationalError("no database")
             with store.transaction(db):
                 results = [write.statements(db) for write in writes]
         except Exception as exc:  # a full disk, a lock held too long, or a bug: the workers waiting stop the run
-            self._error = exc
-            self._unwritten = [write for write in writes if write.committed is None]
+            self.error = exc
+            self._unwritten = [write for write in writes if write.kept]
             for write in writes:
-                if write.committed is not None:
+                if not write.kept:
                     write.committed.set_exception(exc)
             return
         self._unwritten = []
         for write, result in zip(writes, results, strict=True):
-            if write.committed is not None:
-                write.committed.set_result(result)
+            write.committed.set_result(result)
 
 
 class SmtpBackend(ListBackend):
@@ -440,7 +471,10 @@ class SmtpBackend(ListBackend):
         path = store.database_path(db)
         self._database = _identity(path)
         ledger = _Ledger(path, issue_id)
-        finished = [threading.Event() for _ in range(min(self.settings.connections, len(plan.recipients)))]
+        if ledger.error is not None:  # no connection is opened for a send that could not record anything
+            self._stop_run(SendError(f"database: {ledger.error}"))
+        connections = 0 if self._stop.is_set() else min(self.settings.connections, len(plan.recipients))
+        finished = [threading.Event() for _ in range(connections)]
         for number, done in enumerate(finished):
             threading.Thread(
                 target=self._worker,
@@ -448,11 +482,11 @@ class SmtpBackend(ListBackend):
                 name=f"smtp-{number}",
                 daemon=True,
             ).start()
-        interrupt = self._wait_for(finished)
-        ledger.close()  # what the workers asked for is committed before the ledger is read
-        interrupt = self._wait_for([ledger.closed]) or interrupt
-        if error := ledger.unwritten_error():
-            self._stop_run(SendError(f"database: {error}"))
+        interrupt = self._wait_for(finished, ledger)
+        if error := ledger.unwritten_error():  # said even when something else stopped the run first
+            lost = f"database: {error}; the last messages sent are still marked sending: they go again next run"
+            with self._lock:
+                self._fatal = SendError(f"{self._fatal}; {lost}" if self._fatal else lost)
         try:
             complete = store.finish_deliveries(db, issue_id, _now())
             counts = store.delivery_counts(db, issue_id)
@@ -482,21 +516,27 @@ class SmtpBackend(ListBackend):
             seconds=time.perf_counter() - started,
         )
 
-    def _wait_for(self, finished: list[threading.Event]) -> KeyboardInterrupt | None:
-        """Wait until every worker has finished, and return the Ctrl-C or SIGTERM that came meanwhile, if any:
-        then each worker records the message it has in flight and stops. Workers say they are done with an
-        Event: Thread.join interrupted by a signal can report a running thread as stopped (CPython 3.11), and
-        the process would then end under a message in flight, leaving it `sending`."""
-        interrupt = None
-        while not all(done.is_set() for done in finished):
+    def _wait_for(self, finished: list[threading.Event], ledger: _Ledger) -> KeyboardInterrupt | None:
+        """Wait until every worker has finished, then until the ledger has committed what they asked for, and
+        return the Ctrl-C or SIGTERM that came meanwhile, if any: then each worker records the message it has
+        in flight and stops. Workers say they are done with an Event: Thread.join interrupted by a signal can
+        report a running thread as stopped (CPython 3.11), and the process would then end under a message in
+        flight, leaving it `sending`."""
+        interrupt, closing = None, False
+        while True:
             try:
                 for done in finished:
                     while not done.wait(0.5):  # wakes up for Ctrl-C and SIGTERM
                         pass
+                if not closing:
+                    ledger.close()  # a Ctrl-C between these two lines asks twice: the second is refused, harmless
+                    closing = True
+                while not ledger.closed.wait(0.5):
+                    pass
+                return interrupt
             except KeyboardInterrupt as exc:
                 interrupt = interrupt or exc
                 self._stop.set()
-        return interrupt
 
     # --- the workers ------------------------------------------------------------------
 
@@ -564,6 +604,8 @@ class SmtpBackend(ListBackend):
                 reply = connection.transact(factory.sender, subscriber.email, message, ready=marked.result)
             except (Refused, OSError, smtplib.SMTPException) as exc:
                 problem: Exception | None = exc
+                if not isinstance(exc, (Refused, smtplib.SMTPNotSupportedError)):
+                    connection.close()  # dropped or timed out: whatever comes next needs a new connection
             else:
                 problem = None
             if marked is not None and not marked.result():
@@ -584,8 +626,7 @@ class SmtpBackend(ListBackend):
             elif isinstance(problem, smtplib.SMTPNotSupportedError):
                 self._record(ledger, key, DeliveryStatus.FAILED, f"{problem}")
                 return True
-            else:  # dropped, timed out, refused to connect
-                connection.close()
+            else:  # dropped, timed out, refused to connect (closed above)
                 dropped += 1
                 self._record(ledger, key, DeliveryStatus.PENDING, f"connection: {problem or type(problem).__name__}")
                 if dropped >= attempts:
