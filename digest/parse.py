@@ -231,7 +231,12 @@ def _as_utf8(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, 
     return _DECLARED_ENCODING.sub(rb"\1utf-8", text, count=1), {**headers, "content-type": content_type}
 
 
-_CHARACTER_REFERENCE = re.compile(rb"&(?:amp;)?#(x[0-9a-f]+|[0-9]+);", re.IGNORECASE)
+# Only the references that may be impossible: six hex digits or more (past U+FFFFF), seven decimal digits or more
+# (past 999,999), and the surrogates' ranges (U+D800 to U+DFFF, 55296 to 57343), leading zeros allowed; `replace`
+# decides. Matching every reference called back into Python for each of the thousands of valid ones.
+_CHARACTER_REFERENCE = re.compile(
+    rb"&(?:amp;)?#(x0*(?:[0-9a-f]{6,}|d[89a-f][0-9a-f]{2})|[0-9]{7,}|0*5[5-7][0-9]{3});", re.IGNORECASE
+)
 
 
 def _valid_character_references(content: bytes) -> bytes:

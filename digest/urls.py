@@ -85,6 +85,17 @@ def _invisible(char: str) -> bool:
     return ord(char) < 32 or (ord(char) > 126 and unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"))
 
 
+_UNFIT_ASCII = re.compile(r"[\x00-\x20\x7f]")  # in ASCII, what isspace() and _invisible() find
+
+
+def _has_unfit_characters(url: str) -> bool:
+    """Spaces or invisible characters: a link holding them is not one (a regular expression when the URL
+    is ASCII, as nearly all are; a loop of lookups in the Unicode database only when it is not)."""
+    if url.isascii():
+        return bool(_UNFIT_ASCII.search(url))
+    return any(char.isspace() or _invisible(char) for char in url)
+
+
 def _is_tracking(pair: str, host: str) -> bool:
     """Whether one raw `name=value` pair of a query only tracks the reader."""
     name, _, value = (unquote(part) for part in pair.partition("="))
@@ -108,7 +119,7 @@ def clean_url(url: str | None, base: str | None = None) -> str | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not host or any(char.isspace() or _invisible(char) for char in url):
+    if scheme not in _DEFAULT_PORTS or not host or _has_unfit_characters(url):
         return None
     if ":" in host:
         host = f"[{host}]"
