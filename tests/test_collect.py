@@ -87,6 +87,23 @@ def test_unchanged_feeds_answer_on_the_connections_already_open(setup, feed_serv
     assert len(feed_server.clients) == 30 and len(set(feed_server.clients)) == 1
 
 
+def test_a_304_that_carries_a_body_is_not_read_as_the_next_feeds_answer(setup, feed_server):
+    """A broken server sends its feed again on a 304. Its connection is closed, not given back to the pool:
+    the next feed asked on it would have read those bytes as its own answer (one attempt: it would fail)."""
+    config, db = setup(
+        {
+            "/a.xml": Route(rss(items("a")), etag='"a"', body_on_304=True),
+            "/b.xml": Route(rss(items("b")), etag='"b1"'),
+        }
+    )
+    one_at_a_time = replace(FAST, concurrency=1, max_attempts=1)
+    collecting.collect(config, db, now=NOW, settings=one_at_a_time)
+    feed_server.routes["/b.xml"] = Route(rss(items("b", 4)), etag='"b2"')
+    report = by_name(collecting.collect(config, db, now=NOW, settings=one_at_a_time))
+    assert report["a.xml"].http_status == 304 and report["a.xml"].error is None
+    assert report["b.xml"].error is None and report["b.xml"].new_posts == 1
+
+
 def test_an_unchanged_run_starts_no_parsing_process_and_a_changed_feed_starts_one(setup, feed_server, monkeypatch):
     config, db = setup({"/a.xml": Route(rss(items("a")), etag='"v1"')})
     collecting.collect(config, db, now=NOW, settings=FAST)

@@ -21,6 +21,7 @@ class Route:
     length: int | None = (
         None  # the Content-Length to claim, when it should not be the body's; -1: none, read to the end
     )
+    body_on_304: bool = False  # a broken server: its 304 carries the body, with its Content-Length
 
 
 class FeedServer(LoopbackServer):
@@ -47,8 +48,10 @@ class FeedServer(LoopbackServer):
                 if route.etag and self.headers.get("If-None-Match") == route.etag:
                     self.send_response(304)
                     self.send_header("ETag", route.etag)
-                    self.send_header("Content-Length", "0")
+                    self.send_header("Content-Length", str(len(route.body)) if route.body_on_304 else "0")
                     self.end_headers()
+                    if route.body_on_304:
+                        self.wfile.write(route.body)
                     return
                 self.send_response(route.status)
                 for name, value in route.headers.items():
