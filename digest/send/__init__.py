@@ -192,9 +192,8 @@ def backend_class(name: str | None, *, listed_only: bool = False) -> type[Backen
     name = name or DEFAULT
     backends = registry()
     if name not in backends or (listed_only and not backends[name].listed):
-        listed = ", ".join(
-            sorted(key for key, backend in backends.items() if backend.listed)
-        )  # whatever imported first
+        # sorted: the registry's order is whichever backend module was imported first
+        listed = ", ".join(sorted(key for key, backend in backends.items() if backend.listed))
         raise SetupError(f"--backend: {name!r} is not one of {listed}")
     return backends[name]
 

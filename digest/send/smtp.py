@@ -257,7 +257,7 @@ class Connection:
 def _command(smtp: smtplib.SMTP, line: str) -> tuple[int, bytes]:
     """MAIL or RCPT with an address as it is: subscribers' addresses are bare addr-specs (subscribers._EMAIL),
     which smtplib's quoteaddr would parse again for each message."""
-    smtp.send(f"{line}\r\n".encode("utf-8" if not line.isascii() else "ascii"))
+    smtp.send(f"{line}\r\n".encode())  # UTF-8, which leaves an ASCII line as it is
     return smtp.getreply()
 
 
