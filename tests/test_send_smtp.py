@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from digest import sending, store
 from digest.config import Newsletter, load_config
@@ -45,6 +47,19 @@ def secret(monkeypatch):
     monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
     for name in ("DIGEST_SMTP_PASSWORD", "DIGEST_SMTP_PASSWORD_FILE"):
         monkeypatch.delenv(name, raising=False)
+
+
+def pending_deliveries(path: Path, emails: list[str]) -> sqlite_utils.Database:
+    """A database holding issue `w` with a pending delivery row for each address."""
+    db = store.open_db(path)
+    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
+    store.start_deliveries(db, "w", "smtp", iter(emails), datetime.now(UTC))
+    return db
+
+
+def disk_full(*args, **kwargs):
+    """Stands in for a store function when the disk is full."""
+    raise sqlite3.OperationalError("database or disk is full")
 
 
 def parse(raw: bytes) -> email.message.EmailMessage:
@@ -552,22 +567,15 @@ def test_a_sent_whose_transaction_failed_is_written_by_the_next_one(tmp_path, mo
     """The ledger's writer commits a 250's `sent` without the worker waiting; when that transaction fails, the
     row is kept and written first by the next transaction (at the latest the one `close` asks for): the
     recipient is not left `sending` (re-mailed). What a worker waited on fails with the error."""
-    import sqlite3
-
     from digest.send.smtp import _Ledger
 
     path = tmp_path / "digest.db"
-    db = store.open_db(path)
-    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
-    store.start_deliveries(db, "w", "smtp", iter(["a@example.com", "b@example.com"]), datetime.now(UTC))
+    db = pending_deliveries(path, ["a@example.com", "b@example.com"])
     ledger = _Ledger(str(path), "w")
     assert ledger.sending("a@example.com", "<a@x>").result(timeout=10)
     real = store.mark_delivery
 
-    def full(*args, **kwargs):
-        raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(store, "mark_delivery", full)
+    monkeypatch.setattr(store, "mark_delivery", disk_full)
     ledger.sent("a@example.com", "250 OK")
     with pytest.raises(sqlite3.OperationalError):  # waits for a transaction after the `sent`'s: it failed too
         ledger.outcome("b@example.com", "pending", "421 try later")
@@ -581,21 +589,14 @@ def test_a_sent_whose_transaction_failed_is_written_by_the_next_one(tmp_path, mo
 
 
 def test_a_ledger_that_cannot_write_the_last_sent_rows_says_so(tmp_path, monkeypatch):
-    import sqlite3
-
     from digest.send.smtp import _Ledger
 
     path = tmp_path / "digest.db"
-    db = store.open_db(path)
-    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
-    store.start_deliveries(db, "w", "smtp", iter(["a@example.com"]), datetime.now(UTC))
+    db = pending_deliveries(path, ["a@example.com"])
     ledger = _Ledger(str(path), "w")
     assert ledger.sending("a@example.com", "<a@x>").result(timeout=10)
 
-    def full(*args, **kwargs):
-        raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(store, "mark_delivery", full)
+    monkeypatch.setattr(store, "mark_delivery", disk_full)
     ledger.sent("a@example.com", "250 OK")
     ledger.close()
     assert ledger.closed.wait(10)
@@ -604,10 +605,8 @@ def test_a_ledger_that_cannot_write_the_last_sent_rows_says_so(tmp_path, monkeyp
 
 
 def test_a_row_no_longer_pending_is_never_marked_sending(tmp_path):
-    db = store.open_db(tmp_path / "digest.db")
-    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
+    db = pending_deliveries(tmp_path / "digest.db", ["a@example.com"])
     now = datetime.now(UTC)
-    store.start_deliveries(db, "w", "smtp", iter(["a@example.com"]), now)
     assert store.mark_sending(db, "w", "a@example.com", "<a@x>", now)
     store.mark_delivery(db, "w", "a@example.com", "sent", "250 OK", now)
     assert not store.mark_sending(db, "w", "a@example.com", "<a@x>", now)
@@ -615,14 +614,12 @@ def test_a_row_no_longer_pending_is_never_marked_sending(tmp_path):
 
 
 def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, server, run_cli, monkeypatch):
-    import sqlite3
-
     make_project(tmp_path, server.port, subscribers(3))
 
-    def disk_full(*args, **kwargs):
+    def io_error(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "mark_sending", disk_full)
+    monkeypatch.setattr(store, "mark_sending", io_error)
     code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 1
     assert err == "error: database: disk I/O error; nothing was delivered, 2026-W14 is a draft again\n"
@@ -706,7 +703,6 @@ def test_a_timeout_on_a_row_settled_meanwhile_costs_the_next_recipient_nothing(t
 def test_a_ledger_that_cannot_start_stops_the_run_in_one_line_before_any_connection(
     tmp_path, server, monkeypatch, failure
 ):
-    import sqlite3
     import threading
 
     config = load_config(make_project(tmp_path, server.port, subscribers(3)))
@@ -734,9 +730,7 @@ def test_a_writer_that_stops_fails_every_write_asked_of_it_then_and_after(tmp_pa
     from digest.send.smtp import _Ledger
 
     path = tmp_path / "digest.db"
-    db = store.open_db(path)
-    db.execute("INSERT INTO issues (id, subject, status, created_at) VALUES ('w', 's', 'draft', 'now')")
-    store.start_deliveries(db, "w", "smtp", iter(["a@example.com", "b@example.com"]), datetime.now(UTC))
+    pending_deliveries(path, ["a@example.com", "b@example.com"])
     ledger = _Ledger(str(path), "w")
 
     def broken(*args, **kwargs):
