@@ -206,6 +206,61 @@ def test_undeclared_encoding_is_taken_from_the_http_header():
     assert parsed.posts[0].title == "Café crème"
 
 
+def feed_bytes(title: str, declaration: str = "") -> str:
+    return (
+        f'<?xml version="1.0"{declaration}?><rss version="2.0"><channel><title>t</title>'
+        f"<item><title>{title}</title><guid>c</guid></item></channel></rss>"
+    )
+
+
+def test_a_stray_byte_in_a_utf8_feed_costs_that_byte_not_the_whole_feed(monkeypatch):
+    import feedparser.encodings
+
+    class NoGuessing:  # the encoding is decided without chardet (28 MB in each parse process, and wrong here)
+        @staticmethod
+        def detect(_data):
+            raise AssertionError("chardet consulted")
+
+    monkeypatch.setattr(feedparser.encodings, "chardet", NoGuessing)
+    items = rss_item(title="Café naïve — EspaÑa ÓolÉÔ Ü", guid="a") + rss_item(title="Résumé d’été", guid="b")
+    stray = {"Ñ": b"\xf1", "Ó": b"\x93", "É": b"\xe9", "Ô": b"\x94", "Ü": b"\x81"}  # Latin-1 and Windows-1252
+    body = rss(items)
+    for letter, byte in stray.items():
+        body = body.replace(letter.encode(), byte)
+    parsed = parse_feed(body, FEED)
+    assert parsed.error is None
+    assert [post.title for post in parsed.posts] == ["Café naïve — España “olé”", "Résumé d’été"]
+
+
+@pytest.mark.parametrize(
+    "body, headers",
+    [  # UTF-8 whatever the header or the declaration says: no text in a legacy encoding is valid UTF-8
+        (feed_bytes("Euro € and Café", ' encoding="windows-1252"').encode(), {}),
+        (feed_bytes("Euro € and Café").encode(), {"Content-Type": "application/rss+xml; charset=us-ascii"}),
+        # what they declare, when it reads every byte
+        (feed_bytes("Euro € and Café", ' encoding="windows-1252"').encode("windows-1252"), {}),
+        (feed_bytes("Euro € and Café").encode("windows-1252"), {"Content-Type": "text/xml; charset=cp1252"}),
+        # undeclared, and nothing like UTF-8 (one "é\xa0»" happens to be a valid UTF-8 character): Windows-1252
+        (feed_bytes("Euro € and Café, « doué\xa0» à dire").encode("windows-1252"), {}),
+        (feed_bytes("Euro € and Café", ' encoding="utf-8"').encode("windows-1252"), {"Content-Type": "text/xml"}),
+    ],
+)
+def test_the_encoding_is_the_one_that_reads_the_document(body, headers):
+    title = parse_feed(body, FEED, headers).posts[0].title
+    assert title.startswith("Euro € and Café")
+
+
+def test_a_declared_legacy_encoding_is_kept_and_what_it_cannot_read_is_marked():
+    body = feed_bytes("Привет, мир", ' encoding="koi8-r"').encode("koi8-r")
+    assert parse_feed(body, FEED).posts[0].title == "Привет, мир"
+    body = (
+        feed_bytes("日本語のフィード", ' encoding="shift_jis"')
+        .encode("shift_jis")
+        .replace("の".encode("shift_jis"), b"\xa0")
+    )
+    assert parse_feed(body, FEED).posts[0].title == "日本語\ufffdフィード"
+
+
 @pytest.mark.parametrize("href", ["//[x", "//a]b[/", "//[x/path?q=1"])
 def test_a_hostile_href_is_dropped_silently(capfd, monkeypatch, href):
     unraisable = []  # nh3 reports an exception from the callback as "unraisable": printed to stderr outside pytest
