@@ -8,6 +8,7 @@ renderer nor the senders.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import sqlite3
@@ -287,7 +288,11 @@ class _ParsePool:
     def __init__(self, expected: int) -> None:
         self.workers = os.cpu_count() or 1
         self.executor: ProcessPoolExecutor | None = None
+        self.froze = bool(expected)
         if expected:
+            # Frozen, what this process holds stays out of the workers' garbage collections, which would write
+            # to every object and so copy each page of it into each worker (20 MB of 165 at 3,000 feeds).
+            gc.freeze()
             self.executor = self._start("fork")
             for _ in range(self.workers):  # each worker forks now, and imports the parser while we fetch
                 self.executor.submit(_import_parser)
@@ -322,6 +327,8 @@ class _ParsePool:
     def __exit__(self, *exc_info) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.froze:
+            gc.unfreeze()
 
 
 def _import_parser() -> None:
