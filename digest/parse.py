@@ -168,7 +168,8 @@ def parse_feed(
     if error:
         return ParsedFeed(title=None, posts=[], error=error)
     site_url = _site_url(parsed.feed, base_url)
-    links = [_original_link(entry, base_url) for entry in parsed.entries]
+    feed_itself = url_key(clean_url(base_url) or base_url)
+    links = [_original_link(entry, base_url, feed_itself) for entry in parsed.entries]
     shared_guids = _shared_guids(parsed.entries, links)
     posts: list[Post] = []
     seen_ids: set[str] = set()
@@ -452,13 +453,13 @@ def _as_html(part) -> str:
     return value
 
 
-def _original_link(entry, base_url: str) -> str | None:
+def _original_link(entry, base_url: str, feed_itself: str) -> str | None:
     """The article's own address: the original link a tracker-wrapping feed carries, else the entry's link
     (unwrapped), else, for a link through an opaque tracker, a guid that is the permalink. A link that only
-    points back at the feed document is no link at all."""
-    feed_itself = url_key(clean_url(base_url) or base_url)
+    points back at the feed document (whose url_key is `feed_itself`) is no link at all."""
     for key in _ORIGINAL_LINK_KEYS:
-        original = clean_url(unwrap(str(entry.get(key) or "")), base_url)
+        value = entry.get(key)
+        original = clean_url(unwrap(str(value)), base_url) if value else None
         if original:
             return original
     candidates = [entry.get("link")] + [
