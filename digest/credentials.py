@@ -48,6 +48,7 @@ _ASSIGNED = re.compile(rf"\b({_CREDENTIAL_NAMES})=[^\s\"'&,;)]+", re.IGNORECASE)
 _QUOTED = re.compile(rf"""\b({_CREDENTIAL_NAMES})(["']?\s*:\s*)(["'])[^"']*\3""", re.IGNORECASE)
 _HEADER = re.compile(rf"\b({_CREDENTIAL_NAMES})(\s*:\s*)(?=[^\s\"'&,;)]*\d)[^\s\"'&,;)]{{8,}}", re.IGNORECASE)
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+_CREDENTIAL_WORDS = ("key", "token", "secret", "passw", "pwd")  # one of them is in each of _CREDENTIAL_NAMES
 
 
 def remember_secret(*secrets: str) -> None:
@@ -66,9 +67,16 @@ def redact(text: str) -> str:
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _AUTHORIZATION.sub(lambda match: f"{match[1]}{REDACTED}", text)
-    text = _SCHEME.sub(lambda match: f"{match[1]} {REDACTED}", text)
-    text = _ASSIGNED.sub(lambda match: f"{match[1]}={REDACTED}", text)
-    text = _QUOTED.sub(lambda match: f"{match[1]}{match[2]}{match[3]}{REDACTED}{match[3]}", text)
-    text = _HEADER.sub(lambda match: f"{match[1]}{match[2]}{REDACTED}", text)
-    return _USERINFO.sub(lambda match: f"{match.group(1)}{REDACTED}@", text)
+    # Each expression runs only where its words are: a case-insensitive scan costs 60-80 ms a pattern over the
+    # 2 MB that `collect --json` prints for 10,000 feeds. The other letters that re.IGNORECASE takes for ASCII
+    # ones (İ, dotless ı, long ſ; the Kelvin sign lowers to k) are folded too, so that no match is skipped.
+    folded = text.lower().replace("i\u0307", "i").replace("ı", "i").replace("ſ", "s")
+    if "authorization" in folded:
+        text = _AUTHORIZATION.sub(lambda match: f"{match[1]}{REDACTED}", text)
+    if any(word in folded for word in ("token", "bearer", "basic")):
+        text = _SCHEME.sub(lambda match: f"{match[1]} {REDACTED}", text)
+    if any(word in folded for word in _CREDENTIAL_WORDS):
+        text = _ASSIGNED.sub(lambda match: f"{match[1]}={REDACTED}", text)
+        text = _QUOTED.sub(lambda match: f"{match[1]}{match[2]}{match[3]}{REDACTED}{match[3]}", text)
+        text = _HEADER.sub(lambda match: f"{match[1]}{match[2]}{REDACTED}", text)
+    return _USERINFO.sub(lambda match: f"{match.group(1)}{REDACTED}@", text) if "@" in text else text

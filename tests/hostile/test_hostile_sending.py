@@ -324,6 +324,11 @@ def test_a_secret_is_redacted_in_every_escaped_form_an_echo_takes(echo):
         ("Authorization: Bearer eyJhbGciOi.x.y", "eyJhbGciOi"),
         ("proxy said: authorization: bearer abcdefghijk", "abcdefghijk"),
         ("retry with token 4f9a8b7c6d5e", "4f9a8b7c6d5e"),
+        # letters that case-insensitive matching takes for ASCII ones: İ and ı for i, ſ for s, the Kelvin sign
+        ("GET /feed?APİ_KEY=abc123def", "abc123def"),
+        ("AUTHORıZATION: whatever-it-is", "whatever-it-is"),
+        ('{"paſſword": "swordfish"}', "swordfish"),
+        ("x-api-\u212aey: k-999888", "k-999888"),
     ],
 )
 def test_credentials_digest_never_read_are_redacted_by_their_shape(text, hidden):
