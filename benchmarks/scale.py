@@ -5,8 +5,8 @@
     python benchmarks/scale.py send 1000 10000 100000         # subscribers: digest send vs the sink's ceiling
     python benchmarks/scale.py startup                        # digest --help, an unchanged 100-feed re-run
 
-`send` needs the test dependencies (aiosmtpd); run `startup` from a venv holding only digest (`pip install
--e .`), as a user's is.
+`send` needs the test dependencies (aiosmtpd); run `collect` and `startup` from a venv holding only digest
+(`pip install -e .`), as a user's is: sqlite-utils imports numpy, and httpcore trio, whenever they are installed.
 
 Each row is printed as soon as it is measured. Times are wall seconds of the whole command as a process
 (start-up and imports included); memory is the peak summed resident size of the process and all its
