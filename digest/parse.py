@@ -154,8 +154,8 @@ def parse_feed(
     # document really came from, which differs after a redirect. feedparser is not told that address: it
     # would turn a guid such as "S-1" into a link. Links are resolved here, content by sanitize_html.
     base_url = fetched_url or feed_url
-    content, response_headers = _as_utf8(content, response_headers)
     try:
+        content, response_headers = _as_utf8(content, response_headers)
         parsed = feedparser.parse(
             _valid_character_references(content),
             response_headers=response_headers,
@@ -217,7 +217,7 @@ _WIDE_ZEROS = {  # which of the first four bytes are zero → the encoding
 }
 _EBCDIC = b"\x4c\x6f\xa7\x94"  # "<?xm" in EBCDIC: left to feedparser, which reads it
 _DECLARED_ENCODING = re.compile(rb"""^(\s*<\?xml[^>]*?\bencoding\s*=\s*["'])([^"']*)""")
-_CHARSET = re.compile(r";\s*charset=[^;]*", re.IGNORECASE)
+_CHARSET = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
 # Windows-1252 for the bytes 0x80 to 0x9F it defines (curly quotes, dashes, €); the five it leaves undefined stay
 # C1 controls, which every text drops.
 _WINDOWS_1252 = {
@@ -242,10 +242,11 @@ def _as_utf8(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, 
     document by chardet's guess (one Latin-1 "ñ" in a UTF-8 feed turned every "é" into "Ã©", or into Arabic),
     and chardet takes 28 MB in each parse process. Here, in order:
     - a document that is valid UTF-8 is UTF-8, whatever it declares: text in a legacy encoding never is, while
-      UTF-8 declared as ISO-8859-1 is common ("Café" would read "CafÃ©");
+      UTF-8 declared as ISO-8859-1 is common ("Café" would read "CafÃ©"); unless it declares a 7-bit encoding
+      (ISO-2022-JP), whose text is ASCII bytes;
     - else the Content-Type's charset, else the XML declaration's: the first that reads every byte;
-    - else, mostly UTF-8 characters with a few stray bytes: UTF-8, each stray byte read as Windows-1252 (Latin-1
-      or Windows-1252 text pasted into a UTF-8 feed);
+    - else, after a UTF-8 byte order mark or in mostly UTF-8 characters with a few stray bytes: UTF-8, each stray
+      byte read as Windows-1252 (Latin-1 or Windows-1252 text pasted into a UTF-8 feed);
     - else a legacy encoding: the one declared, U+FFFD for what it cannot read, or Windows-1252 (HTML's
       default). So an undeclared KOI8-R reads wrong, as it does in feedparser without chardet.
     UTF-16 and UTF-32 are found by their first bytes; the byte-level checks that follow (character references)
@@ -268,37 +269,43 @@ def _as_utf8(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, 
 
 
 def _utf8_bytes(content: bytes, headers: dict[str, str]) -> bytes:
-    try:
-        content.decode("utf-8")
-        return content
-    except UnicodeDecodeError:
-        pass
+    bom = content.startswith(codecs.BOM_UTF8)  # UTF-8, whatever follows says (XML 1.0, appendix F)
+    if bom:
+        content = content[len(codecs.BOM_UTF8) :]
     declared = _DECLARED_ENCODING.match(content)
-    charset = next(
-        (
-            part.strip()[8:].strip("\"' ")
-            for part in headers.get("content-type", "").split(";")[1:]
-            if part.strip().lower().startswith("charset=")
-        ),
-        None,
-    )
-    names = (charset, declared.group(2).decode("latin-1") if declared else None)
+    names = (_charset(headers.get("content-type", "")), declared.group(2).decode("latin-1") if declared else None)
     candidates = [codec for codec in map(_ascii_compatible_codec, names) if codec]
-    for codec in candidates:
+    # A 7-bit encoding (ISO-2022-JP, HZ, UTF-7) writes its text in ASCII bytes, which are valid UTF-8 too.
+    seven_bit = [codec for codec in candidates if codec.startswith("iso2022") or codec in ("hz", "utf-7")]
+    for codec in [*seven_bit, "utf-8"] if bom else [*seven_bit, "utf-8", *candidates]:
         try:
-            return content.decode(codec).encode("utf-8")
-        except UnicodeDecodeError:
+            text = content.decode(codec)
+        except UnicodeError:  # also what a codec that is no character set (idna) raises
             continue
-    escaped = content.decode("utf-8", errors="surrogateescape")
-    stray = len(_ESCAPED_BYTE.findall(escaped))
-    characters = len(escaped) - len(escaped.encode("ascii", errors="ignore")) - stray  # UTF-8's, beyond ASCII
-    if characters > stray:
+        return content if codec == "utf-8" else text.encode("utf-8")
+    if bom or _mostly_utf8(content):
         return content.decode("utf-8", errors="digest-windows-1252").encode("utf-8")
     legacy = next((codec for codec in candidates if codec not in ("ascii", "utf-8")), "windows-1252")
-    return content.decode(legacy, errors="replace").encode("utf-8")
+    try:
+        return content.decode(legacy, errors="replace").encode("utf-8")
+    except UnicodeError:
+        return content.decode("windows-1252", errors="replace").encode("utf-8")
 
 
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+def _charset(content_type: str) -> str | None:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip("\"'")
+    return None
+
+
+def _mostly_utf8(content: bytes) -> bool:
+    """Whether the document holds at least as many UTF-8 characters beyond ASCII as bytes that are not UTF-8."""
+    escaped = content.decode("utf-8", errors="surrogateescape")  # each stray byte a lone surrogate
+    stray = len(escaped) - len(escaped.encode("utf-8", errors="ignore").decode("utf-8"))
+    beyond_ascii = len(escaped) - len(escaped.encode("ascii", errors="ignore"))
+    return beyond_ascii - stray >= stray
 
 
 def _ascii_compatible_codec(name: str | None) -> str | None:

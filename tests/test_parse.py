@@ -250,6 +250,26 @@ def test_the_encoding_is_the_one_that_reads_the_document(body, headers):
     assert title.startswith("Euro € and Café")
 
 
+@pytest.mark.parametrize(
+    "body, headers, title",
+    [  # a UTF-8 byte order mark says UTF-8, whatever the header: a stray byte costs that byte
+        (b"\xef\xbb\xbf" + feed_bytes("Caf\xe9 opens").encode("latin-1"), {}, "Café opens"),
+        (b"\xef\xbb\xbf" + feed_bytes("Café, x\xe9").encode("utf-8").replace(b"\xc3\xa9,", b"\xe9,"), {}, "Café, xé"),
+        # a 7-bit encoding's bytes are ASCII, so valid UTF-8 too: what it declares wins
+        (feed_bytes("日本語のタイトル", ' encoding="iso-2022-jp"').encode("iso2022_jp"), {}, "日本語のタイトル"),
+        # a charset parameter written with spaces
+        (feed_bytes("Привет").encode("koi8-r"), {"Content-Type": "application/xml; charset = koi8-r"}, "Привет"),
+        # one UTF-8 character and one stray byte: UTF-8
+        (feed_bytes("Café España").encode().replace("ñ".encode(), b"\xf1"), {}, "Café España"),
+        # a codec that is no character set, declared over a stray byte: never an exception
+        (feed_bytes("caf\xe9", ' encoding="idna"').encode("latin-1"), {}, "café"),
+    ],
+)
+def test_what_a_document_says_of_its_encoding_is_read_where_it_can_be_trusted(body, headers, title):
+    parsed = parse_feed(body, FEED, headers)
+    assert parsed.error is None and parsed.posts[0].title == title
+
+
 def test_a_declared_legacy_encoding_is_kept_and_what_it_cannot_read_is_marked():
     body = feed_bytes("Привет, мир", ' encoding="koi8-r"').encode("koi8-r")
     assert parse_feed(body, FEED).posts[0].title == "Привет, мир"
