@@ -40,7 +40,7 @@ def _scalar(event: yaml.ScalarEvent, path: Path, scalars: yaml.SafeLoader, where
         return scalars.construct_object(yaml.ScalarNode(tag, event.value, style=event.style), deep=True)
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(path, line, where or None, exc.problem or "unsupported value") from None
-    except (ValueError, TypeError, AttributeError, OverflowError):  # e.g. 2026-13-45, !!int x, !!timestamp x
+    except (ValueError, TypeError, AttributeError, OverflowError, KeyError, IndexError):  # 2026-13-45, !!int x, !!bool
         shown = event.value if len(event.value) <= 40 else event.value[:39] + "…"
         raise ConfigError(path, line, where or None, f"cannot read {shown!r} as {tag.rpartition(':')[2]}") from None
 
@@ -134,8 +134,12 @@ def load_yaml_with_lines(path: Path, text: str) -> YamlNode | None:
         if "maximum nesting depth" in str(exc.problem):  # libyaml (PyYAML 6.0.2+) has a limit of its own
             raise ConfigError(path, line, None, f"nested more than {MAX_DEPTH} levels deep") from None
         raise ConfigError(path, line, None, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, at a position in the text
+        line = text.count("\n", 0, exc.position) + 1
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(path, line, None, f"not valid YAML: character {character}: {exc.reason}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(path, None, None, f"not valid YAML: {exc}") from None
+        raise ConfigError(path, None, None, f"not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
         scalars.dispose()
 

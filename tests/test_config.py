@@ -149,6 +149,9 @@ def test_a_subject_pattern_that_cannot_be_filled_in_is_bad_input(tmp_path, subje
         ("feeds:\n  - url: 'http://[x/feed'\n", 2, "feeds[0].url", "http(s) URL"),
         ("feeds:\n  - url: 'http://a.example:99999/feed'\n", 2, "feeds[0].url", "http(s) URL"),
         (FEED + "collect:\n  timeout: .inf\n", 4, "collect.timeout", "finite"),
+        ("feeds:\n  - url: https://a.example/f\n    name: !!bool\n", 3, "feeds[0].name", "cannot read '' as bool"),
+        (FEED + "collect:\n  timeout: !!int\n", 4, "collect.timeout", "cannot read '' as int"),
+        ("feeds:\n  - url: https://a.example/f\n    name: a\x07b\n", 3, None, "character #x0007"),
     ],
 )
 def test_yaml_the_loader_refuses_is_one_line_not_a_traceback(tmp_path, text, line, field, words):
