@@ -175,7 +175,7 @@ async def _page_summaries(
     from urllib.parse import urlsplit
 
     from .fetch import FetchRequest
-    from .pages import PageInfo, page_info
+    from .pages import PageInfo, charset_of, page_info
 
     feed_host = urlsplit(feed.url).hostname
     posts = store.posts_without_text(db, feed.url, MAX_PAGES)
@@ -190,7 +190,7 @@ async def _page_summaries(
             result = await fetcher.fetch(FetchRequest(key=url, url=url, allow_private=private))
         if not result.content or result.error:
             return url, PageInfo()
-        return url, page_info(result.content, result.url, _charset(result.headers.get("content-type", "")))
+        return url, page_info(result.content, result.url, charset_of(result.headers.get("content-type", "")))
 
     found: dict[str, PageInfo] = {}
     try:
@@ -203,14 +203,6 @@ async def _page_summaries(
     store.record_page_summaries(
         db, [(found[url].description, found[url].image, post_id) for url in found for post_id in links[url]]
     )
-
-
-def _charset(content_type: str) -> str | None:
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "charset" and value.strip('" '):
-            return value.strip('" ')
-    return None
 
 
 def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:

@@ -28,6 +28,15 @@ class PageInfo:
     image: tuple[str, int, int] | None = None  # og:image with its og:image:width and :height, when given
 
 
+def charset_of(content_type: str) -> str | None:
+    """The charset a Content-Type header names (`text/html; charset = "utf-8"`), if any."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip("\"'") or None
+    return None
+
+
 def page_info(content: bytes, base: str, charset: str | None = None) -> PageInfo:
     """The page's description and image. `charset`: the one its Content-Type header names, which wins over the
     page's own (as in a browser); `base`: the page's address, for a relative og:image."""

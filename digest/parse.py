@@ -40,7 +40,7 @@ import feedparser
 import nh3
 
 from .models import ParsedFeed, Post
-from .pages import MIN_IMAGE
+from .pages import MIN_IMAGE, charset_of
 from .text import content_key, cut_at_word, one_line, plain_text, same_words, sanitized_text, strip_invisible
 from .urls import clean_url, host_of, is_opaque_redirect, unwrap, url_key
 
@@ -273,11 +273,11 @@ def _utf8_bytes(content: bytes, headers: dict[str, str]) -> bytes:
     if bom:
         content = content[len(codecs.BOM_UTF8) :]
     declared = _DECLARED_ENCODING.match(content)
-    names = (_charset(headers.get("content-type", "")), declared.group(2).decode("latin-1") if declared else None)
+    names = (charset_of(headers.get("content-type", "")), declared.group(2).decode("latin-1") if declared else None)
     candidates = [codec for codec in map(_ascii_compatible_codec, names) if codec]
     # A 7-bit encoding (ISO-2022-JP, HZ, UTF-7) writes its text in ASCII bytes, which are valid UTF-8 too.
     seven_bit = [codec for codec in candidates if codec.startswith("iso2022") or codec in ("hz", "utf-7")]
-    for codec in [*seven_bit, "utf-8"] if bom else [*seven_bit, "utf-8", *candidates]:
+    for codec in dict.fromkeys([*seven_bit, "utf-8"] if bom else [*seven_bit, "utf-8", *candidates]):
         try:
             text = content.decode(codec)
         except UnicodeError:  # also what a codec that is no character set (idna) raises
@@ -290,14 +290,6 @@ def _utf8_bytes(content: bytes, headers: dict[str, str]) -> bytes:
         return content.decode(legacy, errors="replace").encode("utf-8")
     except UnicodeError:
         return content.decode("windows-1252", errors="replace").encode("utf-8")
-
-
-def _charset(content_type: str) -> str | None:
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip("\"'")
-    return None
 
 
 def _mostly_utf8(content: bytes) -> bool:
