@@ -4,6 +4,8 @@ paragraph of the article, else nothing."""
 
 from __future__ import annotations
 
+import pytest
+
 from digest import store
 
 from conftest import write_config
@@ -156,3 +158,20 @@ def test_an_items_image_is_small_has_its_size_and_alt_and_only_where_asked():
     tag = html[html.index("<img ") : html.index(">", html.index("<img "))]
     assert 'src="https://img.example.com/1.jpg"' in tag and 'alt="Senior &lt;Django&gt; developer"' in tag
     assert 'width="120"' in tag and 'height="80"' in tag
+
+
+@pytest.mark.parametrize(
+    "content_type, charset",
+    [
+        ("text/html; charset=koi8-r", "koi8-r"),
+        ('text/html; Charset = "Shift_JIS"', "Shift_JIS"),
+        ("text/html; q=1; charset='utf-8'", "utf-8"),
+        ("text/html; charset=", None),
+        ("text/html", None),
+        ("", None),
+    ],
+)
+def test_the_charset_of_a_content_type_is_read_however_it_is_spaced_or_quoted(content_type, charset):
+    from digest.pages import charset_of
+
+    assert charset_of(content_type) == charset
