@@ -107,6 +107,28 @@ def test_the_key_is_kept_across_runs_until_buttondown_answers(tmp_path, api, run
     assert issue(tmp_path)["remote_id"] == "em_5"
 
 
+def test_the_confirmation_shows_the_subject_as_the_email_carries_it(tmp_path, api):
+    from digest.draft import draft_path, read_draft, write_draft
+    from digest.errors import Failed
+
+    config = load_config(project(tmp_path, api, titles=["Django 6.0 released"]))
+    path = draft_path(tmp_path / "drafts", WEEK)
+    draft = read_draft(path)
+    draft.subject = "Test Digest #3: {lead}"
+    write_draft(path, draft)
+    questions: list[str] = []
+    with pytest.raises(Failed, match="not confirmed"):
+        send_issue(
+            config,
+            store.open_db(tmp_path / "digest.db"),
+            WEEK,
+            backend="buttondown",
+            confirm=lambda question: questions.append(question) or False,
+        )
+    assert questions == [f"Send {WEEK} “Test Digest #3: Django 6.0 released” to Buttondown (as a draft)?"]
+    assert not api.requests
+
+
 def test_429_waits_for_retry_after(tmp_path, api):
     config = load_config(project(tmp_path, api))
     api.script = [Answer(429, {"detail": "Slow down."}, {"Retry-After": "1"})]

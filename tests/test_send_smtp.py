@@ -382,6 +382,21 @@ def test_confirmation_shows_subject_and_count_and_is_required(tmp_path, server, 
     assert not server.messages and not ledger(tmp_path)
 
 
+def test_the_confirmation_shows_the_subject_as_the_email_carries_it(tmp_path, server):
+    make_project(tmp_path, server.port, subscribers(2), titles=["Django 6.0 released", "Second"])
+    path = draft_path(tmp_path / "drafts", WEEK)
+    draft = read_draft(path)
+    draft.subject = "Test Digest #3: {lead}"
+    write_draft(path, draft)
+    questions: list[str] = []
+    config = load_config(tmp_path / "feeds.yaml")
+    with pytest.raises(DigestError, match="not confirmed"):
+        sending.send_issue(
+            config, store.open_db(tmp_path / "digest.db"), WEEK, confirm=lambda q: questions.append(q) or False
+        )
+    assert questions == [f"Send {WEEK} “Test Digest #3: Django 6.0 released” to 2 subscribers?"]
+
+
 def test_a_refused_login_never_shows_the_password(tmp_path, run_cli, monkeypatch):
     server = SmtpServer(Behaviour(refuse_login=True)).start()
     try:

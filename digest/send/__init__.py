@@ -257,7 +257,7 @@ class ListBackend(Backend):
         return store.start_deliveries(db, plan.issue, self.name, keys, now)
 
     def question(self, plan: SendPlan) -> str:
-        return f"Send {plan.issue} “{plan.ready()[0].subject}” to {len(plan.recipients):,} subscribers?"
+        return f"Send {plan.issue} “{plan.ready()[1].subject}” to {len(plan.recipients):,} subscribers?"
 
     def html_bytes(self, plan: SendPlan) -> int:
         from ..render import personalize

@@ -145,7 +145,7 @@ class ButtondownBackend(Backend):
 
     def question(self, plan: SendPlan) -> str:
         whom = "every Buttondown subscriber (sent now)" if self.send_now else "Buttondown (as a draft)"
-        return f"Send {plan.issue} “{plan.ready()[0].subject}” to {whom}?"
+        return f"Send {plan.issue} “{plan.ready()[1].subject}” to {whom}?"
 
     def html_bytes(self, plan: SendPlan) -> int:
         """The body as Buttondown gets it (template syntax escaped), with room for its own unsubscribe link."""
