@@ -552,10 +552,22 @@ def _title_from(text: str) -> str:
     return cut_at_word(first, TITLE_LIMIT)
 
 
+_ADDRESS = re.compile(r"(?:mailto:)?[^\s<>()\[\]@,;]+@[^\s<>()\[\]@,;]+")
+_EMPTY_BRACKETS = re.compile(r"<\s*>|\(\s*\)|\[\s*\]")
+
+
 def _author(entry) -> str | None:
+    """The byline: a name, never an address. feedparser takes the name out of "address (Name)" and "Name
+    <address>" with an address pattern whose top-level domain ends at four letters ("jane@studio.design
+    (Jane Doe)" gave "gn (Jane Doe"), so where it found an address, the name is what is left of the whole
+    string once every address and the brackets it leaves empty are taken out."""
     detail = entry.get("author_detail") or {}
-    name = detail.get("name") or entry.get("author") or ""
-    return cut_at_word(one_line(plain_text(str(name))), 200) or None
+    name = str(detail.get("name") or entry.get("author") or "")
+    if detail.get("email") or "@" in name:
+        name = _EMPTY_BRACKETS.sub("", _ADDRESS.sub("", str(entry.get("author") or name))).strip()
+        if name.startswith("(") and name.endswith(")"):
+            name = name[1:-1]
+    return cut_at_word(one_line(plain_text(name)), 200) or None
 
 
 def _date(entry) -> datetime | None:

@@ -291,3 +291,25 @@ def test_a_hostile_href_is_dropped_silently(capfd, monkeypatch, href):
     assert unraisable == []
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+@pytest.mark.parametrize(
+    "author",
+    [
+        "jane@studio.design (Jane Doe)",
+        "Jane Doe &lt;jane@x.design&gt;",
+        "jane@x.photography (Jane Doe)",
+        "jane@x.technology (Jane Doe)",
+        "jane@x.com (Jane Doe)",
+        "Jane Doe &lt;jane@x.com&gt;",
+        "Jane Doe &lt;mailto:jane@x.museum&gt;",
+        "Jane Doe",
+    ],
+)
+def test_the_byline_is_the_name_whatever_the_top_level_domain_of_the_address_beside_it(author):
+    """feedparser's address pattern ends a top-level domain at four letters: "gn (Jane Doe" was the byline."""
+    assert one_post(rss_item(title="t", link="https://blog.example.com/a", author=author)).author == "Jane Doe"
+
+
+def test_a_byline_that_is_only_an_address_is_none():
+    assert one_post(rss_item(title="t", link="https://blog.example.com/a", author="jane@x.design")).author is None
