@@ -9,14 +9,15 @@ characters, so the copy is still valid quoted-printable and a decoder sees exact
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 from email import policy
-from email.header import Header
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 
 from ..config import Newsletter
 from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
@@ -65,6 +66,22 @@ def _qp_part(text: str) -> list[bytes | str]:
     return pieces
 
 
+_ENCODED_WORD_BYTES = 45  # 60 base64 characters, an encoded-word of 72: RFC 2047 allows 75
+_FOLD_POINT = re.compile(r"(?<=\S) (?=\S)")  # a lone space between two words: CRLF may go before it
+
+
+def fold(line: str, width: int = 78) -> str:
+    """A header line folded before its spaces so that each physical line keeps within `width` where a space
+    allows (RFC 5322 2.1.1); a word longer than that (a URL) stays whole on its own line."""
+    lines: list[str] = []
+    for word in _FOLD_POINT.split(line):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "\r\n ".join(lines)
+
+
 def _header(name: str, value: str) -> bytes:
     """One header, RFC 2047-encoded and folded as needed; the common short ASCII case skips the slow path.
 
@@ -74,28 +91,59 @@ def _header(name: str, value: str) -> bytes:
     if "\r" in value or "\n" in value:
         raise ValueError(f"a line break in the {name} header")
     line = f"{name}: {value}\r\n"
-    if len(line) <= 78 and line.isascii():
+    if len(line) <= 80 and line.isascii():  # 78 and the CRLF
         return line.encode("ascii")
     return policy.SMTP.header_factory(name, value).fold(policy=policy.SMTP).encode("ascii")
 
 
+def _phrase(text: str) -> str:
+    """A display name as RFC 5322 reads it: ASCII as atoms, quoted when it holds a special; anything else as
+    RFC 2047 encoded-words, whole (an encoded-word inside quotes is not decoded, and a quote inside one is
+    not a quote). Each holds whole words: a reader that keeps the space between two encoded-words (which
+    RFC 2047 drops) shows no space inside a word."""
+    if text.isascii():
+        return formataddr((text, "x@x")).rpartition(" <")[0]
+    chunks = [""]  # runs of whole words (a space ends each but the last), cut inside a word only if it must be
+    for word in re.findall(r"\S+ ?", text):
+        for piece in [word] if len(word.encode()) <= _ENCODED_WORD_BYTES else word:
+            if len((chunks[-1] + piece).encode()) > _ENCODED_WORD_BYTES:
+                chunks.append("")
+            chunks[-1] += piece
+    return " ".join(f"=?utf-8?b?{base64.b64encode(chunk.encode()).decode('ascii')}?=" for chunk in chunks if chunk)
+
+
 def _to_header(email: str, name: str) -> bytes:
-    """To, built by hand: the email package's refolding can drop the quotes around a decoded display name."""
+    """To, built by hand: the email package's refolding can drop the quotes around a decoded display name.
+    An SMTPUTF8 address is written as it is (formataddr wants an ASCII one)."""
     if not name:
         return f"To: {email}\r\n".encode()
-    if name.isascii():  # quoted as needed (formataddr wants an ASCII address: an SMTPUTF8 one is written as is)
-        phrase = formataddr((name, "x@x")).rpartition(" <")[0]
-    else:
-        phrase = Header(name, "utf-8", header_name="To").encode(linesep="\r\n")
-    return f"To: {phrase} <{email}>\r\n".encode()
+    return f"{fold(f'To: {_phrase(name)} <{email}>')}\r\n".encode()
 
 
 def list_id_header(newsletter: Newsletter) -> str:
-    """`Django Digest <django-digest.digest.example.com>`: the title as a phrase, quoted when it needs it."""
+    """`Django Digest <django-digest.digest.example.com>`: the title as a phrase (RFC 2919), unfolded."""
     title = one_line(newsletter.title)
-    if not re.fullmatch(r"[\w .'!-]*", title, re.ASCII):
-        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{title} <{newsletter.list_identifier}>".strip()
+    return f"{_phrase(title)} <{newsletter.list_identifier}>" if title else f"<{newsletter.list_identifier}>"
+
+
+class PrefoldedHeader(str):
+    """A header the email package writes as digest folded it: to its policies an object with a `name` is a
+    header object. Its own refolding of List-Id would put a quoted title's quote inside an encoded-word."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> PrefoldedHeader:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: policy.Policy) -> str:
+        return fold(f"{self.name}: {self}").replace("\r\n", policy.linesep) + policy.linesep
+
+
+def date_header(timestamp: float) -> str:
+    """RFC 5322's Date: UTC written `+0000` (`GMT` is obsolete, `-0000` says the zone is unknown)."""
+    return format_datetime(datetime.fromtimestamp(timestamp, UTC))
 
 
 class Unmailable(ValueError):
@@ -118,14 +166,14 @@ class MessageFactory:
         # What mailbox providers expect of a newsletter (RFC 2919, RFC 3834), and no out-of-office replies
         # from Exchange flooding the editor's inbox.
         common += [
-            _header("List-Id", list_id_header(newsletter)),
+            f"{fold('List-Id: ' + list_id_header(newsletter))}\r\n".encode("ascii"),
             b"Precedence: bulk\r\n",
             b"Auto-Submitted: auto-generated\r\n",
             b"X-Auto-Response-Suppress: OOF, AutoReply\r\n",
         ]
         common += [
             b"MIME-Version: 1.0\r\n",
-            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii"),
+            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode("ascii"),
         ]
         chunks: list[bytes | tuple[str, bool]] = [b"".join(common)]
         for subtype, body in (("plain", rendered.text), ("html", rendered.html)):
@@ -151,7 +199,7 @@ class MessageFactory:
         """The Date line, made once a second rather than once a message."""
         second, date = int(time.time()), self._date  # the workers share the factory: one read of the pair
         if date[0] != second:
-            date = self._date = (second, _header("Date", formatdate(second, usegmt=True)))
+            date = self._date = (second, _header("Date", date_header(second)))
         return date[1]
 
     def copy(self, email: str, name: str, message_id: str) -> bytes:
@@ -163,7 +211,7 @@ class MessageFactory:
             for mark in MARKS:
                 values[mark, html] = qp_value(personalize(mark, unsubscribe_url=url, name=name, html=html))
         unsubscribe = f"List-Unsubscribe: {self.links.header(email, url)}\r\n".encode("ascii")
-        if len(unsubscribe.split(b"\r\n", 1)[0]) > MAX_LINE:  # only for addresses longer than any real one
+        if unsubscribe.index(b"\r\n") > MAX_LINE:  # only for addresses longer than any real one
             raise Unmailable(f"its List-Unsubscribe line would exceed {MAX_LINE} bytes")
         head = b"".join(
             (

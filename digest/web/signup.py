@@ -18,13 +18,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import parseaddr
 
 import sqlite_utils
 
 from .. import store
 from ..config import Config
-from ..send.message import list_id_header
+from ..send.message import PrefoldedHeader, date_header, list_id_header
 from ..send.unsubscribe import _b64, _unb64, signed_address
 from ..subscribers import address_key, clean_name, is_valid_email
 
@@ -153,10 +153,10 @@ def confirmation_message(config: Config, email: str, confirm_url: str, now: date
     if newsletter.reply_to:
         message["Reply-To"] = newsletter.reply_to
     message["Subject"] = f"Confirm your subscription to {newsletter.title}"
-    message["Date"] = formatdate(now.timestamp(), usegmt=True)
+    message["Date"] = date_header(now.timestamp())
     domain = parseaddr(newsletter.from_address)[1].rpartition("@")[2] or "localhost"
     message["Message-ID"] = f"<confirm.{secrets.token_hex(12)}@{domain}>"
-    message["List-Id"] = list_id_header(newsletter)
+    message["List-Id"] = PrefoldedHeader("List-Id", list_id_header(newsletter))
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
     text = (
