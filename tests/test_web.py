@@ -202,6 +202,14 @@ def test_the_archive_is_served_and_follows_the_sends(site, server, run_cli):
     assert not feed.bozo and feed.entries[0].link == f"{site.url}issues/{WEEK}/"
 
 
+def test_the_feeds_are_served_as_feeds_not_as_any_xml_or_json(site):
+    """A reader or a browser told `application/xml` may show the source rather than offer to subscribe."""
+    atom, json_feed = site.client.get("/feed.xml"), site.client.get("/feed.json")
+    assert atom.status_code == 200 and atom.headers["content-type"].startswith("application/atom+xml")
+    assert json_feed.status_code == 200 and json_feed.headers["content-type"] == "application/feed+json"
+    assert site.client.get("/").headers["content-type"].startswith("text/html")
+
+
 def test_two_hundred_one_click_unsubscribes_during_a_five_thousand_subscriber_send(tmp_path, server, monkeypatch):
     """The send runs as its own process, as cron runs it; the unsubscribes come at once, as mailbox providers
     post them. Every one is answered 200, none is lost, and none is mailed after its unsubscribe."""

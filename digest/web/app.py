@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import queue
 import socket
 import threading
@@ -171,6 +172,23 @@ class _Mailer:
                 log.error("confirmation mail to %s not sent: %s", email, redact(f"{exc}" or type(exc).__name__))
 
 
+# mimetypes knows .xml and .json only as any XML and JSON, which a browser shows as source, not as a feed
+_FEED_TYPES = {"feed.xml": "application/atom+xml; charset=utf-8", "feed.json": "application/feed+json"}
+
+
+class _ArchiveFiles(StaticFiles):
+    """The archive's files, its feeds with their own media types."""
+
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        media_type = _FEED_TYPES.get(Path(full_path).name)
+        if media_type:
+            response.headers["content-type"] = media_type
+        return response
+
+
 class _Archive:
     """The published archive, served as files, and published again first whenever the sent issues changed (a
     send by `digest run` while the server runs): one indexed query per request tells."""
@@ -180,7 +198,7 @@ class _Archive:
         self._lock = threading.Lock()
         self._seen: tuple | None = None
         self.refresh(databases.get())
-        self.files = StaticFiles(directory=config.site_dir, html=True)
+        self.files = _ArchiveFiles(directory=config.site_dir, html=True)
 
     def refresh(self, db: sqlite_utils.Database) -> None:
         with self._lock:
