@@ -47,6 +47,15 @@ JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _HEAD_END = re.compile(r"</head\s*>", re.IGNORECASE)
 _DOCTYPE = re.compile(r"\s*<!doctype[^>]*>", re.IGNORECASE)
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+# What only Outlook's Word engine reads: conditional comments (a downlevel-revealed one's markers only, its
+# content is for everyone), the VML and Office namespaces, and mso- declarations in styles.
+_OUTLOOK_ONLY = re.compile(
+    r"<!--\[if [^\]]*\]><!-->|<!--<!\[endif\]-->|<!--\[if [^\]]*\]>.*?<!\[endif\]-->|\s+xmlns:[vo]=\"[^\"]*\"",
+    re.DOTALL,
+)
+_STYLES = re.compile(r"<style\b[^>]*>.*?</style\s*>|\bstyle=\"[^\"]*\"", re.DOTALL | re.IGNORECASE)
+_MSO_DECLARATION = re.compile(r"\bmso-[\w-]+\s*:[^;\"}]*;?")
 _NO_SENT_DRAFT = (
     "the database holds no copy of the draft as sent (a send through Buttondown by a release before 0.2), "
     "and this file is missing"
@@ -192,7 +201,7 @@ class _Publisher:
             },
             folder,
         )
-        self._write(issue.page, _with_head_links(after_body_tag(html, nav), self._feed_links()), key)
+        self._write(issue.page, _with_head_links(web_page(html, nav), self._feed_links()), key)
 
     def _feed_links(self) -> str:
         title = escape(one_line(self.config.newsletter.title), quote=True)
@@ -386,6 +395,16 @@ def after_body_tag(html: str, fragment: str) -> str:
     match = _BODY_TAG.search(html) or _DOCTYPE.match(html)
     end = match.end() if match else 0
     return html[:end] + fragment + html[end:]
+
+
+def web_page(email_html: str, nav: str) -> str:
+    """The email as a web page: the navigation bar, then the email as the page's <main>, without what only
+    Outlook reads."""
+    html = _OUTLOOK_ONLY.sub("", email_html)
+    html = _STYLES.sub(lambda style: _MSO_DECLARATION.sub("", style.group()), html)
+    ends = list(_BODY_END.finditer(html))
+    end = ends[-1].start() if ends else len(html)
+    return after_body_tag(html[:end] + "</main>" + html[end:], nav + "<main>")
 
 
 def _with_head_links(html: str, links: str) -> str:
