@@ -202,3 +202,9 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
     assert "docs/images/email.png" in local and "docs/images/preview.png" in local
     missing = [target for target in local if not (README.parent / target).exists()]
     assert not missing, f"README.md links to files that do not exist: {missing}"
+    for target in targets:
+        page, _, anchor = target.partition("#")
+        if anchor and page.endswith(".md"):
+            headings = re.findall(r"^#+ (.+)$", (README.parent / page).read_text(encoding="utf-8"), re.MULTILINE)
+            slugs = {re.sub(r"[^\w-]", "", heading.strip().lower().replace(" ", "-")) for heading in headings}
+            assert anchor in slugs, f"README.md links to {target}, a heading {page} does not have"
