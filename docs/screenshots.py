@@ -3,7 +3,8 @@
 Run `python docs/screenshots.py` from the repository after a change to the email's look or the preview.
 It runs `digest demo` into a temporary folder, photographs the rendered email at a phone-to-desktop
 width of 700 px in Debian's Chromium, then starts `digest preview` on that folder and photographs its
-page. Device scale 1 and a cropped height keep each PNG under 400 KB.
+page. Device scale 1 and a cropped height keep each PNG under 400 KB. The sample's emoji need a colour emoji
+font (Debian: apt-get install fonts-noto-color-emoji), else Chromium draws empty boxes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,18 @@ IMAGES = Path(__file__).resolve().parent / "images"
 MAX_BYTES = 400_000
 
 
+INTRO = (
+    "Hello, and welcome to this week's issue. A new Django Fellow starts, two security releases are out, "
+    "and DjangoCon US wants your talk."
+)
+
+
 def run_demo(folder: Path) -> None:
+    """The demo's week, with an intro written into its draft as an editor would, and rendered again."""
     subprocess.run(["digest", "demo", "--dir", str(folder)], check=True, capture_output=True, text=True)
+    draft = folder / "drafts" / f"{WEEK}.yaml"
+    draft.write_text(draft.read_text(encoding="utf-8").replace("\nintro: ''\n", f"\nintro: {INTRO}\n"), "utf-8")
+    subprocess.run(["digest", "build", "--week", WEEK], cwd=folder, check=True, capture_output=True, text=True)
 
 
 def start_preview(folder: Path) -> tuple[subprocess.Popen, str]:
