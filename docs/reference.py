@@ -3,33 +3,32 @@ writes it, and tests/test_docs.py fails when the page differs from what this mak
 
 from __future__ import annotations
 
-import click
+import typer
 import typer.main
-from click.testing import CliRunner
+from typer.core import TyperGroup
+from typer.testing import CliRunner
 
 from digest.cli import app
 
 WIDTH = "80"  # the help's line width does not depend on the terminal that runs cog
 
 
-def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def command_paths(group: TyperGroup, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and subcommand, in the order --help lists them."""
-    ctx = click.Context(group)
+    ctx = typer.Context(group)
     paths: list[tuple[str, ...]] = []
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         if command is None or command.hidden:
             continue
         paths.append((*prefix, name))
-        if isinstance(command, click.Group):
+        if isinstance(command, TyperGroup):
             paths.extend(command_paths(command, (*prefix, name)))
     return paths
 
 
 def help_text(args: list[str]) -> str:
-    result = CliRunner().invoke(
-        typer.main.get_command(app), [*args, "--help"], prog_name="digest", env={"COLUMNS": WIDTH}
-    )
+    result = CliRunner().invoke(app, [*args, "--help"], prog_name="digest", env={"COLUMNS": WIDTH})
     if result.exit_code != 0:
         raise RuntimeError(f"digest {' '.join(args)} --help exited {result.exit_code}: {result.output}")
     return result.output
