@@ -22,13 +22,27 @@ import sqlite_utils
 
 from .. import store
 from ..config import Newsletter
-from ..credentials import env_secret
+from ..credentials import MAKE_SECRET, signing_secret
 from ..errors import SetupError
 from ..subscribers import address_key, is_valid_email
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
 MAX_LINE = 998  # bytes in a line of a message, CRLF excluded (RFC 5322 2.1.1)
 LONGEST_ADDRESS = "l" * 64 + "@" + "d" * 63 + "." + "d" * 63 + "." + "d" * 61  # 254 characters, the most SMTP allows
+
+
+SIGNS = "signs the unsubscribe links of newsletter.unsubscribe_url"
+
+
+def unsubscribe_secret(purpose: str = SIGNS) -> str | None:
+    """DIGEST_UNSUBSCRIBE_SECRET, for every command that signs or checks a link (send, run, the review copies,
+    serve, unsubscribe); None when unset, refused when too short (credentials.signing_secret)."""
+    return signing_secret(SECRET_ENV, purpose)
+
+
+def missing_secret(purpose: str) -> SetupError:
+    """The one line for a command that needs the secret and finds it unset."""
+    return SetupError(f"{SECRET_ENV} is not set: it {purpose}; make one with {MAKE_SECRET}")
 
 
 def _b64(data: bytes) -> str:
@@ -125,12 +139,9 @@ class UnsubscribeLinks:
             return cls(mailto=mailto_url(newsletter))
         if not newsletter.unsubscribe_url.isascii():
             raise SetupError("newsletter.unsubscribe_url: percent-encode it, a mail header holds only ASCII")
-        secret = env_secret(SECRET_ENV)
+        secret = unsubscribe_secret()
         if not secret:
-            raise SetupError(
-                f"{SECRET_ENV} is not set: it signs the unsubscribe links of newsletter.unsubscribe_url "
-                f"(use a long random string, and the same one on the unsubscribe page)"
-            )
+            raise missing_secret(SIGNS)
         links = cls(
             mailto=mailto_url(newsletter),
             url_template=newsletter.unsubscribe_url,

@@ -42,16 +42,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import store
 from ..config import Config
-from ..credentials import env_secret, redact
+from ..credentials import redact
 from ..errors import SetupError
 from ..send.smtp import Connection, smtp_password
-from ..send.unsubscribe import SECRET_ENV, signed_address
+from ..send.unsubscribe import missing_secret, signed_address, unsubscribe_secret
 from ..subscribers import address_key, is_valid_email
 from . import signup
 from .publish import publish, site_context
 
 log = logging.getLogger("digest.serve")
-MIN_SECRET = 16  # characters of DIGEST_UNSUBSCRIBE_SECRET that serve accepts
 MAX_FORM_BYTES = 16 * 1024  # a signup form is a few hundred bytes; a one-click POST a few dozen
 HONEYPOT = "website"  # the signup form's field that people never see and bots fill in
 Clock = Callable[[], datetime]
@@ -267,12 +266,10 @@ class WebSide:
     def __init__(self, config: Config, db_path: Path, *, clock: Clock = _now):
         if config.serve is None or not config.newsletter.site_url:
             raise SetupError(f"{config.path}: digest serve needs a serve: section and newsletter.site_url")
-        secret = env_secret(SECRET_ENV)
-        if not secret or len(secret) < MIN_SECRET:
-            raise SetupError(
-                f"{SECRET_ENV} is {'too short' if secret else 'not set'}: it signs the confirmation and unsubscribe "
-                f"links (use at least {MIN_SECRET} random characters, the same as digest send's)"
-            )
+        purpose = "signs the confirmation and unsubscribe links"
+        secret = unsubscribe_secret(purpose)
+        if not secret:
+            raise missing_secret(purpose)
         self.config, self.settings, self.secret, self.clock = config, config.serve, secret, clock
         self.site_url = config.newsletter.site_url
         self.list_id = config.newsletter.list_identifier

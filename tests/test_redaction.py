@@ -1,0 +1,114 @@
+"""Secrets taken out of output without mangling it, and one minimum length for the secret that signs links."""
+
+from __future__ import annotations
+
+import pytest
+from test_send_smtp import issue_row, ledger
+
+from digest import credentials
+from digest.config import load_config
+from digest.credentials import redact, remember_secret
+from digest.errors import SetupError
+from digest.send.unsubscribe import UnsubscribeLinks
+
+from helpers.project import WEEK, make_project, subscribers
+
+MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+@pytest.fixture(autouse=True)
+def forget_secrets(monkeypatch):
+    """Each test starts with no secret remembered, and leaves none behind for the tests after it."""
+    monkeypatch.setattr(credentials, "_SECRETS", {})
+    for name in ("DIGEST_SMTP_PASSWORD", "DIGEST_SMTP_PASSWORD_FILE", "DIGEST_UNSUBSCRIBE_SECRET_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "wrote 3 files to /tmp/digest-demo-x1y2/drafts",
+        "mailed demo@example.com",
+        "C:\\Users\\demo\\digest",
+        "the demonstration went well",
+        "feeds/demo.yaml: 3 feeds",
+    ],
+)
+def test_a_short_secret_is_not_taken_out_of_paths_words_and_addresses(text):
+    remember_secret("demo")
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "535 authentication failed for user digest with password demo",
+        "535 auth failed for b'demo'",
+        '{"detail": "bad credentials demo"}',
+        "login refused: demo.",
+        "GET /x?p=demo&q=1",
+    ],
+)
+def test_a_short_secret_standing_alone_in_an_echo_is_taken_out(text):
+    remember_secret("demo")
+    assert "demo" not in redact(text) and "[redacted]" in redact(text)
+
+
+def test_a_secret_of_a_real_secrets_length_is_taken_out_wherever_it_is():
+    secret = "Zq9x-long-random-secret-42"
+    remember_secret(secret)
+    text = f"GET /unsubscribe/{secret}/confirm and /tmp/x{secret}y"
+    assert secret not in redact(text) and redact(text).count("[redacted]") == 2
+
+
+def test_a_short_smtp_password_echoed_by_the_server_is_taken_out_but_not_out_of_paths(monkeypatch):
+    from digest.send.smtp import SmtpSettings, smtp_password
+
+    monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "short")
+    assert smtp_password(SmtpSettings(username="ada")) == "short"
+    assert redact("535 5.7.8 auth failed: user=ada pass=short") == "535 5.7.8 auth failed: user=ada pass=[redacted]"
+    assert redact("error: smtp.port is too short-lived, see /srv/short-term/x") == (
+        "error: smtp.port is too short-lived, see /srv/short-term/x"
+    )
+
+
+@pytest.mark.parametrize("secret", ["demo", "short", "s" * 15])
+def test_a_too_short_unsubscribe_secret_is_refused_and_never_remembered(tmp_path, monkeypatch, secret):
+    config = load_config(make_project(tmp_path, 2525, subscribers(1)))
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", secret)
+    with pytest.raises(SetupError) as refused:
+        UnsubscribeLinks.for_newsletter(config.newsletter)
+    message = str(refused.value)
+    assert message.startswith(f"DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has {len(secret)})")
+    assert MAKE_ONE in message and "\n" not in message
+    assert redact(f"is too short, /tmp/digest-{secret}-x") == f"is too short, /tmp/digest-{secret}-x"
+
+
+def test_a_secret_of_16_characters_signs(tmp_path, monkeypatch):
+    config = load_config(make_project(tmp_path, 2525, subscribers(1)))
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s" * 16)
+    assert UnsubscribeLinks.for_newsletter(config.newsletter).secret == "s" * 16
+
+
+def test_send_refuses_a_secret_serve_would_refuse_before_sending_anything(tmp_path, server, run_cli, monkeypatch):
+    make_project(tmp_path, server.port, subscribers(2))
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "demo")
+    for command in (["send", "--week", WEEK, "--yes"], ["send", "--week", WEEK, "--to", "you@example.com"]):
+        code, out, err = run_cli(*command, cwd=tmp_path)
+        assert code == 2 and not out and err.count("\n") == 1
+        assert err.startswith("error: DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has 4)")
+        assert MAKE_ONE in err
+    assert not server.messages and not ledger(tmp_path) and issue_row(tmp_path) is None
+
+
+def test_serve_says_the_secret_is_too_short_in_plain_words(tmp_path, server, run_cli, monkeypatch):
+    make_project(
+        tmp_path, server.port, [], site_url="http://127.0.0.1:1/", unsubscribe_url=None, sections={"serve": {}}
+    )
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "short")
+    code, out, err = run_cli("serve", "--port", "1", cwd=tmp_path)
+    assert code == 2 and not out
+    assert err == (
+        "error: DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has 5): it signs the confirmation and "
+        f"unsubscribe links; make one with {MAKE_ONE}\n"
+    )
