@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import select
 import signal
 import sqlite3
 import sys
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from .send import SendPlan
 
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), as a shell reports a process it terminated
+# stdout closed early (`digest feeds | head`): 128 + SIGPIPE, what `grep` or `git log` give there. Not 0: the
+# output was cut short, which a script with `set -o pipefail` should hear; a shell without it ignores it.
+EXIT_BROKEN_PIPE = 141
 NO_TERMINAL = "no terminal to ask for confirmation: add --yes to send without asking"
 
 
@@ -53,11 +58,32 @@ class _Commands(TyperGroup):
         except sqlite3.DatabaseError as exc:
             _exit(f"database: {exc}", 1)
         except OSError as exc:  # a file that must be written: disk full, read-only folder, permissions
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                _silence_stdout()
+                raise typer.Exit(EXIT_BROKEN_PIPE) from None
             _exit(f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc), 1)
         except Terminated:
             _exit("stopped by SIGTERM (what was in flight is recorded; run again to resume)", EXIT_TERMINATED)
         except KeyboardInterrupt:
             _exit("interrupted (what was in flight is recorded; run again to resume)", 130)
+
+
+def _stdout_closed() -> bool:
+    """Whether whoever read stdout has gone (the end of a pipe polls as an error then): a server that hangs
+    up mid-send is a BrokenPipeError too, and must stay an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (a test's buffer)
+        return False
+
+
+def _silence_stdout() -> None:
+    """What is still buffered for a closed stdout goes to /dev/null as Python exits, not into a second error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _exit(message: str, code: int) -> None:
@@ -83,6 +109,14 @@ def _warn(line: str) -> None:
     typer.echo(f"warning: {redact(line)}", err=True)
 
 
+def _version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        typer.echo(f"digest {version('digest')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -91,6 +125,9 @@ def main_options(
     ),
     db: Path | None = typer.Option(
         None, "--db", envvar="DIGEST_DB", show_default="digest.db next to feeds.yaml", help="The SQLite state file."
+    ),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print digest's version and exit."
     ),
 ) -> None:
     ctx.ensure_object(dict).update(config=config, db=db)
@@ -113,6 +150,16 @@ def _db(ctx: typer.Context):
     db = store.open_db(database_path(ctx.obj["config"], ctx.obj["db"]))
     ctx.call_on_close(db.close)
     return db
+
+
+def _subscriber_db(ctx: typer.Context):
+    """The database the subscribers commands work on: the newsletter folder's, or the one --db names. Outside
+    a folder without --db they refuse, as every other command does, rather than start a ./digest.db."""
+    from .config import NOT_FOUND
+
+    if ctx.obj["db"] is None and not ctx.obj["config"].is_file():
+        raise SetupError(f"{ctx.obj['config']}: {NOT_FOUND}; or name the database with --db or DIGEST_DB")
+    return _db(ctx)
 
 
 def _week(config: Config, week: str | None) -> str:
@@ -156,10 +203,12 @@ def init(
     ),
 ) -> None:
     """Write a starter feeds.yaml and subscribers.csv (never overwrites an existing file)."""
-    from .sample import starter_files
+    from .sample import init_next_steps, starter_files
 
     for path, written in starter_files(ctx.obj["config"], templates=templates).items():
         _say(f"{path}: {'written' if written else 'exists, left as it is'}")
+    for line in init_next_steps(ctx.obj["config"]):
+        _say(line)
 
 
 @app.command()
@@ -248,7 +297,7 @@ def build(
 
 def _print_build(report: BuildReport, prefix: str = "") -> None:
     if report.outcome == "empty":
-        _say(f"{prefix}{report.issue}: nothing new this week, no draft written")
+        _say(f"{prefix}{report.issue}: nothing new this week, no draft written: {report.advice}")
     elif report.outcome != "built":
         _say(f"{prefix}{report.issue}: already {report.outcome}, draft left as it is")
     else:
@@ -531,7 +580,7 @@ def run(
             _print_collect_summary(step.collected)
         if step.built is not None and "built" not in told:
             if step.built.outcome == "empty":
-                _say(f"build {step.issue}: nothing new this week, nothing sent")
+                _say(f"build {step.issue}: nothing new this week, nothing sent: {step.built.advice}")
             else:
                 _print_build(step.built, prefix="build ")
         if step.approval is not None and "approval" not in told:
@@ -582,12 +631,16 @@ def unsubscribe(
 
 
 @app.command()
-def status(ctx: typer.Context, week: str | None = WEEK) -> None:
+def status(ctx: typer.Context, week: str | None = WEEK, as_json: bool = AS_JSON) -> None:
     """Where the week's issue stands: collected, built, checked, approved, sending, sent, with counts."""
-    from .jobs import week_status
+    from . import jobs
 
     config = _config(ctx)
-    for line in week_status(config, _db(ctx), _week(config, week)):
+    facts = jobs.week_status(config, _db(ctx), _week(config, week))
+    if as_json:
+        _json(asdict(facts))
+        return
+    for line in jobs.week_status_lines(facts):
         _say(line)
 
 
@@ -685,7 +738,7 @@ def subscribers_import(
     """Add or update subscribers from a file; an unsubscribe, bounce or complaint in the database always wins."""
     from .jobs import import_subscribers
 
-    report = import_subscribers(_db(ctx), file)
+    report = import_subscribers(_subscriber_db(ctx), file)
     for problem in report.problems:
         _warn(f"{problem} (skipped)")
     changes = report.changes
@@ -707,10 +760,10 @@ def subscribers_export(
     from .jobs import export_subscribers
 
     if out is None:
-        export_subscribers(_db(ctx), sys.stdout, status=status)
+        export_subscribers(_subscriber_db(ctx), sys.stdout, status=status)
         return
     buffer = io.StringIO()
-    count = export_subscribers(_db(ctx), buffer, status=status)
+    count = export_subscribers(_subscriber_db(ctx), buffer, status=status)
     write_atomically(out, buffer.getvalue())
     _say(f"{out}: {count} subscriber(s)", err=True)
 
@@ -720,7 +773,7 @@ def subscribers_list(ctx: typer.Context, status: str | None = STATUS, as_json: b
     """Show the subscribers: address, name, status, how and when they joined."""
     from .store import subscriber_list
 
-    rows = list(subscriber_list(_db(ctx), status))
+    rows = list(subscriber_list(_subscriber_db(ctx), status))
     if as_json:
         _json(rows)
         return
@@ -738,4 +791,11 @@ def _terminate(signum, frame) -> None:
 def main() -> None:
     """The console script: SIGTERM is handled like Ctrl-C (see Terminated), then Typer runs the command."""
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        app()
+    finally:  # output that fit in stdout's buffer meets a closed pipe only here, as Python exits
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -30,7 +30,7 @@ from .send import SendPlan, SendReport, backend_class, check_backend
 from .send.unsubscribe import SECRET_ENV, sample_url, signed_address
 from .sending import check_receipts, send_locked, sending_began
 from .subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
-from .weeks import current_week, week_dates
+from .weeks import current_week, week_dates, week_id
 from .yamlfile import read_text_file
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class BuildReport:
     already: int = 0  # new posts not added because the draft holds their link already
     html_bytes: int = 0
     size_warning: str | None = None  # the email is near or past Gmail's clipping limit, and what to do
+    advice: str | None = None  # empty: what is stored, why none of it was taken, what to try
 
     @property
     def counts(self) -> str:
@@ -106,7 +107,7 @@ def _build(
     if path.exists():
         draft = read_draft(path)
     elif not fresh:
-        return BuildReport(issue=issue_id, outcome="empty")
+        return BuildReport(issue=issue_id, outcome="empty", advice=empty_issue_advice(config, db, issue_id, now))
     else:
         draft = new_draft(issue_id, subject_for(config, db, issue_id), list(config.newsletter.sections))
     offered_links = {post["url_key"] for post in store.offered_posts(db, issue_id) if post["url_key"]}
@@ -150,6 +151,37 @@ def _build(
             config.folder,
         )
     return report
+
+
+def empty_issue_advice(config: Config, db: sqlite_utils.Database, issue_id: str, now: datetime) -> str:
+    """Why an issue found no post, for a user who sees posts stored: from which weeks they are, why they were
+    not taken (a first issue takes only its own week; the rest went out or were passed over before), and the
+    newest week not sent that has posts, to build instead."""
+    tz = config.newsletter.tz
+    count, oldest, newest = db.execute(
+        "SELECT count(*), min(published_at), max(published_at) FROM posts WHERE published_at <= ?", [store.iso(now)]
+    ).fetchone()
+    if not count:
+        return "no posts stored yet (digest collect)"
+    first, last = (week_id(store.from_iso(moment).astimezone(tz).date()) for moment in (oldest, newest))
+    weeks = f"all from {first}" if first == last else f"from {first} to {last}"
+    advice = f"{count} post{'s' if count > 1 else ''} stored, {weeks}, none from this week; "
+    last_sent = store.last_sent_issue(db, before=issue_id)
+    if last_sent is None:
+        advice += "before any issue is sent, an issue takes only its own week's posts"
+    else:
+        advice += (
+            f"after {last_sent['id']}, an issue takes its own week's posts and those collected since "
+            f"{last_sent['id']} was built; the others went out or were passed over then"
+        )
+    sent = {row[0] for row in db.execute("SELECT id FROM issues WHERE status IN ('sending', 'sent')")}
+    for (moment,) in db.execute(
+        "SELECT published_at FROM posts WHERE published_at <= ? ORDER BY published_at DESC", [store.iso(now)]
+    ):
+        week = week_id(store.from_iso(moment).astimezone(tz).date())
+        if week not in sent and week != issue_id:
+            return f"{advice}; try: digest build --week {week}"
+    return f"{advice}; digest collect brings new ones"
 
 
 def write_renderings(config: Config, rendered: RenderedIssue, path: Path) -> tuple[Path, Path, int]:
@@ -330,57 +362,98 @@ def export_subscribers(db: sqlite_utils.Database, stream: TextIO, *, status: str
 # --- status -----------------------------------------------------------------------------------
 
 
-def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> list[str]:
-    """Where the week's issue stands, one line a stage: collected, built, checked, approved, sending, sent.
-    The checks run without fetching links (their last good answers, within check.cache_hours, count). An issue
-    sent or being sent shows the draft it went out with."""
+@dataclass
+class WeekStatus:
+    """Where an issue stands (`digest status`; its --json prints these fields as they are)."""
+
+    issue: str
+    posts: int  # stored, all weeks
+    last_collect: str | None
+    failing_feeds: int
+    draft: str | None = None  # its path; None before the first build
+    draft_error: str | None = None  # why the draft cannot be read
+    built_at: str | None = None  # None for a draft written by hand
+    items: int = 0  # in the email
+    held_back: int = 0  # in the draft, not in the email
+    errors: int = 0  # found by the checks, links as last fetched
+    warnings: int = 0
+    approval: str | None = None  # with approval: required: "approved", "void" (edited since) or "not approved"
+    approved_at: str | None = None
+    reviewed_at: str | None = None  # when the review copy was mailed
+    status: str = "draft"  # draft, sending, sent
+    backend: str | None = None
+    deliveries: dict[str, int] = field(default_factory=dict)  # per delivery status
+
+
+def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> WeekStatus:
+    """Where the week's issue stands: collected, built, checked, approved, sending, sent. The checks run
+    without fetching links (their last good answers, within check.cache_hours, count). An issue sent or being
+    sent shows the draft it went out with."""
     from .approval import draft_hash
     from .checks import check_issue
 
     issue = store.get_issue(db, issue_id) or {}
     fetched = db.execute("SELECT max(last_fetched_at), sum(last_error IS NOT NULL) FROM feeds").fetchone()
-    posts = db.execute("SELECT count(*) FROM posts").fetchone()[0]
-    lines = [
-        f"{issue_id}",
-        f"  collected: {posts:,} posts stored; last collect {fetched[0] or 'never'}"
-        + (f", {fetched[1]} feed(s) failing" if fetched[1] else ""),
-    ]
+    facts = WeekStatus(
+        issue=issue_id,
+        posts=db.execute("SELECT count(*) FROM posts").fetchone()[0],
+        last_collect=fetched[0],
+        failing_feeds=fetched[1] or 0,
+        status=issue.get("status", "draft"),
+        backend=issue.get("backend"),
+        deliveries=dict(sorted(store.delivery_counts(db, issue_id).items())),
+    )
     path = draft_path(config.drafts_dir, issue_id)
-    text = issue.get("sent_draft") if issue.get("status", "draft") != "draft" else None
+    text = issue.get("sent_draft") if facts.status != "draft" else None
     if text is None and not path.exists():
-        lines.append(f"  built:     no draft yet ({path})")
-        return lines
+        return facts
+    facts.draft = str(path)
     try:
         text = text if text is not None else read_text_file(path, "no draft")
         draft = parse_draft(path, text)
     except ConfigError as exc:
-        lines.append(f"  built:     the draft cannot be read: {exc}")
-        return lines
-    held = draft.held_more + draft.held_stale
-    lines.append(
-        f"  built:     {issue.get('built_at') or 'by hand'}; {len(draft.items)} items in the email"
-        + (f", {held} held back" if held else "")
-    )
+        facts.draft_error = str(exc)
+        return facts
+    facts.built_at, facts.items = issue.get("built_at"), len(draft.items)
+    facts.held_back = draft.held_more + draft.held_stale
     check = check_issue(config, db, issue_id, draft=draft, fetch=False)
+    facts.errors, facts.warnings = len(check.errors), len(check.warnings)
+    if config.newsletter.approval == "required":
+        approved = issue.get("approved_hash")
+        facts.approval = "approved" if approved == draft_hash(text) else "void" if approved else "not approved"
+        facts.approved_at, facts.reviewed_at = issue.get("approved_at"), issue.get("reviewed_at")
+    return facts
+
+
+def week_status_lines(facts: WeekStatus) -> list[str]:
+    """`digest status`: one line a stage."""
+    lines = [
+        f"{facts.issue}",
+        f"  collected: {facts.posts:,} posts stored; last collect {facts.last_collect or 'never'}"
+        + (f", {facts.failing_feeds} feed(s) failing" if facts.failing_feeds else ""),
+    ]
+    if facts.draft is None:
+        return [*lines, f"  built:     no draft yet (digest build --week {facts.issue} writes it)"]
+    if facts.draft_error:
+        return [*lines, f"  built:     the draft cannot be read: {facts.draft_error}"]
     lines.append(
-        f"  checked:   {len(check.errors)} error(s), {len(check.warnings)} warning(s) (links as last fetched: "
+        f"  built:     {facts.built_at or 'by hand'}; {facts.items} items in the email"
+        + (f", {facts.held_back} held back" if facts.held_back else "")
+    )
+    lines.append(
+        f"  checked:   {facts.errors} error(s), {facts.warnings} warning(s) (links as last fetched: "
         f"digest check fetches them)"
     )
-    if config.newsletter.approval == "required":
-        if issue.get("approved_hash") == draft_hash(text):
-            approval = f"approved at {issue['approved_at']}"
-        elif issue.get("approved_hash"):
-            approval = "approval void: the draft changed after it"
-        else:
-            approval = "not approved" + (
-                f"; review copy mailed at {issue['reviewed_at']}" if issue.get("reviewed_at") else ""
-            )
-        lines.append(f"  approved:  {approval}")
-    counts = store.delivery_counts(db, issue_id)
-    status = issue.get("status", "draft")
-    if status == "draft":
+    if facts.approval == "approved":
+        lines.append(f"  approved:  approved at {facts.approved_at}")
+    elif facts.approval == "void":
+        lines.append("  approved:  approval void: the draft changed after it")
+    elif facts.approval:
+        reviewed = f"; review copy mailed at {facts.reviewed_at}" if facts.reviewed_at else ""
+        lines.append(f"  approved:  not approved{reviewed}")
+    if facts.status == "draft":
         lines.append("  sent:      not yet")
     else:
-        shown = ", ".join(f"{count:,} {name}" for name, count in sorted(counts.items()))
-        lines.append(f"  {status + ':':<10} {issue.get('backend') or ''} {shown}".rstrip())
+        shown = ", ".join(f"{count:,} {name}" for name, count in facts.deliveries.items())
+        lines.append(f"  {facts.status + ':':<10} {facts.backend or ''} {shown}".rstrip())
     return lines

@@ -27,7 +27,7 @@ POSTED = datetime.combine(parse_week(WEEK) + timedelta(days=2), time(12), LONDON
 @pytest.fixture
 def project(tmp_path, feed_server, server, monkeypatch):
     """Two posts of WEEK's issue on a loopback feed; `digest run` sees WEEK as the current week."""
-    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
     monkeypatch.setattr(jobs, "current_week", lambda now, tz: WEEK)
     feed_server.routes["/feed.xml"] = Route(
         rss(
@@ -91,7 +91,9 @@ def test_when_every_feed_fails_run_sends_what_earlier_collects_found_and_exits_1
 def test_when_every_feed_fails_and_nothing_was_collected_run_exits_1(project, server, feed_server, run_cli):
     feed_server.routes["/feed.xml"] = Route(status=404, body=b"gone")
     code, out, err = run_cli("run", "--yes", cwd=project)
-    assert code == 1 and out.splitlines()[-1] == f"build {WEEK}: nothing new this week, nothing sent"
+    assert code == 1 and out.splitlines()[-1] == (
+        f"build {WEEK}: nothing new this week, nothing sent: no posts stored yet (digest collect)"
+    )
     assert err.strip() == "error: every feed failed: nothing was collected" and not server.messages
 
 
@@ -119,7 +121,10 @@ def test_a_week_with_nothing_new_sends_nothing(project, server, feed_server, run
         )
     )
     code, out, _ = run_cli("run", "--yes", cwd=project)
-    assert code == 0 and out.splitlines()[-1] == f"build {WEEK}: nothing new this week, nothing sent"
+    assert code == 0 and out.splitlines()[-1] == (
+        f"build {WEEK}: nothing new this week, nothing sent: 1 post stored, all from 2020-W02, none from this "
+        "week; before any issue is sent, an issue takes only its own week's posts; try: digest build --week 2020-W02"
+    )
     assert not server.messages and not (project / "drafts" / f"{WEEK}.yaml").exists()
 
 
@@ -180,7 +185,7 @@ def _begin_send(db, issue_id: str) -> None:
 @pytest.fixture
 def weekly(tmp_path, server, monkeypatch):
     """W12 sent, W13 built and partly sent (left `sending`), a post of W14 waiting; returns (config, db, now)."""
-    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
     config = load_config(
         make_project(
             tmp_path,

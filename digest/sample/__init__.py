@@ -121,3 +121,21 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
     say(f"next: cd {directory} && digest feeds   (or open the html in a browser)")
     say("  the web side: digest publish, then digest serve (see the README, “The web side”)")
     return directory
+
+
+SECRET_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.digest-secret"
+
+
+def init_next_steps(config_path: Path) -> list[str]:
+    """What `digest init` prints last: the first steps of the README's walk-through, "A week with digest"."""
+    return [
+        "",
+        "next steps:",
+        f"  1. edit {config_path}: your title, sender and feeds; smtp.host and smtp.port: your mail server",
+        "     (a login: smtp.username, and export DIGEST_SMTP_PASSWORD=...)",
+        "  2. a secret that signs the unsubscribe links (keep it, and keep it private):",
+        f"       {SECRET_COMMAND}",
+        "       export DIGEST_UNSUBSCRIBE_SECRET_FILE=~/.digest-secret",
+        "  3. digest collect, then digest build, then digest preview --open to see the email",
+        "  4. digest check, digest send --to you@example.com for a test copy, then digest send",
+    ]
