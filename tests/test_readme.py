@@ -4,7 +4,7 @@ Each runs line by line in one bash on a pseudo-terminal (tests/helpers/shell.py)
 placeholders the walk-through names substituted: the `$EDITOR` lines are the test's own edits (feeds on a loopback
 server, SMTP on aiosmtpd without TLS, an intro), the draft's week is the one `digest build` printed, and
 `digest preview`/`digest serve` run in the background until they answer. The digest they run is the real command,
-without freezegun, so the feeds' posts are dated a few minutes ago.
+without freezegun, so the feeds' posts are dated a few seconds ago.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def poll(url: str, done, timeout: float = 30) -> httpx.Response:
 
 @pytest.fixture
 def feeds():
-    """Two feeds on loopback with posts from a few minutes ago (this week), linking to pages that answer 200."""
+    """Two feeds on loopback with posts from a few seconds ago (this week), linking to pages that answer 200."""
     server = FeedServer().start()
     now = datetime.now(UTC)
     for feed, section in (("weblog", "News"), ("blog", "Articles")):
@@ -97,7 +97,7 @@ def feeds():
                     "link": server.url(path),
                     "guid": server.url(path),
                     "description": f"What post {n} of the {feed} says, in a sentence.",
-                    "date": format_datetime(now - timedelta(minutes=5 + n)),
+                    "date": format_datetime(now - timedelta(seconds=10 + n)),
                 }
             )
         server.routes[f"/{feed}.xml"] = Route(rss(items, title=feed, link=server.url("/")))
@@ -137,17 +137,15 @@ def edit_draft(path: Path) -> None:
 
 
 def test_a_week_with_digest_runs_as_printed(tmp_path, feeds, smtp):
-    home = tmp_path / "home"
-    shell = Shell(tmp_path, shell_env(home))
-    folder = home / "my-newsletter"
+    shell = Shell(tmp_path, shell_env(tmp_path / "home"))
     week = preview = None
     try:
         for line in walkthrough():
             if line.startswith("$EDITOR feeds.yaml"):
-                edit_feeds(folder, feeds, smtp)
+                edit_feeds(shell.cwd(), feeds, smtp)
             elif line.startswith("$EDITOR drafts/"):
                 assert week, "digest build printed no week before the draft is edited"
-                edit_draft(folder / "drafts" / f"{week}.yaml")
+                edit_draft(shell.cwd() / "drafts" / f"{week}.yaml")
                 assert preview, "the draft is edited before digest preview runs"
                 shown = poll(f"{preview}email.html", lambda response: INTRO in response.text)
                 assert INTRO in shown.text, "the preview did not show the edited draft"

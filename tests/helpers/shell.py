@@ -58,13 +58,21 @@ class Shell:
                 raise TimeoutError(f"{line!r} did not end within {timeout} s; it printed:\n{step}")
             self._read(deadline)
 
+    def cwd(self) -> Path:
+        """The shell's current folder (where a person's editor would open a file the walk-through names)."""
+        status, printed = self.run("pwd")
+        assert status == 0, printed
+        return Path(printed.split()[-1])  # a background server may have printed before it
+
     def wait_for(self, pattern: str, timeout: float = 30) -> re.Match:
-        """The first match of `pattern` in the output since the last step ended (a background server's line)."""
+        """The first match of `pattern` in the output since the last step ended (a background server's line);
+        the next step's output begins after it."""
         deadline = time.monotonic() + timeout
         while not (match := re.search(pattern, self.output[self._read_to :])):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {pattern!r} within {timeout} s; printed:\n{self.output[self._read_to :]}")
             self._read(deadline)
+        self._read_to += match.end()
         return match
 
     def _read(self, deadline: float) -> None:
