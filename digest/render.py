@@ -136,24 +136,24 @@ class _Item:
 
 @dataclass(frozen=True)
 class _Image:
-    """An item's image, scaled to fit IMAGE_BOX: its place reserved by width and height, alt from the title."""
+    """An item's image, scaled to fit IMAGE_BOX: its place reserved by width and height."""
 
     url: str
     width: int
     height: int
-    alt: str
+    alt: str = ""  # decorative beside the item's title, which a blocked image's alt would repeat
 
 
 IMAGE_BOX = 120  # pixels: the most an item's image takes either way
 
 
-def _image(item: DraftItem, title: str) -> _Image | None:
+def _image(item: DraftItem) -> _Image | None:
     url = _http_url(item.image)
     if not url or not item.image_width or not item.image_height:
         return None  # without its size, its place cannot be reserved: left out
     scale = min(1.0, IMAGE_BOX / max(item.image_width, item.image_height))
     width, height = max(1, round(item.image_width * scale)), max(1, round(item.image_height * scale))
-    return _Image(url=url, width=width, height=height, alt=title)
+    return _Image(url=url, width=width, height=height)
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def _section(section: DraftSection, markdown: bool) -> _Section:
                 summary=_plain(summary := _prose(item.summary, markdown)),
                 meta=meta,
                 summary_prose=summary,
-                image=_image(item, _one_line(item.title)),
+                image=_image(item),
             )
         )
     more = tuple(
