@@ -104,6 +104,8 @@ def collect(
     unconditional = sum(1 for request in requests if not (request.etag or request.last_modified))
     with _ParsePool(unconditional) as pool:
         asyncio.run(_collect(config, db, requests, still_broken, now, settings, pool, transport, report, on_feed))
+    order = {feed.url: position for position, feed in enumerate(config.feeds)}
+    report.feeds.sort(key=lambda feed: order[feed.url])  # as feeds.yaml lists them, not as they finished
     report.seconds = time.perf_counter() - started
     return report
 

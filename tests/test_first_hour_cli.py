@@ -168,3 +168,18 @@ def test_an_empty_issue_after_a_sent_one_says_the_posts_went_out(tmp_path, run_c
         "after 2026-W14, an issue takes its own week's posts and those collected since 2026-W14 was built; the "
         "others went out or were passed over then; digest collect brings new ones\n"
     )
+
+
+def test_the_collect_report_lists_the_feeds_in_the_order_of_feeds_yaml(tmp_path, run_cli, feed_server):
+    """Not the order they finished in: the demo's output (and collect --json) would change from run to run."""
+    feed_server.routes["/slow.xml"] = Route(rss([POST]), delay=0.5)
+    feed_server.routes["/fast.xml"] = Route(rss([{**POST, "link": "https://e.example/2", "guid": "2"}]))
+    write_config(
+        tmp_path,
+        [
+            {"name": "Slow", "url": feed_server.url("/slow.xml"), "section": "News"},
+            {"name": "Fast", "url": feed_server.url("/fast.xml"), "section": "News"},
+        ],
+    )
+    report = json.loads(run_cli("collect", "--json", cwd=tmp_path)[1])
+    assert [feed["name"] for feed in report["feeds"]] == ["Slow", "Fast"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
+import shlex
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -79,7 +81,9 @@ def serve_directory(directory: Path) -> Iterator[str]:
 
 
 def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
-    """Collect the sample feeds from a loopback server and build the sample week's issue."""
+    """Collect the sample feeds from a loopback server, build the sample week's issue, and say what to try next.
+
+    What it prints is the same every run but for the folder: no port, no timing, the feeds in their order."""
     from .. import collecting, jobs, store
     from ..config import load_config
 
@@ -100,27 +104,51 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
         )
         config = load_config(config_path)
         db = store.open_db(directory / "digest.db")
-        say(f"demo: serving {len(config.feeds)} sample feeds on {base}, working in {directory}")
-        report = collecting.collect(
-            config,
-            db,
-            on_feed=lambda feed: say(
-                f"  {feed.name}: "
-                + (f"FAILED ({feed.error})" if feed.outcome == "failed" else f"{feed.new_posts} new posts")
-            ),
-        )
-        say(
-            f"collect: {report.new_posts} new posts from {len(report.feeds)} feeds in {report.seconds:.2f} s, "
-            f"{len(report.failed)} failed"
-        )
+        say(f"demo: collecting the {len(config.feeds)} sample feeds from a loopback server, working in {directory}")
+        report = collecting.collect(config, db)
+    for feed in report.feeds:
+        say(f"  {feed.name}: " + (f"FAILED ({feed.error})" if feed.outcome == "failed" else f"{feed.new_posts} new"))
+    say(f"collect: {report.new_posts} new posts from {len(report.feeds)} feeds, {len(report.failed)} failed")
     built = jobs.build(config, db, SAMPLE_WEEK, now=datetime.now(UTC))
     say(f"build {SAMPLE_WEEK}: {built.items} items")
     say(f"  draft (edit me): {built.draft}")
     say(f"  html:            {built.html} ({built.html_bytes:,} bytes)")
     say(f"  text:            {built.text}")
-    say(f"next: cd {directory} && digest feeds   (or open the html in a browser)")
-    say("  the web side: digest publish, then digest serve (see the README, “The web side”)")
+    for line in demo_next_steps(directory, _write_secret(directory)):
+        say(line)
     return directory
+
+
+def _write_secret(directory: Path) -> Path:
+    """A random secret of the demo's own, readable by its owner only, for the commands that sign unsubscribe
+    links (a dry run does): never printed."""
+    path = directory / "unsubscribe-secret"
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as stream:
+        stream.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def demo_next_steps(directory: Path, secret: Path) -> list[str]:
+    """The commands to try on the demo's folder: each `  $ ` line runs as printed, in order, in one shell."""
+    week = SAMPLE_WEEK
+    return [
+        "",
+        "next steps: run each $ line as it is, in order",
+        f"  $ cd {shlex.quote(str(directory))}",
+        f"  $ export DIGEST_UNSUBSCRIBE_SECRET_FILE={shlex.quote(str(secret))}",
+        "      (a random secret the demo wrote: it signs the unsubscribe links)",
+        "  $ digest feeds",
+        "      (how each feed did: the broken sample feed is reported, the others went on)",
+        f"  $ digest preview --week {week}",
+        f"      (the email in a browser at the address it prints, refreshed as you edit drafts/{week}.yaml;",
+        "       Ctrl-C to stop)",
+        f"  $ digest check --week {week}",
+        "      (dead links, placeholders, size: what digest send would refuse)",
+        f"  $ digest send --week {week} --dry-run",
+        f"      (the emails as .eml files in drafts/{week}.dry-run/: nothing is sent)",
+        "then your own newsletter: digest init in a new folder (see the README, “A week with digest”);",
+        "the web side (digest publish, digest serve) shows issues once they are sent: see “The web side”",
+    ]
 
 
 SECRET_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.digest-secret"
