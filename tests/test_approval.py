@@ -166,3 +166,15 @@ def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, 
     after = jobs.run_week(config, db, now=friday.replace(hour=17, minute=1))
     assert after.approval is not None and after.approval.outcome == "deadline"
     assert after.sent is not None and after.sent.complete and len(to_subscribers(server)) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="needs checks._items to label an item with text.cut_at_word(title, 60)")
+def test_the_review_copy_names_a_long_title_cut_at_a_word_with_an_ellipsis(project, server, run_cli):  # noqa: F811
+    require_approval(project)
+    run_cli("run", "--yes", cwd=project)
+    title = "Composite primary keys arrive in Django, after nineteen years of waiting: TK"
+    edit_title(project, title)
+    run_cli("run", "--yes", cwd=project)
+    banner = to_editor(server)[-1].get_body(("plain",)).get_content().split("\n\n")[0]
+    finding = next(line for line in banner.splitlines() if "placeholder" in line)
+    assert "“Composite primary keys arrive in Django, after nineteen…”" in finding
