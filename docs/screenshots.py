@@ -21,6 +21,9 @@ CHROMIUM = "/usr/bin/chromium"
 WEEK = "2026-W14"  # the demo's sample week
 IMAGES = Path(__file__).resolve().parent / "images"
 MAX_BYTES = 400_000
+# the preview has rendered the draft, and the email's desktop frame shows it
+SHOWN = """() => document.getElementById("status").textContent.startsWith("rendered")
+    && document.getElementById("desktop").contentDocument?.body?.innerText.length > 0"""
 
 
 INTRO = (
@@ -71,6 +74,7 @@ def main() -> None:
         try:
             preview = browser.new_page(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
             preview.goto(url, wait_until="load")
+            preview.wait_for_function(SHOWN)  # the page fills itself from the server's events after it loads
             preview.screenshot(path=IMAGES / "preview.png")
         finally:
             server.terminate()
