@@ -73,6 +73,8 @@ _FOLD_POINT = re.compile(r"(?<=\S) (?=\S)")  # a lone space between two words: C
 def fold(line: str, width: int = 78) -> str:
     """A header line folded before its spaces so that each physical line keeps within `width` where a space
     allows (RFC 5322 2.1.1); a word longer than that (a URL) stays whole on its own line."""
+    if len(line) <= width:
+        return line
     lines: list[str] = []
     for word in _FOLD_POINT.split(line):
         if lines and len(lines[-1]) + 1 + len(word) <= width:
