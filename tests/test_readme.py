@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import os
 import re
+import shutil
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from tests.helpers.shell import Shell
 from tests.helpers.smtp import SmtpServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DIGEST = Path(shutil.which("digest") or Path(sys.executable).parent / "digest")  # the one pip installed here
 YES = {"[y/N]": "y\n"}  # digest send's question, answered as a person would
 
 
@@ -48,7 +50,7 @@ def shell_env(home: Path) -> dict[str, str]:
     """A person's environment: this venv's digest on PATH, a HOME of its own, no DIGEST_ setting or secret."""
     home.mkdir()
     return {
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PATH": os.pathsep.join([str(DIGEST.parent), str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
         "HOME": str(home),
         "BROWSER": "true",  # digest preview --open opens no browser
         "TERM": "dumb",
