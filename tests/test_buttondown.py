@@ -151,6 +151,8 @@ def test_other_4xx_stop_with_buttondowns_message(tmp_path, api, run_cli, status,
     api.script = [Answer(status, {"code": "invalid", "detail": detail})]
     code, _out, err = send(run_cli, tmp_path)
     message = detail if isinstance(detail, str) else "Input should be a status"
+    if status == 401:
+        message += " (check BUTTONDOWN_API_KEY: the API key from Buttondown's settings)"
     assert code == 1 and err == f"error: Buttondown refused POST /emails: {status} {message}\n"
     assert len(api.requests) == 1
     first_key = api.requests[0].headers["x-idempotency-key"]

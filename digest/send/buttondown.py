@@ -15,6 +15,7 @@ kept, the run stops, and the next one looks the email up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -38,7 +39,7 @@ from ..retry import backoff
 from ..settings import HOUR, read_section, setting
 from ..urls import secret_url_problem
 from ..yamlfile import MappingReader
-from . import Backend, SendPlan, SendReport
+from . import LOOKUP_FAILED, NO_SUCH_HOST, REFUSED, TIMED_OUT, Backend, SendPlan, SendReport, connection_failure
 
 if TYPE_CHECKING:
     import httpx
@@ -241,7 +242,7 @@ class ButtondownBackend(Backend):
                 try:
                     response = client.request(method, url, json=body, headers=headers, params=query)
                 except httpx.TransportError as exc:  # timeouts, refused or dropped connections
-                    problem, lost = redact(f"{type(exc).__name__}: {exc}"), True
+                    problem, lost = redact(self._unreachable(exc) or f"{type(exc).__name__}: {exc}"), True
                 else:
                     if response.is_success:
                         return _answer(response, method, path, listing=listing)
@@ -249,12 +250,35 @@ class ButtondownBackend(Backend):
                     if response.status_code == 429:
                         wait = _retry_after(response, wait)
                     elif response.status_code < 500:
+                        if response.status_code == 401:
+                            problem += f" (check {KEY_ENV}: the API key from Buttondown's settings)"
                         raise Refusal(f"Buttondown refused {method} {path}: {problem}", after_lost_answer=lost)
                     else:
                         lost = True  # a 5xx may come after the work was done
                 if attempt < self.settings.max_attempts:
                     self.sleep(wait)
         raise SendError(f"Buttondown: {method} {path} failed {self.settings.max_attempts} times, last: {problem}")
+
+    def _unreachable(self, exc: httpx.TransportError) -> str | None:
+        """A failed connection in words that name the setting to change, when its cause points at one."""
+        import httpx
+
+        url = self.settings.api_url
+        from_environment = os.environ.get(API_URL_ENV, "").strip()  # wins over feeds.yaml (read_settings)
+        setting = f"{API_URL_ENV} in the environment" if from_environment else "buttondown.api_url in feeds.yaml"
+        why = TIMED_OUT if isinstance(exc, httpx.TimeoutException) else connection_failure(exc)
+        if why == REFUSED:
+            return f"nothing listens at {url} (connection refused); check {setting}"
+        if why == NO_SUCH_HOST:
+            return f"no such host at {url} (DNS); check {setting}"
+        if why == LOOKUP_FAILED:
+            return f"the name of {url} could not be looked up (DNS); check the network and {setting}"
+        if why == TIMED_OUT:
+            return (
+                f"no answer from {url} within buttondown.timeout ({self.settings.timeout:g} s); check {setting}, "
+                f"or raise buttondown.timeout"
+            )
+        return None
 
 
 def _detail(response: httpx.Response) -> str:

@@ -50,7 +50,7 @@ from ..settings import HOUR, setting
 from ..subscribers import Subscriber, address_key
 from ..urls import LOOPBACK_HOSTS
 from ..yamlfile import MappingReader
-from . import ListBackend, SendPlan, SendReport
+from . import LOOKUP_FAILED, NO_SUCH_HOST, REFUSED, TIMED_OUT, ListBackend, SendPlan, SendReport, connection_failure
 from .message import MessageFactory, Unmailable
 
 PASSWORD_ENV = "DIGEST_SMTP_PASSWORD"
@@ -164,6 +164,31 @@ def _tls_port_problem(exc: BaseException, settings: SmtpSettings) -> SendError |
     )
 
 
+class Unreachable(OSError):
+    """A connection that failed in a way a setting may explain (nothing listens, no such host, no answer): retried
+    like any dropped connection, and told in words that name the setting."""
+
+
+def _unreachable(exc: BaseException, settings: SmtpSettings) -> Unreachable | None:
+    host, port = settings.host, settings.port
+    why = connection_failure(exc)
+    if why == REFUSED:
+        return Unreachable(
+            f"smtp.port {port} on {host}: nothing listens (connection refused); set smtp.host and smtp.port "
+            f"in feeds.yaml"
+        )
+    if why == NO_SUCH_HOST:
+        return Unreachable(f"smtp.host {host}: no such host (DNS); set smtp.host in feeds.yaml")
+    if why == LOOKUP_FAILED:
+        return Unreachable(f"smtp.host {host}: the name could not be looked up (DNS); check the network and smtp.host")
+    if why == TIMED_OUT:
+        return Unreachable(
+            f"{host} port {port}: no answer within smtp.timeout ({settings.timeout:g} s); check smtp.host and "
+            f"smtp.port in feeds.yaml, or raise smtp.timeout"
+        )
+    return None
+
+
 class Connection:
     """One SMTP session: opened on first use, reused, reopened after a drop."""
 
@@ -172,15 +197,18 @@ class Connection:
         self.smtp: smtplib.SMTP | None = None
 
     def open(self) -> None:
-        """Connect, secure and log in. Raises SendError for what retrying cannot fix, OSError otherwise."""
+        """Connect, secure and log in. Raises SendError for what retrying cannot fix, OSError otherwise (Unreachable
+        when the failure points at a setting)."""
         try:
             self._open()
         except BaseException as exc:
             self.close()
             problem = _setup_problem(exc, self.settings) or _tls_port_problem(exc, self.settings)
-            if problem is None:
-                raise
-            raise problem from exc
+            if problem is not None:
+                raise problem from exc
+            if isinstance(exc, OSError) and (unreachable := _unreachable(exc, self.settings)):
+                raise unreachable from exc
+            raise
 
     def _open(self) -> None:
         s = self.settings
@@ -457,6 +485,8 @@ class SmtpBackend(ListBackend):
             return reply
         except Refused as exc:
             raise SendError(f"{address}: {exc}") from None
+        except Unreachable as exc:  # said at once: a person at a terminal is testing the settings
+            raise SendError(str(exc)) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise SendError(f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}") from None
         finally:
@@ -628,7 +658,12 @@ class SmtpBackend(ListBackend):
                 return True
             else:  # dropped, timed out, refused to connect (closed above)
                 dropped += 1
-                self._record(ledger, key, DeliveryStatus.PENDING, f"connection: {problem or type(problem).__name__}")
+                said = (
+                    str(problem)
+                    if isinstance(problem, Unreachable)
+                    else f"connection: {problem or type(problem).__name__}"
+                )
+                self._record(ledger, key, DeliveryStatus.PENDING, said)
                 if dropped >= attempts:
                     return False
             if attempt < attempts:
