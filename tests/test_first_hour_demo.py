@@ -49,6 +49,7 @@ def test_the_demos_next_steps_run_as_printed(tmp_path):
         else:
             script.append(step)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("DIGEST_")}
+    environment["BROWSER"] = "true"  # --open "opens" it with true(1): no browser starts
     run = subprocess.run(
         ["bash", "-c", "\n".join(script)], capture_output=True, text=True, env=environment, timeout=120
     )
