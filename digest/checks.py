@@ -32,6 +32,7 @@ from .draft import draft_path, parse_draft, read_draft
 from .errors import ConfigError
 from .models import Draft
 from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
+from .text import cut_at_word
 from .urls import clean_url, is_http_url, url_key
 
 ERROR, WARNING = "error", "warning"
@@ -123,7 +124,7 @@ def _items(draft: Draft) -> Iterable[tuple[str, str, str, str | None]]:
     """(where, title, summary, url) of each item the email holds."""
     for section in draft.sections:
         for number, item in enumerate(section.items, 1):
-            yield f"{section.title} #{number} “{item.title[:60]}”", item.title, item.summary or "", item.url
+            yield f"{section.title} #{number} “{cut_at_word(item.title, 60)}”", item.title, item.summary or "", item.url
 
 
 def content_findings(draft: Draft) -> list[Finding]:

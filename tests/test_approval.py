@@ -168,7 +168,6 @@ def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, 
     assert after.sent is not None and after.sent.complete and len(to_subscribers(server)) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="needs checks._items to label an item with text.cut_at_word(title, 60)")
 def test_the_review_copy_names_a_long_title_cut_at_a_word_with_an_ellipsis(project, server, run_cli):  # noqa: F811
     require_approval(project)
     run_cli("run", "--yes", cwd=project)
