@@ -12,7 +12,7 @@ from test_send_smtp import SECRET, issue_row, ledger
 
 from helpers.buttondown import Answer
 from helpers.project import WEEK, make_project, subscribers
-from helpers.smtp import SmtpServer, self_signed_certificate
+from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
 
 # retries as cron's send would have them: a test copy must not wait for any of them
 PATIENT = {"max_attempts": 5, "backoff": 5}
@@ -169,3 +169,32 @@ def test_buttondown_refusing_the_key_names_buttondown_api_key(tmp_path, api, run
         "error: Buttondown refused POST /emails: 401 Invalid token. (check BUTTONDOWN_API_KEY: the API key "
         "from Buttondown's settings)\n"
     )
+
+
+def test_a_certificate_for_another_name_names_smtp_host(tmp_path, run_cli, monkeypatch):
+    cert, key = self_signed_certificate(tmp_path)  # for 127.0.0.1 only
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted: only the name is wrong
+    server = SmtpServer(tls=context, implicit_tls=True).start()
+    try:
+        make_project(tmp_path, server.port, subscribers(1), smtp={"host": "localhost", "security": "ssl"})
+        code, out, err = run_cli("send", "--week", WEEK, "--to", "you@example.com", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: TLS to localhost:{server.port}: Hostname mismatch")
+    assert err.endswith("set smtp.host to a name the server's certificate is for\n")
+
+
+def test_a_refused_login_names_the_username_and_the_password_variable(tmp_path, run_cli, monkeypatch):
+    server = SmtpServer(Behaviour(refuse_login=True)).start()
+    monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "a-password-of-some-length")
+    try:
+        make_project(tmp_path, server.port, subscribers(1), smtp={"username": "digest-user"})
+        code, out, err = run_cli("send", "--week", WEEK, "--to", "you@example.com", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: SMTP login as 'digest-user' at 127.0.0.1:{server.port} refused: 535")
+    assert err.endswith("; check smtp.username and DIGEST_SMTP_PASSWORD\n")

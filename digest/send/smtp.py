@@ -119,12 +119,20 @@ def _text(reply: bytes | str) -> str:
     return redact(reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply))
 
 
+_NAME_MISMATCH = (62, 64)  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
 def _setup_problem(exc: BaseException, settings: SmtpSettings) -> SendError | None:
     """What no retry can fix when connecting (TLS, certificates, login, a server that refuses us), as the
     SendError that stops the run (exit 1); None for what time may fix (a refused or dropped connection,
     a timeout, a 4xx greeting), which is retried and then left pending (exit 75)."""
     where = f"{settings.host}:{settings.port}"
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return SendError(
+                f"TLS to {where}: {exc.verify_message.rstrip('.')}; set smtp.host to a name the server's "
+                f"certificate is for"
+            )
         return SendError(f"TLS to {where}: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
         return SendError(
@@ -134,7 +142,8 @@ def _setup_problem(exc: BaseException, settings: SmtpSettings) -> SendError | No
         )
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return SendError(
-            f"SMTP login as {settings.username!r} at {where} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+            f"SMTP login as {settings.username!r} at {where} refused: {exc.smtp_code} {_text(exc.smtp_error)}; "
+            f"check smtp.username and {PASSWORD_ENV}"
         )
     if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500:
         return SendError(f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}")
