@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from test_run import project  # noqa: F401  (the fixture: a feed with two posts, and digest run)
 from test_send_smtp import issue_row, ledger
 
 from digest import credentials
@@ -112,3 +113,12 @@ def test_serve_says_the_secret_is_too_short_in_plain_words(tmp_path, server, run
         "error: DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has 5): it signs the confirmation and "
         f"unsubscribe links; make one with {MAKE_ONE}\n"
     )
+
+
+@pytest.mark.usefixtures("project")
+def test_run_refuses_a_too_short_secret_and_mails_nobody(tmp_path, server, run_cli, monkeypatch):
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "demo")
+    code, out, err = run_cli("run", "--yes", cwd=tmp_path)
+    assert code == 2 and not out and err.count("\n") == 1  # refused before collecting
+    assert err.startswith("error: DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has 4)")
+    assert not server.messages
