@@ -36,7 +36,7 @@ import httpx  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .config import CollectSettings  # noqa: E402
-from .retry import backoff  # noqa: E402
+from .retry import CONNECTION_REFUSED, backoff, connection_failure  # noqa: E402
 
 USER_AGENT = f"digest/{__version__} (RSS/Atom to newsletter; +https://pypi.org/project/digest/)"
 ACCEPT = (
@@ -425,5 +425,7 @@ def _describe(exc: Exception, settings: CollectSettings) -> str:
     if isinstance(exc, _Retryable):
         return str(exc)
     if isinstance(exc, httpx.ConnectError):
+        if connection_failure(exc) == CONNECTION_REFUSED:  # not anyio's "All connection attempts failed"
+            return "cannot connect: nothing listens there (connection refused)"
         return f"cannot connect: {exc}" if str(exc) else "cannot connect"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

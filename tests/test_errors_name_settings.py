@@ -198,3 +198,15 @@ def test_a_refused_login_names_the_username_and_the_password_variable(tmp_path, 
     assert (code, out) == (1, "") and err.count("\n") == 1
     assert err.startswith(f"error: SMTP login as 'digest-user' at 127.0.0.1:{server.port} refused: 535")
     assert err.endswith("; check smtp.username and DIGEST_SMTP_PASSWORD\n")
+
+
+# --- feeds ---------------------------------------------------------------------------------------------------
+
+
+def test_a_feed_nothing_listens_for_says_so_in_plain_words(tmp_path, run_cli, closed_port):
+    url = f"http://127.0.0.1:{closed_port}/feed.xml"
+    feeds = [{"name": "Closed", "url": url, "section": "News", "private": True}]
+    make_project(tmp_path, 2525, [], feeds=feeds, sections={"collect": {"max_attempts": 1}})
+    code, out, err = run_cli("collect", cwd=tmp_path)
+    assert code == 1
+    assert f"failed: Closed ({url}): cannot connect: nothing listens there (connection refused)" in out + err

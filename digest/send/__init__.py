@@ -17,7 +17,6 @@ import importlib
 import os
 import pkgutil
 import re
-import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -197,27 +196,6 @@ def backend_class(name: str | None, *, listed_only: bool = False) -> type[Backen
         listed = ", ".join(sorted(key for key, backend in backends.items() if backend.listed))
         raise SetupError(f"--backend: {name!r} is not one of {listed}")
     return backends[name]
-
-
-REFUSED, NO_SUCH_HOST, LOOKUP_FAILED, TIMED_OUT = "refused", "no such host", "lookup failed", "timed out"
-
-
-def connection_failure(exc: BaseException) -> str | None:
-    """Why a connection failed, when its chain of causes says it in a way that points at a setting: nothing
-    listens at the port (REFUSED), the name does not resolve (NO_SUCH_HOST; LOOKUP_FAILED when the resolver
-    says to try again), or no answer came in time (TIMED_OUT); None for anything else."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a chain is a few links long; a cycle of contexts must not hang
-        if seen is None:
-            return None
-        if isinstance(seen, ConnectionRefusedError):
-            return REFUSED
-        if isinstance(seen, socket.gaierror):
-            return LOOKUP_FAILED if seen.errno == socket.EAI_AGAIN else NO_SUCH_HOST
-        if isinstance(seen, TimeoutError):
-            return TIMED_OUT
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class ListBackend(Backend):

@@ -35,11 +35,11 @@ from ..draft import write_atomically
 from ..errors import ConfigError, SendError, SetupError
 from ..models import RenderedIssue
 from ..render import personalize
-from ..retry import backoff
+from ..retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
 from ..settings import HOUR, read_section, setting
 from ..urls import secret_url_problem
 from ..yamlfile import MappingReader
-from . import LOOKUP_FAILED, NO_SUCH_HOST, REFUSED, TIMED_OUT, Backend, SendPlan, SendReport, connection_failure
+from . import Backend, SendPlan, SendReport
 
 if TYPE_CHECKING:
     import httpx
@@ -267,7 +267,7 @@ class ButtondownBackend(Backend):
         from_environment = os.environ.get(API_URL_ENV, "").strip()  # wins over feeds.yaml (read_settings)
         setting = f"{API_URL_ENV} in the environment" if from_environment else "buttondown.api_url in feeds.yaml"
         why = TIMED_OUT if isinstance(exc, httpx.TimeoutException) else connection_failure(exc)
-        if why == REFUSED:
+        if why == CONNECTION_REFUSED:
             return f"nothing listens at {url} (connection refused); check {setting}"
         if why == NO_SUCH_HOST:
             return f"no such host at {url} (DNS); check {setting}"

@@ -45,12 +45,12 @@ from ..config import Config
 from ..credentials import env_secret, redact, remember_secret
 from ..errors import DatabaseProblem, DigestError, SendError, SetupError
 from ..models import DeliveryStatus
-from ..retry import backoff
+from ..retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
 from ..settings import HOUR, setting
 from ..subscribers import Subscriber, address_key
 from ..urls import LOOPBACK_HOSTS
 from ..yamlfile import MappingReader
-from . import LOOKUP_FAILED, NO_SUCH_HOST, REFUSED, TIMED_OUT, ListBackend, SendPlan, SendReport, connection_failure
+from . import ListBackend, SendPlan, SendReport
 from .message import MessageFactory, Unmailable
 
 PASSWORD_ENV = "DIGEST_SMTP_PASSWORD"
@@ -181,7 +181,7 @@ class Unreachable(OSError):
 def _unreachable(exc: BaseException, settings: SmtpSettings) -> Unreachable | None:
     host, port = settings.host, settings.port
     why = connection_failure(exc)
-    if why == REFUSED:
+    if why == CONNECTION_REFUSED:
         return Unreachable(
             f"smtp.port {port} on {host}: nothing listens (connection refused); set smtp.host and smtp.port "
             f"in feeds.yaml"
