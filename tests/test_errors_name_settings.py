@@ -210,3 +210,24 @@ def test_a_feed_nothing_listens_for_says_so_in_plain_words(tmp_path, run_cli, cl
     code, out, err = run_cli("collect", cwd=tmp_path)
     assert code == 1
     assert f"failed: Closed ({url}): cannot connect: nothing listens there (connection refused)" in out + err
+
+
+def test_a_resolver_that_says_try_again_is_not_told_as_no_such_host(tmp_path, run_cli, monkeypatch):
+    def resolver_down(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_down)
+    make_project(tmp_path, 587, subscribers(1), smtp={"host": "mail.example.com", **PATIENT})
+    code, out, err = run_cli("send", "--week", WEEK, "--to", "you@example.com", cwd=tmp_path)
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: smtp.host mail.example.com: the name could not be looked up (DNS); check the network and smtp.host\n"
+    )
+
+
+def test_a_cycle_of_contexts_ends_the_search_for_a_cause():
+    from digest.retry import connection_failure
+
+    first, second = ValueError("a"), KeyError("b")
+    first.__context__, second.__context__ = second, first
+    assert connection_failure(first) is None
