@@ -19,7 +19,6 @@ from . import store
 from .approval import Decision, approval_started, decide
 from .collecting import CollectReport, FeedReport, collect
 from .config import Config
-from .credentials import env_secret
 from .draft import add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft
 from .errors import ConfigError, SetupError
 from .lock import hold
@@ -27,7 +26,7 @@ from .models import IssueStatus, RenderedIssue
 from .render import WARN_BYTES, personalize, render_issue, size_advice
 from .selection import new_for_issue
 from .send import SendPlan, SendReport, backend_class, check_backend
-from .send.unsubscribe import SECRET_ENV, sample_url, signed_address
+from .send.unsubscribe import SECRET_ENV, sample_url, signed_address, unsubscribe_secret
 from .sending import check_receipts, send_locked, sending_began
 from .subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
 from .weeks import current_week, week_dates, week_id
@@ -313,7 +312,7 @@ def unsubscribe(
             raise SetupError(f"not a valid address: {text!r}")
         email = text
     else:
-        secret = env_secret(SECRET_ENV)
+        secret = unsubscribe_secret("checks the unsubscribe tokens")
         signed_for = signed_address(db, secret, config.newsletter.list_identifier, text)
         if signed_for is None:
             raise SetupError(f"{text!r} is neither an address nor a token of this newsletter signed with {SECRET_ENV}")

@@ -484,7 +484,7 @@ def test_a_flood_across_many_feeds_is_refused_by_send_and_run_unless_allowed(
     try:
         feeds = [{"name": f"feed{n}", "url": feed_server.url(f"/feed{n}.xml"), "section": "News"} for n in range(150)]
         make_project(tmp_path, smtp.port, subscribers(1), feeds=feeds)
-        monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
+        monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a-secret-of-sixteen-characters")
         site = Newsletter.__new__(Newsletter)
         site.server, site.feeds = feed_server, feeds
         site.config = load_config(tmp_path / "feeds.yaml")

@@ -122,3 +122,11 @@ def test_run_refuses_a_too_short_secret_and_mails_nobody(tmp_path, server, run_c
     assert code == 2 and not out and err.count("\n") == 1  # refused before collecting
     assert err.startswith("error: DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has 4)")
     assert not server.messages
+
+
+def test_unsubscribe_by_token_refuses_a_secret_serve_would_refuse(tmp_path, run_cli, monkeypatch):
+    make_project(tmp_path, 2525, subscribers(1))
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "demo")
+    code, out, err = run_cli("unsubscribe", "2.c29tZXRva2Vu.abc", cwd=tmp_path)
+    assert code == 2 and not out
+    assert err.startswith("error: DIGEST_UNSUBSCRIBE_SECRET is too short (16 characters needed, it has 4)")

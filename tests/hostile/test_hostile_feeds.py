@@ -160,7 +160,7 @@ def test_one_hostile_feed_never_stops_digest_run(tmp_path, feed_server, run_cli,
         feed_server.routes["/good.xml"] = Route(GOOD)
         feeds = [{"name": name, "url": feed_server.url(f"/{name}.xml"), "section": "News"} for name in ("bad", "good")]
         make_project(tmp_path, smtp.port, subscribers(2), feeds=feeds)
-        monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "s")
+        monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a-secret-of-sixteen-characters")
         monkeypatch.setattr("digest.jobs.current_week", lambda now, tz: "2026-W14")
         monkeypatch.setattr("digest.jobs.datetime", _Frozen)
         code, out, err = run_cli("run", "--yes", cwd=tmp_path)
