@@ -430,7 +430,7 @@ BACKEND = typer.Option(
     metavar="NAME",
     show_default=False,
     callback=_listed_backend,
-    help="The delivery backend, by name (default: smtp; a wrong name lists the others; see the README).",
+    help="The delivery backend, by name (default: smtp; a wrong name lists the others; see docs/sending.md).",
 )
 SEND_NOW = typer.Option(
     False, "--send-now", help="For a backend that creates the email first: send it too, not just create it as a draft."

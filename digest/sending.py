@@ -125,7 +125,7 @@ def send_issue(
 
     `confirm` gets the question (who will get what) and says whether to go on; without it the send goes on.
     `on_plan` sees the plan first (the rows of subscribers.csv that were skipped, a changed draft). The
-    database records each step so that a re-run resumes: see the README's delivery guarantee.
+    database records each step so that a re-run resumes: see docs/sending.md, "The delivery guarantee".
     """
     with hold(store.database_path(db)):
         return send_locked(

@@ -148,8 +148,8 @@ def demo_next_steps(directory: Path, secret: Path) -> list[str]:
         "      (dead links, placeholders, size: what digest send would refuse)",
         f"  $ digest send --week {week} --dry-run",
         f"      (the emails as .eml files in drafts/{week}.dry-run/: nothing is sent)",
-        "then your own newsletter: digest init in a new folder (see the README, “A week with digest”);",
-        "the web side (digest publish, digest serve) shows issues once they are sent: see “The web side”",
+        "then your own newsletter: digest init in a new folder (README.md, “A week with digest”);",
+        "the web side (digest publish, digest serve) shows issues once they are sent: see docs/web.md",
     ]
 
 
