@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,50 @@ def test_a_command_the_cli_would_refuse_is_reported(args, problem):
 def test_commands_that_parse_are_not_reported():
     for args in (["--config", "x/feeds.yaml", "status", "--week", "2026-W14"], ["subscribers", "import", "x.csv"]):
         assert parse_problem(args) is None, args
+
+
+# --- links into the docs from outside them ---------------------------------------------
+
+DOCS_LINK = re.compile(r"docs/([\w-]+\.md)(?:#([\w-]+))?")
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors MkDocs gives a page's headings (Python-Markdown's toc slugify)."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if match := re.match(r"#{1,6} (.+?)\s*$", line):
+            text = unicodedata.normalize("NFKD", match[1]).encode("ascii", "ignore").decode()
+            anchors.add(re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower()))
+    return anchors
+
+
+def broken_docs_links(text: str) -> list[str]:
+    broken = []
+    for match in DOCS_LINK.finditer(text):
+        page = DOCS / match[1]
+        anchors = heading_anchors(page.read_text(encoding="utf-8")) if page.exists() else set()
+        if not page.exists() or (match[2] and match[2] not in anchors):
+            broken.append(match[0])
+    return broken
+
+
+def test_links_into_the_docs_from_the_readme_and_the_code_resolve():
+    """mkdocs --strict checks the links between pages; these come from outside them (README.md, messages and
+    help texts in digest/)."""
+    sources = [ROOT / "README.md", *sorted((ROOT / "digest").rglob("*.py")), *sorted((ROOT / "digest").rglob("*.yaml"))]
+    broken = [
+        f"{path.relative_to(ROOT)}: {link}"
+        for path in sources
+        for link in broken_docs_links(path.read_text(encoding="utf-8"))
+    ]
+    assert not broken, "links to a missing docs page or heading:\n" + "\n".join(broken)
+
+
+def test_a_link_to_a_missing_page_or_heading_is_found():
+    assert heading_anchors("## `smtp:`\n### digest subscribers import\n## Exit codes") == {
+        "smtp",
+        "digest-subscribers-import",
+        "exit-codes",
+    }
+    text = "see docs/commands.md#exit-codes, docs/nowhere.md and docs/commands.md#no-such-heading"
+    assert broken_docs_links(text) == ["docs/nowhere.md", "docs/commands.md#no-such-heading"]
