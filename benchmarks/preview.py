@@ -25,8 +25,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from render import realistic_draft  # noqa: E402
 
-from digest.draft import draft_path, write_draft  # noqa: E402
-from digest.preview import PreviewServer  # noqa: E402
+from digest.issue.draft import draft_path, write_draft  # noqa: E402
+from digest.web.preview import PreviewServer  # noqa: E402
 
 from helpers.browser import chromium  # noqa: E402
 

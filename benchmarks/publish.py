@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from digest import store
-from digest.draft import dump_draft
+from digest.issue.draft import dump_draft
+from digest.issue.weeks import week_id
 from digest.models import Draft, DraftItem, DraftSection
-from digest.weeks import week_id
 
 from helpers.project import make_project
 

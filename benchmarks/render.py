@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import premailer.cache
 
-from digest import render
-from digest.config import Newsletter
+from digest.issue import render
 from digest.models import Draft, DraftItem, DraftSection, Sponsor
+from digest.settings.config import Newsletter
 
 TARGET_MS = 150.0
 TARGET_BYTES = 100_000

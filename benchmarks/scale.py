@@ -92,7 +92,7 @@ def _stored_posts(folder: Path, count: int) -> str:
 
     sys.path.insert(0, str(HERE.parent))
     from digest import store
-    from digest.weeks import current_week, week_span
+    from digest.issue.weeks import current_week, week_span
 
     feeds = [f"https://blog{n}.example.com/feed.xml" for n in range(FEEDS_FOR_POSTS)]
     config = {

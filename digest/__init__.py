@@ -17,25 +17,25 @@ __version__ = "0.2.0"
 
 _API = {
     # settings and state
-    "load_config": "config",
-    "Config": "config",
+    "load_config": "settings.config",
+    "Config": "settings.config",
     "open_db": "store",
     # the weekly job, one function per command
-    "collect": "collecting",
+    "collect": "feeds.collect",
     "build": "jobs",
     "run_week": "jobs",
     "unsubscribe": "jobs",
-    "feed_health": "collecting",
-    "CollectReport": "collecting",
+    "feed_health": "feeds.collect",
+    "CollectReport": "feeds.collect",
     "BuildReport": "jobs",
     "WeekReport": "jobs",
-    "send_issue": "sending",
-    "dry_run_issue": "sending",
-    "send_test_copy": "sending",
+    "send_issue": "send.sending",
+    "dry_run_issue": "send.sending",
+    "send_test_copy": "send.sending",
     # the stages, for code that wants one of them
-    "parse_feed": "parse",
-    "render_issue": "render",
-    "PreviewServer": "preview",
+    "parse_feed": "feeds.parse",
+    "render_issue": "issue.render",
+    "PreviewServer": "web.preview",
     # delivery backends
     "Backend": "send",
     "SendPlan": "send",

@@ -1,3 +1,3 @@
-from .cli import main
+from digest.cli import main
 
 main()

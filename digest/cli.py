@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from .credentials import redact
-from .errors import DigestError, SetupError
+from digest.credentials import redact
+from digest.errors import DigestError, SetupError
 
 if TYPE_CHECKING:
-    from .collecting import CollectReport, FeedReport
-    from .config import Config
-    from .jobs import BuildReport
-    from .send import SendPlan
+    from digest.feeds.collect import CollectReport, FeedReport
+    from digest.jobs import BuildReport
+    from digest.send import SendPlan
+    from digest.settings.config import Config
 
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), as a shell reports a process it terminated
 # stdout closed early (`digest feeds | head`): 128 + SIGPIPE, what `grep` or `git log` give there. Not 0: the
@@ -134,7 +134,7 @@ def main_options(
 
 
 def _config(ctx: typer.Context) -> Config:
-    from .config import load_config
+    from digest.settings.config import load_config
 
     config = load_config(ctx.obj["config"])
     for line in config.warnings:
@@ -144,8 +144,8 @@ def _config(ctx: typer.Context) -> Config:
 
 def _db(ctx: typer.Context):
     """The database, closed (WAL checkpointed) when the command ends rather than whenever it is collected."""
-    from . import store
-    from .config import database_path
+    from digest import store
+    from digest.settings.config import database_path
 
     db = store.open_db(database_path(ctx.obj["config"], ctx.obj["db"]))
     ctx.call_on_close(db.close)
@@ -155,7 +155,7 @@ def _db(ctx: typer.Context):
 def _subscriber_db(ctx: typer.Context):
     """The database the subscribers commands work on: the newsletter folder's, or the one --db names. Outside
     a folder without --db they refuse, as every other command does, rather than start a ./digest.db."""
-    from .config import NOT_FOUND
+    from digest.settings.config import NOT_FOUND
 
     if ctx.obj["db"] is None and not ctx.obj["config"].is_file():
         raise SetupError(f"{ctx.obj['config']}: {NOT_FOUND}; or name the database with --db or DIGEST_DB")
@@ -163,7 +163,7 @@ def _subscriber_db(ctx: typer.Context):
 
 
 def _week(config: Config, week: str | None) -> str:
-    from .weeks import chosen_week
+    from digest.issue.weeks import chosen_week
 
     try:
         return chosen_week(week, config.newsletter.tz)
@@ -180,7 +180,7 @@ AS_JSON = typer.Option(False, "--json", help="Print a JSON summary instead of li
 
 
 def _status(value: str | None) -> str | None:
-    from .subscribers import SUBSCRIBER_STATUSES
+    from digest.settings.subscribers import SUBSCRIBER_STATUSES
 
     if value is not None and value not in SUBSCRIBER_STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(SUBSCRIBER_STATUSES)}")
@@ -203,7 +203,7 @@ def init(
     ),
 ) -> None:
     """Write a starter feeds.yaml and subscribers.csv (never overwrites an existing file)."""
-    from .sample import init_next_steps, starter_files
+    from digest.sample import init_next_steps, starter_files
 
     for path, written in starter_files(ctx.obj["config"], templates=templates).items():
         _say(f"{path}: {'written' if written else 'exists, left as it is'}")
@@ -214,7 +214,7 @@ def init(
 @app.command()
 def collect(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
     """Fetch every feed, store new posts, print a per-feed summary."""
-    from .collecting import collect as collect_feeds
+    from digest.feeds.collect import collect as collect_feeds
 
     config, db = _config(ctx), _db(ctx)
     with _Progress(len(config.feeds), "Collecting", quiet=as_json) as on_feed:
@@ -284,7 +284,7 @@ def build(
     ),
 ) -> None:
     """Write drafts/<week>.yaml with the week's posts, and render it to .html and .txt."""
-    from .jobs import build as build_issue
+    from digest.jobs import build as build_issue
 
     config = _config(ctx)
     issue_id = _week(config, week)
@@ -321,7 +321,7 @@ def check(
 ) -> None:
     """What could go wrong with the week's issue: dead links, items already sent, placeholders, missing
     summaries, the size. Exit 1 when there are errors, which `send` and `run` refuse unless --force."""
-    from .checks import check_issue
+    from digest.issue.checks import check_issue
 
     config = _config(ctx)
     report = check_issue(config, _db(ctx), _week(config, week), links=links)
@@ -346,7 +346,7 @@ def check(
 @app.command()
 def feeds(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
     """Feed health: last fetch, status, error, posts, consecutive failures."""
-    from .collecting import feed_health
+    from digest.feeds.collect import feed_health
 
     rows = feed_health(_config(ctx), _db(ctx))
     if as_json:
@@ -377,7 +377,7 @@ def preview(
     open_browser: bool = typer.Option(False, "--open", help="Open the preview in the default browser."),
 ) -> None:
     """Serve the week's draft on 127.0.0.1; the page refreshes itself as the draft or a template changes."""
-    from .preview import PreviewServer
+    from digest.web.preview import PreviewServer
 
     config = _config(ctx)
     issue_id = _week(config, week)
@@ -407,7 +407,7 @@ def demo(
     ),
 ) -> None:
     """The whole weekly job, offline, on bundled sample feeds served from a loopback server."""
-    from .sample import run_demo
+    from digest.sample import run_demo
 
     run_demo(directory, say=_say)
 
@@ -418,7 +418,7 @@ def demo(
 def _listed_backend(name: str | None) -> str | None:
     """--backend takes only the backends offered to people (checked before anything else is asked)."""
     if name is not None:
-        from .send import backend_class
+        from digest.send import backend_class
 
         backend_class(name, listed_only=True)
     return name
@@ -504,7 +504,7 @@ def send_command(
     force: bool = FORCE,
 ) -> None:
     """Send exactly what drafts/<week>.yaml says. A re-run resumes; an issue already sent is not sent again."""
-    from . import sending
+    from digest.send import sending
 
     config = _config(ctx)
     issue_id = _week(config, week)
@@ -564,7 +564,7 @@ def run(
     Exit codes: 0 done or nothing to do, 1 the backend failed or every feed failed, 2 bad input,
     75 try again later, 143 stopped by SIGTERM.
     """
-    from .jobs import WeekReport, run_week
+    from digest.jobs import WeekReport, run_week
 
     config = _config(ctx)
     confirm = _confirm(yes)
@@ -624,7 +624,7 @@ def unsubscribe(
     address: str = typer.Argument(..., metavar="ADDRESS", help="The address, or the token of an unsubscribe link."),
 ) -> None:
     """Never mail an address again; this wins over subscribers.csv."""
-    from .jobs import unsubscribe as unsubscribe_address
+    from digest.jobs import unsubscribe as unsubscribe_address
 
     email, new = unsubscribe_address(_config(ctx), _db(ctx), address)
     _say(f"{email}: unsubscribed" if new else f"{email}: already unsubscribed or bounced, nothing to do")
@@ -633,7 +633,7 @@ def unsubscribe(
 @app.command()
 def status(ctx: typer.Context, week: str | None = WEEK, as_json: bool = AS_JSON) -> None:
     """Where the week's issue stands: collected, built, checked, approved, sending, sent, with counts."""
-    from . import jobs
+    from digest import jobs
 
     config = _config(ctx)
     facts = jobs.week_status(config, _db(ctx), _week(config, week))
@@ -656,7 +656,7 @@ def approve(
     the draft afterwards voids the approval. A draft the checks find errors in is refused unless --force."""
     from datetime import UTC, datetime
 
-    from .approval import approve as approve_issue
+    from digest.send.approval import approve as approve_issue
 
     config = _config(ctx)
     issue_id = _week(config, week)
@@ -677,7 +677,7 @@ def publish(
     ),
 ) -> None:
     """Write the static archive: index.html, issues/<issue>/, feed.xml (Atom) and feed.json; only what changed."""
-    from .web.publish import publish as publish_site
+    from digest.web.publish import publish as publish_site
 
     report = publish_site(_config(ctx), _db(ctx), out=out)
     _print_publish(report)
@@ -703,8 +703,8 @@ def serve(
     ),
 ) -> None:
     """Serve the archive, signup with double opt-in, confirmation and one-click unsubscribe (behind a proxy)."""
-    from .config import database_path
-    from .web.app import serve as serve_web
+    from digest.settings.config import database_path
+    from digest.web.app import serve as serve_web
 
     config = _config(ctx)
     if config.serve is None:
@@ -736,7 +736,7 @@ def subscribers_import(
     file: Path = typer.Argument(..., help="Our CSV, or an export of Buttondown, Mailchimp, Substack or listmonk."),
 ) -> None:
     """Add or update subscribers from a file; an unsubscribe, bounce or complaint in the database always wins."""
-    from .jobs import import_subscribers
+    from digest.jobs import import_subscribers
 
     report = import_subscribers(_subscriber_db(ctx), file)
     for problem in report.problems:
@@ -756,8 +756,8 @@ def subscribers_export(
     status: str | None = STATUS,
 ) -> None:
     """Write the subscribers as CSV (email, name, status, source, joined_at, consent_at)."""
-    from .draft import write_atomically
-    from .jobs import export_subscribers
+    from digest.issue.draft import write_atomically
+    from digest.jobs import export_subscribers
 
     if out is None:
         export_subscribers(_subscriber_db(ctx), sys.stdout, status=status)
@@ -771,7 +771,7 @@ def subscribers_export(
 @subscribers_app.command("list")
 def subscribers_list(ctx: typer.Context, status: str | None = STATUS, as_json: bool = AS_JSON) -> None:
     """Show the subscribers: address, name, status, how and when they joined."""
-    from .store import subscriber_list
+    from digest.store import subscriber_list
 
     rows = list(subscriber_list(_subscriber_db(ctx), status))
     if as_json:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import SetupError
+from digest.errors import SetupError
 
 SECRET_LENGTH = 16  # characters a secret that signs links must have; no path or word holds one by chance
 MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"

@@ -15,25 +15,25 @@ from typing import TYPE_CHECKING, TextIO
 
 import sqlite_utils
 
-from . import store
-from .approval import Decision, approval_started, decide
-from .collecting import CollectReport, FeedReport, collect
-from .config import Config
-from .draft import add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft
-from .errors import ConfigError, SetupError
-from .lock import hold
-from .models import IssueStatus, RenderedIssue
-from .render import WARN_BYTES, personalize, render_issue, size_advice
-from .selection import new_for_issue
-from .send import SendPlan, SendReport, backend_class, check_backend
-from .send.unsubscribe import SECRET_ENV, sample_url, signed_address, unsubscribe_secret
-from .sending import check_receipts, send_locked, sending_began
-from .subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
-from .weeks import current_week, week_dates, week_id
-from .yamlfile import read_text_file
+from digest import store
+from digest.errors import ConfigError, SetupError
+from digest.feeds.collect import CollectReport, FeedReport, collect
+from digest.issue.draft import add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft
+from digest.issue.render import WARN_BYTES, personalize, render_issue, size_advice
+from digest.issue.selection import new_for_issue
+from digest.issue.weeks import current_week, week_dates, week_id
+from digest.lock import hold
+from digest.models import IssueStatus, RenderedIssue
+from digest.send import SendPlan, SendReport, backend_class, check_backend
+from digest.send.approval import Decision, approval_started, decide
+from digest.send.sending import check_receipts, send_locked, sending_began
+from digest.send.unsubscribe import SECRET_ENV, sample_url, signed_address, unsubscribe_secret
+from digest.settings.config import Config
+from digest.settings.subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
+from digest.settings.yamlfile import read_text_file
 
 if TYPE_CHECKING:
-    from .web.publish import PublishReport
+    from digest.web.publish import PublishReport
 
 # --- build ---------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ def run_week(
             approved_hash=report.approval.approved_hash if report.approval else None,
         )
     if config.publish is not None and report.sent.complete:
-        from .web.publish import publish
+        from digest.web.publish import publish
 
         report.published = publish(config, db, now=now)
     return report
@@ -388,8 +388,8 @@ def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> Wee
     """Where the week's issue stands: collected, built, checked, approved, sending, sent. The checks run
     without fetching links (their last good answers, within check.cache_hours, count). An issue sent or being
     sent shows the draft it went out with."""
-    from .approval import draft_hash
-    from .checks import check_issue
+    from digest.issue.checks import check_issue
+    from digest.send.approval import draft_hash
 
     issue = store.get_issue(db, issue_id) or {}
     fetched = db.execute("SELECT max(last_fetched_at), sum(last_error IS NOT NULL) FROM feeds").fetchone()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Busy
+from digest.errors import Busy
 
 
 def lock_path(db_path: Path | str) -> Path:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_run import WEEK, project  # noqa: F401  (the fixture: two posts of WEEK on a loopback feed)
 
-from digest.draft import draft_path, read_draft, write_draft
+from digest.issue.draft import draft_path, read_draft, write_draft
 
 EDITOR = "editor@example.com"
 
@@ -127,10 +127,9 @@ def test_past_the_deadline_an_issue_that_cannot_go_tells_cron(project, server, r
 
 
 def test_only_the_approved_draft_is_sent(project, server, run_cli):  # noqa: F811
-    from digest import sending
-    from digest.config import load_config
     from digest.errors import Failed
-    from digest.send import backend_class
+    from digest.send import backend_class, sending
+    from digest.settings.config import load_config
     from digest.store import open_db
 
     require_approval(project)
@@ -152,9 +151,9 @@ def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, 
     from zoneinfo import ZoneInfo
 
     from digest import jobs
-    from digest.config import load_config
+    from digest.issue.weeks import parse_week
+    from digest.settings.config import load_config
     from digest.store import open_db
-    from digest.weeks import parse_week
 
     require_approval(project, approval_deadline="friday 17:00")
     friday = datetime.combine(parse_week(WEEK) + timedelta(days=4), datetime.min.time(), ZoneInfo("Europe/London"))

@@ -13,13 +13,13 @@ import yaml
 from freezegun import freeze_time
 
 from digest import jobs, store
-from digest.config import load_config
-from digest.draft import draft_path, read_draft
 from digest.errors import ConfigError
+from digest.issue.draft import draft_path, read_draft
+from digest.issue.selection import select_posts
+from digest.issue.weeks import current_week, week_span
 from digest.models import Post
-from digest.selection import select_posts
+from digest.settings.config import load_config
 from digest.urls import url_key
-from digest.weeks import current_week, week_span
 
 from conftest import write_config
 
@@ -368,7 +368,7 @@ def test_build_of_a_sent_issue_leaves_it_alone(db, config):
 
 
 def test_draft_files_get_the_usual_mode_and_keep_the_editors(tmp_path):
-    from digest.draft import write_atomically
+    from digest.issue.draft import write_atomically
 
     path = tmp_path / "drafts" / "2026-W14.yaml"
     write_atomically(path, "a: 1\n")

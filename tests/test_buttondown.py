@@ -10,9 +10,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from digest import store
-from digest.config import load_config
 from digest.send.buttondown import ButtondownBackend
-from digest.sending import send_issue
+from digest.send.sending import send_issue
+from digest.settings.config import load_config
 
 from conftest import SHARED
 from helpers.buttondown import KEY, Answer
@@ -108,8 +108,8 @@ def test_the_key_is_kept_across_runs_until_buttondown_answers(tmp_path, api, run
 
 
 def test_the_confirmation_shows_the_subject_as_the_email_carries_it(tmp_path, api):
-    from digest.draft import draft_path, read_draft, write_draft
     from digest.errors import Failed
+    from digest.issue.draft import draft_path, read_draft, write_draft
 
     config = load_config(project(tmp_path, api, titles=["Django 6.0 released"]))
     path = draft_path(tmp_path / "drafts", WEEK)

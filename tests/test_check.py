@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from digest import store
-from digest.draft import draft_path, read_draft, write_draft
+from digest.issue.draft import draft_path, read_draft, write_draft
 from digest.models import DraftItem
 
 from helpers.feeds import FeedServer, Route
@@ -200,7 +200,7 @@ def test_links_to_this_machine_are_not_fetched_unless_allowed(tmp_path, server, 
 
 
 def test_what_an_earlier_email_held_counts_as_sent_and_what_its_draft_held_back_does_not(tmp_path, server, run_cli):
-    from digest.draft import dump_draft
+    from digest.issue.draft import dump_draft
 
     make_project(tmp_path, server.port, [], items=0)
     earlier = read_draft(draft_path(tmp_path / "drafts", WEEK))

@@ -33,7 +33,7 @@ def test_init_writes_starter_files_and_never_overwrites(tmp_path, run_cli):
 
 def test_starter_config_is_valid(tmp_path, run_cli):
     run_cli("init", cwd=tmp_path)
-    from digest.config import load_config
+    from digest.settings.config import load_config
 
     config = load_config(tmp_path / "feeds.yaml")
     assert len(config.feeds) >= 6 and "News" in config.newsletter.sections
@@ -200,7 +200,7 @@ def test_every_command_and_option_has_help_text():
 def test_the_repository_is_a_working_newsletter_folder_and_init_writes_its_feeds_yaml(tmp_path, run_cli):
     from pathlib import Path
 
-    from digest.config import load_config
+    from digest.settings.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     assert run_cli("init", cwd=tmp_path)[0] == 0
@@ -240,7 +240,7 @@ def test_a_plain_wheel_install_runs_the_demo(tmp_path):
     subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True, timeout=300)
     environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     result = subprocess.run(
-        [sys.executable, "-c", "import digest.render; print(digest.render.__file__)"],
+        [sys.executable, "-c", "import digest.issue.render; print(digest.issue.render.__file__)"],
         capture_output=True,
         text=True,
         env=environment,

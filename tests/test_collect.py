@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest import collecting, jobs, store
-from digest.config import CollectSettings, load_config
-from digest.fetch import USER_AGENT
+from digest import jobs, store
+from digest.feeds import collect as collecting
+from digest.feeds.fetch import USER_AGENT
+from digest.settings.config import CollectSettings, load_config
 
 from conftest import write_config
 from helpers.feeds import Route, rss

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from digest.config import load_config
 from digest.errors import ConfigError
-from digest.subscribers import read_subscribers
+from digest.settings.config import load_config
+from digest.settings.subscribers import read_subscribers
 
 GOOD = """\
 newsletter:

@@ -9,9 +9,10 @@ from html.parser import HTMLParser
 import feedparser
 import pytest
 
-from digest import collecting, jobs, store
-from digest.config import CollectSettings, load_config
-from digest.draft import read_draft
+from digest import jobs, store
+from digest.feeds import collect as collecting
+from digest.issue.draft import read_draft
+from digest.settings.config import CollectSettings, load_config
 
 from conftest import CORPUS, write_config
 from helpers.feeds import Route

@@ -18,8 +18,8 @@ from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from digest.cli import app
-from digest.config import load_config
 from digest.errors import ConfigError
+from digest.settings.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -256,7 +256,7 @@ def test_every_digest_command_in_the_docs_parses():
         ("digest demo --dir demo && cd demo", [["demo", "--dir", "demo"]]),
         ("git config user.name digest && git add --force digest.db", []),
         ("Description=Weekly digest newsletter", []),
-        ('python -c "import digest.render as r; print(r.BUILT_IN_TEMPLATES)"', []),
+        ('python -c "import digest.issue.render as r; print(r.BUILT_IN_TEMPLATES)"', []),
     ],
 )
 def test_digest_commands_are_found_on_every_kind_of_line(line, expected):

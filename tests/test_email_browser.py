@@ -9,9 +9,9 @@ from datetime import date
 
 import pytest
 
-from digest.config import Newsletter
+from digest.issue.render import render_issue
 from digest.models import Draft, DraftItem, DraftSection
-from digest.render import render_issue
+from digest.settings.config import Newsletter
 
 from helpers.browser import chromium
 

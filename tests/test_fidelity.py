@@ -12,10 +12,11 @@ from email.utils import format_datetime
 import pytest
 import yaml
 
-from digest import collecting, jobs, store
-from digest.config import CollectSettings, load_config
-from digest.draft import draft_path, read_draft
-from digest.render import GMAIL_CLIP_BYTES, render_issue
+from digest import jobs, store
+from digest.feeds import collect as collecting
+from digest.issue.draft import draft_path, read_draft
+from digest.issue.render import GMAIL_CLIP_BYTES, render_issue
+from digest.settings.config import CollectSettings, load_config
 
 from conftest import write_config
 from helpers.feeds import Route, rss
@@ -680,7 +681,7 @@ def test_build_counts_what_the_draft_holds(newsletter):
 @pytest.mark.parametrize("count", [0, 1, 3])
 def test_ids_of_posts_never_collide_across_kinds_of_identity(count):
     """guid, link and text identities of one feed are hashed with the feed URL: distinct entries, distinct ids."""
-    from digest.parse import parse_feed
+    from digest.feeds.parse import parse_feed
 
     entries = [
         {"title": f"T{n}", "link": f"https://x.example.com/{n}/", "description": "d", "date": when(1)}

@@ -15,9 +15,10 @@ from email import policy
 
 import pytest
 
-from digest import sending, store
-from digest.config import load_config
+from digest import store
 from digest.sample import SAMPLE_WEEK, run_demo
+from digest.send import sending
+from digest.settings.config import load_config
 
 from helpers.browser import chromium
 

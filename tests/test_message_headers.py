@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import Config, Newsletter
 from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
 from digest.send.message import MessageFactory
 from digest.send.unsubscribe import UnsubscribeLinks
+from digest.settings.config import Config, Newsletter
 from digest.web.signup import confirmation_message
 
 TITLES = [

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from digest import store
-from digest.migrations import MIGRATIONS, schema_version
 from digest.models import Post
+from digest.store.migrations import MIGRATIONS, schema_version
 from digest.urls import url_key
 
 FIXTURE = Path(__file__).parent / "fixtures" / "digest-0.1.0.db"
@@ -121,7 +121,7 @@ def test_posts_stored_by_0_1_0_are_found_by_their_links_as_this_release_cleans_t
     )
     legacy.commit()
     legacy.close()
-    from digest.parse import parse_feed
+    from digest.feeds.parse import parse_feed
 
     from helpers.feeds import rss
 

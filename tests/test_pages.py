@@ -135,9 +135,9 @@ def test_images_come_from_thumbnails_or_the_pages_og_image_and_never_a_tracking_
 def test_an_items_image_is_small_has_its_size_is_decorative_and_only_where_asked():
     from datetime import date
 
-    from digest.config import Newsletter
+    from digest.issue.render import render_issue
     from digest.models import Draft, DraftItem, DraftSection
-    from digest.render import render_issue
+    from digest.settings.config import Newsletter
 
     item = DraftItem(
         title="Senior <Django> developer",
@@ -172,6 +172,6 @@ def test_an_items_image_is_small_has_its_size_is_decorative_and_only_where_asked
     ],
 )
 def test_the_charset_of_a_content_type_is_read_however_it_is_spaced_or_quoted(content_type, charset):
-    from digest.pages import charset_of
+    from digest.feeds.pages import charset_of
 
     assert charset_of(content_type) == charset

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest.parse import parse_feed, sanitize_html, summarize
+from digest.feeds.parse import parse_feed, sanitize_html, summarize
 from digest.urls import clean_url
 
 FEED = "https://blog.example.com/feed.xml"

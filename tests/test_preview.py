@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import load_config
-from digest.draft import draft_path, write_draft
+from digest.issue.draft import draft_path, write_draft
 from digest.models import Draft, DraftItem, DraftSection
-from digest.preview import GMAIL_CLIP_BYTES, Preview, PreviewServer
+from digest.settings.config import load_config
+from digest.web.preview import GMAIL_CLIP_BYTES, Preview, PreviewServer
 
 from conftest import write_config
 from helpers.browser import chromium

@@ -7,10 +7,10 @@ from test_run import project  # noqa: F401  (the fixture: a feed with two posts,
 from test_send_smtp import issue_row, ledger
 
 from digest import credentials
-from digest.config import load_config
 from digest.credentials import redact, remember_secret
 from digest.errors import SetupError
 from digest.send.unsubscribe import UnsubscribeLinks
+from digest.settings.config import load_config
 
 from helpers.project import WEEK, make_project, subscribers
 

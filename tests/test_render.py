@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from digest.config import Newsletter
+from digest.issue.render import personalize, render_issue
 from digest.models import (
     SUBSCRIBER_NAME_MARK,
     UNSUBSCRIBE_URL_MARK,
@@ -20,7 +20,7 @@ from digest.models import (
     RenderedIssue,
     Sponsor,
 )
-from digest.render import personalize, render_issue
+from digest.settings.config import Newsletter
 
 SECTION_TITLES = ("News", "Articles", "Videos", "Forum", "Projects", "Jobs")
 SUMMARY = (
@@ -375,7 +375,7 @@ def test_dates_across_a_year():
     ],
 )
 def test_a_headings_leading_emoji_is_told_apart_from_its_words(heading, parts):
-    from digest.render import split_emoji
+    from digest.issue.render import split_emoji
 
     assert split_emoji(heading) == parts
 
@@ -400,8 +400,8 @@ def test_an_emoji_heading_is_shown_and_hidden_from_screen_readers():
 
 def test_a_new_drafts_subject_counts_the_issues_sent_before_it(tmp_path):
     from digest import store
-    from digest.config import load_config
     from digest.jobs import subject_for
+    from digest.settings.config import load_config
 
     (tmp_path / "feeds.yaml").write_text(
         "newsletter:\n  title: Digest\n  subject: '{title} #{number}: {lead}'\nfeeds:\n  - url: https://a.example/f\n",
@@ -445,7 +445,7 @@ def test_the_editors_markdown_is_rendered_safe_in_html_and_readable_in_text():
 
 
 def test_a_feeds_summary_is_written_into_the_draft_so_that_it_shows_as_it_is():
-    from digest.prose import escape_markdown, render_prose
+    from digest.issue.prose import escape_markdown, render_prose
 
     for plain in ["*Stars* and snake_case", "1. Not a list", "- not a bullet", "[not](a link) <b>"]:
         shown = render_prose(escape_markdown(plain))

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from digest import jobs, store
-from digest.config import load_config
-from digest.draft import read_draft
+from digest.issue.draft import read_draft
+from digest.issue.weeks import parse_week, week_id
 from digest.lock import hold
 from digest.models import Post
-from digest.weeks import parse_week, week_id
+from digest.settings.config import load_config
 
 from helpers.feeds import Route, rss
 from helpers.project import make_project, subscribers

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from digest import sending, store
-from digest.config import Newsletter, load_config
-from digest.draft import draft_path, read_draft, write_draft
+from digest import store
 from digest.errors import DigestError
+from digest.issue.draft import draft_path, read_draft, write_draft
+from digest.issue.render import personalize, render_issue
 from digest.models import (
     SUBSCRIBER_NAME_MARK,
     UNSUBSCRIBE_URL_MARK,
@@ -31,10 +31,11 @@ from digest.models import (
     DraftSection,
     RenderedIssue,
 )
-from digest.render import personalize, render_issue
+from digest.send import sending
 from digest.send.message import MessageFactory
 from digest.send.smtp import SmtpBackend
 from digest.send.unsubscribe import UnsubscribeLinks, verify_token
+from digest.settings.config import Newsletter, load_config
 
 from helpers.project import WEEK, make_project, subscribers
 from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate

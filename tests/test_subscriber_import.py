@@ -13,7 +13,7 @@ import pytest
 from digest import store
 from digest.errors import ConfigError
 from digest.jobs import export_subscribers
-from digest.subscribers import Subscriber, parse_moment, read_subscriber_export, read_subscribers
+from digest.settings.subscribers import Subscriber, parse_moment, read_subscriber_export, read_subscribers
 
 from conftest import SHARED
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from digest import store
-from digest.draft import draft_path, read_draft, write_draft
-from digest.subscribers import Subscriber
+from digest.issue.draft import draft_path, read_draft, write_draft
+from digest.settings.subscribers import Subscriber
 
 from helpers.project import WEEK, make_project
 

@@ -16,7 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
 
-from ..errors import BadInput
+from digest.errors import BadInput
 
 SAMPLE_WEEK = "2026-W14"
 _HERE = files(__name__)
@@ -26,7 +26,7 @@ def starter_files(config_path: Path, *, templates: bool = False) -> dict[Path, b
     """Write what `digest init` writes, never over an existing file: a feeds.yaml of real Django community feeds
     (the repository's own feeds.yaml) and a subscribers.csv, and with `templates`, a copy of the email's
     templates in templates/ beside them, to edit. Returns each file and whether it was written."""
-    from ..render import BUILT_IN_TEMPLATES, OVERRIDES
+    from digest.issue.render import BUILT_IN_TEMPLATES, OVERRIDES
 
     folder = config_path.parent
     wanted = {
@@ -85,8 +85,9 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
     """Collect the sample feeds from a loopback server, build the sample week's issue, and say what to try next.
 
     What it prints is the same every run but for the folder: no port, no timing, the feeds in their order."""
-    from .. import collecting, jobs, store
-    from ..config import load_config
+    from digest import jobs, store
+    from digest.feeds import collect as collecting
+    from digest.settings.config import load_config
 
     directory = Path(directory or tempfile.mkdtemp(prefix="digest-demo-"))
     if directory.exists() and any(directory.iterdir()):

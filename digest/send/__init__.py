@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlite_utils
 
-from .. import store
-from ..errors import SetupError
-from ..models import DeliveryStatus, Draft, IssueStatus, RenderedIssue
-from ..settings import read_section
-from ..subscribers import Subscriber, address_key, read_subscribers
+from digest import store
+from digest.errors import SetupError
+from digest.models import DeliveryStatus, Draft, IssueStatus, RenderedIssue
+from digest.settings.sections import read_section
+from digest.settings.subscribers import Subscriber, address_key, read_subscribers
 
 if TYPE_CHECKING:
-    from ..checks import CheckReport
-    from ..config import Config
-    from ..errors import ConfigError
-    from ..yamlfile import MappingReader
+    from digest.errors import ConfigError
+    from digest.issue.checks import CheckReport
+    from digest.settings.config import Config
+    from digest.settings.yamlfile import MappingReader
 
 DEFAULT = "smtp"  # the backend of `digest send` and `digest run` without --backend
 DRY_RUN_SAMPLES = 3
@@ -202,7 +202,7 @@ class ListBackend(Backend):
     """A backend that mails the subscribers of subscribers.csv itself, recording each delivery in the ledger."""
 
     def __init__(self, config: Config, *, send_now: bool = False, on_result: Callable[[str, str], None] | None = None):
-        from .unsubscribe import UnsubscribeLinks
+        from digest.send.unsubscribe import UnsubscribeLinks
 
         super().__init__(config, send_now=send_now, on_result=on_result)
         self.links = UnsubscribeLinks.for_newsletter(config.newsletter)  # its secret, checked before any write
@@ -260,8 +260,8 @@ class ListBackend(Backend):
         return f"Send {plan.issue} “{plan.ready()[1].subject}” to {len(plan.recipients):,} subscribers?"
 
     def html_bytes(self, plan: SendPlan) -> int:
-        from ..render import personalize
-        from .unsubscribe import longest_url
+        from digest.issue.render import personalize
+        from digest.send.unsubscribe import longest_url
 
         html = personalize(
             plan.ready()[1].html, unsubscribe_url=longest_url(self.config.newsletter), name="", html=True
@@ -284,7 +284,7 @@ class ListBackend(Backend):
         return paths
 
     def message_factory(self, plan: SendPlan):
-        from .message import MessageFactory
+        from digest.send.message import MessageFactory
 
         return MessageFactory(plan.ready()[1], self.config.newsletter, self.links, plan.issue)
 

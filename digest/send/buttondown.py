@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from .. import store
-from ..config import Config
-from ..credentials import env_secret, redact
-from ..draft import write_atomically
-from ..errors import ConfigError, SendError, SetupError
-from ..models import RenderedIssue
-from ..render import personalize
-from ..retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
-from ..settings import HOUR, read_section, setting
-from ..urls import secret_url_problem
-from ..yamlfile import MappingReader
-from . import Backend, SendPlan, SendReport
+from digest import store
+from digest.credentials import env_secret, redact
+from digest.errors import ConfigError, SendError, SetupError
+from digest.issue.draft import write_atomically
+from digest.issue.render import personalize
+from digest.models import RenderedIssue
+from digest.retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
+from digest.send import Backend, SendPlan, SendReport
+from digest.settings.config import Config
+from digest.settings.sections import HOUR, read_section, setting
+from digest.settings.yamlfile import MappingReader
+from digest.urls import secret_url_problem
 
 if TYPE_CHECKING:
     import httpx

@@ -10,10 +10,10 @@ from typing import ClassVar
 
 import sqlite_utils
 
-from .. import store
-from ..models import DeliveryStatus
-from ..subscribers import address_key
-from . import ListBackend, SendPlan, SendReport
+from digest import store
+from digest.models import DeliveryStatus
+from digest.send import ListBackend, SendPlan, SendReport
+from digest.settings.subscribers import address_key
 
 
 @dataclass(frozen=True)

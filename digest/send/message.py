@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from email import policy
 from email.utils import format_datetime, formataddr, parseaddr
 
-from ..config import Newsletter
-from ..models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
-from ..render import personalize
-from ..subscribers import address_key
-from ..text import one_line
-from .unsubscribe import MAX_LINE, UnsubscribeLinks
+from digest.issue.render import personalize
+from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
+from digest.send.unsubscribe import MAX_LINE, UnsubscribeLinks
+from digest.settings.config import Newsletter
+from digest.settings.subscribers import address_key
+from digest.text import one_line
 
 MARKS = (UNSUBSCRIBE_URL_MARK, SUBSCRIBER_NAME_MARK)
 _MARK_SPLIT = re.compile("(" + "|".join(re.escape(mark) for mark in MARKS) + ")")

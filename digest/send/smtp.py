@@ -40,18 +40,18 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from .. import store
-from ..config import Config
-from ..credentials import env_secret, redact, remember_secret
-from ..errors import DatabaseProblem, DigestError, SendError, SetupError
-from ..models import DeliveryStatus
-from ..retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
-from ..settings import HOUR, setting
-from ..subscribers import Subscriber, address_key
-from ..urls import LOOPBACK_HOSTS
-from ..yamlfile import MappingReader
-from . import ListBackend, SendPlan, SendReport
-from .message import MessageFactory, Unmailable
+from digest import store
+from digest.credentials import env_secret, redact, remember_secret
+from digest.errors import DatabaseProblem, DigestError, SendError, SetupError
+from digest.models import DeliveryStatus
+from digest.retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
+from digest.send import ListBackend, SendPlan, SendReport
+from digest.send.message import MessageFactory, Unmailable
+from digest.settings.config import Config
+from digest.settings.sections import HOUR, setting
+from digest.settings.subscribers import Subscriber, address_key
+from digest.settings.yamlfile import MappingReader
+from digest.urls import LOOPBACK_HOSTS
 
 PASSWORD_ENV = "DIGEST_SMTP_PASSWORD"
 

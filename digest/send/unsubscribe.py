@@ -20,11 +20,11 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from .. import store
-from ..config import Newsletter
-from ..credentials import MAKE_SECRET, signing_secret
-from ..errors import SetupError
-from ..subscribers import address_key, is_valid_email
+from digest import store
+from digest.credentials import MAKE_SECRET, signing_secret
+from digest.errors import SetupError
+from digest.settings.config import Newsletter
+from digest.settings.subscribers import address_key, is_valid_email
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
 MAX_LINE = 998  # bytes in a line of a message, CRLF excluded (RFC 5322 2.1.1)

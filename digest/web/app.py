@@ -40,15 +40,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import store
-from ..config import Config
-from ..credentials import redact
-from ..errors import SetupError
-from ..send.smtp import Connection, smtp_password
-from ..send.unsubscribe import missing_secret, signed_address, unsubscribe_secret
-from ..subscribers import address_key, is_valid_email
-from . import signup
-from .publish import publish, site_context
+from digest import store
+from digest.credentials import redact
+from digest.errors import SetupError
+from digest.send.smtp import Connection, smtp_password
+from digest.send.unsubscribe import missing_secret, signed_address, unsubscribe_secret
+from digest.settings.config import Config
+from digest.settings.subscribers import address_key, is_valid_email
+from digest.web import signup
+from digest.web.publish import publish, site_context
 
 log = logging.getLogger("digest.serve")
 MAX_FORM_BYTES = 16 * 1024  # a signup form is a few hundred bytes; a one-click POST a few dozen
@@ -287,7 +287,7 @@ class WebSide:
     # --- pages --------------------------------------------------------------------------
 
     def page(self, title: str, message: str, *, status: int = 200, form: dict | None = None) -> HTMLResponse:
-        from ..render import render_page
+        from digest.issue.render import render_page
 
         context = {**site_context(self.config), "title": title, "message": message, "form": form}
         html = render_page("web/message.html.j2", context, self.config.folder)

@@ -27,16 +27,23 @@ from typing import Any
 
 import sqlite_utils
 
-from .. import __version__
-from ..config import Config, PublishSettings
-from ..draft import draft_path, parse_draft, write_atomically
-from ..errors import BadWeek, ConfigError, SetupError
-from ..models import Draft
-from ..render import forget_templates, issue_context, personalize, render_issue, render_page, template_folders
-from ..store import from_iso
-from ..text import one_line
-from ..weeks import parse_week
-from ..yamlfile import read_text_file
+from digest import __version__
+from digest.errors import BadWeek, ConfigError, SetupError
+from digest.issue.draft import draft_path, parse_draft, write_atomically
+from digest.issue.render import (
+    forget_templates,
+    issue_context,
+    personalize,
+    render_issue,
+    render_page,
+    template_folders,
+)
+from digest.issue.weeks import parse_week
+from digest.models import Draft
+from digest.settings.config import Config, PublishSettings
+from digest.settings.yamlfile import read_text_file
+from digest.store import from_iso
+from digest.text import one_line
 
 MANIFEST = ".digest-publish.json"
 _MANIFEST_FORMAT = 1

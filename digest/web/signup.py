@@ -22,11 +22,11 @@ from email.utils import parseaddr
 
 import sqlite_utils
 
-from .. import store
-from ..config import Config
-from ..send.message import PrefoldedHeader, date_header, list_id_header
-from ..send.unsubscribe import _b64, _unb64, signed_address
-from ..subscribers import address_key, clean_name, is_valid_email
+from digest import store
+from digest.send.message import PrefoldedHeader, date_header, list_id_header
+from digest.send.unsubscribe import _b64, _unb64, signed_address
+from digest.settings.config import Config
+from digest.settings.subscribers import address_key, clean_name, is_valid_email
 
 CONFIRM_DAYS = 7
 CONFIRM_VERSION = "c1"

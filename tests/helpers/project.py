@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from digest.draft import draft_path, write_draft
+from digest.issue.draft import draft_path, write_draft
 from digest.models import Draft, DraftItem, DraftSection
 
 WEEK = "2026-W14"

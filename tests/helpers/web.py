@@ -16,8 +16,8 @@ import httpx
 import uvicorn
 
 from digest import store
-from digest.config import load_config
 from digest.send.unsubscribe import make_token
+from digest.settings.config import load_config
 from digest.web.app import create_app
 
 from .project import make_project

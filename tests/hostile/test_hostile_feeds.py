@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest import collecting, store
-from digest import fetch as fetch_module
-from digest.config import CollectSettings, load_config
+from digest import store
+from digest.feeds import collect as collecting
+from digest.feeds import fetch as fetch_module
+from digest.settings.config import CollectSettings, load_config
 
 from conftest import write_config
 from helpers.feeds import FeedServer, Route, rss
@@ -83,7 +84,7 @@ def test_impossible_character_references_cost_nothing_but_a_replacement_characte
 def test_a_megabyte_of_text_is_summarized_without_backtracking_for_hours(text):
     """The boilerplate pattern backtracks quadratically on digit runs: on a whole megabyte it would run for
     about an hour. Run in a process of its own, so that a regression fails at the timeout, never hangs."""
-    code = "import sys; from digest.parse import summarize; print(len(summarize(sys.stdin.read())))"
+    code = "import sys; from digest.feeds.parse import summarize; print(len(summarize(sys.stdin.read())))"
     result = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and 0 < int(result.stdout) <= 300, result.stderr
 
@@ -126,7 +127,7 @@ def _crash_on_poison(content, feed_url, headers, fetched_url):
 
     if b"Poison" in content:
         os._exit(9)
-    from digest.parse import parse_feed
+    from digest.feeds.parse import parse_feed
 
     return parse_feed(content, feed_url, headers, fetched_url)
 

@@ -26,9 +26,9 @@ import yaml
 from test_send_smtp import SECRET, issue_row, ledger
 
 from digest import store
-from digest.config import load_config
-from digest.draft import draft_path
+from digest.issue.draft import draft_path
 from digest.lock import hold, lock_path
+from digest.settings.config import load_config
 
 from conftest import write_config
 from helpers.buttondown import KEY, Answer
@@ -137,7 +137,7 @@ def test_only_the_posts_the_email_holds_are_used_up(tmp_path, server, run_cli, s
 def test_of_two_posts_sharing_a_title_or_a_link_only_as_many_as_the_email_holds_are_used_up():
     """Two link-less "Weekly notes" and two entries sharing one link; the editor kept one of each."""
     from digest.models import Draft, DraftItem, DraftSection
-    from digest.sending import posts_in
+    from digest.send.sending import posts_in
     from digest.urls import url_key
 
     def offered(post_id, title, link=None):
@@ -522,7 +522,7 @@ def test_init_writes_the_subscriber_list_private(tmp_path, run_cli):
     ],
 )
 def test_the_preview_answers_only_requests_for_this_machine(tmp_path, server, host, status):
-    from digest.preview import PreviewServer
+    from digest.web.preview import PreviewServer
 
     config = make_project(tmp_path, server.port, subscribers(1))
     preview = PreviewServer(config, WEEK, port=0).start()

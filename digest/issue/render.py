@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .config import Newsletter
-from .errors import ConfigError
-from .models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection, RenderedIssue
-from .prose import Prose, escape_markdown, render_prose
-from .text import cut_at_word, strip_invisible, wrap
-from .urls import is_http_url
+from digest.errors import ConfigError
+from digest.issue.prose import Prose, escape_markdown, render_prose
+from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, Draft, DraftItem, DraftSection, RenderedIssue
+from digest.settings.config import Newsletter
+from digest.text import cut_at_word, strip_invisible, wrap
+from digest.urls import is_http_url
 
 if TYPE_CHECKING:
     import jinja2
@@ -42,7 +42,7 @@ WARN_BYTES = 90 * 1024  # `build` warns past this: room for the per-subscriber l
 
 # The email's templates: the repository's templates/ folder, shipped inside the package (digest/templates is
 # a link to it). A newsletter folder's own templates/, beside its feeds.yaml, overrides them file by file.
-BUILT_IN_TEMPLATES = Path(__file__).parent / "templates"
+BUILT_IN_TEMPLATES = Path(__file__).parent.parent / "templates"
 OVERRIDES = "templates"
 HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "text.txt.j2"

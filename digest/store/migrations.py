@@ -98,8 +98,8 @@ def m002_post_identity(db: sqlite_utils.Database) -> None:
     collect's posts before a build that ran while it stored them) and which feeds brought them; feeds keep
     their site; issues when and up to which post they were last built; each offered post where it went,
     and under which feed."""
-    from .text import content_key, plain_text
-    from .urls import clean_url, url_key
+    from digest.text import content_key, plain_text
+    from digest.urls import clean_url, url_key
 
     _run(
         db,

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from .errors import BadWeek
+from digest.errors import BadWeek
 
 _WEEK_ID = re.compile(r"(\d{4})-W(\d{2})", re.ASCII)  # \d alone also matches "２０２６" and "٢٠٢٦"
 FIRST_YEAR, LAST_YEAR = 1970, 2999  # far from the ends of what dates and time zones can hold

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .urls import is_http_url
+from digest.errors import ConfigError
+from digest.urls import is_http_url
 
 
 class YamlNode:

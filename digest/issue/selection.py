@@ -23,10 +23,10 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
-from . import store
-from .config import Config, FeedConfig
-from .models import Placement
-from .weeks import week_span
+from digest import store
+from digest.issue.weeks import week_span
+from digest.models import Placement
+from digest.settings.config import Config, FeedConfig
 
 
 @dataclass(frozen=True)

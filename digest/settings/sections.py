@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
-from .yamlfile import MappingReader
+from digest.settings.yamlfile import MappingReader
 
 T = TypeVar("T")
 _KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}

@@ -34,9 +34,9 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 import httpcore  # noqa: E402
 import httpx  # noqa: E402
 
-from . import __version__  # noqa: E402
-from .config import CollectSettings  # noqa: E402
-from .retry import CONNECTION_REFUSED, backoff, connection_failure  # noqa: E402
+from digest import __version__  # noqa: E402
+from digest.retry import CONNECTION_REFUSED, backoff, connection_failure  # noqa: E402
+from digest.settings.config import CollectSettings  # noqa: E402
 
 USER_AGENT = f"digest/{__version__} (RSS/Atom to newsletter; +https://pypi.org/project/digest/)"
 ACCEPT = (

@@ -26,14 +26,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
-from . import store
-from .config import CheckSettings, Config
-from .draft import draft_path, parse_draft, read_draft
-from .errors import ConfigError
-from .models import Draft
-from .render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
-from .text import cut_at_word
-from .urls import clean_url, is_http_url, url_key
+from digest import store
+from digest.errors import ConfigError
+from digest.issue.draft import draft_path, parse_draft, read_draft
+from digest.issue.render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
+from digest.models import Draft
+from digest.settings.config import CheckSettings, Config
+from digest.text import cut_at_word
+from digest.urls import clean_url, is_http_url, url_key
 
 ERROR, WARNING = "error", "warning"
 SUBJECT_CHARS = 78  # past this, inboxes cut the subject
@@ -152,7 +152,7 @@ def content_findings(draft: Draft) -> list[Finding]:
 
 def size_findings(config: Config, draft: Draft) -> list[Finding]:
     """The email's HTML as the largest copy a subscriber gets (the longest unsubscribe link in it)."""
-    from .send.unsubscribe import longest_url
+    from digest.send.unsubscribe import longest_url
 
     html = render_issue(draft, config.newsletter, config.folder).html
     size = len(personalize(html, unsubscribe_url=longest_url(config.newsletter), name="", html=True).encode())
@@ -291,7 +291,7 @@ def _is_home(url: str) -> bool:
 async def _fetch_all(urls: list[str], settings: CheckSettings) -> list[LinkResult]:
     import httpx
 
-    from .fetch import USER_AGENT, allow_private, guarded_transport
+    from digest.feeds.fetch import USER_AGENT, allow_private, guarded_transport
 
     allow_private.set(settings.private)
     every = asyncio.Semaphore(settings.concurrency)
@@ -327,7 +327,7 @@ async def _fetch(client, url: str, timeout: float) -> LinkResult:
     GET is never read. Within `timeout` for the whole, redirects included."""
     import httpx
 
-    from .fetch import REFUSED
+    from digest.feeds.fetch import REFUSED
 
     result = LinkResult(url)
     try:

@@ -20,15 +20,15 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
-from . import store
-from .checks import CheckReport, check_issue
-from .config import Config
-from .draft import draft_path, parse_draft
-from .errors import CheckFailed, SendError
-from .render import render_issue
-from .send import SendPlan, backend_class
-from .weeks import parse_week
-from .yamlfile import read_text_file
+from digest import store
+from digest.errors import CheckFailed, SendError
+from digest.issue.checks import CheckReport, check_issue
+from digest.issue.draft import draft_path, parse_draft
+from digest.issue.render import render_issue
+from digest.issue.weeks import parse_week
+from digest.send import SendPlan, backend_class
+from digest.settings.config import Config
+from digest.settings.yamlfile import read_text_file
 
 NO_DRAFT = "no draft for this week (run `digest build` first)"
 
@@ -109,7 +109,7 @@ def review(
 ) -> list[str]:
     """Mail the editors the email, a banner on top with the findings, through the SMTP settings; remember for
     which draft. Returns the editors."""
-    from .web.publish import after_body_tag
+    from digest.web.publish import after_body_tag
 
     draft = parse_draft(draft_path(config.drafts_dir, issue_id), text)
     rendered = render_issue(draft, config.newsletter, config.folder)

@@ -20,19 +20,19 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import store
-from .approval import draft_hash
-from .checks import check_issue
-from .config import Config
-from .draft import draft_path, parse_draft, write_durably
-from .errors import CheckFailed, Clipped, Failed, SetupError, Unrecorded
-from .lock import hold
-from .models import DeliveryStatus, Draft, IssueStatus
-from .render import GMAIL_CLIP_BYTES, render_issue
-from .send import Backend, SendPlan, SendReport, backend_class, check_backend
-from .subscribers import is_valid_email
-from .urls import clean_url, url_key
-from .yamlfile import read_text_file
+from digest import store
+from digest.errors import CheckFailed, Clipped, Failed, SetupError, Unrecorded
+from digest.issue.checks import check_issue
+from digest.issue.draft import draft_path, parse_draft, write_durably
+from digest.issue.render import GMAIL_CLIP_BYTES, render_issue
+from digest.lock import hold
+from digest.models import DeliveryStatus, Draft, IssueStatus
+from digest.send import Backend, SendPlan, SendReport, backend_class, check_backend
+from digest.send.approval import draft_hash
+from digest.settings.config import Config
+from digest.settings.subscribers import is_valid_email
+from digest.settings.yamlfile import read_text_file
+from digest.urls import clean_url, url_key
 
 RECEIPT = ".receipt.json"
 NO_DRAFT = "no draft for this week (run `digest build` first)"

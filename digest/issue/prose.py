@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import nh3
 
-from .text import TEXT_WIDTH, wrap
+from digest.text import TEXT_WIDTH, wrap
 
 ALLOWED_TAGS = {"p", "a", "strong", "em", "code", "ul", "ol", "li", "br"}
 ALLOWED_SCHEMES = {"http", "https", "mailto"}

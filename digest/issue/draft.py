@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from .errors import BadWeek, ConfigError
-from .models import Draft, DraftItem, DraftSection, MoreGroup, Placement, Sponsor
-from .prose import escape_markdown
-from .selection import SelectedPost
-from .store import from_iso
-from .urls import clean_url, host_of, url_key
-from .weeks import week_dates
-from .yamlfile import YAML_LOADER, MappingReader, check_url, load_yaml_with_lines, read_text_file
+from digest.errors import BadWeek, ConfigError
+from digest.issue.prose import escape_markdown
+from digest.issue.selection import SelectedPost
+from digest.issue.weeks import week_dates
+from digest.models import Draft, DraftItem, DraftSection, MoreGroup, Placement, Sponsor
+from digest.settings.yamlfile import YAML_LOADER, MappingReader, check_url, load_yaml_with_lines, read_text_file
+from digest.store import from_iso
+from digest.urls import clean_url, host_of, url_key
 
 HEADER = """\
 # Draft of {issue} ({start:%a %d %b} – {end:%a %d %b %Y}).

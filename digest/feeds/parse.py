@@ -39,10 +39,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 import feedparser
 import nh3
 
-from .models import ParsedFeed, Post
-from .pages import MIN_IMAGE, charset_of
-from .text import content_key, cut_at_word, one_line, plain_text, same_words, sanitized_text, strip_invisible
-from .urls import clean_url, host_of, is_opaque_redirect, unwrap, url_key
+from digest.feeds.pages import MIN_IMAGE, charset_of
+from digest.models import ParsedFeed, Post
+from digest.text import content_key, cut_at_word, one_line, plain_text, same_words, sanitized_text, strip_invisible
+from digest.urls import clean_url, host_of, is_opaque_redirect, unwrap, url_key
 
 SUMMARY_LIMIT = 300
 TITLE_LIMIT = 200

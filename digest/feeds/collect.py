@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
-from . import store
-from .config import CollectSettings, Config, FeedConfig
-from .models import FeedOutcome, ParsedFeed
+from digest import store
+from digest.models import FeedOutcome, ParsedFeed
+from digest.settings.config import CollectSettings, Config, FeedConfig
 
 if TYPE_CHECKING:  # fetch (httpx) is imported by collect itself: `digest feeds` needs neither
     import httpx
 
-    from .fetch import Fetcher, FetchRequest, FetchResult
+    from digest.feeds.fetch import Fetcher, FetchRequest, FetchResult
 
 
 @dataclass
@@ -79,7 +79,7 @@ def collect(
 
     One failing feed never stops the others: its error is in the report and in the feeds table.
     """
-    from .fetch import FetchRequest, configured_private
+    from digest.feeds.fetch import FetchRequest, configured_private
 
     now = now or datetime.now(UTC)
     settings = settings or config.collect
@@ -111,7 +111,7 @@ def collect(
 
 
 async def _collect(config, db, requests, still_broken, now, settings, pool, transport, report, on_feed) -> None:
-    from .fetch import Fetcher
+    from digest.feeds.fetch import Fetcher
 
     configured = {feed.url for feed in config.feeds}
 
@@ -176,8 +176,8 @@ async def _page_summaries(
     strangers wrote. A page that fails, or says nothing, leaves the summary to the editor."""
     from urllib.parse import urlsplit
 
-    from .fetch import FetchRequest
-    from .pages import PageInfo, charset_of, page_info
+    from digest.feeds.fetch import FetchRequest
+    from digest.feeds.pages import PageInfo, charset_of, page_info
 
     feed_host = urlsplit(feed.url).hostname
     posts = store.posts_without_text(db, feed.url, MAX_PAGES)
@@ -209,7 +209,7 @@ async def _page_summaries(
 
 def _parse(content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
     """Runs in a pool worker. feedparser is imported there, on first use: an unchanged run never needs it."""
-    from .parse import parse_feed
+    from digest.feeds.parse import parse_feed
 
     return parse_feed(content, feed_url, headers, fetched_url)
 
@@ -295,7 +295,7 @@ class _ParsePool:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context(method if method in methods else "spawn")
         if context.get_start_method() == "forkserver":
-            context.set_forkserver_preload(["digest.parse"])
+            context.set_forkserver_preload(["digest.feeds.parse"])
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
 
     async def parse(self, content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
@@ -326,7 +326,7 @@ class _ParsePool:
 
 
 def _import_parser() -> None:
-    import digest.parse  # noqa: F401
+    import digest.feeds.parse  # noqa: F401
 
 
 def _one_line(exc: BaseException) -> str:

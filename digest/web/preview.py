@@ -24,11 +24,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
 
-from .config import Config, load_config
-from .draft import draft_path, read_draft
-from .errors import ConfigError
-from .render import GMAIL_CLIP_BYTES, WARN_BYTES, forget_templates, personalize, render_issue, template_folders
-from .send.unsubscribe import sample_url
+from digest.errors import ConfigError
+from digest.issue.draft import draft_path, read_draft
+from digest.issue.render import (
+    GMAIL_CLIP_BYTES,
+    WARN_BYTES,
+    forget_templates,
+    personalize,
+    render_issue,
+    template_folders,
+)
+from digest.send.unsubscribe import sample_url
+from digest.settings.config import Config, load_config
 
 QUIET_MS = 20  # a save is taken as done once its folder has had no event for this long
 SAFETY_NET_MS = 1000  # and the files are looked at anyway this often, for events a file system never sends
@@ -182,9 +189,9 @@ class Preview:
     def _findings(self, config: Config, draft) -> list[dict]:
         """The checks as `digest check` makes them, links judged by their cached answers: nothing is fetched
         at every save. None before the database exists."""
-        from . import store
-        from .checks import check_issue
-        from .config import database_path
+        from digest import store
+        from digest.issue.checks import check_issue
+        from digest.settings.config import database_path
 
         path = database_path(self.config_path)
         if not path.exists():
@@ -281,7 +288,7 @@ def _loopback_host(host: str) -> bool:
 
 
 def _handler(preview: Preview, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
-    page = (files("digest") / "preview.html").read_text(encoding="utf-8")
+    page = (files("digest.web") / "preview.html").read_text(encoding="utf-8")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import ConfigError
-from .text import one_line
-from .yamlfile import read_text_file
+from digest.errors import ConfigError
+from digest.settings.yamlfile import read_text_file
+from digest.text import one_line
 
 NOT_FOUND = "not found (run `digest init` to write a starter file)"
 SUBSCRIBER_STATUSES = ("active", "pending", "unsubscribed", "bounced", "complained")

@@ -20,11 +20,11 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import ConfigError
-from .settings import DAY, HOUR, Renamed, read_section, setting
-from .subscribers import is_valid_email
-from .text import one_line
-from .yamlfile import MappingReader, YamlNode, check_url, load_yaml_with_lines, read_text_file
+from digest.errors import ConfigError
+from digest.settings.sections import DAY, HOUR, Renamed, read_section, setting
+from digest.settings.subscribers import is_valid_email
+from digest.settings.yamlfile import MappingReader, YamlNode, check_url, load_yaml_with_lines, read_text_file
+from digest.text import one_line
 
 DEFAULT_SECTIONS = ("News", "Articles", "Events", "Videos", "Projects", "Jobs")
 DEFAULT_SUBJECT = "{title}: {start:%b %-d} – {end:%b %-d, %Y}"
@@ -415,7 +415,7 @@ def database_path(config_path: Path, given: Path | None = None) -> Path:
 
 
 def load_config(path: Path | str) -> Config:
-    from .send import registry
+    from digest.send import registry
 
     path = Path(path)
     text = read_text_file(path, NOT_FOUND)

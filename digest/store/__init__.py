@@ -16,10 +16,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .migrations import migrate
-from .models import Post
-from .subscribers import SUPPRESSED, Subscriber, address_key
-from .urls import prefer
+from digest.models import Post
+from digest.settings.subscribers import SUPPRESSED, Subscriber, address_key
+from digest.store.migrations import migrate
+from digest.urls import prefer
 
 
 def iso(moment: datetime) -> str:

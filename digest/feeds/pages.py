@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-from .text import cut_at_word, one_line
-from .urls import clean_url
+from digest.text import cut_at_word, one_line
+from digest.urls import clean_url
 
 SUMMARY_CHARS = 300
 MIN_IMAGE = 16  # pixels a side: smaller is a tracking pixel or a spacer, never a picture
