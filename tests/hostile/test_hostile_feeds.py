@@ -104,14 +104,14 @@ def test_a_wide_encoding_does_not_hide_an_impossible_reference(newsletter, encod
 
 def test_anything_raised_while_storing_one_feed_is_that_feeds_failure(newsletter, monkeypatch):
     config, db, settings = newsletter({"/bad.xml": Route(entry_feed("Poison")), "/good.xml": Route(GOOD)})
-    real = store._insert_posts
+    real = store.posts._insert_posts
 
     def poisoned(db, feed_url, posts, *args):
         if any(post.title == "Poison" for post in posts):
             raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
         return real(db, feed_url, posts, *args)
 
-    monkeypatch.setattr(store, "_insert_posts", poisoned)
+    monkeypatch.setattr(store.posts, "_insert_posts", poisoned)
     report = by_name(collecting.collect(config, db, now=NOW, settings=settings))
     assert report["good.xml"].outcome == "new"
     assert report["bad.xml"].outcome == "failed" and report["bad.xml"].error.startswith(
