@@ -2,7 +2,8 @@
 
 The editor may delete, reorder or rewrite anything in the file. A re-build keeps
 those edits and only appends posts that were never offered to this draft before
-(the store remembers which were), each at the end of its section.
+(the store remembers which were), each at the end of its section: merge.py splices
+them into the file as text, in the YAML styles of draft_yaml.py.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import yaml
-
 from digest.errors import BadWeek, ConfigError
+from digest.issue.draft_yaml import as_prose, draft_yaml, section_yaml, with_prose
+from digest.issue.merge import splice
 from digest.issue.prose import escape_markdown
 from digest.issue.selection import SelectedPost
 from digest.issue.weeks import week_dates
 from digest.models import Draft, DraftItem, DraftSection, MoreGroup, Placement, Sponsor
-from digest.settings.yamlfile import YAML_LOADER, MappingReader, check_url, load_yaml_with_lines, read_text_file
+from digest.settings.yamlfile import MappingReader, check_url, load_yaml_with_lines, read_text_file
 from digest.store import from_iso
 from digest.urls import clean_url, host_of, url_key
 
@@ -171,117 +172,17 @@ def _section_position(draft: Draft, title: str, section_order: tuple[str, ...]) 
     return len(draft.sections)
 
 
-# --- the YAML file ------------------------------------------------------------------
-
-
-class _Prose(str):
-    """Free text an editor rewrites: written as a block (`>-` or `|`) when long or when it would need quotes."""
-
-
-class _DraftDumper(yaml.SafeDumper):
-    """Styles that are easy to edit by hand: prose as blocks, and double quotes over single ones when the
-    text holds an apostrophe (inside single quotes an editor would have to double it)."""
-
-    PROSE_STYLE = "~"  # a marker on the event, never written
-    PLAIN_PROSE_CHARS = 72
-
-    def choose_scalar_style(self) -> str:
-        event = self.event
-        assert isinstance(event, yaml.ScalarEvent)  # the emitter asks only about scalars
-        prose = event.style == self.PROSE_STYLE
-        if prose:
-            event.style = None
-        try:
-            style = super().choose_scalar_style()
-        finally:
-            if prose:
-                event.style = self.PROSE_STYLE
-        value = event.value
-        if (
-            prose
-            and self.analysis is not None
-            and self.analysis.allow_block
-            and not self.simple_key_context
-            and _blockable(value)
-            and (style != "" or len(value) > self.PLAIN_PROSE_CHARS or "\n" in value)
-        ):
-            return "|" if "\n" in value else ">"
-        if style == "'" and "'" in value and '"' not in value and "\\" not in value:
-            return '"'
-        return style
-
-
-def _blockable(value: str) -> bool:
-    """Whether PyYAML writes `value` as a block that reads back the same: it folds "more indented" lines
-    wrongly, so no line may start with white space, and line breaks other than \\n stay quoted."""
-    return not any(char in value for char in "\t\r\x85\u2028\u2029") and not any(
-        line[:1].isspace() for line in value.split("\n")
-    )
-
-
-_DraftDumper.add_representer(
-    _Prose,
-    lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style=_DraftDumper.PROSE_STYLE),
-)
-_PROSE_KEYS = {"summary", "text", "intro", "preheader"}
-
-
-def _yaml(data) -> str:
-    return yaml.dump(data, Dumper=_DraftDumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-# Held-back posts can number thousands (a feed's archive, a flood): libyaml writes them 10x faster than
-# the pure-Python emitter, in its own styles, which matter less for text the editor only moves.
-_HELD_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def _held_yaml(data) -> str:
-    return yaml.dump(data, Dumper=_HELD_DUMPER, sort_keys=False, allow_unicode=True, width=100)
-
-
-def _prose(value):
-    return _Prose(value) if isinstance(value, str) and value else value
-
-
-def _with_prose(fields: dict) -> dict:
-    return {key: _prose(value) if key in _PROSE_KEYS else value for key, value in fields.items()}
-
-
-def _item_data(item: DraftItem) -> dict:
-    return {key: value for key, value in asdict(item).items() if value not in (None, "")}
-
-
-def _group_data(group: MoreGroup) -> dict:
-    data = {"feed": group.feed, "site": group.site, "items": [_item_data(item) for item in group.items]}
-    return {key: value for key, value in data.items() if value is not None}
-
-
-def _items_yaml(items: list[DraftItem]) -> str:
-    return _yaml([_with_prose(_item_data(item)) for item in items])
-
-
-def _section_yaml(section: DraftSection) -> str:
-    """One entry of `sections`: its items as the editor writes them, then what is held back (libyaml)."""
-    text = _yaml([{"title": section.title, "items": [_with_prose(_item_data(item)) for item in section.items]}])
-    held: dict = {}
-    if section.more:
-        held["more"] = [_group_data(group) for group in section.more]
-    if section.stale:
-        held["stale"] = [_item_data(item) for item in section.stale]
-    return text + (_indent(_held_yaml(held), 2) if held else "")
-
-
 def dump_draft(draft: Draft) -> str:
-    sponsor = _with_prose(asdict(draft.sponsor)) if draft.sponsor else None
+    sponsor = with_prose(asdict(draft.sponsor)) if draft.sponsor else None
     head = {
         "issue": draft.issue,
         "subject": draft.subject,
-        "preheader": _prose(draft.preheader),
-        "intro": _prose(draft.intro),
+        "preheader": as_prose(draft.preheader),
+        "intro": as_prose(draft.intro),
         "sponsor": sponsor,
         **({"markdown": True} if draft.markdown else {}),
     }
-    lines = _yaml(head).splitlines(keepends=True)
+    lines = draft_yaml(head).splitlines(keepends=True)
     start = 0
     for key in head:  # each top-level key under its comment: the first line from there starting with `key:`
         comment = _COMMENTS.get("no sponsor" if key == "sponsor" and sponsor is None else key)
@@ -289,7 +190,7 @@ def dump_draft(draft: Draft) -> str:
         if comment:
             lines.insert(start, comment)
             start += 1
-    sections = "".join(map(_section_yaml, draft.sections))
+    sections = "".join(map(section_yaml, draft.sections))
     return (
         HEADER.format(issue=draft.issue, start=draft.week_start, end=draft.week_end)
         + "".join(lines)
@@ -305,175 +206,16 @@ def write_draft(path: Path, draft: Draft) -> None:
     write_atomically(path, text if text is not None else dump_draft(draft))
 
 
-# --- re-build: new items spliced into the editor's text ---------------------------------
-
-
 def merged_text(path: Path, draft: Draft) -> str | None:
-    """The existing file with what `draft` adds to it (items, held-back posts, sections) inserted as text, or
-    None when that is not possible or would not read back as exactly `draft`. `draft` must be the file's
-    draft with entries appended (as `add_posts` does)."""
+    """The existing file with what `draft` adds to it inserted as text (merge.py), or None when that is not
+    possible or would not read back as exactly `draft`. `draft` must be the file's draft with entries
+    appended (as `add_posts` does)."""
     try:
         text = path.read_bytes().decode("utf-8")  # as it is: line ends too
-        old = parse_draft(path, text)
-        root = yaml.compose(text, Loader=YAML_LOADER)  # parse_draft checked its depth, anchors and aliases
-    except (OSError, UnicodeDecodeError, ConfigError, yaml.YAMLError):
+        merged = splice(text, parse_draft(path, text), draft)
+        return merged if merged is not None and parse_draft(path, merged) == draft else None
+    except (OSError, UnicodeDecodeError, ConfigError):
         return None
-    sections_node = _value_of(root, "sections")
-    if not isinstance(sections_node, yaml.SequenceNode) or sections_node.flow_style or not sections_node.value:
-        return None
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    nodes: dict[str, yaml.MappingNode] = {}
-    for node in sections_node.value:
-        title = _value_of(node, "title")
-        if not isinstance(title, yaml.ScalarNode) or title.value in nodes:
-            return None
-        nodes[title.value] = node
-    edits = _TextEdits(lines)
-    old_sections = {section.title: section for section in old.sections}
-    section_column = sections_node.start_mark.column
-    for index, section in enumerate(draft.sections):
-        node = nodes.get(section.title)
-        if node is None:
-            later = [nodes[s.title] for s in draft.sections[index + 1 :] if s.title in nodes]
-            line = later[0].start_mark.line if later else _end_line(lines, sections_node.value[-1], section_column)
-            edits.insert(line, _indent(_section_yaml(section), section_column))
-        elif not _merge_section(edits, node, section_column, old_sections[section.title], section):
-            return None
-    if not edits.changed:
-        return None
-    merged = edits.apply()
-    if "\r\n" in text:  # the editor's line ends, in what is added too
-        merged = merged.replace("\r\n", "\n").replace("\n", "\r\n")
-    try:
-        if parse_draft(path, merged) != draft:
-            return None
-    except ConfigError:
-        return None
-    return merged
-
-
-def _merge_section(edits: _TextEdits, node, column: int, old: DraftSection, new: DraftSection) -> bool:
-    """Queue the text of what `new` adds to `old` (the same section as it is in the file at `node`)."""
-    new_items = _tail(old.items, new.items)
-    new_stale = _tail(old.stale, new.stale)
-    if new_items is None or new_stale is None:
-        return False
-    if new_items and not edits.append(node, column, "items", _items_yaml(new_items)):
-        return False
-    old_groups = {group.feed: group for group in old.more}
-    more_node = _value_of(node, "more")
-    group_nodes = {}
-    if isinstance(more_node, yaml.SequenceNode):
-        group_nodes = {getattr(_value_of(g, "feed"), "value", None): g for g in more_node.value}
-    new_groups = []
-    for group in new.more:
-        if group.feed not in old_groups:
-            new_groups.append(group)
-            continue
-        tail = _tail(old_groups[group.feed].items, group.items)
-        group_node = group_nodes.get(group.feed)
-        if tail is None or (tail and group_node is None):
-            return False
-        if tail and not edits.append(
-            group_node, more_node.start_mark.column, "items", _held_yaml([_item_data(item) for item in tail])
-        ):
-            return False
-    return (
-        not new_groups or edits.append(node, column, "more", _held_yaml([_group_data(g) for g in new_groups]))
-    ) and (not new_stale or edits.append(node, column, "stale", _held_yaml([_item_data(i) for i in new_stale])))
-
-
-def _tail(old: list, new: list) -> list | None:
-    """What `new` appends to `old`, or None when `new` does not start with `old`."""
-    return new[len(old) :] if new[: len(old)] == old else None
-
-
-class _TextEdits:
-    """Insertions into the lines of a YAML file, applied at once so that line numbers stay valid."""
-
-    def __init__(self, lines: list[str]):
-        self.lines = lines
-        self.inserts: list[tuple[int, int, str]] = []  # (before line index, order, text)
-        self.replaced: dict[int, str] = {}  # line index -> new text of that line
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.inserts or self.replaced)
-
-    def insert(self, line: int, text: str) -> None:
-        self.inserts.append((line, len(self.inserts), text))
-
-    def append(self, parent, parent_column: int, key: str, block: str) -> bool:
-        """Append the entries of `block` (a YAML list) to the block list under `key` of the mapping `parent`
-        (an entry of a block list whose dashes are at `parent_column`), writing the key when it lacks it."""
-        value = _value_of(parent, key)
-        if isinstance(value, yaml.SequenceNode) and not value.flow_style and value.value:
-            column = value.start_mark.column
-            self.insert(_end_line(self.lines, value.value[-1], column), _indent(block, column))
-        elif value is not None and _is_empty(value):
-            key_node = next(k for k, v in parent.value if v is value)
-            line = key_node.start_mark.line
-            if value.end_mark.line != line or line in self.replaced:
-                return False
-            rest = self.lines[line][value.end_mark.column :].strip()
-            if rest and not rest.startswith("#"):
-                return False
-            column = key_node.start_mark.column
-            self.replaced[line] = (
-                " " * column + f"{key}:" + (" " + rest if rest else "") + "\n" + _indent(block, column)
-            )
-        elif value is None and isinstance(parent, yaml.MappingNode) and parent.value:
-            column = parent.value[0][0].start_mark.column
-            self.insert(
-                _end_line(self.lines, parent, parent_column), " " * column + f"{key}:\n" + _indent(block, column)
-            )
-        else:
-            return False
-        return True
-
-    def apply(self) -> str:
-        out: list[str] = []
-        pending = sorted(self.inserts)
-        for number, line in enumerate([*self.lines, ""]):
-            while pending and pending[0][0] == number:
-                out.append(pending.pop(0)[2])
-            if number < len(self.lines):
-                out.append(self.replaced.get(number, line))
-        return "".join(out)
-
-
-def _value_of(node, key: str):
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    return next((value for name, value in node.value if isinstance(name, yaml.ScalarNode) and name.value == key), None)
-
-
-def _is_empty(node) -> bool:
-    if isinstance(node, yaml.SequenceNode):
-        return node.flow_style and not node.value
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-def _end_line(lines: list[str], node, column: int) -> int:
-    """The index of the line after the text of `node`, an entry of a block sequence whose dashes are at `column`:
-    the entry goes on while lines are blank or indented deeper; trailing blank lines are not part of it."""
-    end = node.start_mark.line + 1
-    last = end
-    while end < len(lines):
-        stripped = lines[end].strip()
-        if stripped:
-            if len(lines[end]) - len(lines[end].lstrip(" ")) <= column:
-                break
-            last = end + 1
-        end += 1
-    return last
-
-
-def _indent(text: str, column: int) -> str:
-    pad = " " * column
-    return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
 
 
 def write_atomically(path: Path, text: str, *, durable: bool = False) -> None:
