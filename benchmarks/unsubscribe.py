@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from send import sink
 
+from digest import load_config
 from digest.send.unsubscribe import make_token
-from digest.settings.config import load_config
 
 from helpers.project import WEEK, make_project, subscribers
 

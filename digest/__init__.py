@@ -17,7 +17,7 @@ __version__ = "0.2.0"
 
 _API = {
     # settings and state
-    "load_config": "settings.config",
+    "load_config": "jobs",
     "Config": "settings.config",
     "open_db": "store",
     # the weekly job, one function per command

@@ -1,5 +1,6 @@
-"""The weekly job as plain functions, each one command: build (select → draft → render), run_week (the whole
-week, as cron runs it) and unsubscribe. Collecting is collecting.py's, sending is sending.py's.
+"""The weekly job as plain functions, each one command: load_config (feeds.yaml with every backend's section),
+build (select → draft → render), run_week (the whole week, as cron runs it) and unsubscribe. Collecting is
+collecting.py's, sending is sending.py's.
 
 The CLI calls one of these (or of sending.py) per command and prints the report it returns.
 """
@@ -24,16 +25,24 @@ from digest.issue.selection import new_for_issue
 from digest.issue.weeks import current_week, week_dates, week_id
 from digest.lock import hold
 from digest.models import IssueStatus, RenderedIssue
-from digest.send import SendPlan, SendReport, backend_class, check_backend
+from digest.send import SendPlan, SendReport, backend_class, check_backend, registry
 from digest.send.approval import Decision, approval_started, decide
 from digest.send.sending import check_receipts, send_locked, sending_began
 from digest.send.unsubscribe import SECRET_ENV, sample_url, signed_address, unsubscribe_secret
+from digest.settings import config as config_file
 from digest.settings.config import Config
 from digest.settings.subscribers import is_valid_email, read_subscriber_export, spreadsheet_safe
 from digest.settings.yamlfile import read_text_file
 
 if TYPE_CHECKING:
     from digest.web.publish import PublishReport
+
+
+def load_config(path: Path | str) -> Config:
+    """feeds.yaml read and checked, every backend's section (`smtp:`, `buttondown:`) with it: the settings stage
+    knows no backend, so the registry of them is passed in from here (`digest.load_config` is this)."""
+    return config_file.load_config(path, backends=registry())
+
 
 # --- build ---------------------------------------------------------------------------
 

@@ -127,9 +127,9 @@ def test_past_the_deadline_an_issue_that_cannot_go_tells_cron(project, server, r
 
 
 def test_only_the_approved_draft_is_sent(project, server, run_cli):  # noqa: F811
+    from digest import load_config
     from digest.errors import Failed
     from digest.send import backend_class, sending
-    from digest.settings.config import load_config
     from digest.store import open_db
 
     require_approval(project)
@@ -150,9 +150,8 @@ def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, 
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    from digest import jobs
+    from digest import jobs, load_config
     from digest.issue.weeks import parse_week
-    from digest.settings.config import load_config
     from digest.store import open_db
 
     require_approval(project, approval_deadline="friday 17:00")

@@ -12,13 +12,12 @@ import pytest
 import yaml
 from freezegun import freeze_time
 
-from digest import jobs, store
+from digest import jobs, load_config, store
 from digest.errors import ConfigError
 from digest.issue.draft import draft_path, read_draft
 from digest.issue.selection import select_posts
 from digest.issue.weeks import current_week, week_span
 from digest.models import Post
-from digest.settings.config import load_config
 from digest.urls import url_key
 
 from conftest import write_config

@@ -9,10 +9,9 @@ from datetime import UTC
 import pytest
 from jsonschema import Draft202012Validator
 
-from digest import store
+from digest import load_config, store
 from digest.send.buttondown import ButtondownBackend
 from digest.send.sending import send_issue
-from digest.settings.config import load_config
 
 from conftest import SHARED
 from helpers.buttondown import KEY, Answer

@@ -33,7 +33,7 @@ def test_init_writes_starter_files_and_never_overwrites(tmp_path, run_cli):
 
 def test_starter_config_is_valid(tmp_path, run_cli):
     run_cli("init", cwd=tmp_path)
-    from digest.settings.config import load_config
+    from digest import load_config
 
     config = load_config(tmp_path / "feeds.yaml")
     assert len(config.feeds) >= 6 and "News" in config.newsletter.sections
@@ -200,7 +200,7 @@ def test_every_command_and_option_has_help_text():
 def test_the_repository_is_a_working_newsletter_folder_and_init_writes_its_feeds_yaml(tmp_path, run_cli):
     from pathlib import Path
 
-    from digest.settings.config import load_config
+    from digest import load_config
 
     root = Path(__file__).resolve().parents[1]
     assert run_cli("init", cwd=tmp_path)[0] == 0

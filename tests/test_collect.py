@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest import jobs, store
+from digest import jobs, load_config, store
 from digest.feeds import collect as collecting
 from digest.feeds.fetch import USER_AGENT
-from digest.settings.config import CollectSettings, load_config
+from digest.settings.config import CollectSettings
 
 from conftest import write_config
 from helpers.feeds import Route, rss

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from digest import load_config
 from digest.errors import ConfigError
-from digest.settings.config import load_config
 from digest.settings.subscribers import read_subscribers
 
 GOOD = """\
@@ -407,3 +407,16 @@ def test_approval_settings_are_read(tmp_path):
     assert newsletter.editors == ("ed@example.com", "jo@example.com")
     assert newsletter.approval_deadline is not None and newsletter.approval_deadline[0] == 4
     assert str(newsletter.approval_deadline[1]) == "17:30:00"
+
+
+def test_the_settings_alone_read_no_backend_section(tmp_path):
+    """digest.settings knows no backend: without the registry a backend's section (and any key outside digest's
+    own sections) is left unread; digest.load_config passes the registry, and refuses a bad or unknown one."""
+    from digest.settings import config as settings_config
+
+    bad_port, unknown = f"{FEED}smtp:\n  port: 0\nbuttondown: {{}}\n", f"{FEED}zz_unknown: 1\n"
+    for text in (bad_port, unknown):
+        config = settings_config.load_config(write(tmp_path, text))
+        assert config.backends == {} and config.feeds[0].url == "https://a.example/feed"
+    assert error_of(write(tmp_path, bad_port)).field == "smtp.port"
+    assert error_of(write(tmp_path, unknown)).field == "zz_unknown"

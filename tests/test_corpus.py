@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 import feedparser
 import pytest
 
-from digest import jobs, store
+from digest import jobs, load_config, store
 from digest.feeds import collect as collecting
 from digest.issue.draft import read_draft
-from digest.settings.config import CollectSettings, load_config
+from digest.settings.config import CollectSettings
 
 from conftest import CORPUS, write_config
 from helpers.feeds import Route

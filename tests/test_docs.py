@@ -17,9 +17,9 @@ from typer._click.core import Command  # Typer 0.28 carries its own copy of clic
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
+from digest import load_config
 from digest.cli import app
 from digest.errors import ConfigError
-from digest.settings.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -12,11 +12,11 @@ from email.utils import format_datetime
 import pytest
 import yaml
 
-from digest import jobs, store
+from digest import jobs, load_config, store
 from digest.feeds import collect as collecting
 from digest.issue.draft import draft_path, read_draft
 from digest.issue.render import GMAIL_CLIP_BYTES, render_issue
-from digest.settings.config import CollectSettings, load_config
+from digest.settings.config import CollectSettings
 
 from conftest import write_config
 from helpers.feeds import Route, rss

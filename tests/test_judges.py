@@ -15,10 +15,9 @@ from email import policy
 
 import pytest
 
-from digest import store
+from digest import load_config, store
 from digest.sample import SAMPLE_WEEK, run_demo
 from digest.send import sending
-from digest.settings.config import load_config
 
 from helpers.browser import chromium
 

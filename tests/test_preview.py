@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from digest import load_config
 from digest.issue.draft import draft_path, write_draft
 from digest.models import Draft, DraftItem, DraftSection
-from digest.settings.config import load_config
 from digest.web.preview import GMAIL_CLIP_BYTES, Preview, PreviewServer
 
 from conftest import write_config

@@ -17,14 +17,13 @@ import pytest
 import yaml
 from freezegun import freeze_time
 
-from digest import store
+from digest import load_config, store
 from digest.errors import SetupError
 from digest.issue.draft import draft_path, write_draft
 from digest.issue.weeks import week_dates
 from digest.models import Draft, DraftItem, DraftSection
 from digest.send.memory import MemoryBackend
 from digest.send.sending import send_issue
-from digest.settings.config import load_config
 from digest.web import publish as publishing
 from digest.web.publish import MANIFEST, publish
 

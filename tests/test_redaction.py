@@ -6,11 +6,10 @@ import pytest
 from test_run import project  # noqa: F401  (the fixture: a feed with two posts, and digest run)
 from test_send_smtp import issue_row, ledger
 
-from digest import credentials
+from digest import credentials, load_config
 from digest.credentials import redact, remember_secret
 from digest.errors import SetupError
 from digest.send.unsubscribe import UnsubscribeLinks
-from digest.settings.config import load_config
 
 from helpers.project import WEEK, make_project, subscribers
 
@@ -63,7 +62,7 @@ def test_a_secret_of_a_real_secrets_length_is_taken_out_wherever_it_is():
 
 
 def test_a_short_smtp_password_echoed_by_the_server_is_taken_out_but_not_out_of_paths(monkeypatch):
-    from digest.send.smtp import SmtpSettings, smtp_password
+    from digest.send.smtp_transport import SmtpSettings, smtp_password
 
     monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "short")
     assert smtp_password(SmtpSettings(username="ada")) == "short"

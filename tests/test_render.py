@@ -399,9 +399,8 @@ def test_an_emoji_heading_is_shown_and_hidden_from_screen_readers():
 
 
 def test_a_new_drafts_subject_counts_the_issues_sent_before_it(tmp_path):
-    from digest import store
+    from digest import load_config, store
     from digest.jobs import subject_for
-    from digest.settings.config import load_config
 
     (tmp_path / "feeds.yaml").write_text(
         "newsletter:\n  title: Digest\n  subject: '{title} #{number}: {lead}'\nfeeds:\n  - url: https://a.example/f\n",

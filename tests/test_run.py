@@ -9,12 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from digest import jobs, store
+from digest import jobs, load_config, store
 from digest.issue.draft import read_draft
 from digest.issue.weeks import parse_week, week_id
 from digest.lock import hold
 from digest.models import Post
-from digest.settings.config import load_config
 
 from helpers.feeds import Route, rss
 from helpers.project import make_project, subscribers

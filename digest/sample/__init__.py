@@ -87,7 +87,7 @@ def run_demo(directory: Path | None, say: Callable[[str], None]) -> Path:
     What it prints is the same every run but for the folder: no port, no timing, the feeds in their order."""
     from digest import jobs, store
     from digest.feeds import collect as collecting
-    from digest.settings.config import load_config
+    from digest.jobs import load_config
 
     directory = Path(directory or tempfile.mkdtemp(prefix="digest-demo-"))
     if directory.exists() and any(directory.iterdir()):

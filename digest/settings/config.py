@@ -2,7 +2,8 @@
 
 Every problem is a ConfigError whose message names the file, the line and the field. Sections of settings
 (`collect:`, and one per backend: `smtp:`, `buttondown:`) are described as dataclasses and read by
-`settings.read_section`; each backend brings its own section (see send/).
+`sections.read_section`; each backend brings its own section, passed in by the caller that chooses the backends
+(`load_config(path, backends=digest.send.registry())`): the settings never import a backend.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import contextlib
 import os
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, time
 from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -414,17 +416,31 @@ def database_path(config_path: Path, given: Path | None = None) -> Path:
     return given or config_path.parent / "digest.db"
 
 
-def load_config(path: Path | str) -> Config:
-    from digest.send import registry
+class SectionOwner(Protocol):
+    """What brings a section of its own to feeds.yaml (a delivery backend: `smtp:`, `buttondown:`)."""
 
+    def read_settings(self, reader: MappingReader | None, warnings: list[str], environ: Mapping[str, str]) -> Any: ...
+
+
+def load_config(path: Path | str, backends: Mapping[str, SectionOwner] | None = None) -> Config:
+    """Read and check feeds.yaml. `backends` maps a section name to what reads it (digest.send.registry()):
+    each is read into `Config.backends`, and a top-level key that is neither a section of digest nor one of
+    theirs is refused as unknown.
+
+    Without `backends` (a caller that reads feeds.yaml but sends nothing) the keys outside digest's own sections
+    are left unread and unchecked: this stage cannot tell a backend's section from a misspelt key, and refusing
+    every backend section would refuse every real feeds.yaml. `Config.backends` is then empty, so such a config
+    cannot send. `digest.load_config` and the commands pass the registry, and check everything.
+    """
     path = Path(path)
     text = read_text_file(path, NOT_FOUND)
     root = load_yaml_with_lines(path, text)
     if root is None:
         raise ConfigError(path, 1, "feeds", "is required: the file is empty")
-    backends = registry()
     top = MappingReader(path, root, "")
-    top.check_keys(TOP_LEVEL | set(backends))
+    if backends is not None:
+        top.check_keys(TOP_LEVEL | set(backends))
+    backends = backends or {}
     newsletter = _newsletter(path, top.sub("newsletter"))
     feeds = _feeds(path, top.mapping.get("feeds"), newsletter.sections, root.line)
     warnings: list[str] = []

@@ -34,6 +34,7 @@ from digest.issue.render import (
     render_issue,
     template_folders,
 )
+from digest.send import registry
 from digest.send.unsubscribe import sample_url
 from digest.settings.config import Config, load_config
 
@@ -146,7 +147,7 @@ class Preview:
         if config_stamp != self._config_stamp:
             self._config_stamp = config_stamp
             try:
-                self._config = load_config(self.config_path)
+                self._config = load_config(self.config_path, backends=registry())
             except ConfigError:
                 self._config = None  # _render reports the error
         templates = tuple((str(path), _file_stamp(path)) for path in self.templates())
@@ -163,7 +164,7 @@ class Preview:
         previous = self.state
         state = PreviewState(version=previous.version + 1)
         try:
-            config = self._config or load_config(self.config_path)
+            config = self._config or load_config(self.config_path, backends=registry())
             draft = read_draft(draft_path(config.drafts_dir, self.issue_id))
             rendered = render_issue(draft, config.newsletter, config.folder)
         except ConfigError as exc:

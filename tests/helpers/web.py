@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from digest import store
+from digest import load_config, store
 from digest.send.unsubscribe import make_token
-from digest.settings.config import load_config
 from digest.web.app import create_app
 
 from .project import make_project

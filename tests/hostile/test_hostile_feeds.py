@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest import store
+from digest import load_config, store
 from digest.feeds import collect as collecting
 from digest.feeds import fetch as fetch_module
-from digest.settings.config import CollectSettings, load_config
+from digest.settings.config import CollectSettings
 
 from conftest import write_config
 from helpers.feeds import FeedServer, Route, rss

@@ -25,10 +25,9 @@ import pytest
 import yaml
 from test_send_smtp import SECRET, issue_row, ledger
 
-from digest import store
+from digest import load_config, store
 from digest.issue.draft import draft_path
 from digest.lock import hold, lock_path
-from digest.settings.config import load_config
 
 from conftest import write_config
 from helpers.buttondown import KEY, Answer

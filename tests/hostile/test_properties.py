@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from digest import load_config
 from digest.errors import ConfigError
 from digest.feeds.parse import parse_feed, sanitize_html
 from digest.issue.draft import parse_draft
-from digest.settings.config import load_config
 from digest.text import one_line, plain_text, sanitized_text, strip_invisible
 from digest.urls import clean_url, url_key
 
