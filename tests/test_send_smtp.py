@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from digest import store
+from digest import load_config, store
 from digest.errors import DigestError
 from digest.issue.draft import draft_path, read_draft, write_draft
 from digest.issue.render import personalize, render_issue
@@ -35,7 +35,7 @@ from digest.send import sending
 from digest.send.message import MessageFactory
 from digest.send.smtp import SmtpBackend
 from digest.send.unsubscribe import UnsubscribeLinks, verify_token
-from digest.settings.config import Newsletter, load_config
+from digest.settings.config import Newsletter
 
 from helpers.project import WEEK, make_project, subscribers
 from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
