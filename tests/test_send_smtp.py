@@ -376,7 +376,7 @@ def test_confirmation_shows_subject_and_count_and_is_required(tmp_path, server, 
     code, _out, err = run_cli("send", "--week", WEEK, cwd=tmp_path)  # pytest's stdin is no terminal
     assert code == 2 and err == "error: no terminal to ask for confirmation: add --yes to send without asking\n"
     questions = []
-    monkeypatch.setattr("digest.cli._terminal", lambda: True)
+    monkeypatch.setattr("digest.cli.sending.terminal", lambda: True)
     monkeypatch.setattr("typer.confirm", lambda question: questions.append(question) or False)
     code, _, err = run_cli("send", "--week", WEEK, cwd=tmp_path)
     assert code == 1 and questions == ["Send 2026-W14 “Test Digest – Mar 30 to Apr 5, 2026 ✨” to 4 subscribers?"]

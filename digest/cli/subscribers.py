@@ -1,0 +1,95 @@
+"""`digest subscribers`: the sub-app that imports, exports and lists the subscribers kept in the database. It
+works on a database alone (--db), without the newsletter's settings, unlike the other commands."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections import Counter
+from pathlib import Path
+
+import typer
+
+from digest.cli.app import AS_JSON, Commands, open_db, print_json, say, warn
+from digest.errors import SetupError
+
+
+def _subscriber_db(ctx: typer.Context):
+    """The database the subscribers commands work on: the newsletter folder's, or the one --db names. Outside
+    a folder without --db they refuse, as every other command does, rather than start a ./digest.db."""
+    from digest.settings.config import NOT_FOUND
+
+    if ctx.obj["db"] is None and not ctx.obj["config"].is_file():
+        raise SetupError(f"{ctx.obj['config']}: {NOT_FOUND}; or name the database with --db or DIGEST_DB")
+    return open_db(ctx)
+
+
+def _status(value: str | None) -> str | None:
+    from digest.settings.subscribers import SUBSCRIBER_STATUSES
+
+    if value is not None and value not in SUBSCRIBER_STATUSES:
+        raise typer.BadParameter(f"must be one of {', '.join(SUBSCRIBER_STATUSES)}")
+    return value
+
+
+STATUS = typer.Option(
+    None, "--status", callback=_status, help="Only this status: active, pending, unsubscribed, bounced or complained."
+)
+
+subscribers_app = typer.Typer(
+    cls=Commands, no_args_is_help=True, help="The list of subscribers, kept in the database: import, export, list."
+)
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Our CSV, or an export of Buttondown, Mailchimp, Substack or listmonk."),
+) -> None:
+    """Add or update subscribers from a file; an unsubscribe, bounce or complaint in the database always wins."""
+    from digest.jobs import import_subscribers
+
+    report = import_subscribers(_subscriber_db(ctx), file)
+    for problem in report.problems:
+        warn(f"{problem} (skipped)")
+    changes = report.changes
+    kept = "".join(f"; {count} kept {status}" for status, count in sorted(changes.kept.items()))
+    say(
+        f"{file}: {report.format} format, {report.read} subscriber(s): {changes.added} added, "
+        f"{changes.updated} updated, {changes.unchanged} unchanged{kept}; {len(report.problems)} row(s) skipped"
+    )
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    ctx: typer.Context,
+    out: Path | None = typer.Option(None, "--out", help="Write to this file (default: standard output)."),
+    status: str | None = STATUS,
+) -> None:
+    """Write the subscribers as CSV (email, name, status, source, joined_at, consent_at)."""
+    from digest.issue.draft import write_atomically
+    from digest.jobs import export_subscribers
+
+    if out is None:
+        export_subscribers(_subscriber_db(ctx), sys.stdout, status=status)
+        return
+    buffer = io.StringIO()
+    count = export_subscribers(_subscriber_db(ctx), buffer, status=status)
+    write_atomically(out, buffer.getvalue())
+    say(f"{out}: {count} subscriber(s)", err=True)
+
+
+@subscribers_app.command("list")
+def subscribers_list(ctx: typer.Context, status: str | None = STATUS, as_json: bool = AS_JSON) -> None:
+    """Show the subscribers: address, name, status, how and when they joined."""
+    from digest.store import subscriber_list
+
+    rows = list(subscriber_list(_subscriber_db(ctx), status))
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        name = f" ({row['name']})" if row["name"] else ""
+        say(f"{row['email']}{name}: {row['status']}, joined {row['joined_at']} by {row['source']}")
+    counts = Counter(row["status"] for row in rows)
+    say(f"{len(rows)} subscriber(s)" + "".join(f", {count} {name}" for name, count in sorted(counts.items())))
