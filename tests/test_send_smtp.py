@@ -177,7 +177,7 @@ def test_marks_survive_quoted_printable_at_every_column(column):
 )
 def test_the_data_arrives_as_it_was_made_whatever_its_dots(server, message):
     """digest stuffs the dots itself (smtplib's regular expression cost a sixth of the sender's CPU)."""
-    from digest.send.smtp import Connection, SmtpSettings
+    from digest.send.smtp_transport import Connection, SmtpSettings
 
     connection = Connection(SmtpSettings(host="127.0.0.1", port=server.port, security="none"), None)
     try:
@@ -191,7 +191,7 @@ def test_the_data_arrives_as_it_was_made_whatever_its_dots(server, message):
 def test_a_transaction_not_ready_before_its_data_sends_nothing_and_keeps_the_connection(server):
     """The ledger's `sending` is waited for before DATA: a recipient settled meanwhile (unsubscribed) gets
     nothing, and the connection goes on with the next one."""
-    from digest.send.smtp import Connection, SmtpSettings
+    from digest.send.smtp_transport import Connection, SmtpSettings
 
     connection = Connection(SmtpSettings(host="127.0.0.1", port=server.port, security="none"), None)
     try:
@@ -583,11 +583,11 @@ def test_a_sent_whose_transaction_failed_is_written_by_the_next_one(tmp_path, mo
     """The ledger's writer commits a 250's `sent` without the worker waiting; when that transaction fails, the
     row is kept and written first by the next transaction (at the latest the one `close` asks for): the
     recipient is not left `sending` (re-mailed). What a worker waited on fails with the error."""
-    from digest.send.smtp import _Ledger
+    from digest.send.ledger import Ledger
 
     path = tmp_path / "digest.db"
     db = pending_deliveries(path, ["a@example.com", "b@example.com"])
-    ledger = _Ledger(str(path), "w")
+    ledger = Ledger(str(path), "w")
     assert ledger.sending("a@example.com", "<a@x>").result(timeout=10)
     real = store.mark_delivery
 
@@ -605,11 +605,11 @@ def test_a_sent_whose_transaction_failed_is_written_by_the_next_one(tmp_path, mo
 
 
 def test_a_ledger_that_cannot_write_the_last_sent_rows_says_so(tmp_path, monkeypatch):
-    from digest.send.smtp import _Ledger
+    from digest.send.ledger import Ledger
 
     path = tmp_path / "digest.db"
     db = pending_deliveries(path, ["a@example.com"])
-    ledger = _Ledger(str(path), "w")
+    ledger = Ledger(str(path), "w")
     assert ledger.sending("a@example.com", "<a@x>").result(timeout=10)
 
     monkeypatch.setattr(store, "mark_delivery", disk_full)
@@ -743,11 +743,11 @@ def test_a_ledger_that_cannot_start_stops_the_run_in_one_line_before_any_connect
 
 def test_a_writer_that_stops_fails_every_write_asked_of_it_then_and_after(tmp_path, monkeypatch):
     """A bug in the writer's loop: no worker waits for ever on a `sending`, and a `sent` refused is reported."""
-    from digest.send.smtp import _Ledger
+    from digest.send.ledger import Ledger
 
     path = tmp_path / "digest.db"
     pending_deliveries(path, ["a@example.com", "b@example.com"])
-    ledger = _Ledger(str(path), "w")
+    ledger = Ledger(str(path), "w")
 
     def broken(*args, **kwargs):
         raise RecursionError("a bug in the writer")

@@ -30,6 +30,7 @@ from digest import store
 from digest.errors import ConfigError
 from digest.issue.draft import draft_path, parse_draft, read_draft
 from digest.issue.render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
+from digest.issue.unsubscribe_link import longest_url
 from digest.models import Draft
 from digest.settings.config import CheckSettings, Config
 from digest.text import cut_at_word
@@ -152,8 +153,6 @@ def content_findings(draft: Draft) -> list[Finding]:
 
 def size_findings(config: Config, draft: Draft) -> list[Finding]:
     """The email's HTML as the largest copy a subscriber gets (the longest unsubscribe link in it)."""
-    from digest.send.unsubscribe import longest_url
-
     html = render_issue(draft, config.newsletter, config.folder).html
     size = len(personalize(html, unsubscribe_url=longest_url(config.newsletter), name="", html=True).encode())
     if size > GMAIL_CLIP_BYTES:

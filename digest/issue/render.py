@@ -119,6 +119,7 @@ _MARKS = re.compile(f"{re.escape(UNSUBSCRIBE_URL_MARK)}|{re.escape(SUBSCRIBER_NA
 # premailer drops mrml's `<!doctype html>` (it compares it case-sensitively with lxml's
 # `<!DOCTYPE html>`): taken off before and put back after.
 _DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
+_BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 
 
 # --- context -------------------------------------------------------------------------
@@ -463,3 +464,11 @@ def personalize(part: str, *, unsubscribe_url: str, name: str, html: bool) -> st
         name = html_lib.escape(name, quote=True)
     values = {UNSUBSCRIBE_URL_MARK: unsubscribe_url, SUBSCRIBER_NAME_MARK: name}
     return _MARKS.sub(lambda match: values[match.group()], part)  # one pass: a value is never re-scanned
+
+
+def after_body_tag(html: str, fragment: str) -> str:
+    """`fragment` right after the <body> tag (any template's: an override has its own), else after the doctype: the
+    banner of a review copy, the navigation bar of the archive's page."""
+    match = _BODY_TAG.search(html) or _DOCTYPE.match(html)
+    end = match.end() if match else 0
+    return html[:end] + fragment + html[end:]

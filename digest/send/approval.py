@@ -24,9 +24,10 @@ from digest import store
 from digest.errors import CheckFailed, SendError
 from digest.issue.checks import CheckReport, check_issue
 from digest.issue.draft import draft_path, parse_draft
-from digest.issue.render import render_issue
+from digest.issue.render import after_body_tag, render_issue
 from digest.issue.weeks import parse_week
-from digest.send import SendPlan, backend_class
+from digest.send.base import SendPlan
+from digest.send.registry import backend_class
 from digest.settings.config import Config
 from digest.settings.yamlfile import read_text_file
 
@@ -109,8 +110,6 @@ def review(
 ) -> list[str]:
     """Mail the editors the email, a banner on top with the findings, through the SMTP settings; remember for
     which draft. Returns the editors."""
-    from digest.web.publish import after_body_tag
-
     draft = parse_draft(draft_path(config.drafts_dir, issue_id), text)
     rendered = render_issue(draft, config.newsletter, config.folder)
     findings = [str(finding) for finding in check.findings] or ["the checks found nothing to fix"]

@@ -35,7 +35,7 @@ from digest.issue.draft import write_atomically
 from digest.issue.render import personalize
 from digest.models import RenderedIssue
 from digest.retry import CONNECTION_REFUSED, LOOKUP_FAILED, NO_SUCH_HOST, TIMED_OUT, backoff, connection_failure
-from digest.send import Backend, SendPlan, SendReport
+from digest.send.base import Backend, SendPlan, SendReport
 from digest.settings.config import Config
 from digest.settings.sections import HOUR, read_section, setting
 from digest.settings.yamlfile import MappingReader

@@ -12,7 +12,8 @@ import sqlite_utils
 
 from digest import store
 from digest.models import DeliveryStatus
-from digest.send import ListBackend, SendPlan, SendReport
+from digest.send.base import SendPlan, SendReport
+from digest.send.list_backend import ListBackend
 from digest.settings.subscribers import address_key
 
 

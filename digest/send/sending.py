@@ -27,8 +27,9 @@ from digest.issue.draft import draft_path, parse_draft, write_durably
 from digest.issue.render import GMAIL_CLIP_BYTES, render_issue
 from digest.lock import hold
 from digest.models import DeliveryStatus, Draft, IssueStatus
-from digest.send import Backend, SendPlan, SendReport, backend_class, check_backend
 from digest.send.approval import draft_hash
+from digest.send.base import Backend, SendPlan, SendReport, check_backend
+from digest.send.registry import backend_class
 from digest.settings.config import Config
 from digest.settings.subscribers import is_valid_email
 from digest.settings.yamlfile import read_text_file

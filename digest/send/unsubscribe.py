@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
-from email.utils import parseaddr
 from urllib.parse import quote
 
 import sqlite_utils
@@ -23,12 +22,12 @@ import sqlite_utils
 from digest import store
 from digest.credentials import MAKE_SECRET, signing_secret
 from digest.errors import SetupError
+from digest.issue.unsubscribe_link import LONGEST_ADDRESS, TOKEN_CHARS, mailto_url
 from digest.settings.config import Newsletter
 from digest.settings.subscribers import address_key, is_valid_email
 
 SECRET_ENV = "DIGEST_UNSUBSCRIBE_SECRET"
 MAX_LINE = 998  # bytes in a line of a message, CRLF excluded (RFC 5322 2.1.1)
-LONGEST_ADDRESS = "l" * 64 + "@" + "d" * 63 + "." + "d" * 63 + "." + "d" * 61  # 254 characters, the most SMTP allows
 
 
 SIGNS = "signs the unsubscribe links of newsletter.unsubscribe_url"
@@ -103,11 +102,6 @@ def signed_address(db: sqlite_utils.Database, secret: str | None, current: str, 
     return None
 
 
-def mailto_url(newsletter: Newsletter) -> str:
-    address = parseaddr(newsletter.reply_to or newsletter.from_address)[1]
-    return f"mailto:{address}?subject=unsubscribe"
-
-
 def sample_url(newsletter: Newsletter) -> str:
     """The unsubscribe link of the editor's renderings (drafts/*.html, the preview): no real token."""
     if newsletter.unsubscribe_url:
@@ -115,12 +109,8 @@ def sample_url(newsletter: Newsletter) -> str:
     return mailto_url(newsletter)
 
 
-def longest_url(newsletter: Newsletter) -> str:
-    """The longest unsubscribe link a subscriber can get (a 254-character address): for size checks."""
-    if not newsletter.unsubscribe_url:
-        return mailto_url(newsletter)
-    token = make_token("size", newsletter.list_identifier, LONGEST_ADDRESS)
-    return newsletter.unsubscribe_url.format(token=token, email=LONGEST_ADDRESS)
+if len(make_token("size", "", LONGEST_ADDRESS)) != TOKEN_CHARS:  # the size checks count tokens by TOKEN_CHARS
+    raise RuntimeError("the longest unsubscribe token changed length: update issue.unsubscribe_link.TOKEN_CHARS")
 
 
 @dataclass(frozen=True)

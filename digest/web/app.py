@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from digest import store
 from digest.credentials import redact
 from digest.errors import SetupError
-from digest.send.smtp import Connection, smtp_password
+from digest.send.smtp_transport import Connection, smtp_password
 from digest.send.unsubscribe import missing_secret, signed_address, unsubscribe_secret
 from digest.settings.config import Config
 from digest.settings.subscribers import address_key, is_valid_email

@@ -31,6 +31,7 @@ from digest import __version__
 from digest.errors import BadWeek, ConfigError, SetupError
 from digest.issue.draft import draft_path, parse_draft, write_atomically
 from digest.issue.render import (
+    after_body_tag,
     forget_templates,
     issue_context,
     personalize,
@@ -51,9 +52,7 @@ INDEX, ATOM_FEED, JSON_FEED = "index.html", "feed.xml", "feed.json"
 _ATOM = "http://www.w3.org/2005/Atom"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
-_BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _HEAD_END = re.compile(r"</head\s*>", re.IGNORECASE)
-_DOCTYPE = re.compile(r"\s*<!doctype[^>]*>", re.IGNORECASE)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 # What only Outlook's Word engine reads: conditional comments (a downlevel-revealed one's markers only, its
 # content is for everyone), the VML and Office namespaces, and mso- declarations in styles.
@@ -395,13 +394,6 @@ def _archive_url_warnings(config: Config, url: str) -> list[str]:
             f"{wanted}: the emails' “View in browser” links do not lead to them"
         ]
     return []
-
-
-def after_body_tag(html: str, fragment: str) -> str:
-    """`fragment` right after the <body> tag (any template's: an override has its own), else after the doctype."""
-    match = _BODY_TAG.search(html) or _DOCTYPE.match(html)
-    end = match.end() if match else 0
-    return html[:end] + fragment + html[end:]
 
 
 def web_page(email_html: str, nav: str) -> str:
