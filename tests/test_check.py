@@ -226,3 +226,11 @@ def test_what_an_earlier_email_held_counts_as_sent_and_what_its_draft_held_back_
         "error: News #1 “Again”: already sent in 2026-W13: https://blog.example.com/2026-W13",
         "error: News #2 “Via Buttondown”: already sent in 2026-W12: https://blog.example.com/2026-W12",
     ]
+
+
+def test_the_size_checks_count_the_longest_token_send_makes():
+    """The issue stage counts an unsubscribe link by TOKEN_CHARS; send makes the tokens: they must agree."""
+    from digest.issue.unsubscribe_link import LONGEST_ADDRESS, TOKEN_CHARS
+    from digest.send.unsubscribe import make_token
+
+    assert len(make_token("size", "", LONGEST_ADDRESS)) == TOKEN_CHARS
