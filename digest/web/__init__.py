@@ -1,1 +1,10 @@
-"""The newsletter on the web: the static archive and its feeds (publish), and `digest serve` (app, signup)."""
+"""The web stage: the newsletter on the web, and the editor's preview.
+
+- publish: the static archive of sent issues and its Atom and JSON feeds (`digest publish`).
+- app: `digest serve` (Starlette under uvicorn): the archive, signup, confirmation, one-click unsubscribe.
+- signup: double opt-in: confirmation tokens, the confirmation mail, the subscriber's state changes.
+- preview: `digest preview`, the live preview of a draft on 127.0.0.1 (with preview.html, its page).
+
+It may import send (tokens, the SMTP transport for confirmation mails), issue, feeds, store, settings and core;
+only jobs, the sample and the CLI import it.
+"""
