@@ -3,18 +3,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, time, timedelta
+from email.utils import format_datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from digest.issue.weeks import parse_week, week_id
+
 from helpers.buttondown import KEY, FakeButtondown
-from helpers.feeds import FeedServer
+from helpers.feeds import FeedServer, Route, rss
+from helpers.project import make_project, subscribers
 from helpers.smtp import SmtpServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the checkout: tests/ is one folder below it
+FIXTURES = REPO / "tests" / "fixtures"  # files the tests read, kept in the repository
 
 
 def _shared_dir() -> Path:
@@ -81,6 +88,42 @@ def write_config(directory: Path, feeds: list[dict], **newsletter) -> Path:
     path = directory / "feeds.yaml"
     path.write_text(yaml.safe_dump({"newsletter": settings, "feeds": feeds}, sort_keys=False), encoding="utf-8")
     return path
+
+
+LONDON = ZoneInfo("Europe/London")
+LAST_WEEK = week_id((datetime.now(UTC) - timedelta(days=7)).astimezone(LONDON).date())  # wholly in the past
+POSTED = datetime.combine(parse_week(LAST_WEEK) + timedelta(days=2), time(12), LONDON)  # its Wednesday noon
+
+
+@pytest.fixture
+def project(tmp_path, feed_server, server, monkeypatch):
+    """Two posts of LAST_WEEK's issue on a loopback feed; `digest run` sees LAST_WEEK as the current week (the
+    weekly job's tests, and approval's and redaction's that run it)."""
+    from digest import jobs
+
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
+    monkeypatch.setattr(jobs, "current_week", lambda now, tz: LAST_WEEK)
+    feed_server.routes["/feed.xml"] = Route(
+        rss(
+            [
+                {
+                    "title": f"Post {n}",
+                    "link": f"https://blog.example.com/{n}/",
+                    "guid": f"p{n}",
+                    "description": "What happened in Django this week.",
+                    "date": format_datetime(POSTED - timedelta(hours=n)),
+                }
+                for n in range(2)
+            ]
+        )
+    )
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(3),
+        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
+    )
+    return tmp_path
 
 
 @pytest.fixture

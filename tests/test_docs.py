@@ -21,7 +21,9 @@ from digest import load_config
 from digest.cli import app
 from digest.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
+ROOT = REPO
 DOCS = ROOT / "docs"
 CLI = typer.main.get_command(app)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "digest"
+from conftest import REPO
+
+PACKAGE = REPO / "digest"
 # The stages from the bottom up; a module may import its own stage and those below. Core is the files directly
 # in digest/ that hold records, errors and helpers every stage uses.
 STAGES = ["core", "settings", "store", "feeds", "issue", "send", "web", "jobs", "sample", "cli", "api"]

@@ -24,11 +24,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers.feeds import FeedServer, Route, rss
-from tests.helpers.shell import Shell
-from tests.helpers.smtp import SmtpServer
+from conftest import REPO
+from helpers.feeds import FeedServer, Route, rss
+from helpers.shell import Shell
+from helpers.smtp import SmtpServer
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 DIGEST = Path(shutil.which("digest") or Path(sys.executable).parent / "digest")  # the one pip installed here
 YES = {"[y/N]": "y\n"}  # digest send's question, answered as a person would
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from test_run import project  # noqa: F401  (the fixture: a feed with two posts, and digest run)
-from test_send_smtp import issue_row, ledger
 
 from digest import credentials, load_config
 from digest.credentials import redact, remember_secret
 from digest.errors import SetupError
 from digest.send.unsubscribe import UnsubscribeLinks
 
-from helpers.project import WEEK, make_project, subscribers
+from helpers.project import WEEK, issue_row, ledger, make_project, subscribers
 
 MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 

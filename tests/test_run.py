@@ -2,53 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
-from email.utils import format_datetime
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime
 
 import pytest
 import yaml
 
 from digest import jobs, load_config, store
 from digest.issue.draft import read_draft
-from digest.issue.weeks import parse_week, week_id
 from digest.lock import hold
 from digest.models import Post
 
+from conftest import LAST_WEEK
 from helpers.feeds import Route, rss
 from helpers.project import make_project, subscribers
-
-LONDON = ZoneInfo("Europe/London")
-WEEK = week_id((datetime.now(UTC) - timedelta(days=7)).astimezone(LONDON).date())  # wholly in the past
-POSTED = datetime.combine(parse_week(WEEK) + timedelta(days=2), time(12), LONDON)  # its Wednesday noon
-
-
-@pytest.fixture
-def project(tmp_path, feed_server, server, monkeypatch):
-    """Two posts of WEEK's issue on a loopback feed; `digest run` sees WEEK as the current week."""
-    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
-    monkeypatch.setattr(jobs, "current_week", lambda now, tz: WEEK)
-    feed_server.routes["/feed.xml"] = Route(
-        rss(
-            [
-                {
-                    "title": f"Post {n}",
-                    "link": f"https://blog.example.com/{n}/",
-                    "guid": f"p{n}",
-                    "description": "What happened in Django this week.",
-                    "date": format_datetime(POSTED - timedelta(hours=n)),
-                }
-                for n in range(2)
-            ]
-        )
-    )
-    make_project(
-        tmp_path,
-        server.port,
-        subscribers(3),
-        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
-    )
-    return tmp_path
 
 
 def test_run_collects_builds_sends_and_a_second_run_does_nothing(project, server, feed_server, run_cli):
@@ -56,16 +22,16 @@ def test_run_collects_builds_sends_and_a_second_run_does_nothing(project, server
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("1 feeds in ") and lines[0].endswith("0 failed, 2 new posts")
-    assert lines[1] == f"build {WEEK}: 2 items (2 new since the last build)"
-    assert lines[2].startswith(f"send {WEEK} via smtp: 3 sent, 0 failed, 0 pending in ")
+    assert lines[1] == f"build {LAST_WEEK}: 2 items (2 new since the last build)"
+    assert lines[2].startswith(f"send {LAST_WEEK} via smtp: 3 sent, 0 failed, 0 pending in ")
     assert len(lines) == 3 and "\r" not in out  # one line a stage, no progress bar without a terminal
     assert sorted(server.per_recipient().values()) == [1, 1, 1]
     fetched = len(feed_server.requests)
 
     code, out, _ = run_cli("run", "--yes", cwd=project)
-    assert code == 0 and out.startswith(f"{WEEK}: already sent (smtp, ")
+    assert code == 0 and out.startswith(f"{LAST_WEEK}: already sent (smtp, ")
     assert len(server.messages) == 3 and len(feed_server.requests) == fetched
-    assert store.get_issue(store.open_db(project / "digest.db"), WEEK)["status"] == "sent"
+    assert store.get_issue(store.open_db(project / "digest.db"), LAST_WEEK)["status"] == "sent"
 
 
 def test_a_send_that_fails_does_not_hide_what_the_run_did_before_it(project, server, run_cli, monkeypatch):
@@ -75,14 +41,14 @@ def test_a_send_that_fails_does_not_hide_what_the_run_did_before_it(project, ser
     config.write_text(config.read_text().replace("security: none", "security: none\n  username: digest"))
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 1 and "SMTP login as 'digest'" in err
-    assert out.splitlines()[0].startswith("1 feeds in ") and f"build {WEEK}: 2 items" in out
+    assert out.splitlines()[0].startswith("1 feeds in ") and f"build {LAST_WEEK}: 2 items" in out
 
 
 def test_when_every_feed_fails_run_sends_what_earlier_collects_found_and_exits_1(project, server, feed_server, run_cli):
     assert run_cli("collect", cwd=project)[0] == 0  # Wednesday's collect found the two posts
     feed_server.routes["/feed.xml"] = Route(status=500, body=b"down")
     code, out, err = run_cli("run", "--yes", cwd=project)
-    assert code == 1 and f"build {WEEK}: 2 items" in out
+    assert code == 1 and f"build {LAST_WEEK}: 2 items" in out
     assert err.splitlines()[-1] == "error: every feed failed this time: the issue holds only posts collected earlier"
     assert sorted(server.per_recipient().values()) == [1, 1, 1]
 
@@ -91,7 +57,7 @@ def test_when_every_feed_fails_and_nothing_was_collected_run_exits_1(project, se
     feed_server.routes["/feed.xml"] = Route(status=404, body=b"gone")
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 1 and out.splitlines()[-1] == (
-        f"build {WEEK}: nothing new this week, nothing sent: no posts stored yet (digest collect)"
+        f"build {LAST_WEEK}: nothing new this week, nothing sent: no posts stored yet (digest collect)"
     )
     assert err.strip() == "error: every feed failed: nothing was collected" and not server.messages
 
@@ -121,10 +87,10 @@ def test_a_week_with_nothing_new_sends_nothing(project, server, feed_server, run
     )
     code, out, _ = run_cli("run", "--yes", cwd=project)
     assert code == 0 and out.splitlines()[-1] == (
-        f"build {WEEK}: nothing new this week, nothing sent: 1 post stored, all from 2020-W02, none from this "
+        f"build {LAST_WEEK}: nothing new this week, nothing sent: 1 post stored, all from 2020-W02, none from this "
         "week; before any issue is sent, an issue takes only its own week's posts; try: digest build --week 2020-W02"
     )
-    assert not server.messages and not (project / "drafts" / f"{WEEK}.yaml").exists()
+    assert not server.messages and not (project / "drafts" / f"{LAST_WEEK}.yaml").exists()
 
 
 def test_without_a_terminal_run_needs_yes_and_does_nothing(project, server, feed_server, run_cli):
@@ -141,8 +107,8 @@ def test_a_run_that_could_not_finish_exits_75_and_the_next_one_resumes_it(projec
     code, out, _ = run_cli("run", "--yes", cwd=project)
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2
-    assert lines[0] == f"{WEEK}: an earlier run began sending it; resuming, without collecting or building"
-    assert lines[1].startswith(f"send {WEEK} via smtp: 1 sent, 0 failed, 0 pending in ")
+    assert lines[0] == f"{LAST_WEEK}: an earlier run began sending it; resuming, without collecting or building"
+    assert lines[1].startswith(f"send {LAST_WEEK} via smtp: 1 sent, 0 failed, 0 pending in ")
     assert len(feed_server.requests) == fetched and sorted(server.per_recipient().values()) == [1, 1, 1]
 
 
@@ -237,6 +203,6 @@ def test_with_publish_configured_run_publishes_the_archive_after_the_send(projec
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 0, err
     assert out.splitlines()[-1].startswith(f"published 1 issue(s) to {project / 'public'}: ")
-    assert (project / "public" / "issues" / WEEK / "index.html").is_file()
+    assert (project / "public" / "issues" / LAST_WEEK / "index.html").is_file()
     message = server.messages[0].data.decode()
-    assert f"https://news.example.com/issues/{WEEK}/" in message  # archive_url's default: the published page
+    assert f"https://news.example.com/issues/{LAST_WEEK}/" in message  # archive_url's default: the published page

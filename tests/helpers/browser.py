@@ -1,4 +1,5 @@
-"""Debian's Chromium, driven by Playwright: the preview's tests and the accessibility judge use it."""
+"""Debian's Chromium, driven by Playwright: the preview's tests and the accessibility judge use it, and the
+WCAG tags axe-core judges by."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"  # Playwright cannot download its own browser here; .ci/run installs this one
+WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]  # the axe-core tags the judges run
 _QUIET = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 

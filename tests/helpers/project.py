@@ -1,4 +1,5 @@
-"""A newsletter folder to send from: feeds.yaml with SMTP on a loopback server, subscribers.csv, and a draft."""
+"""A newsletter folder to send from: feeds.yaml with SMTP on a loopback server, subscribers.csv, and a draft;
+the next week's draft for a second send, and what a send leaves in the folder's database."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from digest.issue.draft import draft_path, write_draft
+from digest import store
+from digest.issue.draft import draft_path, read_draft, write_draft
 from digest.models import Draft, DraftItem, DraftSection
 
 WEEK = "2026-W14"
+SECRET = "test-unsubscribe-secret"  # the DIGEST_UNSUBSCRIBE_SECRET the sending tests set
 
 
 def make_project(
@@ -96,3 +99,24 @@ def subscribers(count: int, start: int = 0) -> list[dict]:
         {"email": f"reader{n:05d}@example.com", "name": f"Reader {n}", "status": "active"}
         for n in range(start, start + count)
     ]
+
+
+def next_week(tmp_path: Path) -> str:
+    """The draft of the week after WEEK, for a second send."""
+    draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+    draft.issue = "2026-W15"
+    for item in draft.items:
+        item.url = f"{item.url}/next-week"  # new posts: the same ones would be refused as already sent
+    write_draft(draft_path(tmp_path / "drafts", "2026-W15"), draft)
+    return "2026-W15"
+
+
+def ledger(tmp_path: Path) -> dict[str, dict]:
+    """The deliveries table of the folder's database, by address."""
+    db = store.open_db(tmp_path / "digest.db")
+    return {row["email"]: row for row in db.query("SELECT * FROM deliveries")}
+
+
+def issue_row(tmp_path: Path) -> dict | None:
+    """WEEK's row in the folder's issues table, if a send recorded it."""
+    return store.get_issue(store.open_db(tmp_path / "digest.db"), WEEK)

@@ -23,7 +23,6 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from test_send_smtp import SECRET, issue_row, ledger
 
 from digest import load_config, store
 from digest.issue.draft import draft_path
@@ -31,7 +30,7 @@ from digest.lock import hold, lock_path
 
 from conftest import write_config
 from helpers.buttondown import KEY, Answer
-from helpers.project import WEEK, make_project, subscribers
+from helpers.project import SECRET, WEEK, issue_row, ledger, make_project, subscribers
 from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
 
 COMMAND = [sys.executable, "-m", "digest", "send", "--week", WEEK, "--yes"]

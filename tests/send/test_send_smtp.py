@@ -37,10 +37,8 @@ from digest.send.smtp import SmtpBackend
 from digest.send.unsubscribe import UnsubscribeLinks, verify_token
 from digest.settings.config import Newsletter
 
-from helpers.project import WEEK, make_project, subscribers
+from helpers.project import SECRET, WEEK, issue_row, ledger, make_project, subscribers
 from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
-
-SECRET = "test-unsubscribe-secret"
 
 
 @pytest.fixture(autouse=True)
@@ -78,15 +76,6 @@ def check_wire_format(raw: bytes) -> None:
     assert max(len(line) for line in head.split(b"\r\n")) <= 998
     assert max(len(line) for line in body.split(b"\r\n")) <= 76  # quoted-printable's own limit
     assert b"%%DIGEST" not in raw
-
-
-def ledger(tmp_path: Path) -> dict[str, dict]:
-    db = store.open_db(tmp_path / "digest.db")
-    return {row["email"]: row for row in db.query("SELECT * FROM deliveries")}
-
-
-def issue_row(tmp_path: Path) -> dict | None:
-    return store.get_issue(store.open_db(tmp_path / "digest.db"), WEEK)
 
 
 # --- the message ---------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from email import policy
 
 import pytest
 import yaml
-from test_run import WEEK, project  # noqa: F401  (the fixture: two posts of WEEK on a loopback feed)
 
 from digest.issue.draft import draft_path, read_draft, write_draft
+
+from conftest import LAST_WEEK
 
 EDITOR = "editor@example.com"
 
@@ -35,21 +36,21 @@ def to_subscribers(server) -> list[str]:
 
 
 def edit_title(directory, title: str) -> None:
-    path = draft_path(directory / "drafts", WEEK)
+    path = draft_path(directory / "drafts", LAST_WEEK)
     draft = read_draft(path)
     draft.items[0].title = title
     write_draft(path, draft)
 
 
-def test_the_schedule_sends_only_what_the_editor_approved(project, server, feed_server, run_cli):  # noqa: F811
+def test_the_schedule_sends_only_what_the_editor_approved(project, server, feed_server, run_cli):
     require_approval(project)
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 0, err
-    assert f"{WEEK}: review copy mailed to {EDITOR}" in out and "waiting for approval" in out
+    assert f"{LAST_WEEK}: review copy mailed to {EDITOR}" in out and "waiting for approval" in out
     reviews = to_editor(server)
     assert len(reviews) == 1 and reviews[0]["Subject"].startswith("[Review] ")
     html = reviews[0].get_body(("html",)).get_content()
-    assert f"digest approve --week {WEEK}" in html and "warning: intro: empty" in html
+    assert f"digest approve --week {LAST_WEEK}" in html and "warning: intro: empty" in html
     assert not to_subscribers(server)
 
     fetched = len(feed_server.requests)
@@ -61,32 +62,32 @@ def test_the_schedule_sends_only_what_the_editor_approved(project, server, feed_
     run_cli("run", "--yes", cwd=project)
     assert len(to_editor(server)) == 2 and not to_subscribers(server)  # the edited draft, reviewed again
 
-    assert run_cli("approve", "--week", WEEK, cwd=project)[0] == 0
+    assert run_cli("approve", "--week", LAST_WEEK, cwd=project)[0] == 0
     edit_title(project, "An even better title")
     code, out, _ = run_cli("run", "--yes", cwd=project)
     assert "the draft changed after it was approved: the approval is void" in out
     assert len(to_editor(server)) == 3 and not to_subscribers(server)
 
-    code, out, _ = run_cli("status", "--week", WEEK, cwd=project)
+    code, out, _ = run_cli("status", "--week", LAST_WEEK, cwd=project)
     assert "  approved:  approval void: the draft changed after it" in out.splitlines()
-    code, out, _ = run_cli("approve", "--week", WEEK, cwd=project)
-    assert code == 0 and out.splitlines()[-1].startswith(f"{WEEK}: approved (draft ")
+    code, out, _ = run_cli("approve", "--week", LAST_WEEK, cwd=project)
+    assert code == 0 and out.splitlines()[-1].startswith(f"{LAST_WEEK}: approved (draft ")
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 0, err
-    assert f"{WEEK}: approved at " in out and f"send {WEEK} via smtp: 3 sent" in out
+    assert f"{LAST_WEEK}: approved at " in out and f"send {LAST_WEEK} via smtp: 3 sent" in out
     assert len(to_subscribers(server)) == 3 and len(to_editor(server)) == 3
-    code, out, _ = run_cli("status", "--week", WEEK, cwd=project)
+    code, out, _ = run_cli("status", "--week", LAST_WEEK, cwd=project)
     assert "  sent:      smtp 3 sent" in out.splitlines()
 
     code, out, _ = run_cli("run", "--yes", cwd=project)
-    assert code == 0 and out.startswith(f"{WEEK}: already sent") and len(to_subscribers(server)) == 3
+    assert code == 0 and out.startswith(f"{LAST_WEEK}: already sent") and len(to_subscribers(server)) == 3
 
 
-def test_a_draft_with_errors_cannot_be_approved(project, server, run_cli):  # noqa: F811
+def test_a_draft_with_errors_cannot_be_approved(project, server, run_cli):
     require_approval(project)
     run_cli("run", "--yes", cwd=project)
     edit_title(project, "TK: find a title")
-    code, _, err = run_cli("approve", "--week", WEEK, cwd=project)
+    code, _, err = run_cli("approve", "--week", LAST_WEEK, cwd=project)
     assert (
         code == 1
         and "a placeholder is left: TK" in err
@@ -94,8 +95,8 @@ def test_a_draft_with_errors_cannot_be_approved(project, server, run_cli):  # no
     )
 
 
-def test_past_the_deadline_a_draft_without_errors_goes_unapproved(project, server, run_cli):  # noqa: F811
-    require_approval(project, approval_deadline="monday 09:00")  # WEEK is last week: long past
+def test_past_the_deadline_a_draft_without_errors_goes_unapproved(project, server, run_cli):
+    require_approval(project, approval_deadline="monday 09:00")  # LAST_WEEK is last week: long past
     run_cli("run", "--yes", cwd=project)  # the editors get their chance first, deadline or not
     assert len(to_editor(server)) == 1 and not to_subscribers(server)
     code, out, err = run_cli("run", "--yes", cwd=project)
@@ -104,19 +105,19 @@ def test_past_the_deadline_a_draft_without_errors_goes_unapproved(project, serve
     assert len(to_subscribers(server)) == 3 and len(to_editor(server)) == 1
 
 
-def test_a_false_alarm_is_approved_with_force_and_the_run_sends_it(project, server, run_cli):  # noqa: F811
+def test_a_false_alarm_is_approved_with_force_and_the_run_sends_it(project, server, run_cli):
     require_approval(project)
     run_cli("run", "--yes", cwd=project)
     edit_title(project, "TODO: a real post's title, which the editor keeps")
-    assert run_cli("approve", "--week", WEEK, cwd=project)[0] == 1
-    code, out, _ = run_cli("approve", "--week", WEEK, "--force", cwd=project)
+    assert run_cli("approve", "--week", LAST_WEEK, cwd=project)[0] == 1
+    code, out, _ = run_cli("approve", "--week", LAST_WEEK, "--force", cwd=project)
     assert code == 0 and "error: News #1 " in out
     code, out, err = run_cli("run", "--yes", cwd=project)
     assert code == 0, err
     assert len(to_subscribers(server)) == 3
 
 
-def test_past_the_deadline_an_issue_that_cannot_go_tells_cron(project, server, run_cli):  # noqa: F811
+def test_past_the_deadline_an_issue_that_cannot_go_tells_cron(project, server, run_cli):
     require_approval(project, approval_deadline="monday 09:00")
     run_cli("run", "--yes", cwd=project)  # the deadline has passed, but no review went out yet: review first
     assert len(to_editor(server)) == 1 and not to_subscribers(server)
@@ -126,7 +127,7 @@ def test_past_the_deadline_an_issue_that_cannot_go_tells_cron(project, server, r
     assert not to_subscribers(server)
 
 
-def test_only_the_approved_draft_is_sent(project, server, run_cli):  # noqa: F811
+def test_only_the_approved_draft_is_sent(project, server, run_cli):
     from digest import load_config
     from digest.errors import Failed
     from digest.send import backend_class, sending
@@ -134,17 +135,17 @@ def test_only_the_approved_draft_is_sent(project, server, run_cli):  # noqa: F81
 
     require_approval(project)
     run_cli("run", "--yes", cwd=project)
-    approved = run_cli("approve", "--week", WEEK, cwd=project)[1].splitlines()[-1]
+    approved = run_cli("approve", "--week", LAST_WEEK, cwd=project)[1].splitlines()[-1]
     config = load_config(project / "feeds.yaml")
     db = open_db(project / "digest.db")
-    digest = db.execute("SELECT approved_hash FROM issues WHERE id = ?", [WEEK]).fetchone()[0]
-    assert approved.startswith(f"{WEEK}: approved (draft {digest[:12]})")
+    digest = db.execute("SELECT approved_hash FROM issues WHERE id = ?", [LAST_WEEK]).fetchone()[0]
+    assert approved.startswith(f"{LAST_WEEK}: approved (draft {digest[:12]})")
     edit_title(project, "Saved between the decision and the send")
     with pytest.raises(Failed, match="changed after it was approved: nothing sent"):
-        sending.plan_send(config, db, WEEK, backend_class("smtp")(config), approved_hash=digest)
+        sending.plan_send(config, db, LAST_WEEK, backend_class("smtp")(config), approved_hash=digest)
 
 
-def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, run_cli):  # noqa: F811
+def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, run_cli):
     """The clock is passed in (run_week's `now`): a minute before Friday 17:00 London, the issue waits;
     a minute after, it goes."""
     from datetime import datetime, timedelta
@@ -155,7 +156,7 @@ def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, 
     from digest.store import open_db
 
     require_approval(project, approval_deadline="friday 17:00")
-    friday = datetime.combine(parse_week(WEEK) + timedelta(days=4), datetime.min.time(), ZoneInfo("Europe/London"))
+    friday = datetime.combine(parse_week(LAST_WEEK) + timedelta(days=4), datetime.min.time(), ZoneInfo("Europe/London"))
     config, db = load_config(project / "feeds.yaml"), open_db(project / "digest.db")
     first = jobs.run_week(config, db, now=friday.replace(hour=9))
     assert first.approval is not None and not first.approval.send and len(to_editor(server)) == 1
@@ -166,7 +167,7 @@ def test_the_deadline_is_a_moment_in_the_newsletters_time_zone(project, server, 
     assert after.sent is not None and after.sent.complete and len(to_subscribers(server)) == 3
 
 
-def test_the_review_copy_names_a_long_title_cut_at_a_word_with_an_ellipsis(project, server, run_cli):  # noqa: F811
+def test_the_review_copy_names_a_long_title_cut_at_a_word_with_an_ellipsis(project, server, run_cli):
     require_approval(project)
     run_cli("run", "--yes", cwd=project)
     title = "Composite primary keys arrive in Django, after nineteen years of waiting: TK"

@@ -13,7 +13,7 @@ from digest.issue.render import render_issue
 from digest.models import Draft, DraftItem, DraftSection
 from digest.settings.config import Newsletter
 
-from helpers.browser import chromium
+from helpers.browser import WCAG_21_AA, chromium
 
 NEWSLETTER = Newsletter(
     title="Django Digest",
@@ -24,7 +24,6 @@ NEWSLETTER = Newsletter(
 ARABIC_TITLE = "إصدار جانغو الجديد: ما الذي تغير في طبقة قاعدة البيانات"
 ARABIC_SUMMARY = "نظرة على كيفية تغيير الإصدار الجديد لطبقة قاعدة البيانات، مع ملاحظات الترحيل."
 HEBREW_TITLE = "מה חדש בגרסה האחרונה של ג'נגו"
-WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 # The contrast of an element's text against the first opaque background behind it (WCAG 2.1's formula).
 CONTRAST = """element => {

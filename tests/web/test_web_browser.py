@@ -10,11 +10,9 @@ from email import policy
 
 import httpx
 import pytest
-from test_judges import WCAG_21_AA
-from test_subscribers import next_week
 
-from helpers.browser import chromium
-from helpers.project import WEEK
+from helpers.browser import WCAG_21_AA, chromium
+from helpers.project import WEEK, next_week
 from helpers.web import confirmation_link
 
 

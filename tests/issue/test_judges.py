@@ -19,9 +19,7 @@ from digest import load_config, store
 from digest.sample import SAMPLE_WEEK, run_demo
 from digest.send import sending
 
-from helpers.browser import chromium
-
-WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+from helpers.browser import WCAG_21_AA, chromium
 
 
 @pytest.fixture(scope="module")

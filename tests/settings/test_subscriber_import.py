@@ -15,9 +15,9 @@ from digest.errors import ConfigError
 from digest.jobs import export_subscribers
 from digest.settings.subscribers import Subscriber, parse_moment, read_subscriber_export, read_subscribers
 
-from conftest import SHARED
+from conftest import FIXTURES, SHARED
 
-EXPORTS = Path(__file__).parent / "fixtures" / "exports"
+EXPORTS = FIXTURES / "exports"
 NOW = datetime(2026, 4, 6, 9, 0, tzinfo=UTC)
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from digest import store
-from digest.issue.draft import draft_path, read_draft, write_draft
 from digest.settings.subscribers import Subscriber
 
-from helpers.project import WEEK, make_project
+from helpers.project import WEEK, make_project, next_week
 
 NOW = datetime(2026, 4, 3, 9, 0, tzinfo=UTC)
 
@@ -36,16 +35,6 @@ def add(tmp_path: Path, email: str, status: str, source: str = "form") -> None:
         "VALUES (?, ?, '', ?, ?, ?, ?)",
         [email, email, status, source, now, now],
     )
-
-
-def next_week(tmp_path: Path) -> str:
-    """The draft of the week after WEEK, for a second send."""
-    draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
-    draft.issue = "2026-W15"
-    for item in draft.items:
-        item.url = f"{item.url}/next-week"  # new posts: the same ones would be refused as already sent
-    write_draft(draft_path(tmp_path / "drafts", "2026-W15"), draft)
-    return "2026-W15"
 
 
 def test_a_send_mails_who_joined_on_the_web_and_not_who_is_pending(tmp_path, server, run_cli):

@@ -19,7 +19,9 @@ from digest.models import Post
 from digest.store.migrations import MIGRATIONS, schema_version
 from digest.urls import url_key
 
-FIXTURE = Path(__file__).parent / "fixtures" / "digest-0.1.0.db"
+from conftest import FIXTURES
+
+FIXTURE = FIXTURES / "digest-0.1.0.db"
 BLOGS = "http://127.0.0.1:36705/community-blogs.atom"
 
 

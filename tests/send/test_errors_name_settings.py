@@ -8,10 +8,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_send_smtp import SECRET, issue_row, ledger
 
 from helpers.buttondown import Answer
-from helpers.project import WEEK, make_project, subscribers
+from helpers.project import SECRET, WEEK, issue_row, ledger, make_project, subscribers
 from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
 
 # retries as cron's send would have them: a test copy must not wait for any of them

@@ -198,27 +198,21 @@ def test_every_command_and_option_has_help_text():
 
 
 def test_the_repository_is_a_working_newsletter_folder_and_init_writes_its_feeds_yaml(tmp_path, run_cli):
-    from pathlib import Path
-
     from digest import load_config
 
-    root = Path(__file__).resolve().parents[1]
     assert run_cli("init", cwd=tmp_path)[0] == 0
-    assert (tmp_path / "feeds.yaml").read_bytes() == (root / "feeds.yaml").read_bytes()
-    assert (tmp_path / "subscribers.csv").read_bytes() == (root / "subscribers.csv").read_bytes()
-    assert len(load_config(root / "feeds.yaml").feeds) >= 6
-    lines = (root / "subscribers.csv").read_text().splitlines()[1:]
+    assert (tmp_path / "feeds.yaml").read_bytes() == (REPO / "feeds.yaml").read_bytes()
+    assert (tmp_path / "subscribers.csv").read_bytes() == (REPO / "subscribers.csv").read_bytes()
+    assert len(load_config(REPO / "feeds.yaml").feeds) >= 6
+    lines = (REPO / "subscribers.csv").read_text().splitlines()[1:]
     assert lines and all(line.split(",")[0].endswith("@example.com") for line in lines)  # never a real address
 
 
 def test_init_templates_copies_the_emails_templates_out_to_edit(tmp_path, run_cli):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     code, out, _ = run_cli("init", "--templates", cwd=tmp_path)
     assert code == 0 and "templates/email.mjml.j2: written" in out
     for name in ("email.mjml.j2", "text.txt.j2"):
-        assert (tmp_path / "templates" / name).read_bytes() == (root / "templates" / name).read_bytes()
+        assert (tmp_path / "templates" / name).read_bytes() == (REPO / "templates" / name).read_bytes()
     code, out, _ = run_cli("init", "--templates", cwd=tmp_path)
     assert out.count("exists, left as it is") == 4
 
