@@ -98,12 +98,21 @@ def _header(name: str, value: str) -> bytes:
     return policy.SMTP.header_factory(name, value).fold(policy=policy.SMTP).encode("ascii")
 
 
+_SPECIALS = dict.fromkeys(map(ord, '<>"()\\,;:@[]'), " ")
+
+
+def _plain(text: str) -> bool:
+    """ASCII that no reader takes for an encoded-word: written as it is, quoted if need be."""
+    return text.isascii() and "=?" not in text
+
+
 def _phrase(text: str) -> str:
     """A display name as RFC 5322 reads it: ASCII as atoms, quoted when it holds a special; anything else as
     RFC 2047 encoded-words, whole (an encoded-word inside quotes is not decoded, and a quote inside one is
     not a quote). Each holds whole words: a reader that keeps the space between two encoded-words (which
-    RFC 2047 drops) shows no space inside a word."""
-    if text.isascii():
+    RFC 2047 drops) shows no space inside a word. ASCII that looks like an encoded-word (`=?`) is encoded
+    too, so that no reader decodes it."""
+    if _plain(text):
         return formataddr((text, "x@x")).rpartition(" <")[0]
     chunks = [""]  # runs of whole words (a space ends each but the last), cut inside a word only if it must be
     for word in re.findall(r"\S+ ?", text):
@@ -123,9 +132,14 @@ def _to_header(email: str, name: str) -> bytes:
 
 
 def list_id_header(newsletter: Newsletter) -> str:
-    """`Django Digest <django-digest.digest.example.com>`: the title as a phrase (RFC 2919), unfolded."""
+    """`Django Digest <django-digest.digest.example.com>`: the title as a phrase (RFC 2919), unfolded.
+    A title that must be encoded loses its specials (`<>"()\\,;:@[]`, each a space): a reader that decodes
+    the phrase before it looks for the address must still find the list id."""
     title = one_line(newsletter.title)
-    return f"{_phrase(title)} <{newsletter.list_identifier}>" if title else f"<{newsletter.list_identifier}>"
+    if not _plain(title):  # encoded: decoded, its specials are raw again and `Café <Code>` reads as `<Code>`
+        title = " ".join(title.translate(_SPECIALS).split())
+    phrase = _phrase(title) if title.strip() else ""
+    return f"{phrase} <{newsletter.list_identifier}>" if phrase else f"<{newsletter.list_identifier}>"
 
 
 class PrefoldedHeader(str):

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, time
@@ -31,6 +32,7 @@ from digest.text import one_line
 DEFAULT_SECTIONS = ("News", "Articles", "Events", "Videos", "Projects", "Jobs")
 DEFAULT_SUBJECT = "{title}: {start:%b %-d} – {end:%b %-d, %Y}"
 # RFC 2919's list-id: a dot-atom whose last part is a domain ("weekly.digest.example.com").
+_MAX_LIST_ID = 255
 _LIST_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+$")
 
 
@@ -62,12 +64,20 @@ class Newsletter:
     def list_identifier(self) -> str:
         """RFC 2919's list-id, which also names the newsletter in unsubscribe tokens: `list_id`, else the
         title's words joined by hyphens, a dot, and the domain of site_url (else of the sender):
-        `django-digest.digest.example.com`."""
+        `django-digest.digest.example.com`. Accents are dropped (`Café` gives `cafe`); a long title is cut at
+        a hyphen so that the id keeps within RFC 2919's 255 octets."""
         if self.list_id:
             return self.list_id
-        label = "-".join(re.findall(r"[a-z0-9]+", one_line(self.title).lower())) or "newsletter"
+        letters = "".join(
+            c for c in unicodedata.normalize("NFKD", one_line(self.title)) if not unicodedata.combining(c)
+        )
+        label = "-".join(re.findall(r"[a-z0-9]+", letters.lower())) or "newsletter"
         domain = urlsplit(self.site_url or "").hostname or parseaddr(self.from_address)[1].rpartition("@")[2]
-        return f"{label}.{domain or 'localhost'}"
+        domain = domain or "localhost"
+        room = _MAX_LIST_ID - len(domain.encode()) - 1  # RFC 2919: the whole id is at most 255 octets
+        if len(label) > room:
+            label = label[: room + 1].rpartition("-")[0] or label[: max(room, 1)]
+        return f"{label}.{domain}"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ import email
 from datetime import UTC, datetime
 from email import policy
 from email._header_value_parser import get_phrase
+from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from digest.models import SUBSCRIBER_NAME_MARK, UNSUBSCRIBE_URL_MARK, RenderedIssue
 from digest.send.message import MessageFactory
@@ -113,3 +116,55 @@ def test_a_long_unsubscribe_url_keeps_its_line_whole_and_within_998():
     message = email.message_from_bytes(raw, policy=policy.default)
     assert message["List-Unsubscribe"].startswith("<https://digest.example.com/unsubscribe?list=xxx")
     assert message["List-Unsubscribe"].endswith(">, <mailto:digest@example.com?subject=unsubscribe>")
+
+
+SPECIALS = '<>"()\\,;:@[].'
+TITLE_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from([*SPECIALS, " ", "é", "—", "🎉", "=?", "?=", "ß", "東", "\u3000"]),
+        st.characters(blacklist_categories=("Cs", "Cc")),
+    ),
+    max_size=200,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(title=TITLE_TEXT)
+@pytest.mark.parametrize("make", [newsletter_mail, confirmation_mail])
+def test_a_parser_that_decodes_the_title_still_finds_the_list_id(make, title):
+    """Decoded, an encoded-word's `<>` and quotes are raw again: `Café <Code> Weekly` must not read as the
+    address `Code`. Whatever the title, the address found is the list id, and the header has no defects."""
+    newsletter = Newsletter(title=title, from_address="Digest <digest@example.com>", site_url="https://example.org")
+    header = email.message_from_bytes(make(newsletter), policy=policy.default)["List-Id"]
+    assert parseaddr(str(header))[1] == newsletter.list_identifier
+    assert not header.defects
+
+
+@pytest.mark.parametrize("title", ["Café <Code> Weekly", 'Café & Code — "Weekly"', "Café: (the) weekly, @home"])
+def test_a_non_ascii_title_with_specials_keeps_its_words(title):
+    newsletter = Newsletter(title=title, from_address="Digest <digest@example.com>")
+    header = email.message_from_bytes(newsletter_mail(newsletter), policy=policy.default)["List-Id"]
+    assert parseaddr(str(header)) == (
+        " ".join(title.translate(dict.fromkeys(map(ord, SPECIALS), " ")).split()),
+        newsletter.list_identifier,
+    )
+
+
+def test_the_derived_list_id_spells_accents_as_letters_and_keeps_ascii_titles_as_they_were():
+    site = "https://digest.example.com"
+    assert Newsletter(title="Django Digest", site_url=site).list_identifier == "django-digest.digest.example.com"
+    assert Newsletter(title="Café & Code", site_url=site).list_identifier == "cafe-code.digest.example.com"
+    assert Newsletter(title="Ærø Straße", site_url=site).list_identifier.endswith(".digest.example.com")
+
+
+def test_a_long_title_gives_a_list_id_within_rfc_2919s_255_octets_cut_at_a_hyphen():
+    site = "https://digest.example.com"
+    list_id = Newsletter(title="weekly news " * 30, site_url=site).list_identifier
+    assert len(list_id.encode()) <= 255 and list_id.endswith(".digest.example.com")
+    label = list_id.removesuffix(".digest.example.com")
+    assert (
+        label.startswith("weekly-news-weekly")
+        and not label.endswith("-")
+        and label.split("-")[-1] in {"weekly", "news"}
+    )
+    assert len(Newsletter(title="x" * 300, site_url=site).list_identifier.encode()) <= 255
