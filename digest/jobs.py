@@ -164,7 +164,8 @@ def _build(
 def empty_issue_advice(config: Config, db: sqlite_utils.Database, issue_id: str, now: datetime) -> str:
     """Why an issue found no post, for a user who sees posts stored: from which weeks they are, why they were
     not taken (a first issue takes only its own week; the rest went out or were passed over before), and the
-    newest week not sent that has posts, to build instead."""
+    newest week not sent that has posts, to build instead: never one before the last issue sent (a back issue
+    out of order); after one, new posts come from collecting."""
     tz = config.newsletter.tz
     count, oldest, newest = db.execute(
         "SELECT count(*), min(published_at), max(published_at) FROM posts WHERE published_at <= ?", [store.iso(now)]
@@ -183,10 +184,13 @@ def empty_issue_advice(config: Config, db: sqlite_utils.Database, issue_id: str,
             f"{last_sent['id']} was built; the others went out or were passed over then"
         )
     sent = {row[0] for row in db.execute("SELECT id FROM issues WHERE status IN ('sending', 'sent')")}
+    latest = store.last_sent_issue(db)
     for (moment,) in db.execute(
         "SELECT published_at FROM posts WHERE published_at <= ? ORDER BY published_at DESC", [store.iso(now)]
     ):
         week = week_id(store.from_iso(moment).astimezone(tz).date())
+        if latest is not None and week <= latest["id"]:
+            break
         if week not in sent and week != issue_id:
             return f"{advice}; try: digest build --week {week}"
     return f"{advice}; digest collect brings new ones"
@@ -379,6 +383,7 @@ class WeekStatus:
     last_collect: str | None
     failing_feeds: int
     draft: str | None = None  # its path; None before the first build
+    advice: str | None = None  # no draft, and a build would find no post: why, and what to do (as build says)
     draft_error: str | None = None  # why the draft cannot be read
     built_at: str | None = None  # None for a draft written by hand
     items: int = 0  # in the email
@@ -388,7 +393,7 @@ class WeekStatus:
     approval: str | None = None  # with approval: required: "approved", "void" (edited since) or "not approved"
     approved_at: str | None = None
     reviewed_at: str | None = None  # when the review copy was mailed
-    status: str = "draft"  # draft, sending, sent
+    status: str | None = None  # draft, sending, sent; None while there is no issue (nor draft) for the week
     backend: str | None = None
     deliveries: dict[str, int] = field(default_factory=dict)  # per delivery status
 
@@ -407,15 +412,18 @@ def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> Wee
         posts=db.execute("SELECT count(*) FROM posts").fetchone()[0],
         last_collect=fetched[0],
         failing_feeds=fetched[1] or 0,
-        status=issue.get("status", "draft"),
+        status=issue.get("status"),
         backend=issue.get("backend"),
         deliveries=dict(sorted(store.delivery_counts(db, issue_id).items())),
     )
     path = draft_path(config.drafts_dir, issue_id)
     text = issue.get("sent_draft") if facts.status != "draft" else None
     if text is None and not path.exists():
+        now = datetime.now(UTC)
+        if not new_for_issue(db, config, issue_id, now).posts:
+            facts.advice = empty_issue_advice(config, db, issue_id, now)
         return facts
-    facts.draft = str(path)
+    facts.draft, facts.status = str(path), facts.status or "draft"
     try:
         text = text if text is not None else read_text_file(path, "no draft")
         draft = parse_draft(path, text)
@@ -440,6 +448,8 @@ def week_status_lines(facts: WeekStatus) -> list[str]:
         f"  collected: {facts.posts:,} posts stored; last collect {facts.last_collect or 'never'}"
         + (f", {facts.failing_feeds} feed(s) failing" if facts.failing_feeds else ""),
     ]
+    if facts.draft is None and facts.advice:
+        return [*lines, f"  built:     no draft: {facts.advice}"]
     if facts.draft is None:
         return [*lines, f"  built:     no draft yet (digest build --week {facts.issue} writes it)"]
     if facts.draft_error:
@@ -459,9 +469,9 @@ def week_status_lines(facts: WeekStatus) -> list[str]:
     elif facts.approval:
         reviewed = f"; review copy mailed at {facts.reviewed_at}" if facts.reviewed_at else ""
         lines.append(f"  approved:  not approved{reviewed}")
-    if facts.status == "draft":
+    if facts.status in (None, "draft"):
         lines.append("  sent:      not yet")
     else:
         shown = ", ".join(f"{count:,} {name}" for name, count in facts.deliveries.items())
-        lines.append(f"  {facts.status + ':':<10} {facts.backend or ''} {shown}".rstrip())
+        lines.append(f"  {str(facts.status) + ':':<10} {facts.backend or ''} {shown}".rstrip())
     return lines

@@ -61,6 +61,7 @@ def test_status_json_has_the_same_facts_under_stable_keys(tmp_path, run_cli, fee
         "last_collect",
         "failing_feeds",
         "draft",
+        "advice",
         "draft_error",
         "built_at",
         "items",
