@@ -242,8 +242,13 @@ class ButtondownBackend(Backend):
                 try:
                     response = client.request(method, url, json=body, headers=headers, params=query)
                 except httpx.TransportError as exc:  # timeouts, refused or dropped connections
-                    problem, lost = redact(self._unreachable(exc) or f"{type(exc).__name__}: {exc}"), True
+                    problem, lost = self._unreachable(exc) or f"{type(exc).__name__}: {redact(str(exc))}", True
                 else:
+                    foreign = self._foreign(response, method, path)
+                    if foreign and response.is_success:  # kept handed over: the next run looks the email up
+                        raise SendError(foreign)
+                    if foreign and response.status_code < 500:
+                        raise Refusal(foreign, after_lost_answer=lost)
                     if response.is_success:
                         return _answer(response, method, path, listing=listing)
                     problem = f"{response.status_code} {_detail(response)}"
@@ -259,13 +264,34 @@ class ButtondownBackend(Backend):
                     self.sleep(wait)
         raise SendError(f"Buttondown: {method} {path} failed {self.settings.max_attempts} times, last: {problem}")
 
+    def _setting(self) -> str:
+        """Where the API's URL came from, to be checked."""
+        from_environment = os.environ.get(API_URL_ENV, "").strip()  # wins over feeds.yaml (read_settings)
+        return f"{API_URL_ENV} in the environment" if from_environment else "buttondown.api_url in feeds.yaml"
+
+    def _foreign(self, response: httpx.Response, method: str, path: str) -> str | None:
+        """An answer that Buttondown's API never gives (a web page, not JSON; a 404 for /emails, which it always
+        has), in words that name the setting of its URL: digest reached some other web server."""
+        try:
+            response.json()
+        except ValueError:
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip()
+            what = "an HTML page" if "html" in kind or response.text.lstrip().startswith("<") else kind or "a body"
+            said = f"answered {response.status_code} with {what}, not JSON"
+        else:
+            if response.status_code != 404 or path != "/emails":
+                return None
+            said = "answered 404: Buttondown's API has /emails"
+        return (
+            f"Buttondown: {self.settings.api_url} does not look like Buttondown's API ({method} {path} {said}); "
+            f"check {self._setting()}"
+        )
+
     def _unreachable(self, exc: httpx.TransportError) -> str | None:
         """A failed connection in words that name the setting to change, when its cause points at one."""
         import httpx
 
-        url = self.settings.api_url
-        from_environment = os.environ.get(API_URL_ENV, "").strip()  # wins over feeds.yaml (read_settings)
-        setting = f"{API_URL_ENV} in the environment" if from_environment else "buttondown.api_url in feeds.yaml"
+        url, setting = self.settings.api_url, self._setting()
         why = TIMED_OUT if isinstance(exc, httpx.TimeoutException) else connection_failure(exc)
         if why == CONNECTION_REFUSED:
             return f"nothing listens at {url} (connection refused); check {setting}"

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from helpers.buttondown import Answer
+from helpers.loopback import LoopbackServer, QuietHandler
 from helpers.project import SECRET, WEEK, issue_row, ledger, make_project, subscribers
 from helpers.smtp import Behaviour, SmtpServer, self_signed_certificate
 
@@ -118,6 +119,28 @@ def test_a_test_copy_with_the_wrong_tls_names_smtp_security(tmp_path, run_cli, s
 # --- Buttondown --------------------------------------------------------------------------------------------
 
 
+class _NotFoundPage(QuietHandler):
+    """Some other web server: every path is a 404 HTML page."""
+
+    def _page(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head><body>404 Not Found</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html;charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = _page
+
+
+@pytest.fixture
+def web_server() -> Iterator[LoopbackServer]:
+    server = LoopbackServer(_NotFoundPage).start()
+    yield server
+    server.stop()
+
+
 def buttondown_project(tmp_path, api_url: str):
     settings = {"api_url": api_url, "timeout": 0.5, "max_attempts": 2, "backoff": 0.01}
     make_project(tmp_path, 2525, subscribers(2), buttondown=settings)
@@ -157,6 +180,26 @@ def test_buttondown_that_never_answers_names_its_timeout(tmp_path, api, run_cli)
         f"last: no answer from {api.url} within buttondown.timeout (0.5 s); check buttondown.api_url in "
         f"feeds.yaml, or raise buttondown.timeout\n"
     )
+
+
+@pytest.mark.parametrize("from_environment", [False, True])
+def test_a_buttondown_url_that_reaches_another_web_server_names_the_setting(
+    tmp_path, api, run_cli, monkeypatch, web_server, from_environment
+):
+    url = f"{web_server.base}/"
+    if from_environment:
+        buttondown_project(tmp_path, api.url)
+        monkeypatch.setenv("BUTTONDOWN_API_URL", url)
+    else:
+        buttondown_project(tmp_path, url)
+    code, out, err = send_buttondown(run_cli, tmp_path)
+    setting = "BUTTONDOWN_API_URL in the environment" if from_environment else "buttondown.api_url in feeds.yaml"
+    assert (code, out) == (1, "") and not api.requests
+    assert err == (
+        f"error: Buttondown: {url} does not look like Buttondown's API (POST /emails answered 404 with an HTML "
+        f"page, not JSON); check {setting}\n"
+    )
+    assert issue_row(tmp_path)["status"] == "draft"  # refused for good: the next run starts afresh
 
 
 def test_buttondown_refusing_the_key_names_buttondown_api_key(tmp_path, api, run_cli):
