@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from digest.credentials import redact
+from digest.credentials import redact_printed
 from digest.errors import DigestError, SetupError
 
 if TYPE_CHECKING:
@@ -75,7 +75,9 @@ def silence_stdout() -> None:
 
 
 def fail(message: str, code: int) -> None:
-    typer.echo(f"error: {redact(message)}" if code not in (130, EXIT_TERMINATED) else redact(message), err=True)
+    typer.echo(
+        f"error: {redact_printed(message)}" if code not in (130, EXIT_TERMINATED) else redact_printed(message), err=True
+    )
     raise typer.Exit(code)
 
 
@@ -90,11 +92,11 @@ app = typer.Typer(
 
 
 def say(line: str, *, err: bool = False) -> None:
-    typer.echo(redact(line), err=err)
+    typer.echo(redact_printed(line), err=err)
 
 
 def warn(line: str) -> None:
-    typer.echo(f"warning: {redact(line)}", err=True)
+    typer.echo(f"warning: {redact_printed(line)}", err=True)
 
 
 def _version(wanted: bool) -> None:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 import sqlite_utils
 
 from digest import store
-from digest.credentials import redact
+from digest.credentials import redact, redact_printed
 from digest.errors import DatabaseProblem, DigestError, SendError
 from digest.models import DeliveryStatus
 from digest.retry import backoff
@@ -112,7 +112,9 @@ class SmtpBackend(ListBackend):
         except Unreachable as exc:  # said at once: a person at a terminal is testing the settings
             raise SendError(str(exc)) from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise SendError(f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}") from None
+            raise SendError(
+                f"{self.settings.host}:{self.settings.port}: {redact(str(exc) or type(exc).__name__)}"
+            ) from None
         finally:
             connection.close()
 
@@ -219,11 +221,11 @@ class SmtpBackend(ListBackend):
         except sqlite3.Error as exc:
             self._stop_run(SendError(f"database: {exc}"))
         except OSError as exc:
-            self._stop_run(SendError(f"{exc.strerror or exc}"))
+            self._stop_run(SendError(redact(f"{exc.strerror or exc}")))
         except (
             Exception
         ) as exc:  # a bug or an input nobody foresaw: one line and a stopped run, never a thread's traceback
-            self._stop_run(SendError(f"{type(exc).__name__}: {exc}"))
+            self._stop_run(SendError(f"{type(exc).__name__}: {redact(str(exc))}"))
         finally:
             connection.close()
             done.set()
@@ -278,14 +280,14 @@ class SmtpBackend(ListBackend):
                     self._record(ledger, key, DeliveryStatus.FAILED, str(problem), bounced=problem.stage == "RCPT")
                     return True
             elif isinstance(problem, smtplib.SMTPNotSupportedError):
-                self._record(ledger, key, DeliveryStatus.FAILED, f"{problem}")
+                self._record(ledger, key, DeliveryStatus.FAILED, redact(str(problem)))
                 return True
             else:  # dropped, timed out, refused to connect (closed above)
                 dropped += 1
                 said = (
                     str(problem)
                     if isinstance(problem, Unreachable)
-                    else f"connection: {problem or type(problem).__name__}"
+                    else f"connection: {redact(str(problem) or type(problem).__name__)}"
                 )
                 self._record(ledger, key, DeliveryStatus.PENDING, said)
                 if dropped >= attempts:
@@ -295,7 +297,7 @@ class SmtpBackend(ListBackend):
         return True
 
     def _record(self, ledger: Ledger, key: str, status: str, reply: str, *, bounced: bool = False) -> None:
-        reply = redact(reply)  # every reply and error the ledger keeps, whatever path it came by
+        reply = redact_printed(reply)  # outside text was redacted where it entered (_text, the exceptions above)
         if status == DeliveryStatus.SENT:
             ledger.sent(key, reply)
         else:
