@@ -135,11 +135,25 @@ def read_config(ctx: typer.Context) -> Config:
 def open_db(ctx: typer.Context):
     """The database, closed (WAL checkpointed) when the command ends rather than whenever it is collected."""
     from digest import store
-    from digest.settings.config import database_path
 
-    db = store.open_db(database_path(ctx.obj["config"], ctx.obj["db"]))
+    db = store.open_db(db_path(ctx))
     ctx.call_on_close(db.close)
     return db
+
+
+def db_path(ctx: typer.Context) -> Path:
+    """The database's file (--db, DIGEST_DB, else digest.db next to feeds.yaml), refused in a missing folder as
+    a mistake in the setting that named it, rather than as the operating system's "No such file or directory"."""
+    from digest.settings.config import database_path
+
+    path = database_path(ctx.obj["config"], ctx.obj["db"])
+    if not path.parent.is_dir():
+        named = "the database next to feeds.yaml"
+        if ctx.obj["db"] is not None:
+            source = ctx.find_root().get_parameter_source("db")  # an option of the group, not of the command
+            named = "DIGEST_DB" if getattr(source, "name", "") == "ENVIRONMENT" else "--db"
+        raise SetupError(f"{named} {path}: no folder {path.parent}; create it, or name another file")
+    return path
 
 
 def issue_week(config: Config, week: str | None) -> str:

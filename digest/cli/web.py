@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from digest.cli.app import WEEK, issue_week, open_db, read_config, say, warn
+from digest.cli.app import WEEK, db_path, issue_week, open_db, read_config, say, warn
 from digest.errors import SetupError
 
 
@@ -74,7 +74,6 @@ def serve(
     ),
 ) -> None:
     """Serve the archive, signup with double opt-in, confirmation and one-click unsubscribe (behind a proxy)."""
-    from digest.settings.config import database_path
     from digest.web.app import serve as serve_web
 
     config = read_config(ctx)
@@ -84,7 +83,7 @@ def serve(
     try:
         serve_web(
             config,
-            database_path(ctx.obj["config"], ctx.obj["db"]),
+            db_path(ctx),
             host=host,
             port=port,
             on_ready=lambda address: say(f"serving {config.newsletter.site_url} on {address} (Ctrl-C to stop)"),

@@ -184,3 +184,23 @@ def test_the_collect_report_lists_the_feeds_in_the_order_of_feeds_yaml(tmp_path,
     )
     report = json.loads(run_cli("collect", "--json", cwd=tmp_path)[1])
     assert [feed["name"] for feed in report["feeds"]] == ["Slow", "Fast"]
+
+
+@pytest.mark.parametrize("command", [["subscribers", "import", "list.csv"], ["subscribers", "list"], ["status"]])
+@pytest.mark.parametrize("option", ["--db", "DIGEST_DB"])
+def test_a_database_in_a_missing_folder_names_the_option_and_the_folder(
+    tmp_path, run_cli, monkeypatch, command, option
+):
+    monkeypatch.delenv("DIGEST_DB", raising=False)
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
+    write_config(tmp_path, [{"url": "http://127.0.0.1:1/a.xml", "section": "News"}])
+    (tmp_path / "list.csv").write_text("email\nada@example.com\n")
+    missing = tmp_path / "x" / "missing"
+    if option == "--db":
+        code, out, err = run_cli("--db", str(missing / "d.db"), *command, cwd=tmp_path)
+    else:
+        monkeypatch.setenv("DIGEST_DB", str(missing / "d.db"))
+        code, out, err = run_cli(*command, cwd=tmp_path)
+    assert (code, out) == (2, "")
+    assert err == f"error: {option} {missing / 'd.db'}: no folder {missing}; create it, or name another file\n"
+    assert not (tmp_path / "x").exists()
