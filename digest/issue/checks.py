@@ -3,6 +3,7 @@
     content      leftover placeholders (TK, TODO, XXX), items without a summary, an empty intro or section,
                  a subject past 78 characters, the email's size against Gmail's clipping
     already sent an item whose link went out in an earlier issue (hand-added ones too)
+    placeholders notes (not warnings): the starter's sender and readers left at example.com, .org or .net
     links        every link of the issue fetched: 4xx and 5xx, no answer, TLS errors, a redirect to the site's
                  home page, http:// where https:// answers
 
@@ -15,12 +16,15 @@ check.cache_hours in the database, so that a second check, and the send after it
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import re
 import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,10 +37,11 @@ from digest.issue.render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, rende
 from digest.issue.unsubscribe_link import longest_url
 from digest.models import Draft
 from digest.settings.config import CheckSettings, Config
+from digest.settings.subscribers import read_subscribers
 from digest.text import cut_at_word
 from digest.urls import clean_url, is_http_url, url_key
 
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING, NOTE = "error", "warning", "note"  # a note: about the setup, not the issue; check alone tells it
 SUBJECT_CHARS = 78  # past this, inboxes cut the subject
 # An editor's marker, in capitals, on its own: "TK", "TODO: link", "[XXX]"; not "Building TODO apps" (a word
 # follows) nor "Python/TK" (part of a name) nor inside a URL.
@@ -47,7 +52,7 @@ _URL_IN_TEXT = re.compile(r"https?://[^\s<>\"'\]]+")
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str  # ERROR or WARNING
+    severity: str  # ERROR, WARNING or NOTE
     where: str  # "subject", "intro", "sponsor", "News #2 “A title”"
     message: str
 
@@ -70,6 +75,10 @@ class CheckReport:
     @property
     def warnings(self) -> list[Finding]:
         return [finding for finding in self.findings if finding.severity == WARNING]
+
+    @property
+    def notes(self) -> list[Finding]:
+        return [finding for finding in self.findings if finding.severity == NOTE]
 
     def refusal(self, path: object) -> str:
         """Why a send stops, in one line (the errors, then what to do)."""
@@ -114,8 +123,57 @@ def check_issue(
     if config.check.links if links is None else links:
         report.links, report.fetched, found = link_findings(db, config.check, issue_links(draft), now, fetch=fetch)
         report.findings += found
+    report.findings += example_findings(config)
     report.seconds = time.perf_counter() - started
     return report
+
+
+# --- placeholders --------------------------------------------------------------------------
+
+EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net")  # RFC 2606: reserved, no mail arrives there
+
+
+def _example_domain(address: str) -> str | None:
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    return next((name for name in EXAMPLE_DOMAINS if domain == name or domain.endswith("." + name)), None)
+
+
+def example_findings(config: Config) -> list[Finding]:
+    """Notes, neither errors nor the issue's warnings (the tests and the demo use example.com on purpose): a
+    sender at an example domain, whom no one can reply to, and the readers of subscribers.csv there, who get
+    nothing (the starter's). `digest check` prints them; a send, which prints the warnings, does not."""
+    findings = []
+    sender = parseaddr(config.newsletter.from_address)[1]
+    if domain := _example_domain(sender):
+        findings.append(
+            Finding(
+                NOTE,
+                "from",
+                f"{sender} is a placeholder ({domain} is reserved: no mail arrives there, no one can reply): "
+                "set newsletter.from in feeds.yaml",
+            )
+        )
+    path = config.subscribers_path
+    with contextlib.suppress(OSError, ConfigError):
+        count = _example_readers(path, *(lambda stat: (stat.st_mtime_ns, stat.st_size))(path.stat()))
+        if count:
+            findings.append(
+                Finding(
+                    NOTE,
+                    "subscribers",
+                    f"{count} of {path.name}'s addresses are at example domains (example.com, .org, .net receive "
+                    f"no mail): put your readers in {path.name}",
+                )
+            )
+    return findings
+
+
+@functools.lru_cache(maxsize=4)
+def _example_readers(path: Path, mtime_ns: int, size: int) -> int:
+    """Active subscribers at an example domain; read again only when the file changes (the preview checks at
+    every save)."""
+    subscribers, _ = read_subscribers(path)
+    return sum(1 for person in subscribers if person.status == "active" and _example_domain(person.email))
 
 
 # --- content -------------------------------------------------------------------------------

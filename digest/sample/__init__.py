@@ -164,6 +164,8 @@ def init_next_steps(config_path: Path) -> list[str]:
         "next steps:",
         f"  1. edit {config_path}: your title, sender and feeds; smtp.host and smtp.port: your mail server",
         "     (a login: smtp.username, and export DIGEST_SMTP_PASSWORD=...)",
+        f"     and put your readers in {config_path.with_name('subscribers.csv')}: the starter's two are at",
+        "     example.com, where no mail arrives (digest check notes them, and a sender left there)",
         "  2. a secret that signs the unsubscribe links (keep it, and keep it private):",
         f"       {SECRET_COMMAND}",
         "       export DIGEST_UNSUBSCRIBE_SECRET_FILE=~/.digest-secret",

@@ -60,3 +60,9 @@ def test_status_json_of_a_week_with_no_issue_says_no_status_rather_than_draft(tm
     write_config(tmp_path, [])
     status = json.loads(run_cli("status", "--week", "2026-W14", "--json", cwd=tmp_path)[1])
     assert status["draft"] is None and status["status"] is None
+
+
+def test_init_says_to_put_your_readers_in_subscribers_csv(tmp_path, run_cli):
+    code, out, _ = run_cli("init", cwd=tmp_path)
+    steps = out[out.index("next steps") :]
+    assert code == 0 and "subscribers.csv" in steps and "your readers" in steps

@@ -234,3 +234,33 @@ def test_the_size_checks_count_the_longest_token_send_makes():
     from digest.send.unsubscribe import make_token
 
     assert len(make_token("size", "", LONGEST_ADDRESS)) == TOKEN_CHARS
+
+
+def test_the_starter_placeholders_are_noted_sender_and_example_readers(tmp_path, server, run_cli):
+    """RFC 2606's example domains receive no mail: a sender there gets no reply, readers there no issue. Told by
+    check as notes, not counted as the issue's warnings (the tests and the demo use example.com on purpose)."""
+    people = [
+        {"email": "ada@example.com", "name": "", "status": "active"},
+        {"email": "grace@sub.example.org", "name": "", "status": "active"},
+        {"email": "me@real.test.digest.dev", "name": "", "status": "active"},
+    ]
+    make_project(tmp_path, server.port, people, items=1)
+    code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith(f"check {WEEK}: 0 error(s), 0 warning(s);")
+    assert (
+        "note: from: digest@example.com is a placeholder (example.com is reserved: no mail arrives there, "
+        "no one can reply): set newsletter.from in feeds.yaml" in lines
+    )
+    assert (
+        "note: subscribers: 2 of subscribers.csv's addresses are at example domains (example.com, .org, .net "
+        "receive no mail): put your readers in subscribers.csv" in lines
+    )
+    report = json.loads(run_cli("check", "--week", WEEK, "--json", cwd=tmp_path)[1])
+    assert [finding["severity"] for finding in report["findings"]] == ["note", "note"] and report["warnings"] == 0
+    config = yaml.safe_load((tmp_path / "feeds.yaml").read_text(encoding="utf-8"))
+    config["newsletter"]["from"] = "Digest <digest@real.digest.dev>"
+    (tmp_path / "feeds.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    (tmp_path / "subscribers.csv").write_text("email\nme@real.digest.dev\n", encoding="utf-8")
+    code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+    assert code == 0 and "placeholder" not in out and "example domains" not in out and "note:" not in out
