@@ -109,7 +109,6 @@ def sample_url(newsletter: Newsletter) -> str:
     return mailto_url(newsletter)
 
 
-
 @dataclass(frozen=True)
 class UnsubscribeLinks:
     """Builds each subscriber's unsubscribe URL and List-Unsubscribe header value."""
