@@ -131,6 +131,7 @@ class CheckSettings:
 
     links: bool = True  # fetch every link of the issue
     timeout: float = setting(10.0, above=0, maximum=HOUR)  # seconds for one link, redirects included
+    deadline: float = setting(60.0, above=0, maximum=DAY)  # seconds for the whole link check, every link included
     concurrency: int = setting(16, minimum=1, maximum=1000)  # links in flight at once
     per_host: int = setting(2, minimum=1, maximum=100)  # links in flight to one host: a polite visitor
     cache_hours: float = setting(24.0, minimum=0, maximum=24 * 365)  # a link checked this recently is not fetched

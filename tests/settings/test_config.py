@@ -190,6 +190,8 @@ def test_yaml_the_loader_refuses_is_one_line_not_a_traceback(tmp_path, text, lin
         ("buttondown", "backoff", "1.0e+300", "at most 3600"),
         ("buttondown", "timeout", 7200, "at most 3600"),
         ("smtp", "max_attempts", 10**9, "at most 100"),
+        ("check", "deadline", 0, "more than 0"),
+        ("check", "deadline", "1.0e+12", "at most 86400"),
     ],
 )
 def test_settings_out_of_range_are_refused_not_clamped(tmp_path, section, key, value, words):
@@ -208,6 +210,11 @@ def test_settings_in_range_are_kept(tmp_path):
     assert (config.collect.max_attempts, config.collect.concurrency, config.collect.timeout) == (1, 1, 0.5)
     assert config.collect.backoff == 0 and config.warnings == ()
     assert (config.backends["smtp"].port, config.backends["smtp"].backoff) == (65535, 0)
+
+
+def test_the_link_check_has_one_deadline(tmp_path):
+    assert load_config(write(tmp_path, FEED)).check.deadline == 60.0
+    assert load_config(write(tmp_path, f"{FEED}check:\n  deadline: 2.5\n")).check.deadline == 2.5
 
 
 def test_the_retries_of_earlier_releases_are_read_with_a_deprecation_line(tmp_path):
