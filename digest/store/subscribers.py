@@ -13,11 +13,20 @@ from digest.settings.subscribers import SUPPRESSED, Subscriber, address_key
 from digest.store.db import iso, transaction
 
 SUPPRESSED_SQL = "('" + "', '".join(SUPPRESSED) + "')"  # for SQL: the statuses that are never mailed
+# For SQL: a subscriber (`known`) active by their own confirmation on the web, which no list's status undoes.
+WEB_CONFIRMED_SQL = "(known.status = 'active' AND known.source = 'form' AND known.consent_at IS NOT NULL)"
 
 
 def suppressions(db: sqlite_utils.Database) -> dict[str, str]:
     """address_key of an address → why it is never mailed (unsubscribed, bounced or complained)."""
     return dict(db.execute(f"SELECT email_key, status FROM subscribers WHERE status IN {SUPPRESSED_SQL}").fetchall())
+
+
+def kept_over_lists(db: sqlite_utils.Database) -> dict[str, str]:
+    """address_key → the status the database keeps whatever a list (subscribers.csv, an import) says: the
+    suppressions, and `active` for who confirmed on the web (see `record_subscribers`)."""
+    where = f"status IN {SUPPRESSED_SQL} OR {WEB_CONFIRMED_SQL}"
+    return dict(db.execute(f"SELECT email_key, status FROM subscribers AS known WHERE {where}").fetchall())
 
 
 def suppress(
@@ -77,7 +86,11 @@ def record_subscribers(
 
     The database's unsubscribe, bounce or complaint always wins over the list. A list's active status turns a
     pending subscriber active (the list is the operator's word for their consent); its unsubscribed, bounced
-    or complained status is taken; its pending status never demotes anyone. Only what changes is written.
+    or complained status is taken, except over someone active by their own confirmation on the web (source
+    `form`, with a consent_at): a list has no date per row, so its word cannot be newer than that act, and a
+    stale row would undo it at every send (such a subscriber is counted in `kept` as active; to stop mailing
+    them, `digest unsubscribe`, which always wins, as their own one-click does). Its pending status never
+    demotes anyone. Only what changes is written.
     `whole`: the list is all there is of `source` (subscribers.csv): an active subscriber of that source who is
     no longer in it becomes pending, not mailed, and free to come back through the list or the signup form.
     The list goes through a temporary table and is compared there: no copy of the database's subscribers is
@@ -108,7 +121,8 @@ def record_subscribers(
             changes.kept = dict(
                 db.execute(
                     "SELECT known.status, count(*) FROM incoming JOIN subscribers AS known USING (email_key) "
-                    f"WHERE known.status IN {SUPPRESSED_SQL} AND incoming.status != known.status GROUP BY known.status"
+                    f"WHERE (known.status IN {SUPPRESSED_SQL} AND incoming.status != known.status) "
+                    f"OR ({WEB_CONFIRMED_SQL} AND incoming.status IN {SUPPRESSED_SQL}) GROUP BY known.status"
                 ).fetchall()
             )
             changes.updated = db.execute(
@@ -116,7 +130,8 @@ def record_subscribers(
                 "END, status = new.status, updated_at = ?, status_detail = ?, consent_at = CASE WHEN new.status = "
                 "'active' THEN coalesce(subscribers.consent_at, incoming.consent_at) ELSE subscribers.consent_at END "
                 "FROM incoming JOIN (SELECT incoming.email_key, CASE WHEN known.status IN "
-                f"{SUPPRESSED_SQL} OR incoming.status = 'pending' THEN known.status ELSE incoming.status END AS status "
+                f"{SUPPRESSED_SQL} OR incoming.status = 'pending' OR {WEB_CONFIRMED_SQL} THEN known.status "
+                "ELSE incoming.status END AS status "
                 "FROM incoming JOIN subscribers AS known USING (email_key)) AS new USING (email_key) "
                 "WHERE subscribers.email_key = incoming.email_key AND (new.status != subscribers.status "
                 "OR (incoming.name != '' AND incoming.name != subscribers.name))",

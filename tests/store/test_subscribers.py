@@ -12,6 +12,7 @@ import pytest
 
 from digest import store
 from digest.settings.subscribers import Subscriber
+from digest.store.subscribers import kept_over_lists
 
 from helpers.project import WEEK, make_project, next_week
 
@@ -163,3 +164,45 @@ def test_an_export_cannot_smuggle_a_formula_into_a_spreadsheet_and_imports_back_
     assert run_cli("subscribers", "import", str(tmp_path / "out.csv"), cwd=other)[0] == 0
     imported = next(store.subscriber_list(db_of(other)))
     assert (imported["email"], imported["name"]) == ("+1-1+cmd@example.net", hostile)
+
+
+@pytest.mark.xfail(strict=True, reason="send/list_backend.py's plan must take kept_over_lists, not suppressions")
+def test_a_stale_csv_row_does_not_undo_a_later_web_confirmation_but_an_unsubscribe_does(tmp_path, server, run_cli):
+    from digest.web.signup import ConfirmToken, confirm, request_subscription
+
+    make_project(tmp_path, server.port, "email,status\nada@example.com,unsubscribed\nbob@example.com,active\n")
+    assert run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)[0] == 0
+    assert [message.rcpt for message in server.messages] == ["bob@example.com"]
+    db = db_of(tmp_path)
+    later = datetime.now(UTC)  # after the send recorded the csv's unsubscribe
+    assert request_subscription(db, "ada@example.com", "Ada", later, per_day=3)
+    assert confirm(db, ConfirmToken("ada@example.com", later), later) == "confirmed"
+    server.messages.clear()
+    code, _, _ = run_cli("send", "--week", next_week(tmp_path), "--yes", cwd=tmp_path)
+    assert code == 0 and sorted(message.rcpt for message in server.messages) == ["ada@example.com", "bob@example.com"]
+    ada = {row["email"]: row for row in store.subscriber_list(db)}["ada@example.com"]
+    assert (ada["status"], ada["source"]) == ("active", "form")
+    # her own unsubscribe always wins, and the csv's row cannot bring her back
+    assert run_cli("unsubscribe", "ada@example.com", cwd=tmp_path)[0] == 0
+    changes = store.record_subscribers(db, [Subscriber("ada@example.com")], "csv", datetime.now(UTC), whole=True)
+    assert changes.kept == {"unsubscribed": 1}
+    assert {row["email"]: row["status"] for row in store.subscriber_list(db)}["ada@example.com"] == "unsubscribed"
+
+
+def test_a_list_keeps_a_web_confirmed_subscriber_active_and_says_so(tmp_path):
+    db = db_of(tmp_path)
+    now = store.iso(NOW)
+    db.execute(
+        "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, consent_at, updated_at) "
+        "VALUES ('web@example.com', 'web@example.com', '', 'active', 'form', ?, ?, ?)",
+        [now, now, now],
+    )
+    add(tmp_path, "plain@example.com", "active", source="form")  # no consent recorded: the list's word is taken
+    listed = [Subscriber("web@example.com", status="bounced"), Subscriber("plain@example.com", status="unsubscribed")]
+    assert kept_over_lists(db) == {"web@example.com": "active"}
+    changes = store.record_subscribers(db, listed, "import", NOW)
+    assert changes.kept == {"active": 1} and changes.updated == 1
+    statuses = {row["email"]: row["status"] for row in store.subscriber_list(db)}
+    assert statuses == {"web@example.com": "active", "plain@example.com": "unsubscribed"}
+    # what a send's plan keeps over subscribers.csv's rows: the same rule
+    assert kept_over_lists(db) == {"web@example.com": "active", "plain@example.com": "unsubscribed"}
