@@ -7,9 +7,10 @@ queries (responsive columns, dark mode) in <head>. Text: templates/text.txt.j2, 
 
 Per-subscriber parts are not rendered here: the output holds UNSUBSCRIBE_URL_MARK (the footer's
 unsubscribe link, and its own line in the text version) and `personalize` substitutes the values into
-the finished output. Feed-derived text can never produce a mark: the marks' common prefix is removed
-from every string of the draft (on copies) before rendering. The archive's copy (`web=True`) leaves the
-per-subscriber links out; web/publish.py renders its pages with the same environment (`render_page`).
+the finished output. No text of a draft can produce a mark: the templates write a random stand-in of each
+render, the output loses every other mark's prefix, and only then do the stand-ins become the marks. The
+archive's copy (`web=True`) leaves the per-subscriber links out; web/publish.py renders its pages with the
+same environment (`render_page`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import html as html_lib
 import logging
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date
@@ -407,12 +409,31 @@ def render_issue(
     `web`: the archive's copy, without the per-subscriber links (an override that ignores the flag keeps
     its marks: the publisher personalizes them with the site's URL)."""
     context = _context(draft, newsletter, web=web)
+    stand_ins = _stand_ins()
+    context.update(unsubscribe_url=stand_ins[UNSUBSCRIBE_URL_MARK], subscriber_name=stand_ins[SUBSCRIBER_NAME_MARK])
     return RenderedIssue(
         subject=context["subject"],
         preheader=context["preheader"],
-        html=render_html(context, folder),
-        text=render_text(context, folder),
+        html=_seal(render_html(context, folder), stand_ins),
+        text=_seal(render_text(context, folder), stand_ins),
     )
+
+
+def _stand_ins() -> dict[str, str]:
+    """What the templates write where a mark goes: random for each render, so that no text of a draft (a
+    feed's, an editor's) can hold one, in whatever form Markdown, HTML or MJML would turn into it."""
+    nonce = secrets.token_hex(16)
+    return {UNSUBSCRIBE_URL_MARK: f"digest-unsubscribe-{nonce}", SUBSCRIBER_NAME_MARK: f"digest-name-{nonce}"}
+
+
+def _seal(output: str, stand_ins: dict[str, str]) -> str:
+    """The finished output with the marks where the templates put them and nowhere else: any other mark
+    (text that became one while rendering: escaped Markdown, HTML entities) loses its prefix first."""
+    while MARK_PREFIX in output:
+        output = output.replace(MARK_PREFIX, "")
+    for mark, stand_in in stand_ins.items():
+        output = output.replace(stand_in, mark)
+    return output
 
 
 def size_advice(
