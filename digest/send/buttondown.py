@@ -4,7 +4,9 @@ The idempotency key is stored in the issue row before the first request, with th
 (frozen: `build` leaves its draft alone, its posts are not offered again, smtp is refused), and reused by
 every retry and re-run, so a request whose answer was lost cannot create a second email; the returned id is
 stored, so a later run never posts again. The key also goes into the email's metadata, and a run that finds
-a key stored but no id (the answer to an earlier request was lost) first looks the email up by it.
+a key stored but no id (the answer to an earlier request was lost) first looks the email up by it. Within a
+run too, a POST repeated after a lost answer (a timeout, a dropped connection, a 5xx) is preceded by that
+lookup: a server that ignores the key would otherwise create a second email.
 
 The key is dropped (the issue a plain draft again, a corrected re-run getting a fresh key) only on a
 definitive refusal: a 4xx to the first attempt of a run whose lookup found nothing. A 4xx after an attempt
@@ -184,7 +186,7 @@ class ButtondownBackend(Backend):
             if answer is None:
                 headers = {"X-Idempotency-Key": key, **(CONFIRM_SEND if self.send_now else {})}
                 try:
-                    answer = self._call("POST", "/emails", body, headers)
+                    answer = self._call("POST", "/emails", body, headers, adopt=lambda: self._adopt(key, rendered))
                 except Refusal as refusal:
                     if refusal.after_lost_answer or earlier:  # a refusal proves nothing about that attempt
                         raise SendError(
@@ -221,6 +223,17 @@ class ButtondownBackend(Backend):
                 return email
         return None
 
+    def _adopt(self, key: str, rendered: RenderedIssue) -> dict | None:
+        """Before a POST is repeated after a lost answer: the email it created, if any. A server that ignores
+        the idempotency key would otherwise create a second one. A refusal of the lookup keeps the key."""
+        try:
+            return self._find(key, rendered.subject)
+        except Refusal as refusal:
+            raise SendError(
+                f"{refusal}; an earlier attempt got no answer and may have created the email: the next run "
+                f"looks it up again"
+            ) from None
+
     def _call(
         self,
         method: str,
@@ -230,8 +243,10 @@ class ButtondownBackend(Backend):
         *,
         query: dict | None = None,
         listing: bool = False,
+        adopt: Callable[[], dict | None] | None = None,
     ) -> dict:
-        """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal."""
+        """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal.
+        `adopt`: asked before a retry that follows a lost answer; what it finds is the answer."""
         url = self.settings.api_url.rstrip("/") + path
         problem, lost = "", False
         import httpx  # here: every command reads the settings of this module, few of them call Buttondown
@@ -239,6 +254,8 @@ class ButtondownBackend(Backend):
         with httpx.Client(timeout=self.settings.timeout, headers=self.headers) as client:
             for attempt in range(1, self.settings.max_attempts + 1):
                 wait = backoff(attempt, self.settings.backoff)
+                if lost and adopt is not None and (found := adopt()) is not None:
+                    return found
                 try:
                     response = client.request(method, url, json=body, headers=headers, params=query)
                 except httpx.TransportError as exc:  # timeouts, refused or dropped connections

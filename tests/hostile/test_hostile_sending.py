@@ -246,9 +246,10 @@ def buttondown_project(tmp_path, api):
 @pytest.mark.parametrize("refusal", [400, 409, 422])
 def test_a_refusal_after_a_lost_answer_keeps_the_key_and_the_next_run_finds_the_email(tmp_path, api, run_cli, refusal):
     buttondown_project(tmp_path, api)
-    api.replay = False  # the first POST creates the email; its answer is lost; the retry is refused
-    api.script = [
+    api.replay = False  # the first POST creates the email; its answer is lost; the lookup does not list it
+    api.script = [  # yet; the retry is refused
         Answer(delay=1.0),
+        Answer(200, {"results": [], "count": 0, "next": None, "previous": None}, listing=True),
         Answer(refusal, {"detail": "An email with this idempotency key is being processed."}),
     ]
     code, _, err = run_cli("send", "--week", WEEK, "--backend", "buttondown", "--send-now", "--yes", cwd=tmp_path)

@@ -87,8 +87,10 @@ def test_5xx_and_timeouts_are_retried_with_the_same_idempotency_key(tmp_path, ap
     api.script = [Answer(503, {"detail": "Service Unavailable"}), Answer(201, {"id": "em_slow"}, delay=1.0)]
     code, _out, err = send(run_cli, tmp_path)
     assert code == 0, err
-    assert len(api.requests) == 3  # 503, a timeout (the answer was lost), then the replay
-    assert len({r.headers["x-idempotency-key"] for r in api.requests}) == 1
+    # 503, a timeout (the answer was lost), then the replay; a lookup before each retry (the scripted email
+    # carries no metadata of ours: found by the replay, which honours the key)
+    assert [r.method for r in api.requests] == ["POST", "GET", "POST", "GET", "POST"]
+    assert len({r.headers["x-idempotency-key"] for r in api.requests if r.method == "POST"}) == 1
     assert issue(tmp_path)["remote_id"] == "em_slow"  # the one email, created by the request that timed out
 
 
@@ -102,8 +104,8 @@ def test_the_key_is_kept_across_runs_until_buttondown_answers(tmp_path, api, run
     assert send(run_cli, tmp_path)[0] == 0
     posts = [r for r in api.requests if r.method == "POST"]
     assert {r.headers["x-idempotency-key"] for r in posts} == {stored} and len(posts) == 4
-    assert [r.method for r in api.requests[3:]] == ["GET", "POST"]  # looked up first: nothing there, created
-    assert issue(tmp_path)["remote_id"] == "em_5"
+    assert [r.method for r in api.requests[5:]] == ["GET", "POST"]  # looked up first: nothing there, created
+    assert issue(tmp_path)["remote_id"] == "em_7"
 
 
 def test_the_confirmation_shows_the_subject_as_the_email_carries_it(tmp_path, api):
@@ -201,7 +203,7 @@ def test_once_handed_to_buttondown_the_issue_is_frozen(tmp_path, api, run_cli):
     assert code == 2 and "was handed to buttondown; finish it with --backend buttondown" in err
     assert send(run_cli, tmp_path)[0] == 0  # the same key again: at most one email
     assert len({r.headers["x-idempotency-key"] for r in api.requests if r.method == "POST"}) == 1
-    assert (issue(tmp_path)["status"], issue(tmp_path)["remote_id"]) == ("sending", "em_5")
+    assert (issue(tmp_path)["status"], issue(tmp_path)["remote_id"]) == ("sending", "em_7")
     code, out, _ = run_cli("build", "--week", WEEK, cwd=tmp_path)
     assert out == f"{WEEK}: already sending, draft left as it is\n" and draft.read_text() == before
 
@@ -250,3 +252,20 @@ def test_a_replayed_answer_is_believed_over_this_runs_wish(tmp_path, api, run_cl
         assert out == f"send {WEEK} via buttondown: handed over for sending, id {created['id']}\n"
         assert api.requests[-1].method == "GET" and len(api.created) == 1
     assert (issue(tmp_path)["status"], issue(tmp_path)["remote_id"]) == ("sent", created["id"])
+
+
+@pytest.mark.parametrize("lost", [Answer(201, delay=1.0), Answer(502, {"detail": "Bad gateway"}, delay=0.0)])
+def test_a_server_that_ignores_the_key_and_loses_an_answer_gets_one_email(tmp_path, api, run_cli, lost):
+    """Before creating again after a lost answer (a timeout, a 5xx), the run looks the email up by its key."""
+    project(tmp_path, api)
+    api.replay = False  # a repeated key creates another email
+    api.script = [lost]
+    if lost.status >= 500:  # a 5xx after the work was done: the email exists all the same
+        api.created["lost"] = {"id": "em_lost", "status": "draft", "subject": "", "metadata": {}}
+    code, _, err = send(run_cli, tmp_path)
+    assert code == 0, err
+    methods = [r.method for r in api.requests]
+    if lost.status >= 500:  # the email found is not ours (another key): created by the retry
+        assert methods == ["POST", "GET", "POST"] and issue(tmp_path)["remote_id"] == "em_3"
+    else:  # created by the request whose answer was lost: adopted, not created again
+        assert methods == ["POST", "GET"] and issue(tmp_path)["remote_id"] == "em_1"
