@@ -22,9 +22,9 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from digest.errors import ConfigError
-from digest.settings.yamlfile import read_text_file
 from digest.text import one_line
 
 NOT_FOUND = "not found (run `digest init` to write a starter file)"
@@ -157,39 +157,50 @@ def read_subscriber_export(path: Path | str) -> SubscriberFile:
 
 def _csv_rows(path: Path, missing: str) -> _Rows:
     """Each row of a UTF-8 CSV file (a BOM is dropped), with its line, the header row first. Any problem with the
-    file as a whole is one ConfigError: `missing`, unreadable, not UTF-8 (with its line) or not CSV."""
+    file as a whole is one ConfigError: `missing`, unreadable, not UTF-8 or binary (with its line), not CSV, or
+    larger than any list (see `_text_lines`)."""
     try:
-        handle = path.open(encoding="utf-8-sig", newline="")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise ConfigError(path, None, None, missing) from None
     except OSError as exc:
         raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
-    reader = csv.reader(_capped_lines(handle, path))
+    reader = csv.reader(_text_lines(handle, path))
     with handle:
         try:
             for cells in reader:
                 yield reader.line_num, cells  # the line a row ends on: a quoted name may hold a line break
         except csv.Error as exc:
             raise ConfigError(path, reader.line_num, None, f"not valid CSV: {exc}") from None
-        except UnicodeDecodeError as exc:  # decoded a block at a time: the whole file tells the line
-            read_text_file(path, missing, encoding="utf-8-sig")
-            raise ConfigError(path, None, None, f"not UTF-8: {exc.reason}") from None  # changed meanwhile
         except OSError as exc:
             raise ConfigError(path, reader.line_num or None, None, f"cannot read: {exc.strerror or exc}") from None
 
 
-MAX_LINE = 1 << 20  # characters: a "line" longer is no list of subscribers (/dev/zero, a binary file)
+MAX_LINE = 1 << 20  # bytes: a "line" longer is no list of subscribers (/dev/zero, a binary file)
+MAX_FILE = 1 << 30  # bytes: ten million subscribers of a 25-column Mailchimp export take about 2 GB, ours 1 GB
 
 
-def _capped_lines(handle, path: Path) -> Iterator[str]:
-    """The file's lines, none read past MAX_LINE: a file without line breaks is not read whole into memory."""
+def _text_lines(handle: BinaryIO, path: Path) -> Iterator[str]:
+    """The file's lines, each decoded from UTF-8 on its own, so that a problem names its line: none read past
+    MAX_LINE nor the file past MAX_FILE (`/dev/urandom` is never read whole into memory), and a header
+    row with a NUL byte, which no text file holds, refused as binary."""
+    read = 0
     for number in itertools.count(1):
-        line = handle.readline(MAX_LINE + 1)
-        if not line:
+        data = handle.readline(MAX_LINE + 1)
+        if not data:
             return
-        if len(line) > MAX_LINE:
-            raise ConfigError(path, number, None, f"a line of more than {MAX_LINE:,} characters: not a CSV list")
-        yield line
+        read += len(data)
+        if len(data) > MAX_LINE:
+            raise ConfigError(path, number, None, f"a line of more than {MAX_LINE:,} bytes: not a CSV list")
+        if read > MAX_FILE:
+            raise ConfigError(path, number, None, f"more than {MAX_FILE:,} bytes: larger than any list")
+        if number == 1 and b"\0" in data:  # a name's NUL further on is a slip, cleaned (see clean_name)
+            raise ConfigError(path, number, None, "binary data (a NUL byte): not a CSV list")
+        try:
+            yield data.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {number})"
+            raise ConfigError(path, number, None, problem) from None
 
 
 class _Header:

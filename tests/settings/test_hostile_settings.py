@@ -1,0 +1,68 @@
+"""Hostile settings and files: what the settings stage reads from a stranger or a slip of the keyboard ends in
+one line naming the file, line and field, never in a traceback, minutes of work or gigabytes of memory."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digest.errors import ConfigError
+from digest.settings.subscribers import read_subscriber_export, read_subscribers
+
+GIGABYTE = 1 << 30
+
+
+def _limited_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (GIGABYTE, GIGABYTE))
+
+
+def digest_limited(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`digest ARGS` in a process of its own, held to 1 GB of address space: a file read whole fails there."""
+    return subprocess.run(
+        [sys.executable, "-m", "digest", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limited_memory,
+    )
+
+
+@pytest.mark.parametrize("device", ["/dev/urandom", "/dev/zero"])
+def test_importing_an_endless_binary_file_is_one_line(tmp_path, device):
+    result = digest_limited("--db", str(tmp_path / "digest.db"), "subscribers", "import", device, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {device}:1: ")
+
+
+@pytest.mark.parametrize("reader", [read_subscriber_export, read_subscribers])
+def test_a_binary_file_is_refused_at_its_line(tmp_path, reader):
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom\n")  # a video's first bytes
+    with pytest.raises(ConfigError) as error:
+        reader(path)
+    assert (error.value.line, error.value.problem) == (1, "binary data (a NUL byte): not a CSV list")
+
+
+def test_a_file_that_is_not_utf8_names_its_line_without_reading_it_whole(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"email,name\nada@example.com,Ada\n" * 1000 + b"grace@example.com,Gr\xe2ce\n")
+    with pytest.raises(ConfigError) as error:
+        read_subscriber_export(path)
+    assert error.value.line == 2001 and "not UTF-8" in error.value.problem
+
+
+def test_a_file_larger_than_any_list_is_refused(tmp_path, monkeypatch):
+    from digest.settings import subscribers
+
+    monkeypatch.setattr(subscribers, "MAX_FILE", 1000)
+    path = tmp_path / "list.csv"
+    path.write_text("email\n" + "".join(f"reader{n}@example.com\n" for n in range(100)), encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        read_subscriber_export(path)
+    assert "more than 1,000 bytes" in error.value.problem and error.value.line is not None
