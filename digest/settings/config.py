@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import string
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, time
+from datetime import time
 from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
+from digest.settings.patterns import check_placeholders, check_subject
 from digest.settings.sections import DAY, HOUR, Renamed, read_section, setting
 from digest.settings.subscribers import is_valid_email
 from digest.settings.yamlfile import MappingReader, YamlNode, check_url, load_yaml_with_lines, read_text_file
@@ -249,8 +249,8 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
     for key in ("from", "reply_to"):
         if fields[key] in values:
             values[fields[key]] = _mailbox(reader, key, values[fields[key]])
-    _check_placeholders(reader, "archive_url", values.get("archive_url"), allowed={"issue"}, required=set())
-    _check_placeholders(
+    check_placeholders(reader, "archive_url", values.get("archive_url"), allowed={"issue"}, required=set())
+    check_placeholders(
         reader, "unsubscribe_url", values.get("unsubscribe_url"), allowed={"token", "email"}, required={"token"}
     )
     timezone = values.get("timezone", "UTC")
@@ -265,26 +265,7 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
             raise reader.error("sections", "lists a section twice")
         values["sections"] = sections
     newsletter = Newsletter(**values)
-    try:
-        sample = newsletter.subject.format(
-            title=newsletter.title,
-            issue="2026-W01",
-            start=date(2026, 1, 5),
-            end=date(2026, 1, 11),
-            lead="The lead story",
-            number=1,
-        )
-    except (KeyError, IndexError, ValueError, AttributeError, TypeError, OverflowError, MemoryError) as exc:
-        problem = (
-            f"bad pattern ({exc or type(exc).__name__}); use {{title}}, {{issue}}, {{start}}, {{end}}, {{lead}}, "
-            f"{{number}}"
-        )
-        raise reader.error("subject", problem) from None
-    if "\r" in sample or "\n" in sample:
-        raise reader.error("subject", "must give one line (no line breaks)")
-    for _, name, spec, conversion in string.Formatter().parse(newsletter.subject):
-        if name == "lead" and (spec or conversion):  # {lead} is filled in later, whole: no format of its own
-            raise reader.error("subject", "write {lead} alone, without a format or conversion")
+    check_subject(reader, newsletter.subject, newsletter.title)
     return newsletter
 
 
@@ -348,32 +329,6 @@ def _mailbox(reader: MappingReader, key: str, value: str) -> str:
     if not re.fullmatch(r"[\w .'!-]*", name, re.ASCII):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"
-
-
-def _check_placeholders(
-    reader: MappingReader, key: str, value: str | None, *, allowed: set[str], required: set[str]
-) -> None:
-    """A URL pattern may hold only the named placeholders, and must hold the required ones: without {token},
-    every subscriber would get the same unsigned unsubscribe link."""
-    if value is None:
-        return
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)]
-    except ValueError as exc:
-        raise reader.error(key, f"bad pattern ({exc}); write a literal brace as {{{{ or }}}}") from None
-    names = {name for name, _, _ in fields if name is not None}
-    wanted = ", ".join("{" + name + "}" for name in sorted(allowed))
-    for name, spec, conversion in fields:
-        # {token:>9999999999} would be a MemoryError at send time, {email!r} would add quotes
-        if name is not None and (spec or conversion):
-            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-            raise reader.error(key, f"{{{shown}}}: write the placeholder alone, as {wanted}")
-    unknown = names - allowed
-    if unknown:
-        raise reader.error(key, f"unknown placeholder {{{sorted(unknown)[0]}}}: use {wanted}")
-    missing = required - names
-    if missing:
-        raise reader.error(key, f"must hold {{{sorted(missing)[0]}}}: each subscriber's link is signed for them")
 
 
 def _feeds(path: Path, node: YamlNode | None, sections: tuple[str, ...], line: int) -> tuple[FeedConfig, ...]:

@@ -66,3 +66,45 @@ def test_a_file_larger_than_any_list_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as error:
         read_subscriber_export(path)
     assert "more than 1,000 bytes" in error.value.problem and error.value.line is not None
+
+
+FEEDS = "feeds:\n  - url: https://a.example/feed\n"
+
+
+def config_with_subject(tmp_path: Path, subject: str) -> Path:
+    path = tmp_path / "feeds.yaml"
+    path.write_text(f"newsletter:\n  title: Weekly\n  subject: '{subject}'\n{FEEDS}", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{title:>100000000}",  # a gigabyte at 10**9, and minutes of work for each build
+        "{title:.100000000}",
+        "{title:x^100000000}",
+        "{number:0100000000d}",
+        "{number:,.100000000f}",
+        "{issue:201}",
+        "{start:%201Y}",
+        "{end:%_100000000d}",
+        "{title:>{number}}",  # a width taken from a value: no bound known when the settings are read
+    ],
+)
+def test_a_subject_format_wider_than_any_subject_is_refused_when_read(tmp_path, subject):
+    from digest.settings.config import load_config
+
+    path = config_with_subject(tmp_path, subject)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert (error.value.line, error.value.field) == (3, "newsletter.subject")
+    assert "200" in error.value.problem or "nested" in error.value.problem
+
+
+@pytest.mark.parametrize(
+    "subject", ["{title:>200}", "{number:03d}", "{title:0>9}: {start:%b %-d} – {end:%d.%m.%Y}", "№{number:,}"]
+)
+def test_a_subject_format_of_a_reasonable_width_is_kept(tmp_path, subject):
+    from digest.settings.config import load_config
+
+    assert load_config(config_with_subject(tmp_path, subject)).newsletter.subject == subject
