@@ -89,12 +89,17 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as
 
 
 def spreadsheet_safe(cell: str) -> str:
-    """A cell no spreadsheet runs as a formula: one that starts like one is written behind an apostrophe."""
-    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+    """A cell no spreadsheet runs as a formula: one that starts like one is written behind an apostrophe, and so
+    is one that starts with an apostrophe, so that `_from_spreadsheet_safe` gives every cell back as it was
+    (`'=x` is written `''=x`)."""
+    return "'" + cell if cell.startswith(_ESCAPED) else cell
 
 
 def _from_spreadsheet_safe(cell: str) -> str:
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_ESCAPED) else cell
+
+
+_ESCAPED = (*FORMULA_STARTS, "'")
 
 
 def parse_moment(text: str) -> datetime:

@@ -9,11 +9,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from digest import store
 from digest.errors import ConfigError
 from digest.jobs import export_subscribers
-from digest.settings.subscribers import Subscriber, parse_moment, read_subscriber_export, read_subscribers
+from digest.settings.subscribers import (
+    FORMULA_STARTS,
+    Subscriber,
+    _from_spreadsheet_safe,
+    clean_name,
+    parse_moment,
+    read_subscriber_export,
+    read_subscribers,
+    spreadsheet_safe,
+)
 
 from conftest import FIXTURES, SHARED
 
@@ -261,6 +272,40 @@ def test_our_export_round_trips_through_the_database(tmp_path):
     assert sorted(read_back) == sorted(rows)
     grace = ("grace@example.com", 'Grace "Amazing" Hopper, RADM', "unsubscribed", "2023-05-01T08:00:00+00:00", None)
     assert grace in read_back
+
+
+# any text, most often behind what a spreadsheet or our apostrophe makes something of at a cell's start
+CELLS = st.builds(str.__add__, st.text(alphabet="'=+-@\t\r x", max_size=4), st.text())
+
+
+@given(CELLS)
+def test_a_cell_made_spreadsheet_safe_reads_back_as_it_was(cell):
+    assert _from_spreadsheet_safe(spreadsheet_safe(cell)) == cell
+    assert not spreadsheet_safe(cell).startswith(FORMULA_STARTS)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(CELLS, min_size=1, max_size=5))
+def test_every_name_survives_an_export_and_an_import(tmp_path, names):
+    db = store.open_db(tmp_path / "digest.db")
+    db.execute("DELETE FROM subscribers")
+    people = [Subscriber(f"reader{number}@example.com", clean_name(name)) for number, name in enumerate(names)]
+    store.record_subscribers(db, people, "form", NOW)  # the names as the database keeps them
+    exported = tmp_path / "export.csv"
+    with exported.open("w", encoding="utf-8", newline="") as handle:
+        export_subscribers(db, handle)
+    read_back = {subscriber.email: subscriber.name for subscriber in read_subscriber_export(exported).subscribers}
+    assert read_back == {person.email: person.name for person in people}
+
+
+def test_a_name_that_starts_with_an_apostrophe_and_a_formula_keeps_its_apostrophe(tmp_path):
+    db = store.open_db(tmp_path / "digest.db")
+    store.record_subscribers(db, [Subscriber("ada@example.com", "'=Ada")], "form", NOW)
+    exported = tmp_path / "export.csv"
+    with exported.open("w", encoding="utf-8", newline="") as handle:
+        export_subscribers(db, handle)
+    assert exported.read_text(encoding="utf-8").splitlines()[1].startswith("ada@example.com,''=Ada,")
+    assert read_subscriber_export(exported).subscribers[0].name == "'=Ada"
 
 
 def test_our_format_reads_a_date_without_a_zone_as_utc_and_one_with_a_zone_in_utc(tmp_path):
