@@ -248,18 +248,19 @@ class ButtondownBackend(Backend):
         """One API call: 429 waits for Retry-After, 5xx and timeouts back off, other 4xx raise Refusal.
         `adopt`: asked before a retry that follows a lost answer; what it finds is the answer."""
         url = self.settings.api_url.rstrip("/") + path
-        problem, lost = "", False
+        problem, lost, received = "", False, False  # received: a request may have reached the server
         import httpx  # here: every command reads the settings of this module, few of them call Buttondown
 
         with httpx.Client(timeout=self.settings.timeout, headers=self.headers) as client:
             for attempt in range(1, self.settings.max_attempts + 1):
                 wait = backoff(attempt, self.settings.backoff)
-                if lost and adopt is not None and (found := adopt()) is not None:
+                if received and adopt is not None and (found := adopt()) is not None:
                     return found
                 try:
                     response = client.request(method, url, json=body, headers=headers, params=query)
                 except httpx.TransportError as exc:  # timeouts, refused or dropped connections
                     problem, lost = self._unreachable(exc) or f"{type(exc).__name__}: {redact(str(exc))}", True
+                    received = received or not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 else:
                     foreign = self._foreign(response, method, path)
                     if foreign and response.is_success:  # kept handed over: the next run looks the email up
@@ -276,7 +277,7 @@ class ButtondownBackend(Backend):
                             problem += f" (check {KEY_ENV}: the API key from Buttondown's settings)"
                         raise Refusal(f"Buttondown refused {method} {path}: {problem}", after_lost_answer=lost)
                     else:
-                        lost = True  # a 5xx may come after the work was done
+                        lost = received = True  # a 5xx may come after the work was done
                 if attempt < self.settings.max_attempts:
                     self.sleep(wait)
         raise SendError(f"Buttondown: {method} {path} failed {self.settings.max_attempts} times, last: {problem}")
