@@ -12,7 +12,10 @@ that it knows of and the database does not is refused (Unrecorded) unless `force
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +24,7 @@ from pathlib import Path
 import sqlite_utils
 
 from digest import store
-from digest.errors import CheckFailed, Clipped, Failed, SetupError, Unrecorded
+from digest.errors import CheckFailed, Clipped, Failed, SendError, SetupError, Unrecorded
 from digest.issue.checks import check_issue
 from digest.issue.draft import draft_path, parse_draft, write_durably
 from digest.issue.render import GMAIL_CLIP_BYTES, render_issue
@@ -37,6 +40,9 @@ from digest.urls import clean_url, url_key
 
 RECEIPT = ".receipt.json"
 NO_DRAFT = "no draft for this week (run `digest build` first)"
+ROOM_BASE = 2_000_000  # bytes a send writes whatever its size: the draft kept, the issue's rows, WAL pages
+ROOM_PER_RECIPIENT = 512  # a ledger row, its index entry and their copies in the WAL
+SQLITE_IOERR, SQLITE_FULL = 10, 13  # "disk I/O error", "database or disk is full": primary result codes
 
 
 def sending_began(db: sqlite_utils.Database, issue_id: str) -> bool:
@@ -161,24 +167,82 @@ def send_locked(
 ) -> SendReport:
     """send_issue, for a caller that holds the send lock already (run_week)."""
     chosen = _backend(config, backend, db, issue_id, send_now=send_now, on_result=on_result)
-    plan = plan_send(
-        config, db, issue_id, chosen, allow_clipped=allow_clipped, force=force, approved_hash=approved_hash
-    )
-    if on_plan is not None:
-        on_plan(plan)
-    if plan.done:
-        return SendReport(issue=issue_id, backend=chosen.name, done=plan.done, lines=[plan.done])
-    if confirm is not None and not confirm(chosen.question(plan)):
-        raise Failed("not confirmed: nothing sent")
-    report = _deliver(config, db, plan, chosen, now or datetime.now(UTC))
+    try:
+        plan = plan_send(
+            config, db, issue_id, chosen, allow_clipped=allow_clipped, force=force, approved_hash=approved_hash
+        )
+        if on_plan is not None:
+            on_plan(plan)
+        if plan.done:
+            return SendReport(issue=issue_id, backend=chosen.name, done=plan.done, lines=[plan.done])
+        if confirm is not None and not confirm(chosen.question(plan)):
+            raise Failed("not confirmed: nothing sent")
+        report = _deliver(config, db, plan, chosen, now or datetime.now(UTC))
+    except (sqlite3.Error, OSError, SendError) as exc:
+        full = no_space(exc)
+        if not full and not _disk_failure(exc):
+            raise
+        raise Failed(_after_full_disk(config, db, issue_id, full)) from None
     report.lines = chosen.describe(report, plan)
     return report
+
+
+def no_space(exc: BaseException | None) -> bool:
+    """Whether the disk was full: SQLite's SQLITE_FULL (or an error raised while handling one, such as a temp
+    table that could not be made and then not dropped), ENOSPC or a quota, a backend's error that says so."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == SQLITE_FULL:
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _disk_failure(exc: BaseException) -> bool:
+    """SQLite's SQLITE_IOERR, raised here or by a backend's worker: a write the disk refused (a file size limit,
+    a failing disk)."""
+    if isinstance(exc, SendError):
+        return str(exc).startswith("database: disk I/O error")
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == SQLITE_IOERR
+
+
+def _after_full_disk(config: Config, db: sqlite_utils.Database, issue_id: str, full: bool = True) -> str:
+    """One line after a full disk (or, not `full`, a disk that refused a write) stopped a send: the disk named (the
+    database's folder), and the issue a draft again when nothing was delivered (its receipt gone), or what is
+    left to resume."""
+    path = Path(store.database_path(db))
+    if full:
+        head, advice = f"no space left on the disk of {path.parent} (the database {path.name})", "free some space"
+    else:
+        head = f"the disk of {path.parent} refused a write to the database {path.name} (disk I/O error)"
+        advice = "check that disk (is it full?)"
+    try:
+        issue = store.get_issue(db, issue_id) or {}
+        returned = (
+            issue.get("remote_id") is None
+            and issue.get("idempotency_key") is None  # a request to Buttondown may have created the email
+            and issue.get("status") != IssueStatus.SENT
+            and store.return_to_draft_if_undelivered(db, issue_id)
+        )
+        issue = store.get_issue(db, issue_id) or {}
+        delivered = store.delivery_counts(db, issue_id).get(DeliveryStatus.SENT, 0)
+    except sqlite3.Error:  # not even that could be written
+        return f"{head}: {issue_id} may be left sending; {advice} and send again: it resumes"
+    if returned or issue.get("status") in (None, IssueStatus.DRAFT):
+        draft_path(config.drafts_dir, issue_id, RECEIPT).unlink(missing_ok=True)
+        return f"{head}: nothing was delivered, {issue_id} is a draft again; {advice} and send again"
+    return f"{head}: {delivered:,} delivered before it stopped; {advice} and send again: it resumes"
 
 
 def _deliver(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, now: datetime) -> SendReport:
     """First the draft is kept in the database (with which posts the email holds) and a durable receipt is
     written next to it; the receipt follows the issue's state when the backend is done, or stops."""
     draft, _ = plan.ready()
+    _check_room(db, plan)
     store.ensure_issue(db, plan.issue, draft.subject, now)
     offered = store.offered_posts(db, plan.issue)
     store.begin_send(db, plan.issue, plan.draft_text, posts_in(draft, offered), config.newsletter.list_identifier)
@@ -192,6 +256,23 @@ def _deliver(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend:
             _write_receipt(receipt, db, plan.issue, plan.backend, now, status=issue["status"])
         else:
             receipt.unlink(missing_ok=True)  # nothing was delivered: a draft again
+
+
+def _check_room(db: sqlite_utils.Database, plan: SendPlan) -> None:
+    """Refuse a send before its first write when the database's disk has no room for its ledger: a disk that fills
+    up after the issue is marked sending may not even take the write that makes it a draft again."""
+    folder = Path(store.database_path(db)).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # not knowable here: the writes will say
+    need = ROOM_BASE + ROOM_PER_RECIPIENT * len(plan.recipients)
+    if free < need:
+        raise Failed(
+            f"no space left on the disk of {folder} (the database {Path(store.database_path(db)).name}): "
+            f"{free / 1e6:.1f} MB free, and a send to {len(plan.recipients):,} needs about {need / 1e6:.0f} MB; "
+            f"nothing was sent, {plan.issue} is still a draft: free some space and send again"
+        )
 
 
 def dry_run_issue(

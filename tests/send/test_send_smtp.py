@@ -627,7 +627,10 @@ def test_a_database_error_in_a_worker_stops_the_run_with_one_line(tmp_path, serv
     monkeypatch.setattr(store, "mark_sending", io_error)
     code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
     assert code == 1
-    assert err == "error: database: disk I/O error; nothing was delivered, 2026-W14 is a draft again\n"
+    assert err == (
+        f"error: the disk of {tmp_path} refused a write to the database digest.db (disk I/O error): nothing was "
+        f"delivered, 2026-W14 is a draft again; check that disk (is it full?) and send again\n"
+    )
     assert server.messages == [] and not ledger(tmp_path)
 
 
@@ -749,3 +752,49 @@ def test_a_writer_that_stops_fails_every_write_asked_of_it_then_and_after(tmp_pa
         ledger.sending("b@example.com", "<b@x>").result(timeout=10)
     ledger.sent("a@example.com", "250 OK")
     assert isinstance(ledger.unwritten_error(), RecursionError)
+
+
+# --- a full disk ---------------------------------------------------------------------------------------------
+
+
+def fill_up(db: sqlite_utils.Database) -> None:
+    """The disk of the database full, for real as SQLite sees it: no page more, in the file or in temp tables."""
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    db.execute("PRAGMA temp.max_page_count = 1")
+
+
+def test_a_full_disk_before_the_first_message_is_one_line_naming_the_disk(tmp_path, server):
+    config = load_config(make_project(tmp_path, server.port, subscribers(3)))
+    db = store.open_db(tmp_path / "digest.db")
+    fill_up(db)
+    with pytest.raises(DigestError) as raised:
+        sending.send_issue(config, db, WEEK)
+    message = str(raised.value)
+    assert "no space left" in message and str(tmp_path) in message, message
+    assert "\n" not in message and "temp.incoming" not in message
+    assert server.messages == [] and not server.rcpt_attempts
+    assert issue_row(tmp_path) is None or issue_row(tmp_path)["status"] == "draft"
+    assert not list((tmp_path / "drafts").glob("*.receipt.json"))
+
+
+def test_a_full_disk_at_the_first_ledger_write_leaves_a_draft_and_says_so(tmp_path, server, run_cli, monkeypatch):
+    make_project(tmp_path, server.port, subscribers(3))
+    monkeypatch.setattr(store, "mark_sending", disk_full)
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 1 and err.count("\n") == 1
+    assert "no space left" in err and str(tmp_path) in err and "is a draft again" in err, err
+    assert server.messages == [] and not ledger(tmp_path)
+    assert issue_row(tmp_path)["status"] == "draft"
+    assert not list((tmp_path / "drafts").glob("*.receipt.json"))
+
+
+def test_a_disk_without_room_for_the_ledger_is_refused_before_any_write(tmp_path, server, run_cli, monkeypatch):
+    make_project(tmp_path, server.port, subscribers(3))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 1 and err.count("\n") == 1
+    assert "no space left on the disk of" in err and str(tmp_path) in err and "still a draft" in err, err
+    assert server.messages == [] and not ledger(tmp_path) and issue_row(tmp_path) is None
+    assert not list((tmp_path / "drafts").glob("*.receipt.json"))
