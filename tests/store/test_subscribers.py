@@ -206,3 +206,48 @@ def test_a_list_keeps_a_web_confirmed_subscriber_active_and_says_so(tmp_path):
     assert statuses == {"web@example.com": "active", "plain@example.com": "unsubscribed"}
     # what a send's plan keeps over subscribers.csv's rows: the same rule
     assert kept_over_lists(db) == {"web@example.com": "active", "plain@example.com": "unsubscribed"}
+
+
+def fill(db, count: int) -> None:
+    now = store.iso(NOW)
+    statuses = ("active", "active", "pending", "unsubscribed")
+    db.conn.executemany(
+        "INSERT INTO subscribers (email_key, email, name, status, source, joined_at, updated_at) "
+        "VALUES (?, ?, ?, ?, 'import', ?, ?)",
+        (
+            (f"reader{n:06d}@example.com", f"reader{n:06d}@example.com", f"Reader {n}", statuses[n % 4], now, now)
+            for n in range(count)
+        ),
+    )
+    db.conn.commit()
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_subscribers_list_streams_a_hundred_thousand_rows(tmp_path, monkeypatch, as_json):
+    """At a million subscribers `list --json` held 2.39 GB and `list` 735 MB: each row is written as it is read."""
+    import json
+    import sys
+    import tracemalloc
+
+    from digest.cli import app
+
+    fill(db_of(tmp_path), 100_000)
+    out = tmp_path / "out.txt"
+    with out.open("w", encoding="utf-8") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)  # a file: the output is not held in memory by the test
+        tracemalloc.start()
+        try:
+            args = ["--db", str(tmp_path / "digest.db"), "subscribers", "list", *(["--json"] if as_json else [])]
+            app(args, standalone_mode=False)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    text = out.read_text(encoding="utf-8")
+    if as_json:
+        rows = json.loads(text)
+        assert len(rows) == 100_000 and rows[0]["email"] == "reader000000@example.com"
+        assert rows[1] == json.loads(json.dumps(rows[1])) and rows[2]["status"] == "pending"
+    else:
+        assert text.endswith("100000 subscriber(s), 50000 active, 25000 pending, 25000 unsubscribed\n")
+        assert text.startswith("reader000000@example.com (Reader 0): active, joined ")
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MB"
