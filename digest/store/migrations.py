@@ -254,3 +254,37 @@ def m010_post_images(db: sqlite_utils.Database) -> None:
         ALTER TABLE posts ADD COLUMN image_height INTEGER;
     """,
     )
+
+
+@migration
+def m011_signup_queue(db: sqlite_utils.Database) -> None:
+    """The web side's order and its mail (issue 20). A sequence numbers the subscriber events that matter to a
+    confirmation: each request to join and each change into `unsubscribed` (a trigger, whoever writes it) takes
+    the next number, so a confirmation link issued before an unsubscribe never re-activates, even within the
+    same second. The signup requests wait in `signup_queue` until a thread of `digest serve` records them and
+    mails the confirmation link: a SIGTERM loses none, the next start sends what is left."""
+    _run(
+        db,
+        """
+        CREATE TABLE subscriber_sequence (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+        INSERT INTO subscriber_sequence VALUES (1, 0);
+        ALTER TABLE subscribers ADD COLUMN status_seq INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE signup_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
+            requested_at TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'new',
+            attempts INTEGER NOT NULL DEFAULT 0, next_try TEXT)
+    """,
+    )
+    bump = (
+        "BEGIN UPDATE subscriber_sequence SET value = value + 1; UPDATE subscribers SET status_seq = "
+        "(SELECT value FROM subscriber_sequence) WHERE email_key = new.email_key; END"
+    )
+    # a trigger's body holds semicolons: one statement each, not through _run
+    db.execute(
+        f"CREATE TRIGGER subscribers_unsubscribed_insert AFTER INSERT ON subscribers "
+        f"WHEN new.status = 'unsubscribed' {bump}"
+    )
+    db.execute(
+        f"CREATE TRIGGER subscribers_unsubscribed_update AFTER UPDATE OF status ON subscribers "
+        f"WHEN new.status = 'unsubscribed' AND old.status IS NOT 'unsubscribed' {bump}"
+    )

@@ -147,3 +147,25 @@ def test_posts_stored_by_0_1_0_are_found_by_their_links_as_this_release_cleans_t
         configured={BLOGS},
     )
     assert added == 1  # the second thought on that page: 0.1.0 had merged it into the page, and never sent it
+
+
+def test_an_unsubscribe_takes_the_next_number_of_the_subscriber_sequence(old_db):
+    """m011 (issue 20): whoever writes an unsubscribe, it is numbered after every request before it, so an older
+    confirmation link never brings the address back, even within the same second; an upgraded database's
+    unsubscribes come before any new request."""
+    db = store.open_db(old_db)
+    assert db.execute("SELECT status, status_seq FROM subscribers WHERE email_key LIKE 'carol%'").fetchone() == (
+        "unsubscribed",
+        0,
+    )
+    now = datetime(2026, 4, 1, 12, tzinfo=UTC)
+    store.suppress(db, "new@example.com", "unsubscribed", now)
+    store.suppress(db, "gone@example.com", "bounced", now)
+    numbers = dict(db.execute("SELECT email_key, status_seq FROM subscribers WHERE email_key LIKE '%@example.com'"))
+    assert numbers["new@example.com"] == 1 and numbers["gone@example.com"] == 0
+    db.execute("UPDATE subscribers SET status = 'active' WHERE email_key = 'new@example.com'")
+    assert db.execute("SELECT status_seq FROM subscribers WHERE email_key = 'new@example.com'").fetchone() == (1,)
+    store.suppress(db, "new@example.com", "unsubscribed", now)
+    assert db.execute("SELECT status_seq FROM subscribers WHERE email_key = 'new@example.com'").fetchone() == (2,)
+    assert db.execute("SELECT value FROM subscriber_sequence").fetchone() == (2,)
+    assert db["signup_queue"].count == 0
