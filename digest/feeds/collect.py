@@ -8,10 +8,15 @@ renderer nor the senders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
+import signal
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -296,7 +301,9 @@ class _ParsePool:
         context = multiprocessing.get_context(method if method in methods else "spawn")
         if context.get_start_method() == "forkserver":
             context.set_forkserver_preload(["digest.feeds.parse"])
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_die_with, initargs=(os.getpid(),)
+        )
 
     async def parse(self, content: bytes, feed_url: str, headers: dict[str, str], fetched_url: str) -> ParsedFeed:
         if self.executor is None:
@@ -323,6 +330,42 @@ class _ParsePool:
             self.executor.shutdown(wait=True, cancel_futures=True)
         if self.froze:
             gc.unfreeze()
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the thread that made it ends
+PARENT_POLL = 1.0  # seconds between two looks at the parent, where prctl is not to be had
+
+
+def _die_with(owner: int) -> None:
+    """Each parsing process's start: it dies with the collect that started it (a kill -9 of collect left them
+    running for ever, 40 MB each). On Linux the kernel kills it when its parent (collect, or the forkserver,
+    which leaves when collect goes) ends; everywhere, a thread of its own ends it when its parent changes or
+    the collect is gone."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc to be found: the thread below does it
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not _still_there(parent, owner):  # gone before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent, owner), name="digest-parent-watch", daemon=True).start()
+
+
+def _still_there(parent: int, owner: int) -> bool:
+    if os.getppid() != parent:
+        return False
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: some process has that pid (never collect, which runs as this user)
+        return False
+    return True
+
+
+def _watch(parent: int, owner: int) -> None:
+    while _still_there(parent, owner):
+        time.sleep(PARENT_POLL)
+    os._exit(1)
 
 
 def _import_parser() -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -351,3 +357,67 @@ def test_feed_server_cannot_make_feedparser_read_local_files(setup, tmp_path):
     config, db = setup({"/xxe.xml": Route(body)})
     collecting.collect(config, db, now=NOW, settings=FAST)
     assert all("TOP-SECRET" not in str(row) for row in db["posts"].rows)
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid`, from /proc (Linux): its children, theirs, and so on."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115 - one read
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0]  # noqa: SIM115 - one read
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("validators", [False, True], ids=["fork", "forkserver"])
+def test_a_killed_collect_leaves_no_parsing_process_behind(tmp_path, feed_server, validators):
+    """kill -9 of `digest collect` while it waits on a slow feed: its parsing processes die with it."""
+    feed_server.routes["/quick.xml"] = Route(rss(items("quick")), etag='"v1"' if validators else None)
+    feed_server.routes["/slow.xml"] = Route(rss(items("slow")), etag='"s1"' if validators else None)
+    feeds = [
+        {"name": p.strip("/"), "url": feed_server.url(p), "section": "Articles"} for p in ("/quick.xml", "/slow.xml")
+    ]
+    write_config(tmp_path, feeds)
+    command = [sys.executable, "-m", "digest", "collect"]
+    if validators:  # a first run stores the validators: the next one starts its pool with the first changed feed
+        assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+        feed_server.routes["/quick.xml"] = Route(rss(items("quick2")), etag='"v2"')
+    feed_server.routes["/slow.xml"].delay = 30.0
+    collect = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        expected = (os.cpu_count() or 1) + validators  # the workers, and the forkserver they come from
+        deadline = time.monotonic() + 30
+        workers: set[int] = set()
+        while time.monotonic() < deadline and not (
+            len(workers) >= expected and "/slow.xml" in [path for path, _ in feed_server.requests[-2:]]
+        ):
+            workers = descendants(collect.pid)
+            time.sleep(0.05)
+        assert len(workers) >= expected, f"parsing processes: {workers}"
+        collect.kill()
+        collect.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.05)
+        assert not [pid for pid in workers if alive(pid)]
+    finally:
+        collect.kill()
+        for pid in descendants(collect.pid) | workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
