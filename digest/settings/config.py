@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
+from digest.settings.folders import check_site_apart
 from digest.settings.patterns import check_placeholders, check_subject
 from digest.settings.sections import DAY, HOUR, Renamed, read_section, setting
 from digest.settings.subscribers import is_valid_email
@@ -418,6 +419,12 @@ def load_config(path: Path | str, backends: Mapping[str, SectionOwner] | None = 
     if publish or serve:
         newsletter = _web_defaults(top, newsletter, "publish" if publish else "serve", serve is not None)
     base = path.resolve().parent
+    drafts_dir = base / top.get("drafts_dir", str, "drafts")
+    subscribers_path = base / top.get("subscribers", str, "subscribers.csv")
+    if publish or serve:
+        site = base / (publish or PublishSettings()).dir
+        others = {"drafts_dir": drafts_dir, "subscribers": subscribers_path, "database": database_path(path)}
+        check_site_apart(top, site, others)
     return Config(
         path=path,
         newsletter=newsletter,
@@ -427,7 +434,7 @@ def load_config(path: Path | str, backends: Mapping[str, SectionOwner] | None = 
         feeds=feeds,
         collect=collect,
         backends=settings,
-        drafts_dir=base / top.get("drafts_dir", str, "drafts"),
-        subscribers_path=base / top.get("subscribers", str, "subscribers.csv"),
+        drafts_dir=drafts_dir,
+        subscribers_path=subscribers_path,
         warnings=tuple(warnings),
     )

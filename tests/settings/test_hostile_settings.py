@@ -108,3 +108,68 @@ def test_a_subject_format_of_a_reasonable_width_is_kept(tmp_path, subject):
     from digest.settings.config import load_config
 
     assert load_config(config_with_subject(tmp_path, subject)).newsletter.subject == subject
+
+
+# --- what the published folder may hold ---------------------------------------------------------------------
+
+WEB = "newsletter:\n  site_url: https://news.example.com/\n" + FEEDS
+
+
+def refusal(tmp_path: Path, text: str) -> ConfigError:
+    from digest.settings.config import load_config
+
+    path = tmp_path / "feeds.yaml"
+    path.write_text(WEB + text, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    return error.value
+
+
+@pytest.mark.parametrize(
+    "text, line, field, words",
+    [
+        ("publish:\n  dir: drafts\n", 6, "publish.dir", "the drafts folder"),
+        ("publish:\n  dir: site\ndrafts_dir: site/drafts\n", 7, "drafts_dir", "inside the published folder"),
+        ("drafts_dir: site/drafts\nserve: {}\n", 5, "drafts_dir", "inside the published folder"),
+        ("drafts_dir: site\npublish: {}\n", 5, "drafts_dir", "the published folder itself"),
+        ("publish:\n  dir: ./out/../drafts/\n", 6, "publish.dir", "the drafts folder"),
+        ("publish:\n  dir: drafts/site\n", 6, "publish.dir", "the drafts folder"),
+        ("subscribers: site/people.csv\npublish: {}\n", 5, "subscribers", "inside the published folder"),
+        ("publish:\n  dir: subscribers.csv\n", 6, "publish.dir", "subscribers.csv"),
+        ("publish:\n  dir: digest.db\n", 6, "publish.dir", "digest.db"),
+    ],
+)
+def test_the_published_folder_shares_nothing_with_drafts_database_or_subscribers(tmp_path, text, line, field, words):
+    error = refusal(tmp_path, text)
+    assert (error.line, error.field) == (line, field), str(error)
+    assert words in error.problem
+
+
+def test_a_symlink_to_the_drafts_is_no_folder_of_its_own(tmp_path):
+    (tmp_path / "drafts").mkdir()
+    (tmp_path / "public").symlink_to(tmp_path / "drafts")
+    error = refusal(tmp_path, "publish:\n  dir: public\n")
+    assert (error.line, error.field) == (6, "publish.dir") and "the drafts folder" in error.problem
+
+
+def test_folders_of_their_own_are_kept(tmp_path):
+    from digest.settings.config import load_config
+
+    path = tmp_path / "feeds.yaml"
+    path.write_text(WEB + "publish:\n  dir: public/site\ndrafts_dir: private/drafts\nserve: {}\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.site_dir == tmp_path / "public/site" and config.drafts_dir == tmp_path / "private/drafts"
+
+
+def test_a_database_named_elsewhere_inside_the_published_folder_is_refused(tmp_path):
+    from digest.errors import SetupError
+    from digest.settings.config import load_config
+    from digest.settings.folders import check_database_apart
+
+    path = tmp_path / "feeds.yaml"
+    path.write_text(WEB + "publish: {}\n", encoding="utf-8")
+    config = load_config(path)
+    check_database_apart(config, tmp_path / "data" / "digest.db")
+    with pytest.raises(SetupError) as error:
+        check_database_apart(config, tmp_path / "site" / ".." / "site" / "digest.db")
+    assert "--db or DIGEST_DB" in str(error.value) and "inside the published folder" in str(error.value)
