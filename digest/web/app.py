@@ -1,25 +1,26 @@
 """`digest serve`: the newsletter's web endpoints, an ASGI application (Starlette) served by uvicorn.
 
     GET  /  /issues/<issue>/  /feed.xml  /feed.json   the archive as `digest publish` writes it, kept current
-    POST /subscribe            a pending subscriber and a confirmation mail; always the same answer
+    POST /subscribe            a queued request (confirmations.py); the same answer for any address, 429 past a limit
     GET  /confirm?token=       a page with one button (mail scanners open every link of a mail)
     POST /confirm?token=       that button: the subscriber becomes active
     GET  /unsubscribe?token=   a page with one button (a GET never unsubscribes: mail scanners follow links)
     POST /unsubscribe?token=   RFC 8058 one-click, and that button
     GET  /healthz
 
-It shares the SQLite file with a running `digest send` (WAL, a busy timeout): each worker thread has its own
-connection, and each write is one short transaction. No page needs JavaScript, every value is escaped by
-the templates, and no page sends a Referer to another site (the URLs hold tokens).
+It shares the SQLite file with a running `digest send` (WAL): each worker thread has its own connection, a read
+never waits on a writer, and each write is one short transaction that waits a few seconds at most for another
+process's lock (then 503 and Retry-After). Every URL it makes names site_url, never the request's Host. No
+page needs JavaScript, every value is escaped by the templates, and no page sends a Referer to another site
+(the URLs hold tokens).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import queue
 import socket
+import sqlite3
 import threading
 import time
 import unicodedata
@@ -31,24 +32,27 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
+import anyio
 import sqlite_utils
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from digest import store
-from digest.credentials import redact
 from digest.errors import SetupError
 from digest.send.smtp_transport import Connection, smtp_password
 from digest.send.unsubscribe import missing_secret, signed_address, unsubscribe_secret
 from digest.settings.config import Config
-from digest.settings.subscribers import address_key, is_valid_email
+from digest.settings.subscribers import is_valid_email
 from digest.web import signup
+from digest.web.confirmations import DRAIN_SECONDS, Confirmations, enqueue
+from digest.web.limits import SignupLimits, client_key
 from digest.web.publish import publish, site_context
+from digest.web.serve_log import LOG_CONFIG
 
 log = logging.getLogger("digest.serve")
 MAX_FORM_BYTES = 16 * 1024  # a signup form is a few hundred bytes; a one-click POST a few dozen
@@ -61,14 +65,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+WRITE_WAIT = 3.0  # seconds a request's write waits for the database before the answer is 503 and Retry-After
+
+
+class Busy(Exception):
+    """The database stayed locked by another writer (a send, a backup) for WRITE_WAIT: answered 503."""
+
+
 class _Databases:
-    """One connection per thread (Starlette runs plain functions in a pool of threads); SQLite's busy timeout
-    (store.open_db) makes a writer wait its turn behind a send's transaction instead of failing."""
+    """One connection per thread (Starlette runs plain functions in a pool of threads). Reads never wait on a
+    writer (WAL). A write waits its turn behind this process's writers in the event loop (no thread is held while
+    it queues, so a long lock held by another process leaves the threads to the archive and /healthz), then at
+    most WRITE_WAIT seconds in SQLite's busy handler; past that it is Busy, and so are the writes that queued
+    behind it meanwhile."""
 
     def __init__(self, path: Path):
         self.path = path
         self._local = threading.local()
-        self._writing = threading.Lock()
+        self._writing: anyio.Lock | None = None  # made in the event loop, at the first write
+        self._locked_at: float | None = None  # when the last write found the database locked by another
 
     def get(self) -> sqlite_utils.Database:
         """This thread's connection."""
@@ -76,6 +91,7 @@ class _Databases:
         if db is None:
             db = self._local.db = store.open_db(self.path)
             db.execute("PRAGMA synchronous=FULL")  # an unsubscribe answered 200 survives a power cut too
+            db.execute(f"PRAGMA busy_timeout = {int(WRITE_WAIT * 1000)}")
         return db
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
@@ -86,89 +102,28 @@ class _Databases:
         """The same for a function that writes: this process's writers take turns on a lock, woken as soon as
         the one before commits, instead of in SQLite's busy handler, which sleeps up to 100 ms at a time
         (benchmarks/unsubscribe.py during a send: the slowest 1 % took 550-710 ms without the lock, 220-300 ms
-        with it, at the same rate)."""
-
-        def locked() -> T:
-            with self._writing:
-                return function(self.get(), *args, **kwargs)
-
-        return await run_in_threadpool(locked)
-
-
-class _RateLimit:
-    """At most about `limit` requests per `window` seconds per key, in this process's memory: the counts of the
-    current window and of the one before, weighted by how much of it still overlaps (a sliding estimate). Two
-    plain dicts: memory holds the keys of two windows at most, and no call walks them."""
-
-    def __init__(self, limit: int, window: float):
-        self.limit, self.window = limit, window
-        self._start = time.monotonic()
-        self._current: dict[str, int] = {}
-        self._previous: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            elapsed = now - self._start
-            if elapsed >= self.window:
-                self._previous = self._current if elapsed < 2 * self.window else {}
-                self._current = {}
-                self._start += self.window * (elapsed // self.window)
-                elapsed = now - self._start
-            overlap = 1 - elapsed / self.window
-            if self._previous.get(key, 0) * overlap + self._current.get(key, 0) >= self.limit:
-                return False
-            self._current[key] = self._current.get(key, 0) + 1
-            return True
-
-
-def client_key(host: str) -> str:
-    """Who a client is, for the limits: an IPv4 address, or the /64 network of an IPv6 one (one host usually
-    has a whole /64 to pick addresses from)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
-
-
-def inbox_key(email: str) -> str:
-    """The inbox an address delivers to, for the per-inbox limit: without a `+tag`, and for Gmail without dots
-    (`v.i.c.tim+1@gmail.com` is `victim@gmail.com`'s inbox)."""
-    local, _, domain = address_key(email).rpartition("@")
-    local = local.split("+", 1)[0]
-    if domain in ("gmail.com", "googlemail.com"):
-        local, domain = local.replace(".", ""), "gmail.com"
-    return f"{local}@{domain}"
-
-
-class _Mailer:
-    """Confirmation mails, sent one at a time by a thread of their own: a slow or absent SMTP server never holds
-    the request threads (the unsubscribes' too). At most QUEUE_SIZE wait; more are dropped, and logged."""
-
-    QUEUE_SIZE = 100
-
-    def __init__(self, send: Callable[[str], None]):
-        self._send = send
-        self._queue: queue.Queue[str] = queue.Queue(self.QUEUE_SIZE)
-        threading.Thread(target=self._run, name="confirmations", daemon=True).start()
-
-    def put(self, email: str) -> None:
-        try:
-            self._queue.put_nowait(email)
-        except queue.Full:
-            log.error("confirmation mail to %s not sent: %d are waiting already", email, self.QUEUE_SIZE)
-
-    def _run(self) -> None:
-        while True:
-            email = self._queue.get()
+        with it, at the same rate). Busy when the database stays locked."""
+        if self._writing is None:
+            self._writing = anyio.Lock()
+        started = time.monotonic()
+        async with self._writing:
+            if self._locked_at is not None and self._locked_at > started:
+                raise Busy  # the writer before this one found the database locked by another: so would this one
             try:
-                self._send(email)
-            except Exception as exc:  # one logged line, never the thread's end
-                log.error("confirmation mail to %s not sent: %s", email, redact(f"{exc}" or type(exc).__name__))
+                result = await run_in_threadpool(self._busy_aware, function, *args, **kwargs)
+            except Busy:
+                self._locked_at = time.monotonic()
+                raise
+            self._locked_at = None
+            return result
+
+    def _busy_aware(self, function: Callable[..., T], *args, **kwargs) -> T:
+        try:
+            return function(self.get(), *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise Busy from None
+            raise
 
 
 # mimetypes knows .xml and .json only as any XML and JSON, which a browser shows as source, not as a feed
@@ -215,8 +170,10 @@ class _SecurityHeaders:
     """Headers on every response: no framing, no sniffing, no Referer to another site (tokens are in the
     URLs), and a content policy that allows no script at all."""
 
-    def __init__(self, app: ASGIApp, form_origins: list[str]):
+    def __init__(self, app: ASGIApp, form_origins: list[str], site_url: str):
         self.app = app
+        site = urlsplit(site_url)
+        self.scheme, self.host = site.scheme, site.netloc.encode("idna" if not site.netloc.isascii() else "ascii")
         actions = " ".join(["'self'", *form_origins])
         policy_text = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; "
@@ -233,6 +190,9 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # the site's own scheme and host, never the request's Host header, in every URL made (a redirect's Location)
+        headers = [(name, value) for name, value in scope["headers"] if name != b"host"]
+        scope = {**scope, "scheme": self.scheme, "headers": [*headers, (b"host", self.host)]}
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
@@ -274,15 +234,13 @@ class WebSide:
         self.site_url = config.newsletter.site_url
         self.list_id = config.newsletter.list_identifier
         self.databases = _Databases(db_path)
-        self.per_client = _RateLimit(self.settings.subscribes_per_hour, 3600.0)
-        self.per_inbox = _RateLimit(self.settings.confirmations_per_day, 86400.0)
-        self.all_confirmations = _RateLimit(self.settings.confirmations_per_hour, 3600.0)
+        self.limits = SignupLimits(self.settings)
         origins = {_origin(self.site_url), *([_origin(config.signup_url)] if config.signup_url else [])}
         self.origins = sorted(origins)
         self.smtp = config.backends["smtp"]  # the confirmation mails go as the issues do
         self.smtp_password = smtp_password(self.smtp)  # refused now when it is needed and missing
         self.archive = _Archive(config, self.databases)
-        self.mailer = _Mailer(self.mail_confirmation)
+        self.confirmations = Confirmations(db_path, self.record_request, self.mail_confirmation, clock).start()
 
     # --- pages --------------------------------------------------------------------------
 
@@ -306,40 +264,48 @@ class WebSide:
         if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
             return self.page("Too large", "That request is too large for a signup form.", status=413)
         client = client_key(request.client.host) if request.client else "unknown"
-        if not self.per_client.allow(client):
-            response = self.page("Too many requests", "Too many signups from here: try again in an hour.", status=429)
-            response.headers["Retry-After"] = "3600"
-            return response
+        refused = self.limits.client(client)
+        if refused:
+            return self.try_later(*refused)
         try:
             form = await request.form(max_files=0, max_fields=20, max_part_size=MAX_FORM_BYTES)
         except Exception:  # python-multipart's and Starlette's parse errors share no base class
             return self.page("Bad request", "That form could not be read.", status=400)
         email = str(form.get("email") or "").strip()
         name = str(form.get("name") or "").strip()[:200]
-        done = self.page(
+        if form.get(HONEYPOT):
+            return self.check_your_inbox(email)
+        if not is_valid_email(email) or any(unicodedata.category(character) in "CcCf" for character in email):
+            return self.page("Not an address", "That does not look like an email address.", status=400)
+        refused = self.limits.confirmation(client, email)
+        if refused:
+            return self.try_later(*refused)
+        # The same work for every address: one queued row; whether it is new, pending or active is decided by
+        # the confirmations' thread after the answer went out.
+        await self.databases.write(enqueue, email, name, self.clock())
+        self.confirmations.wake()
+        return self.check_your_inbox(email)
+
+    def check_your_inbox(self, email: str) -> Response:
+        return self.page(
             "Check your inbox",
             f"If {email} can receive {self.config.newsletter.title}, a message with a confirmation link is on its "
             f"way. Open it within {signup.CONFIRM_DAYS} days to start receiving the newsletter.",
         )
-        if form.get(HONEYPOT):
-            return done
-        if not is_valid_email(email) or any(unicodedata.category(character) in "CcCf" for character in email):
-            return self.page("Not an address", "That does not look like an email address.", status=400)
-        mail = await self.databases.write(
-            signup.request_subscription,
-            email,
-            name,
-            self.clock(),
-            per_day=self.settings.confirmations_per_day,
-        )
-        if mail and self.per_inbox.allow(inbox_key(email)) and self.all_confirmations.allow(""):
-            self.mailer.put(email)
-        return done
 
-    def mail_confirmation(self, email: str) -> None:
-        """On the mailer's thread, after the answer went out (its timing tells nothing)."""
+    def try_later(self, text: str, seconds: int) -> Response:
+        response = self.page("Too many requests", text, status=429)
+        response.headers["Retry-After"] = str(seconds)
+        return response
+
+    def record_request(self, db: sqlite_utils.Database, email: str, name: str, requested: datetime) -> bool:
+        """On the confirmations' thread: the request recorded; whether to mail a confirmation link."""
+        return signup.request_subscription(db, email, name, requested, per_day=self.settings.confirmations_per_day)
+
+    def mail_confirmation(self, email: str, sequence: int) -> None:
+        """On the confirmations' thread, after the answer went out (its timing tells nothing)."""
         now = self.clock()
-        token = signup.make_confirm_token(self.secret, self.list_id, email, now)
+        token = signup.make_confirm_token(self.secret, self.list_id, email, now, sequence)
         url = f"{self.site_url}confirm?token={quote(token)}"
         message = signup.confirmation_message(self.config, email, url, now)
         connection = Connection(self.smtp, self.smtp_password)
@@ -424,7 +390,21 @@ class WebSide:
         return PlainTextResponse("ok\n", headers={"Cache-Control": "no-store"})
 
 
-def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp:
+def _busy(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(
+        "The newsletter's database is busy: try again in a few seconds.\n",
+        status_code=503,
+        headers={"Retry-After": "5", "Cache-Control": "no-store"},
+    )
+
+
+def _gone(request: Request, exc: Exception) -> Response:
+    """The client broke off, or broke HTTP, mid-body (a malformed chunk): nobody reads the answer, nothing logged
+    but uvicorn's one line."""
+    return PlainTextResponse("Bad request.\n", status_code=400)
+
+
+def _application(config: Config, db_path: Path, clock: Clock) -> tuple[ASGIApp, WebSide]:
     web = WebSide(config, db_path, clock=clock)
     app = Starlette(
         routes=[
@@ -435,9 +415,14 @@ def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp
             Route("/unsubscribe", web.unsubscribe_page, methods=["GET"]),
             Route("/unsubscribe", web.unsubscribe, methods=["POST"]),
             Mount("/", app=web.archive),
-        ]
+        ],
+        exception_handlers={Busy: _busy, ClientDisconnect: _gone},
     )
-    return _SecurityHeaders(app, web.origins)
+    return _SecurityHeaders(app, web.origins, web.site_url), web
+
+
+def create_app(config: Config, db_path: Path, *, clock: Clock = _now) -> ASGIApp:
+    return _application(config, db_path, clock)[0]
 
 
 def serve(config: Config, db_path: Path, *, host: str, port: int, on_ready: Callable[[str], None]) -> None:
@@ -446,7 +431,7 @@ def serve(config: Config, db_path: Path, *, host: str, port: int, on_ready: Call
     believed from the local reverse proxy only (uvicorn's default, FORWARDED_ALLOW_IPS)."""
     import uvicorn
 
-    app = create_app(config, db_path)
+    app, web = _application(config, db_path, _now)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -456,5 +441,10 @@ def serve(config: Config, db_path: Path, *, host: str, port: int, on_ready: Call
         listener.close()
         raise SetupError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     on_ready(f"http://{host}:{listener.getsockname()[1]}")
-    settings = uvicorn.Config(app, access_log=False, proxy_headers=True, log_level="info", lifespan="off")
-    uvicorn.Server(settings).run(sockets=[listener])
+    settings = uvicorn.Config(
+        app, access_log=False, proxy_headers=True, log_config=LOG_CONFIG, log_level="info", lifespan="off"
+    )
+    try:
+        uvicorn.Server(settings).run(sockets=[listener])
+    finally:
+        web.confirmations.drain(DRAIN_SECONDS)  # the confirmation mails queued, before the exit

@@ -5,7 +5,10 @@
     confirm                GET /confirm: the link's address becomes active
     unsubscribe            POST /unsubscribe: an unsubscribe link's address is never mailed again
 
-A confirmation token is `c1.<address>.<issued, seconds>.<HMAC-SHA256>` (base64url parts), signed with the
+A confirmation token is `c2.<address>.<issued, seconds>.<sequence>.<HMAC-SHA256>` (base64url parts): the
+sequence is the number its request took among the subscriber events (store migration m011), so that an
+unsubscribe after it wins even within the same second. Links of release 0.x (`c1`, without a sequence) are
+still honoured for their 7 days, ordered by time. Signed with the
 same secret as the unsubscribe tokens (send/unsubscribe.py) but over another purpose: neither kind passes
 for the other. Both are bound to the newsletter's list-id and to the address, and compared in constant time.
 """
@@ -29,24 +32,27 @@ from digest.settings.config import Config
 from digest.settings.subscribers import address_key, clean_name, is_valid_email
 
 CONFIRM_DAYS = 7
-CONFIRM_VERSION = "c1"
+CONFIRM_VERSION = "c2"
 
 
-def _confirm_signature(secret: str, newsletter: str, email: str, issued: int) -> bytes:
-    message = "\0".join(("digest-confirm", CONFIRM_VERSION, newsletter, address_key(email), str(issued)))
-    return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).digest()[:18]
+def _confirm_signature(secret: str, newsletter: str, email: str, issued: int, sequence: int | None) -> bytes:
+    fields = ["digest-confirm", "c1" if sequence is None else CONFIRM_VERSION, newsletter, address_key(email)]
+    fields += [str(issued)] + ([] if sequence is None else [str(sequence)])
+    return hmac.new(secret.encode("utf-8"), "\0".join(fields).encode("utf-8"), hashlib.sha256).digest()[:18]
 
 
-def make_confirm_token(secret: str, newsletter: str, email: str, issued: datetime) -> str:
+def make_confirm_token(secret: str, newsletter: str, email: str, issued: datetime, sequence: int = 0) -> str:
     seconds = int(issued.timestamp())
-    signature = _confirm_signature(secret, newsletter, email, seconds)
-    return f"{CONFIRM_VERSION}.{_b64(email.encode('utf-8'))}.{_b64(str(seconds).encode('ascii'))}.{_b64(signature)}"
+    signature = _confirm_signature(secret, newsletter, email, seconds, sequence)
+    parts = [email.encode("utf-8"), str(seconds).encode("ascii"), str(sequence).encode("ascii"), signature]
+    return ".".join([CONFIRM_VERSION, *(_b64(part) for part in parts)])
 
 
 @dataclass(frozen=True)
 class ConfirmToken:
     email: str
     issued: datetime
+    sequence: int | None = None  # None: a c1 link, made before the sequence
 
     def expired(self, now: datetime) -> bool:
         return now - self.issued > timedelta(days=CONFIRM_DAYS)
@@ -55,18 +61,19 @@ class ConfirmToken:
 def verify_confirm_token(secret: str, newsletter: str, token: str) -> ConfirmToken | None:
     """The address and issue time a confirmation token was signed for, or None (forged, another kind)."""
     parts = token.strip().split(".")
-    if len(parts) != 4 or parts[0] != CONFIRM_VERSION:
+    if (parts[0], len(parts)) not in (("c1", 4), (CONFIRM_VERSION, 5)):
         return None
     try:
         email = _unb64(parts[1]).decode("utf-8")
         seconds = int(_unb64(parts[2]).decode("ascii"))
-        signature = _unb64(parts[3])
+        sequence = int(_unb64(parts[3]).decode("ascii")) if len(parts) == 5 else None
+        signature = _unb64(parts[-1])
         issued = datetime.fromtimestamp(seconds, UTC)
     except (ValueError, OverflowError, OSError):  # binascii.Error and UnicodeDecodeError are ValueErrors
         return None
-    if not hmac.compare_digest(signature, _confirm_signature(secret, newsletter, email, seconds)):
+    if not hmac.compare_digest(signature, _confirm_signature(secret, newsletter, email, seconds, sequence)):
         return None
-    return ConfirmToken(email=email, issued=issued)
+    return ConfirmToken(email=email, issued=issued, sequence=sequence)
 
 
 def request_subscription(db: sqlite_utils.Database, email: str, name: str, now: datetime, *, per_day: int) -> bool:
@@ -113,15 +120,15 @@ def confirm(db: sqlite_utils.Database, token: ConfirmToken, now: datetime) -> st
     or complained), unknown (no such subscriber)."""
     key = address_key(token.email)
     with store.transaction(db):
-        row = db.execute("SELECT status, updated_at FROM subscribers WHERE email_key = ?", [key]).fetchone()
+        row = db.execute("SELECT status, updated_at, status_seq FROM subscribers WHERE email_key = ?", [key]).fetchone()
         if row is None:
             return "unknown"
-        status, updated_at = row
+        status, updated_at, status_seq = row
         if status == "active":
             return "already"
         if status in ("bounced", "complained"):
             return "blocked"
-        if status == "unsubscribed" and store.from_iso(updated_at) > token.issued:
+        if status == "unsubscribed" and _left_after(token, updated_at, status_seq):
             return "unsubscribed"
         db.execute(
             "UPDATE subscribers SET status = 'active', source = 'form', consent_at = ?, updated_at = ?, "
@@ -129,6 +136,20 @@ def confirm(db: sqlite_utils.Database, token: ConfirmToken, now: datetime) -> st
             [store.iso(now), store.iso(now), key],
         )
     return "confirmed"
+
+
+def _left_after(token: ConfirmToken, updated_at: str, status_seq: int) -> bool:
+    """Whether the unsubscribe came after the token's request: by the sequence; a c1 link (sent by an older
+    release, good for 7 days after the upgrade) by time, as it was."""
+    if token.sequence is None:
+        return store.from_iso(updated_at) > token.issued
+    return status_seq > token.sequence
+
+
+def next_sequence(db: sqlite_utils.Database) -> int:
+    """The next number of the subscriber events' sequence (inside the caller's transaction)."""
+    db.execute("UPDATE subscriber_sequence SET value = value + 1")
+    return db.execute("SELECT value FROM subscriber_sequence").fetchone()[0]
 
 
 def unsubscribe(
