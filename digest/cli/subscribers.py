@@ -3,9 +3,10 @@ works on a database alone (--db), without the newsletter's settings, unlike the 
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,16 +70,37 @@ def subscribers_export(
     status: str | None = STATUS,
 ) -> None:
     """Write the subscribers as CSV (email, name, status, source, joined_at, consent_at)."""
-    from digest.issue.draft import write_atomically
     from digest.jobs import export_subscribers
 
     if out is None:
         export_subscribers(_subscriber_db(ctx), sys.stdout, status=status)
         return
-    buffer = io.StringIO()
-    count = export_subscribers(_subscriber_db(ctx), buffer, status=status)
-    write_atomically(out, buffer.getvalue())
+    count = _export_to_file(_subscriber_db(ctx), out, status)
     say(f"{out}: {count} subscriber(s)", err=True)
+
+
+def _export_to_file(db, out: Path, status: str | None) -> int:
+    """The export written row by row into a temporary file beside `out` (readable by its owner only: it holds
+    every address), which then replaces `out` in one step: a kill never leaves half a list, and the list is
+    never held in memory (a million subscribers: about 80 MB of text)."""
+    from digest.jobs import export_subscribers
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise SetupError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            count = export_subscribers(db, stream, status=status)
+        os.replace(temporary, out)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise SetupError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return count
 
 
 @subscribers_app.command("list")
