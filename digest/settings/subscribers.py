@@ -13,7 +13,6 @@ column holds what, and what the file's words for a subscriber's state mean in ou
 from __future__ import annotations
 
 import csv
-import itertools
 import re
 import string
 import unicodedata
@@ -190,10 +189,7 @@ def _text_lines(handle: BinaryIO, path: Path) -> Iterator[str]:
     MAX_LINE nor the file past MAX_FILE (`/dev/urandom` is never read whole into memory), and a header
     row with a NUL byte, which no text file holds, refused as binary."""
     read = 0
-    for number in itertools.count(1):
-        data = handle.readline(MAX_LINE + 1)
-        if not data:
-            return
+    for number, data in enumerate(_byte_lines(handle), 1):
         read += len(data)
         if len(data) > MAX_LINE:
             raise ConfigError(path, number, None, f"a line of more than {MAX_LINE:,} bytes: not a CSV list")
@@ -206,6 +202,31 @@ def _text_lines(handle: BinaryIO, path: Path) -> Iterator[str]:
         except UnicodeDecodeError as exc:
             problem = f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {number})"
             raise ConfigError(path, number, None, problem) from None
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # as a spreadsheet ends its lines, the old Mac's lone \r included
+
+
+def _byte_lines(handle: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a binary file, each with its ending, read a block at a time: a line past MAX_LINE is given
+    as soon as it is that long, unfinished (no UTF-8 character holds a \r or \n byte: the cut is safe)."""
+    pending = b""
+    while True:
+        chunk = handle.read(block)
+        data = pending + chunk
+        start = 0
+        for match in _LINE_END.finditer(data):
+            if chunk and match.end() == len(data) and match[0] == b"\r":
+                break  # the block may cut a \r\n in two: wait for the next one
+            yield data[start : match.end()]
+            start = match.end()
+        pending = data[start:]
+        if not chunk or len(pending) > MAX_LINE:
+            if pending:
+                yield pending
+            if not chunk:
+                return
+            pending = b""
 
 
 class _Header:

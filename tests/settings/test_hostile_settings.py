@@ -173,3 +173,13 @@ def test_a_database_named_elsewhere_inside_the_published_folder_is_refused(tmp_p
     with pytest.raises(SetupError) as error:
         check_database_apart(config, tmp_path / "site" / ".." / "site" / "digest.db")
     assert "--db or DIGEST_DB" in str(error.value) and "inside the published folder" in str(error.value)
+
+
+@pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
+def test_every_line_ending_of_a_spreadsheet_is_read_and_lines_are_counted(tmp_path, end):
+    path = tmp_path / "list.csv"
+    rows = ["email,name", "ada@example.com,Ada", 'grace@example.com,"Grace\nHopper"', "bad,Bad"]
+    path.write_bytes(end.join(rows).encode() + b"\r" + ("x" * 3000 + end).encode() * 1000)  # 3 MB
+    file = read_subscriber_export(path)
+    assert [subscriber.email for subscriber in file.subscribers] == ["ada@example.com", "grace@example.com"]
+    assert [(problem.line, problem.field) for problem in file.problems][:1] == [(5, "email")]
