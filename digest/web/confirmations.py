@@ -4,7 +4,8 @@ A POST /subscribe writes one row, the same for any address, and answers: whether
 active or blocked is decided here, after the answer went out, so that the answer's timing tells nothing. The
 thread then records the request (`signup.request_subscription`) and mails the confirmation link. Rows outlive
 a SIGTERM or a crash: `digest serve` sends what is left before it exits (DRAIN_SECONDS at most), and the next
-start sends the rest; a row is deleted once its mail is accepted, so each is sent once.
+start sends the rest; a row is claimed before its mail (two serves on one database share the queue) and
+deleted once the mail is accepted, so each is sent once (a kill -9 in between: once more, LEASE later).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger("digest.serve")
 DRAIN_SECONDS = 5.0  # at SIGTERM: how long the mails left may hold up the exit (the next start sends the rest)
 ATTEMPTS = 5  # a mail the SMTP server refuses this often is given up, and logged
 RETRY = timedelta(minutes=1)  # after a failure, times the attempts made
+LEASE = timedelta(minutes=10)  # a row being mailed is another serve's to leave alone (a kill -9: sent again then)
 IDLE_SECONDS = 1.0  # how often an idle thread looks for a retry that came due
 
 
@@ -89,13 +91,15 @@ class Confirmations:
     def _step(self, db: sqlite_utils.Database) -> bool:
         """The oldest row that is due, worked; False when there is none."""
         now = self._clock()
-        row = db.execute(
-            "SELECT id, email, name, requested_at, seq, state, attempts FROM signup_queue "
-            "WHERE next_try IS NULL OR next_try <= ? ORDER BY id LIMIT 1",
-            [store.iso(now)],
-        ).fetchone()
-        if row is None:
-            return False
+        with store.transaction(db):  # claimed: another serve on this database leaves it alone for LEASE
+            row = db.execute(
+                "SELECT id, email, name, requested_at, seq, state, attempts FROM signup_queue "
+                "WHERE next_try IS NULL OR next_try <= ? ORDER BY id LIMIT 1",
+                [store.iso(now)],
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE signup_queue SET next_try = ? WHERE id = ?", [store.iso(now + LEASE), row[0]])
         row_id, email, name, requested_at, sequence, state, attempts = row
         if state == "new":
             with store.transaction(db):

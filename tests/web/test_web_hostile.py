@@ -318,3 +318,33 @@ def test_a_malformed_chunked_request_is_one_line_in_the_log(tmp_path, server):
 def _no_proxy(monkeypatch):
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_two_servers_on_one_database_mail_each_queued_request_once(tmp_path):
+    """From the review of item 6: two `digest serve` on one database (a restart that overlaps) work one queue;
+    a row is claimed before its mail, so no request is mailed twice."""
+    import threading
+
+    from digest import store
+    from digest.web.confirmations import Confirmations, enqueue
+
+    path = tmp_path / "digest.db"
+    db = store.open_db(path)
+    for number in range(40):
+        enqueue(db, f"reader{number}@example.com", "", datetime.now(UTC))
+    mailed: list[str] = []
+    lock = threading.Lock()
+
+    def mail(address: str, sequence: int) -> None:
+        time.sleep(0.002)  # an SMTP transaction's few milliseconds, during which the other thread looks too
+        with lock:
+            mailed.append(address)
+
+    workers = [Confirmations(path, lambda *_: True, mail, lambda: datetime.now(UTC)).start() for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT count(*) FROM signup_queue").fetchone()[0]:  # polled
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for worker in workers:
+        worker.drain(1)
+    assert sorted(mailed) == sorted(f"reader{number}@example.com" for number in range(40))
