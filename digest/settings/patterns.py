@@ -46,14 +46,16 @@ def _check_subject_widths(reader: MappingReader, subject: str) -> None:
     make each build write a gigabyte. A width taken from another field (`{title:>{number}}`) is refused: its
     size is not known until the issue is built. A pattern that does not parse is left to the sample's check."""
     try:
-        fields = [(name, spec or "") for _, name, spec, _ in string.Formatter().parse(subject) if name is not None]
+        fields = [(name, spec or "", conversion) for _, name, spec, conversion in string.Formatter().parse(subject)]
     except ValueError:
         return
-    for name, spec in fields:
+    for name, spec, conversion in fields:
+        if name is None:
+            continue
         shown = f"{{{name}:{spec}}}"
         if "{" in spec:
             raise reader.error("subject", f"{shown}: a format cannot hold a nested field; write the width itself")
-        pattern = _STRFTIME_WIDTH if name in _DATE_FIELDS else _DIGITS
+        pattern = _STRFTIME_WIDTH if name in _DATE_FIELDS and not conversion else _DIGITS  # {start!s:>9}: a string
         widths = [int(found) for found in pattern.findall(spec)]
         if widths and max(widths) > MAX_FORMAT_WIDTH:
             raise reader.error(

@@ -88,6 +88,8 @@ def config_with_subject(tmp_path: Path, subject: str) -> Path:
         "{issue:201}",
         "{start:%201Y}",
         "{end:%_100000000d}",
+        "{start!s:>100000000}",  # a date as text: a width of the string format, not strftime's
+        "{start.year:>100000000}",
         "{title:>{number}}",  # a width taken from a value: no bound known when the settings are read
     ],
 )
