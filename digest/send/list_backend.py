@@ -40,20 +40,21 @@ class ListBackend(Backend):
     def plan(self, db: sqlite_utils.Database, plan: SendPlan, *, dry_run: bool) -> None:
         """Who is still to be mailed: the active subscribers of the database and of subscribers.csv, not
         already mailed or failed for this issue. The database's unsubscribe, bounce or complaint wins over
-        the file; a row deleted from the file is no longer mailed (unless the address also joined otherwise).
-        Nothing is written here (a dry run writes nothing): `deliver` records the file's rows. With nobody to
-        mail and nothing begun, there is nothing to do: an issue "sent" to nobody would use up its posts (a
+        the file, and so does a confirmation on the web (the file has no dates: store.record_subscribers); a
+        row deleted from the file is no longer mailed (unless the address also joined otherwise). Nothing is
+        written here (a dry run writes nothing): `deliver` records the file's rows. With nobody to mail and
+        nothing begun, there is nothing to do: an issue "sent" to nobody would use up its posts (a
         dry run still shows a sample)."""
         path = self.config.subscribers_path
         plan.listed, plan.problems = read_subscribers(path) if path.exists() else ([], [])
-        suppressed = store.suppressions(db)
+        kept = store.kept_over_lists(db)  # an unsubscribe, bounce or complaint, and a web confirmation
         sent = store.delivery_keys(db, plan.issue, DeliveryStatus.SENT)
         failed = store.delivery_keys(db, plan.issue, DeliveryStatus.FAILED)
         listed = set()
         for subscriber in plan.listed:
             key = address_key(subscriber.email)
             listed.add(key)
-            self._consider(plan, key, subscriber, suppressed.get(key, subscriber.status), sent, failed)
+            self._consider(plan, key, subscriber, kept.get(key, subscriber.status), sent, failed)
         for key, email, name, status, source in store.subscriber_rows(db):
             if key not in listed:
                 if source == "csv" and status == "active":

@@ -53,6 +53,7 @@ from digest.store.posts import (
 )
 from digest.store.subscribers import (
     SubscriberChanges,
+    kept_over_lists,
     record_subscribers,
     subscriber_list,
     subscriber_rows,
@@ -80,6 +81,7 @@ __all__ = [
     "get_issue",
     "iso",
     "issue_row",
+    "kept_over_lists",
     "last_sent_issue",
     "list_ids",
     "mark_delivery",

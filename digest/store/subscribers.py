@@ -151,7 +151,7 @@ def record_subscribers(
                     [now_text, f"no longer in the {source} list", source],
                 ).rowcount
         finally:
-            db.execute("DROP TABLE temp.incoming")
+            db.execute("DROP TABLE IF EXISTS temp.incoming")  # a full disk may have stopped its creation
     changes.unchanged = total - changes.added - changes.updated
     return changes
 

@@ -166,7 +166,6 @@ def test_an_export_cannot_smuggle_a_formula_into_a_spreadsheet_and_imports_back_
     assert (imported["email"], imported["name"]) == ("+1-1+cmd@example.net", hostile)
 
 
-@pytest.mark.xfail(strict=True, reason="send/list_backend.py's plan must take kept_over_lists, not suppressions")
 def test_a_stale_csv_row_does_not_undo_a_later_web_confirmation_but_an_unsubscribe_does(tmp_path, server, run_cli):
     from digest.web.signup import ConfirmToken, confirm, request_subscription
 
