@@ -129,6 +129,7 @@ def read_config(ctx: typer.Context) -> Config:
     config = load_config(ctx.obj["config"])
     for line in config.warnings:
         warn(line)
+    ctx.obj["loaded"] = config  # for db_path: a database --db names is checked against the published folder
     return config
 
 
@@ -153,6 +154,10 @@ def db_path(ctx: typer.Context) -> Path:
             source = ctx.find_root().get_parameter_source("db")  # an option of the group, not of the command
             named = "DIGEST_DB" if getattr(source, "name", "") == "ENVIRONMENT" else "--db"
         raise SetupError(f"{named} {path}: no folder {path.parent}; create it, or name another file")
+    if ctx.obj["db"] is not None and "loaded" in ctx.obj:
+        from digest.settings.folders import check_database_apart
+
+        check_database_apart(ctx.obj["loaded"], path)  # load_config checked the default digest.db only
     return path
 
 

@@ -177,6 +177,15 @@ def test_a_database_named_elsewhere_inside_the_published_folder_is_refused(tmp_p
     assert "--db or DIGEST_DB" in str(error.value) and "inside the published folder" in str(error.value)
 
 
+def test_a_command_refuses_a_database_that_db_puts_inside_the_published_folder(tmp_path, run_cli):
+    (tmp_path / "feeds.yaml").write_text(WEB + "publish: {}\n", encoding="utf-8")
+    (tmp_path / "site").mkdir()
+    for command in (["publish"], ["status"]):
+        code, _, err = run_cli("--db", str(tmp_path / "site" / "digest.db"), *command, cwd=tmp_path)
+        assert code == 2 and "--db or DIGEST_DB" in err and "inside the published folder" in err, (command, err)
+    assert not (tmp_path / "site" / "digest.db").exists()
+
+
 @pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
 def test_every_line_ending_of_a_spreadsheet_is_read_and_lines_are_counted(tmp_path, end):
     path = tmp_path / "list.csv"
