@@ -71,7 +71,11 @@ class Confirmations:
         self._thread.join()
 
     def _run(self) -> None:
-        db = store.open_db(self.db_path)
+        try:
+            db = store.open_db(self.db_path)
+        except Exception as exc:  # one line; the rows wait for the next start
+            log.error("confirmation queue: %s", redact(f"{exc}" or type(exc).__name__))
+            return
         while self._deadline is None or time.monotonic() < self._deadline:
             try:
                 worked = self._step(db)
@@ -83,7 +87,10 @@ class Confirmations:
                     break
                 self._wake.wait(IDLE_SECONDS)
                 self._wake.clear()
-        left = db.execute("SELECT count(*) FROM signup_queue").fetchone()[0]
+        try:
+            left = db.execute("SELECT count(*) FROM signup_queue").fetchone()[0]
+        except Exception:  # nothing more to say than the errors logged already
+            left = 0
         if left:
             log.warning("%d confirmation mails wait for the next start of digest serve", left)
         db.close()
