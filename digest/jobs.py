@@ -20,6 +20,7 @@ from digest import store
 from digest.errors import ConfigError, SetupError
 from digest.feeds.collect import CollectReport, FeedReport, collect
 from digest.issue.draft import add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft
+from digest.issue.holdback import HeldBack, hold_back
 from digest.issue.render import WARN_BYTES, personalize, render_issue, size_advice
 from digest.issue.selection import new_for_issue
 from digest.issue.weeks import current_week, week_dates, week_id
@@ -222,6 +223,7 @@ class WeekReport:
     sent: SendReport | None = None
     published: PublishReport | None = None  # with publish: in feeds.yaml, the archive after a complete send
     approval: Decision | None = None  # with approval: required, what was decided (send, or wait for the editor)
+    held: list[HeldBack] | None = None  # without approval: the feed items the checks held back from the email
 
     @property
     def problem(self) -> str | None:
@@ -287,6 +289,9 @@ def run_week(
             step(report)
             if report.built.outcome == "empty":
                 return report
+            if not needs_approval and not force:  # nobody reviews it: a broken feed item must not stop the week
+                report.held = hold_back(config, db, report.issue, now=now)[0]
+                step(report)
         if needs_approval and not report.resumed:
             report.approval = decide(config, db, report.issue, now)
             step(report)
@@ -388,6 +393,7 @@ class WeekStatus:
     built_at: str | None = None  # None for a draft written by hand
     items: int = 0  # in the email
     held_back: int = 0  # in the draft, not in the email
+    held: list[str] = field(default_factory=list)  # of which the checks held back, one line each, with the reason
     errors: int = 0  # found by the checks, links as last fetched
     warnings: int = 0
     approval: str | None = None  # with approval: required: "approved", "void" (edited since) or "not approved"
@@ -431,7 +437,8 @@ def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> Wee
         facts.draft_error = str(exc)
         return facts
     facts.built_at, facts.items = issue.get("built_at"), len(draft.items)
-    facts.held_back = draft.held_more + draft.held_stale
+    facts.held_back = draft.held_more + draft.held_stale + len(draft.held_checks)
+    facts.held = [f"{section}: “{item.title}”: {item.reason or 'held back'}" for section, item in draft.held_checks]
     check = check_issue(config, db, issue_id, draft=draft, fetch=False)
     facts.errors, facts.warnings = len(check.errors), len(check.warnings)
     if config.newsletter.approval == "required":
@@ -457,7 +464,9 @@ def week_status_lines(facts: WeekStatus) -> list[str]:
     lines.append(
         f"  built:     {facts.built_at or 'by hand'}; {facts.items} items in the email"
         + (f", {facts.held_back} held back" if facts.held_back else "")
+        + (f" ({len(facts.held)} held back by the checks)" if facts.held else "")
     )
+    lines += [f"    held back: {line}" for line in facts.held]
     lines.append(
         f"  checked:   {facts.errors} error(s), {facts.warnings} warning(s) (links as last fetched: "
         f"digest check fetches them)"

@@ -89,6 +89,7 @@ class DraftItem:
     image: str | None = None  # a small image beside the item (a feed's `images: true`), with its size
     image_width: int | None = None
     image_height: int | None = None
+    reason: str | None = None  # held back by the checks of an unattended run: why (a dead link, already sent)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class DraftSection:
     items: list[DraftItem] = field(default_factory=list)  # in the email
     more: list[MoreGroup] = field(default_factory=list)  # held back: counted in the email
     stale: list[DraftItem] = field(default_factory=list)  # held back: dated long before the week
+    held: list[DraftItem] = field(default_factory=list)  # held back by the checks of an unattended run (reason)
 
 
 @dataclass
@@ -141,6 +143,11 @@ class Draft:
     @property
     def held_stale(self) -> int:
         return sum(len(section.stale) for section in self.sections)
+
+    @property
+    def held_checks(self) -> list[tuple[str, DraftItem]]:
+        """(section, item) of each item the checks of an unattended run held back, with its reason."""
+        return [(section.title, item) for section in self.sections for item in section.held]
 
 
 @dataclass

@@ -240,12 +240,16 @@ def run(
                 say(f"build {step.issue}: nothing new this week, nothing sent: {step.built.advice}")
             else:
                 _print_build(step.built, prefix="build ")
+        if step.held and "held" not in told:
+            say(f"held back: {len(step.held)} item(s) the checks found broken, listed in the draft under `held`:")
+            for item in step.held:
+                say(f"  {item}")
         if step.approval is not None and "approval" not in told:
             for line in step.approval.lines:
                 say(line)
             for finding in step.approval.check.warnings if step.approval.check else []:
                 warn(f"{finding.where}: {finding.message}")
-        told.update(name for name in ("resumed", "collected", "built", "approval") if getattr(step, name))
+        told.update(name for name in ("resumed", "collected", "built", "held", "approval") if getattr(step, name))
 
     try:
         with _Progress(len(config.feeds), "Collecting", quiet=quiet) as on_feed:

@@ -4,60 +4,48 @@
                  a subject past 78 characters, the email's size against Gmail's clipping
     already sent an item whose link went out in an earlier issue (hand-added ones too)
     placeholders notes (not warnings): the starter's sender and readers left at example.com, .org or .net
-    links        every link of the issue fetched: 4xx and 5xx, no answer, TLS errors, a redirect to the site's
-                 home page, http:// where https:// answers
+    links        every link of the issue fetched: a link surely gone (404, 410, a host the resolver says does not
+                 exist) is an error; bot walls (401, 403, 429, 999), other answers past 400, no answer, TLS errors,
+                 a resolver that cannot answer, a link not checked within check.deadline are warnings; so are a
+                 redirect to the site's home page and http:// where https:// answers. When most links fail the same
+                 way, the network or the resolver is the problem: that is said once, the links are not judged
 
-An error stops `digest send` and `digest run` (unless --force); a warning is told. Links are fetched
-concurrently, a few at a time per host, through collect's guarded transport (never to link-local or metadata
-addresses, nor to loopback and private ones unless check.private), and what each answered is kept
-check.cache_hours in the database, so that a second check, and the send after it, fetch nothing again.
+An error stops `digest send` (unless --force); `digest run` holds back the items a feed brought that an error
+is about (issue/holdback.py) and stops on the others; a warning is told. links.py fetches the links.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import re
-import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
-from digest import store
 from digest.errors import ConfigError
 from digest.issue.draft import draft_path, parse_draft, read_draft
+from digest.issue.findings import ERROR, NOTE, WARNING, Finding, short_url
+from digest.issue.links import link_findings
 from digest.issue.render import GMAIL_CLIP_BYTES, WARN_BYTES, personalize, render_issue, resolve_subject
 from digest.issue.unsubscribe_link import longest_url
 from digest.models import Draft
-from digest.settings.config import CheckSettings, Config
+from digest.settings.config import Config
 from digest.settings.subscribers import read_subscribers
 from digest.text import cut_at_word
 from digest.urls import clean_url, is_http_url, url_key
 
-ERROR, WARNING, NOTE = "error", "warning", "note"  # a note: about the setup, not the issue; check alone tells it
 SUBJECT_CHARS = 78  # past this, inboxes cut the subject
 # An editor's marker, in capitals, on its own: "TK", "TODO: link", "[XXX]"; not "Building TODO apps" (a word
 # follows) nor "Python/TK" (part of a name) nor inside a URL.
 PLACEHOLDER = re.compile(r"(?<![\w/.-])(TK|TODO|XXX|FIXME|TBD)(?![\w/.-])(?!\s+[a-z])")
 _UNESCAPE = re.compile(r"\\(?=[\\`*_\[\]<>&])")  # Markdown's backslash before a character it would read
 _URL_IN_TEXT = re.compile(r"https?://[^\s<>\"'\]]+")
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str  # ERROR, WARNING or NOTE
-    where: str  # "subject", "intro", "sponsor", "News #2 “A title”"
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.where}: {self.message}"
 
 
 @dataclass
@@ -119,10 +107,11 @@ def check_issue(
     report.findings += content_findings(draft)
     if size:
         report.findings += size_findings(config, draft)
-    report.findings += already_sent_findings(db, draft)
+    places = item_places(draft)  # an item's findings that a run may hold it back for: already sent, dead links
+    report.findings += [replace(found, item=places.get(found.where)) for found in already_sent_findings(db, draft)]
     if config.check.links if links is None else links:
         report.links, report.fetched, found = link_findings(db, config.check, issue_links(draft), now, fetch=fetch)
-        report.findings += found
+        report.findings += [replace(finding, item=places.get(finding.where)) for finding in found]
     report.findings += example_findings(config)
     report.seconds = time.perf_counter() - started
     return report
@@ -186,6 +175,15 @@ def _items(draft: Draft) -> Iterable[tuple[str, str, str, str | None]]:
             yield f"{section.title} #{number} “{cut_at_word(item.title, 60)}”", item.title, item.summary or "", item.url
 
 
+def item_places(draft: Draft) -> dict[str, tuple[int, int]]:
+    """Where an item is named in findings → its (section, index) in the draft (the first, for a name twice)."""
+    places: dict[str, tuple[int, int]] = {}
+    for section_index, section in enumerate(draft.sections):
+        for index, item in enumerate(section.items):
+            places.setdefault(f"{section.title} #{index + 1} “{cut_at_word(item.title, 60)}”", (section_index, index))
+    return places
+
+
 def content_findings(draft: Draft) -> list[Finding]:
     findings = []
     subject = resolve_subject(draft)
@@ -209,10 +207,15 @@ def content_findings(draft: Draft) -> list[Finding]:
     return findings
 
 
+def email_bytes(config: Config, draft: Draft) -> int:
+    """The size of the email's HTML as the largest copy a subscriber gets (the longest unsubscribe link in it)."""
+    html = render_issue(draft, config.newsletter, config.folder).html
+    return len(personalize(html, unsubscribe_url=longest_url(config.newsletter), name="", html=True).encode())
+
+
 def size_findings(config: Config, draft: Draft) -> list[Finding]:
     """The email's HTML as the largest copy a subscriber gets (the longest unsubscribe link in it)."""
-    html = render_issue(draft, config.newsletter, config.folder).html
-    size = len(personalize(html, unsubscribe_url=longest_url(config.newsletter), name="", html=True).encode())
+    size = email_bytes(config, draft)
     if size > GMAIL_CLIP_BYTES:
         return [Finding(ERROR, "email", f"{size / 1024:.0f} KB of HTML: Gmail clips it past 102 KB")]
     if size > WARN_BYTES:
@@ -247,7 +250,7 @@ def already_sent_findings(db: sqlite_utils.Database, draft: Draft) -> list[Findi
     findings = []
     for where, _, _, url in _items(draft):
         if url and _key(url) in sent:
-            findings.append(Finding(ERROR, where, f"already sent in {sent[_key(url)]}: {url}"))
+            findings.append(Finding(ERROR, where, f"already sent in {sent[_key(url)]}: {short_url(url)}"))
     return findings
 
 
@@ -255,7 +258,7 @@ def _key(url: str) -> str:
     return url_key(clean_url(url) or url)
 
 
-# --- links ---------------------------------------------------------------------------------
+# --- links: links.py fetches and judges them ------------------------------------------------
 
 
 def issue_links(draft: Draft) -> dict[str, str]:
@@ -276,138 +279,3 @@ def issue_links(draft: Draft) -> dict[str, str]:
             if is_http_url(url):
                 links.setdefault(url, where)
     return links
-
-
-@dataclass
-class LinkResult:
-    url: str
-    status: int | None = None  # of the last answer, after redirects
-    final_url: str | None = None
-    error: str | None = None  # no answer: why
-    https_works: bool | None = None  # an http:// link whose https:// twin answered below 400
-
-
-def link_findings(
-    db: sqlite_utils.Database, settings: CheckSettings, links: dict[str, str], now: datetime, *, fetch: bool = True
-) -> tuple[int, int, list[Finding]]:
-    """(links, fetched now, findings): each link fetched unless its answer is cached, the new answers kept;
-    without `fetch`, a link with no cached answer is left out."""
-    since = store.iso(now - timedelta(hours=settings.cache_hours))
-    results = {url: _cached(db, url, since) for url in links}
-    stale = [url for url, result in results.items() if result is None] if fetch else []
-    if stale:
-        fetched = asyncio.run(_fetch_all(stale, settings))
-        with store.transaction(db):  # only answers below 400: a link that failed is asked again next time
-            db.conn.executemany(
-                "INSERT OR REPLACE INTO link_checks (url, checked_at, status, final_url, error, https_works) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (item.url, store.iso(now), item.status, item.final_url, item.error, item.https_works)
-                    for item in fetched
-                    if item.error is None and item.status is not None and item.status < 400
-                ],
-            )
-        results.update({item.url: item for item in fetched})
-    findings = []
-    for url, where in links.items():
-        result = results[url]
-        if result is not None:  # None: not fetched (fetch False) and not cached
-            findings += _judge(result, where)
-    return len(links), len(stale), findings
-
-
-def _cached(db: sqlite_utils.Database, url: str, since: str) -> LinkResult | None:
-    row = db.execute(
-        "SELECT status, final_url, error, https_works FROM link_checks WHERE url = ? AND checked_at >= ?", [url, since]
-    ).fetchone()
-    if row is None:
-        return None
-    status, final_url, error, https_works = row
-    return LinkResult(url, status, final_url, error, None if https_works is None else bool(https_works))
-
-
-def _judge(result: LinkResult, where: str) -> list[Finding]:
-    url = result.url
-    if result.error is not None:
-        severity = ERROR if result.error.startswith("cannot connect: cannot resolve") else WARNING  # no such host
-        return [Finding(severity, where, f"{url}: {result.error}")]
-    findings = []
-    if result.status is not None and result.status >= 400:
-        findings.append(Finding(ERROR, where, f"{url} answers {result.status}"))
-    elif result.final_url and _is_home(result.final_url) and not _is_home(url):
-        findings.append(Finding(WARNING, where, f"{url} redirects to the site's home page ({result.final_url})"))
-    if result.https_works:
-        findings.append(Finding(WARNING, where, f"{url}: https:// works, link to it"))
-    return findings
-
-
-def _is_home(url: str) -> bool:
-    return urlsplit(url).path in ("", "/")
-
-
-async def _fetch_all(urls: list[str], settings: CheckSettings) -> list[LinkResult]:
-    import httpx
-
-    from digest.feeds.fetch import USER_AGENT, allow_private, guarded_transport
-
-    allow_private.set(settings.private)
-    every = asyncio.Semaphore(settings.concurrency)
-    hosts: dict[str, asyncio.Semaphore] = {}
-    limits = httpx.Limits(max_connections=settings.concurrency)
-    transport = guarded_transport(ssl.create_default_context(), limits)
-    async with httpx.AsyncClient(
-        headers={"User-Agent": USER_AGENT},
-        timeout=httpx.Timeout(settings.timeout),
-        follow_redirects=True,
-        max_redirects=10,
-        transport=transport,
-    ) as client:
-
-        async def one(url: str) -> LinkResult:
-            try:
-                host = urlsplit(url).hostname or ""
-            except ValueError as exc:  # "http://[::1": a link no server can answer
-                return LinkResult(url, error=f"not a valid address: {exc}")
-            # the host's turn first, then a slot of all: a busy host does not hold slots the others could use
-            async with hosts.setdefault(host, asyncio.Semaphore(settings.per_host)), every:
-                result = await _fetch(client, url, settings.timeout)
-                if url.startswith("http://") and result.error is None and (result.status or 500) < 400:
-                    twin = await _fetch(client, urlunsplit(("https", *urlsplit(url)[1:])), settings.timeout)
-                    result.https_works = twin.error is None and (twin.status or 500) < 400
-                return result
-
-        return list(await asyncio.gather(*(one(url) for url in urls)))
-
-
-async def _fetch(client, url: str, timeout: float) -> LinkResult:
-    """HEAD, then GET when HEAD is refused (some servers answer 405, 403 or 404 to HEAD alone); the body of a
-    GET is never read. Within `timeout` for the whole, redirects included."""
-    import httpx
-
-    from digest.feeds.fetch import REFUSED
-
-    result = LinkResult(url)
-    try:
-        async with asyncio.timeout(timeout):
-            response = await client.head(url)
-            if response.status_code >= 400:
-                async with client.stream("GET", url) as streamed:
-                    response = streamed
-        result.status, result.final_url = response.status_code, str(response.url)
-    except TimeoutError:
-        result.error = f"no answer within {timeout:g} s"
-    except httpx.TooManyRedirects:
-        result.error = "more than 10 redirects"
-    except httpx.ConnectError as exc:
-        text = str(exc)
-        if text.startswith(REFUSED) and "(set `private: true`" in text:  # feeds' words: say what a check can do
-            text = text.split(" (set `private: true`", 1)[0] + " (check.private: true fetches such links)"
-        is_tls = "SSL" in text or "certificate" in text.lower()
-        result.error = f"TLS: {text}" if is_tls else f"cannot connect: {text or type(exc).__name__}"
-    except httpx.HTTPError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    except ssl.SSLError as exc:
-        result.error = f"TLS: {exc}"
-    except Exception as exc:  # a host name IDNA refuses (`a..b`), a label too long: that link's error only
-        result.error = f"cannot connect: cannot resolve: {type(exc).__name__}: {exc}"
-    return result

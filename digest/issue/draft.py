@@ -49,7 +49,8 @@ _COMMENTS = {
         "# In the order of the email. An item needs a title; without a url (a post with no link of its own)\n"
         "# the title is shown unlinked: set url to the `site` below it to link it to its feed's site.\n"
         "# Held back, not in the email: `more` (a feed's posts past its max_items; the email says \"and 3 more\n"
-        '# from ...") and `stale` (dated long before this week). Move an item into `items` to send it.\n'
+        "# from ...\") and `stale` (dated long before this week), and `held` (an unattended run's checks found it\n"
+        "# broken: its `reason` says why). Move an item into `items` to send it.\n"
     ),
 }
 
@@ -160,6 +161,7 @@ def _all_items(draft: Draft) -> Iterator[DraftItem]:
         for group in section.more:
             yield from group.items
         yield from section.stale
+        yield from section.held
 
 
 def _section_position(draft: Draft, title: str, section_order: tuple[str, ...]) -> int:
@@ -306,13 +308,14 @@ def parse_draft(path: Path, text: str) -> Draft:
             raise top.error("sections", "must be a list of sections")
         for index, section_node in enumerate(sections_node.value):
             section = MappingReader(path, section_node, f"sections[{index}]")
-            section.check_keys({"title", "items", "more", "stale"})
+            section.check_keys({"title", "items", "more", "stale", "held"})
             sections.append(
                 DraftSection(
                     title=section.get("title", str, required=True),
                     items=_items(path, section, "items"),
                     more=_groups(path, section),
                     stale=_items(path, section, "stale"),
+                    held=_items(path, section, "held"),
                 )
             )
     subject = top.get("subject", str, required=True)
@@ -344,7 +347,11 @@ def _items(path: Path, parent: MappingReader, key: str) -> list[DraftItem]:
     for index, item_node in enumerate(_list(parent, key)):
         item = MappingReader(path, item_node, f"{parent.where}.{key}[{index}]")
         item.check_keys(
-            {"title", "url", "summary", "source", "author", "published", "site", "image", "image_width", "image_height"}
+            {
+                "title",
+                *("url", "summary", "source", "author", "published", "site"),
+                *("image", "image_width", "image_height", "reason"),
+            }
         )
         published = item.get("published", date)
         if isinstance(published, datetime):
@@ -363,6 +370,7 @@ def _items(path: Path, parent: MappingReader, key: str) -> list[DraftItem]:
                 image=_url(item, "image", required=False),
                 image_width=_pixels(item, "image_width"),
                 image_height=_pixels(item, "image_height"),
+                reason=item.get("reason", str),
             )
         )
     return items

@@ -106,6 +106,8 @@ def section_yaml(section: DraftSection) -> str:
         held["more"] = [group_data(group) for group in section.more]
     if section.stale:
         held["stale"] = [item_data(item) for item in section.stale]
+    if section.held:
+        held["held"] = [item_data(item) for item in section.held]
     return text + (indent(held_yaml(held), 2) if held else "")
 
 

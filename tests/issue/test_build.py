@@ -421,3 +421,23 @@ def test_an_unreadable_or_non_utf8_draft_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as caught:
         read_draft(path)
     assert caught.value.line == 2 and "not UTF-8 text" in str(caught.value)
+
+
+def test_items_held_back_by_the_checks_read_back_with_their_reason_and_may_be_moved(tmp_path):
+    from digest.issue.draft import dump_draft, new_draft, parse_draft
+    from digest.models import DraftItem
+
+    draft = new_draft("2026-W14", "A subject", ["News"])
+    kept = DraftItem(title="Kept", url="https://a.example.org/1", summary="s", source="a.example.org")
+    draft.sections[0].items.append(kept)
+    draft.sections[0].held.append(
+        DraftItem(title="Gone", url="https://a.example.org/2", summary="s", source="a.example.org", reason="404")
+    )
+    path = tmp_path / "2026-W14.yaml"
+    text = dump_draft(draft)
+    assert "  held:\n" in text and "reason: '404'" in text
+    assert parse_draft(path, text) == draft
+    assert [item.title for _, item in draft.held_checks] == ["Gone"] and len(draft.items) == 1
+    # the editor moves it elsewhere, reason and all: the draft still reads (no unknown key refused)
+    moved = text.replace("  held:\n", "  stale:\n")
+    assert [item.title for item in parse_draft(path, moved).sections[0].stale] == ["Gone"]

@@ -264,3 +264,99 @@ def test_the_starter_placeholders_are_noted_sender_and_example_readers(tmp_path,
     (tmp_path / "subscribers.csv").write_text("email\nme@real.digest.dev\n", encoding="utf-8")
     code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
     assert code == 0 and "placeholder" not in out and "example domains" not in out and "note:" not in out
+
+
+def _check_lines(tmp_path, run_cli, urls: list[str], **settings) -> tuple[int, list[str]]:
+    """`digest check` of a draft whose items link to `urls`: its exit code and its error and warning lines."""
+    make_project(tmp_path, 25, [], items=0)
+    draft = read_draft(draft_path(tmp_path / "drafts", WEEK))
+    draft.sections[0].items = [DraftItem(title=f"item {n}", url=url, summary="s") for n, url in enumerate(urls)]
+    write_draft(draft_path(tmp_path / "drafts", WEEK), draft)
+    set_check(tmp_path, links=True, private=True, **settings)
+    code, out, _ = run_cli("check", "--week", WEEK, cwd=tmp_path)
+    return code, [line for line in out.splitlines() if line.startswith(("error", "warning"))]
+
+
+def test_only_a_link_surely_gone_is_an_error_bot_walls_are_warnings(tmp_path, run_cli):
+    site = FeedServer().start()
+    try:
+        statuses = (404, 410, 401, 403, 429, 999, 503)
+        for status in statuses:
+            site.routes[f"/{status}"] = Route(b"page", status=status, headers={"Content-Type": "text/html"})
+        code, lines = _check_lines(tmp_path, run_cli, [site.url(f"/{status}") for status in statuses])
+    finally:
+        site.stop()
+    errors = sorted(line.split("answers ")[1][:3] for line in lines if line.startswith("error"))
+    warnings = sorted(line.split("answers ")[1][:3] for line in lines if line.startswith("warning"))
+    assert code == 1 and errors == ["404", "410"]
+    assert warnings == ["401", "403", "429", "503", "999"]
+
+
+def test_a_resolver_that_cannot_answer_is_a_warning_a_name_that_does_not_exist_an_error(tmp_path, run_cli, monkeypatch):
+    import socket
+
+    from digest.feeds import fetch
+
+    async def resolve(host: str, port: int) -> list[str]:  # the resolver's two answers, without a network
+        if host.startswith("down"):
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(fetch, "_resolve", resolve)
+    code, lines = _check_lines(tmp_path, run_cli, ["https://down.example.net/a", "https://gone.example.net/b"])
+    assert code == 1
+    assert [line.split(":")[0] for line in lines] == ["warning", "error"], lines
+    assert "down.example.net" in lines[0] and "gone.example.net" in lines[1]
+
+
+def test_when_most_links_fail_the_same_way_the_network_is_named_once(tmp_path, run_cli, monkeypatch):
+    import socket
+
+    from digest.feeds import fetch
+
+    async def resolve(host: str, port: int) -> list[str]:  # a resolver down that says no name exists
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(fetch, "_resolve", resolve)
+    urls = [f"https://site{n}.example.net/post" for n in range(6)]
+    code, lines = _check_lines(tmp_path, run_cli, urls)
+    assert code == 0, lines
+    assert len(lines) == 1 and lines[0].startswith("warning: links: 6 of 6 links failed the same way (no such host)")
+    assert "the network or the resolver" in lines[0]
+
+
+def test_the_whole_link_check_has_one_deadline(tmp_path, run_cli):
+    import socket
+    import time
+
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)  # accepts (the kernel does), never answers
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = silent.getsockname()[1]
+    try:
+        started = time.monotonic()
+        code, lines = _check_lines(
+            tmp_path, run_cli, [f"http://127.0.0.1:{port}/{n}" for n in range(40)], timeout=30, deadline=1
+        )
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        silent.close()
+    assert took < 10, took  # 40 links to a silent host: one deadline, not 40 timeouts
+    assert code == 0 and len(lines) == 40
+    assert all(line.endswith("not checked: the 1 s deadline of the link check (check.deadline)") for line in lines)
+    assert all(line.startswith("warning:") for line in lines)

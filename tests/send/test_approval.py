@@ -176,3 +176,24 @@ def test_the_review_copy_names_a_long_title_cut_at_a_word_with_an_ellipsis(proje
     banner = to_editor(server)[-1].get_body(("plain",)).get_content().split("\n\n")[0]
     finding = next(line for line in banner.splitlines() if "placeholder" in line)
     assert "“Composite primary keys arrive in Django, after nineteen…”" in finding
+
+
+def test_with_approval_required_nothing_is_held_back_the_review_copy_lists_the_findings(project, server, run_cli):
+    from digest import store
+    from digest.issue.draft import dump_draft, new_draft
+    from digest.models import DraftItem
+
+    earlier = new_draft("2020-W10", "Earlier", ["News"])
+    earlier.sections[0].items.append(DraftItem(title="Post 0", url="https://blog.example.com/0/", summary="s"))
+    db = store.open_db(project / "digest.db")
+    db["issues"].insert({"id": "2020-W10", "status": "sent", "created_at": "2020-03-02T00:00:00+00:00"})
+    db.execute("UPDATE issues SET sent_draft = ? WHERE id = '2020-W10'", [dump_draft(earlier)])
+    db.conn.commit()
+    require_approval(project)
+    code, out, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0, err
+    assert "held back" not in out and not to_subscribers(server)
+    html = to_editor(server)[0].get_body(("html",)).get_content()
+    assert "already sent in 2020-W10: https://blog.example.com/0/" in html
+    draft = read_draft(draft_path(project / "drafts", LAST_WEEK))
+    assert len(draft.items) == 2 and not draft.held_checks  # the editor decides

@@ -1,0 +1,100 @@
+"""The Friday run with nobody watching (issue 20): an item a feed brought that the checks find broken (a dead
+link, already sent, too large for the email) is held back in the draft, and the issue goes out to everyone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email import message_from_bytes
+from email.utils import format_datetime
+
+import pytest
+
+from digest import store
+from digest.issue.draft import draft_path, dump_draft, new_draft, read_draft
+from digest.models import DraftItem
+
+from conftest import LAST_WEEK, POSTED
+from helpers.feeds import Route, rss
+from helpers.project import make_project, subscribers
+
+EARLIER = "2020-W10"
+
+
+@pytest.fixture
+def friday(tmp_path, feed_server, server, monkeypatch):
+    """A feed whose week holds a good link, a 404, a 403, a 429, a link sent in an earlier issue (a new guid) and
+    a 200 KB link; link checks on, approval none."""
+    from digest import jobs
+
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
+    monkeypatch.setattr(jobs, "current_week", lambda now, tz: LAST_WEEK)
+    feed_server.routes["/ok"] = Route(b"fine", headers={"Content-Type": "text/html"})
+    feed_server.routes["/wall"] = Route(b"no robots", status=403, headers={"Content-Type": "text/html"})
+    feed_server.routes["/busy"] = Route(b"slow down", status=429, headers={"Content-Type": "text/html"})
+    feed_server.routes["/again"] = Route(b"old news", headers={"Content-Type": "text/html"})
+    links = {
+        "ok": feed_server.url("/ok"),
+        "gone": feed_server.url("/gone"),
+        "wall": feed_server.url("/wall"),
+        "busy": feed_server.url("/busy"),
+        "again": feed_server.url("/again"),
+        "huge": feed_server.url("/huge?q=" + "a" * 200_000),
+    }
+    feed_server.routes["/feed.xml"] = Route(
+        rss(
+            [
+                {
+                    "title": f"Post {name}",
+                    "link": link.replace("&", "&amp;"),
+                    "guid": f"new-{name}",
+                    "description": f"What happened to {name} this week.",
+                    "date": format_datetime(POSTED - timedelta(hours=n)),
+                }
+                for n, (name, link) in enumerate(links.items())
+            ]
+        )
+    )
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(3),
+        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
+        sections={"check": {"links": True, "private": True, "deadline": 20}},
+    )
+    earlier = new_draft(EARLIER, "Earlier", ["News"])
+    earlier.sections[0].items.append(DraftItem(title="Old post", url=links["again"], summary="Sent long ago."))
+    db = store.open_db(tmp_path / "digest.db")
+    db["issues"].insert(
+        {"id": EARLIER, "subject": "Earlier", "status": "sent", "created_at": "2020-03-02T00:00:00+00:00"}
+    )
+    db.execute("UPDATE issues SET sent_draft = ? WHERE id = ?", [dump_draft(earlier), EARLIER])
+    db.conn.commit()
+    return tmp_path, links
+
+
+def test_a_friday_run_holds_back_what_a_feed_brought_broken_and_sends_the_rest(friday, server, run_cli):
+    folder, links = friday
+    code, out, err = run_cli("run", "--yes", cwd=folder)
+    assert code == 0, (out + err)[-3000:]
+    assert sorted(server.per_recipient().values()) == [1, 1, 1]  # everyone, once
+    message = message_from_bytes(server.messages[0].data)
+    body = "".join(part.get_payload(decode=True).decode() for part in message.walk() if not part.is_multipart())
+    assert links["ok"] in body and links["wall"] in body and links["busy"] in body
+    assert links["gone"] not in body and links["again"] not in body and "/huge" not in body
+
+    draft = read_draft(draft_path(folder / "drafts", LAST_WEEK))
+    held = {item.url: item.reason for section in draft.sections for item in section.held}
+    assert set(held) == {links["gone"], links["again"], links["huge"]}
+    assert "answers 404" in held[links["gone"]]
+    assert f"already sent in {EARLIER}" in held[links["again"]]
+    assert "Gmail clips" in held[links["huge"]]
+    text = draft_path(folder / "drafts", LAST_WEEK).read_text()
+    assert "held:" in text and "reason:" in text
+
+    assert "held back: 3" in out  # the run's summary
+    assert "News: “Post gone”: " in out and "answers 404" in out
+
+    code, out, err = run_cli("status", "--week", LAST_WEEK, cwd=folder)
+    assert code == 0, err
+    assert "3 held back by the checks" in out
+    assert "Post gone" in out and "Post again" in out and "Post huge" in out
