@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
-from digest.settings.folders import check_site_apart
+from digest.settings.folders import check_secret_files_apart, check_site_apart
 from digest.settings.patterns import check_placeholders, check_subject
 from digest.settings.sections import DAY, HOUR, Renamed, read_section, setting
 from digest.settings.subscribers import is_valid_email
@@ -425,6 +425,7 @@ def load_config(path: Path | str, backends: Mapping[str, SectionOwner] | None = 
         site = base / (publish or PublishSettings()).dir
         others = {"drafts_dir": drafts_dir, "subscribers": subscribers_path, "database": database_path(path)}
         check_site_apart(top, site, others)
+        check_secret_files_apart(site, os.environ)
     return Config(
         path=path,
         newsletter=newsletter,

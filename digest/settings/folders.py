@@ -5,6 +5,7 @@ resolved (symlinks followed, `..` taken out), as the web server would reach them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +40,21 @@ def check_site_apart(top: MappingReader, site: Path, others: dict[str, Path]) ->
         words = {"same": "is", "inside": "holds"}
         problem = f"{words.get(relation, 'is inside')} {what} ({_shown(path.resolve(), folder)})"
         raise (publish or top).error("dir" if publish else "publish", problem + consequence)
+
+
+SECRET_FILES = ("DIGEST_UNSUBSCRIBE_SECRET_FILE", "DIGEST_SMTP_PASSWORD_FILE", "BUTTONDOWN_API_KEY_FILE")
+
+
+def check_secret_files_apart(site: Path, environ: Mapping[str, str]) -> None:
+    """A SetupError when a secret's file (NAME_FILE in the environment) is in the published folder: served, the
+    unsubscribe secret would let anyone forge confirmation and unsubscribe links, a password log in."""
+    site = site.resolve()
+    for name in SECRET_FILES:
+        if environ.get(name) and _relation(site, Path(environ[name]).expanduser().resolve()) == "inside":
+            raise SetupError(
+                f"{name}: the file is inside the published folder ({site}), which digest serve hands out; "
+                "keep it elsewhere"
+            )
 
 
 def _relation(site: Path, other: Path) -> str | None:

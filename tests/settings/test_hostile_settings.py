@@ -194,3 +194,21 @@ def test_every_line_ending_of_a_spreadsheet_is_read_and_lines_are_counted(tmp_pa
     file = read_subscriber_export(path)
     assert [subscriber.email for subscriber in file.subscribers] == ["ada@example.com", "grace@example.com"]
     assert [(problem.line, problem.field) for problem in file.problems][:1] == [(5, "email")]
+
+
+@pytest.mark.parametrize("name", ["DIGEST_UNSUBSCRIBE_SECRET_FILE", "DIGEST_SMTP_PASSWORD_FILE"])
+def test_a_secrets_file_inside_the_published_folder_is_refused(tmp_path, monkeypatch, name):
+    from digest.errors import SetupError
+    from digest.settings.config import load_config
+
+    path = tmp_path / "feeds.yaml"
+    path.write_text(WEB + "publish:\n  dir: pub\n", encoding="utf-8")
+    (tmp_path / "pub").mkdir()
+    (tmp_path / "pub" / "secret").write_text("a long random secret, served to anyone\n", encoding="utf-8")
+    (tmp_path / "secret").write_text("a long random secret, kept apart\n", encoding="utf-8")
+    monkeypatch.setenv(name, str(tmp_path / "secret"))
+    load_config(path)
+    monkeypatch.setenv(name, str(tmp_path / "pub" / ".." / "pub" / "secret"))
+    with pytest.raises(SetupError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{name}: the file is inside the published folder")
