@@ -8,6 +8,7 @@ aliases and nesting deeper than MAX_DEPTH are refused where the parser meets the
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,15 @@ def check_url(reader: MappingReader, key: str, url: str | None) -> None:
         return
     if not is_http_url(url):
         raise reader.error(key, f"must be an http(s) URL, got {url!r}")
+    if unsafe := sorted(set(_NOT_IN_A_URL.findall(_PLACEHOLDER.sub("", url)))):  # {token:>9} is checked later
+        # RFC 3986 has no place for them unencoded; written into a page's attributes they end one ("), open a
+        # tag (<) or run together (a space): the archive, the feeds and every email are made from these URLs
+        shown = " ".join(repr(character) for character in unsafe)
+        raise reader.error(key, f"{shown} cannot stand in a URL; percent-encode it (a quote is %22), got {url!r}")
+
+
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_NOT_IN_A_URL = re.compile(r'[\s"<>\\^`|]')
 
 
 def read_text_file(path: Path, missing: str, *, encoding: str = "utf-8") -> str:

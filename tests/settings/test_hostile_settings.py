@@ -212,3 +212,17 @@ def test_a_secrets_file_inside_the_published_folder_is_refused(tmp_path, monkeyp
     with pytest.raises(SetupError) as error:
         load_config(path)
     assert str(error.value).startswith(f"{name}: the file is inside the published folder")
+
+
+@pytest.mark.parametrize(
+    "url", ['https://news.example.com/a"b/', "https://news.example.com/<b>/", "https://x.example/a b/"]
+)
+def test_a_url_setting_with_a_character_no_url_may_hold_is_refused_at_its_line(tmp_path, url):
+    from digest.settings.config import load_config
+
+    path = tmp_path / "feeds.yaml"
+    path.write_text(f"newsletter:\n  site_url: '{url}'\n" + FEEDS, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert (error.value.line, error.value.field) == (2, "newsletter.site_url")
+    assert "percent-encode it" in error.value.problem
