@@ -10,9 +10,9 @@
 
 It shares the SQLite file with a running `digest send` (WAL): each worker thread has its own connection, a read
 never waits on a writer, and each write is one short transaction that waits a few seconds at most for another
-process's lock (then 503 and Retry-After). Every URL it makes names site_url, never the request's Host. No
-page needs JavaScript, every value is escaped by the templates, and no page sends a Referer to another site
-(the URLs hold tokens).
+process's lock (then 503 and Retry-After; an unsubscribe, which nobody sends twice, up to UNSUBSCRIBE_WAIT). Every
+URL it makes names site_url, never the request's Host. No page needs JavaScript, every value is escaped by the
+templates, and no page sends a Referer to another site (the URLs hold tokens).
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ def _now() -> datetime:
 
 
 WRITE_WAIT = 3.0  # seconds a request's write waits for the database before the answer is 503 and Retry-After
+# An unsubscribe waits much longer: a mailbox provider POSTs a one-click once (RFC 8058) and does not retry a 503,
+# and a person who pressed the button may not come back; a slow answer is better than a lost unsubscribe. Below
+# the usual 30 s timeouts of clients and proxies. Signups are queued in the database and need no such wait.
+UNSUBSCRIBE_WAIT = 20.0
 
 
 class Busy(Exception):
@@ -116,6 +120,20 @@ class _Databases:
                 raise
             self._locked_at = None
             return result
+
+    async def patient_write(self, function: Callable[..., T], *args, **kwargs) -> T:
+        """`write`, tried again while the database stays locked, for up to about UNSUBSCRIBE_WAIT. Each attempt takes
+        its turn on this process's lock and holds one thread for WRITE_WAIT at most: waiting unsubscribes hold no
+        thread between attempts (the archive and /healthz keep theirs), and signups queued meanwhile still get
+        their 503 within a few seconds."""
+        started = time.monotonic()
+        while True:
+            try:
+                return await self.write(function, *args, **kwargs)
+            except Busy:
+                if time.monotonic() - started > UNSUBSCRIBE_WAIT - WRITE_WAIT:
+                    raise
+            await anyio.sleep(0.05)  # an attempt refused at once (the one before found the lock held) is not a spin
 
     def _busy_aware(self, function: Callable[..., T], *args, **kwargs) -> T:
         try:
@@ -380,7 +398,8 @@ class WebSide:
             return self.page("Too large", "That request is too large.", status=413)
         token = request.query_params.get("token", "")
         how = "one-click unsubscribe" if b"one-click" in body.lower() else "unsubscribe page"
-        email = await self.databases.write(signup.unsubscribe, self.secret, self.list_id, token, self.clock(), how)
+        unsubscribe = signup.unsubscribe
+        email = await self.databases.patient_write(unsubscribe, self.secret, self.list_id, token, self.clock(), how)
         if email is None:
             return self.page("Link not valid", "This unsubscribe link is not valid: nothing was changed.", status=400)
         return self.page("Unsubscribed", f"{email} will not receive {self.config.newsletter.title} again.")

@@ -2,8 +2,9 @@
 confirmation mails of an hour of which one client may spend only a share.
 
 A client is its real address: an IPv4 client that reaches an IPv6 socket as `::ffff:a.b.c.d` is that IPv4
-address (else every IPv4 client would share one /64), an IPv6 client its /64. Someone a limit refuses is told
-to come back later (429 and Retry-After), never that a mail is on its way.
+address (else every IPv4 client would share one /64), an IPv6 client its /64. A client's share of the cap is
+counted also for its allocation (allocation_key): one VPS with a /48 is 65,536 /64s, and would else be as many
+clients. Someone a limit refuses is told to come back later (429 and Retry-After), never that a mail is on its way.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def client_key(host: str) -> str:
     return str(address)
 
 
+def allocation_key(client: str) -> str:
+    """The block of addresses one customer is usually given, from a client_key: an IPv6 /48 (what RIRs and
+    hosters assign an end site, RFC 6177; a /56 or a /64 lies inside it), an IPv4 /24 (the smallest block routed
+    on the Internet, so a renter of many IPv4 addresses most often holds them in /24s). Larger would put strangers
+    in one share (a /32 is a whole provider); smaller would let one VPS be many clients."""
+    try:
+        network = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return client
+    prefix = 48 if network.version == 6 else 24
+    return str(network.supernet(new_prefix=prefix)) if network.prefixlen > prefix else str(network)
+
+
 def inbox_key(email: str) -> str:
     """The inbox an address delivers to, for the per-inbox limit: without a `+tag`, and for Gmail without dots
     (`v.i.c.tim+1@gmail.com` is `victim@gmail.com`'s inbox)."""
@@ -78,6 +92,7 @@ class SignupLimits:
         self.per_client = RateLimit(settings.subscribes_per_hour, 3600.0)
         self.per_inbox = RateLimit(settings.confirmations_per_day, 86400.0)
         self.share = RateLimit(max(1, settings.confirmations_per_hour // SHARE), 3600.0)
+        self.allocation_share = RateLimit(max(1, settings.confirmations_per_hour // SHARE), 3600.0)
         self.all = RateLimit(settings.confirmations_per_hour, 3600.0)
 
     def client(self, client: str) -> tuple[str, int] | None:
@@ -90,6 +105,11 @@ class SignupLimits:
         if not self.per_inbox.allow(inbox_key(email)):
             text = "Several confirmation links went to this inbox today: use one of them, or try again tomorrow."
             return text, 86400
-        if not self.share.allow(client) or not self.all.allow(""):
+        # in this order: what a share refuses spends nothing of the cap everyone else uses
+        if (
+            not self.share.allow(client)
+            or not self.allocation_share.allow(allocation_key(client))
+            or not self.all.allow("")
+        ):
             return "Too many signups right now: no mail was sent. Please try again in an hour.", 3600
         return None

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from digest.web.limits import client_key
+from digest.web.limits import allocation_key, client_key
 
 from helpers.project import make_project
 from helpers.smtp import Behaviour, SmtpServer
@@ -136,11 +136,47 @@ def test_one_abuser_cannot_spend_the_hours_confirmations_and_the_refused_are_tol
             real = site.client.post(
                 "/subscribe",
                 data={"email": f"person{number}@example.com"},
-                headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": f"::ffff:198.51.100.{number + 1}"},
+                headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": f"::ffff:198.51.{100 + number}.7"},
             )
             assert real.status_code == 200 and "Check your inbox" in real.text
         server.wait_for(7)
         assert {message.rcpt for message in server.messages} >= {f"person{number}@example.com" for number in range(5)}
+    finally:
+        site.stop()
+
+
+def test_an_allocation_is_one_client_for_the_share_of_the_cap():
+    """From the review of item 4: an IPv6 client's /48 and an IPv4 client's /24 are its allocation."""
+    assert allocation_key(client_key("2001:db8:0:7::1")) == allocation_key(client_key("2001:db8::1")) == "2001:db8::/48"
+    assert allocation_key(client_key("::ffff:198.51.100.7")) == allocation_key("198.51.100.200") == "198.51.100.0/24"
+    assert allocation_key(client_key("2001:db8:1::1")) != allocation_key(client_key("2001:db8::1"))
+    assert allocation_key("unknown") == "unknown"
+
+
+def test_one_allocation_of_many_clients_cannot_spend_the_hours_confirmations(tmp_path, server, monkeypatch):
+    """From the review of item 4: 10 signups from each of ten /64s of one /48 (a VPS's allocation) spend only one
+    share of the hour's cap, not all of it (on main: all 100 were mailed); a person from elsewhere gets their mail."""
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
+    site = Site(tmp_path, server.port, [], serve={"subscribes_per_hour": 10, "confirmations_per_hour": 100})
+    try:
+        codes = [
+            site.client.post(
+                "/subscribe",
+                data={"email": f"bogus{network}x{host}@example.com"},
+                headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": f"2001:db8:0:{network}::{host}"},
+            ).status_code
+            for network in range(10)
+            for host in range(10)
+        ]
+        assert codes.count(200) == 10 and codes.count(429) == 90, codes
+        real = site.client.post(
+            "/subscribe",
+            data={"email": "person@example.com"},
+            headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": "198.51.100.7"},
+        )
+        assert real.status_code == 200 and "Check your inbox" in real.text
+        server.wait_for(11)
+        assert "person@example.com" in {message.rcpt for message in server.messages}
     finally:
         site.stop()
 
@@ -213,6 +249,50 @@ def test_a_lock_held_by_another_process_stalls_no_read_and_a_write_answers_503(t
         holder.close()
         site.stop()
     assert site.db().execute("SELECT count(*) FROM signup_queue").fetchone()[0] == 0
+
+
+def test_a_one_click_unsubscribe_waits_out_a_long_lock_and_is_not_lost(site):
+    """From the review of item 7: a mailbox provider POSTs a one-click unsubscribe once (RFC 8058). Under a write
+    lock held ~6 s by another process it waits and answers 200 once the lock is gone (on main: 503 after 3 s, and
+    the unsubscribe lost), while /healthz answers at once."""
+    import threading
+
+    token = site.unsubscribe_token("ada@example.com")
+    holder = sqlite3.connect(site.db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        holder.execute("ROLLBACK")
+        released.set()
+
+    timer = threading.Timer(6.0, release)
+    timer.start()
+    try:
+
+        async def one_click() -> tuple[httpx.Response, float]:
+            async with httpx.AsyncClient(base_url=site.url, timeout=60) as client:
+                post = asyncio.create_task(
+                    client.post("/unsubscribe", params={"token": token}, data={"List-Unsubscribe": "One-Click"})
+                )
+                while not post.done() and not released.is_set():  # polled: /healthz, while the one-click waits
+                    before = time.monotonic()
+                    assert (await client.get("/healthz")).text == "ok\n"
+                    assert time.monotonic() - before < 1.0
+                    await asyncio.sleep(0.2)
+                answer = await post
+                return answer, released.is_set()
+
+        answer, after_release = asyncio.run(one_click())
+        assert answer.status_code == 200, answer.text
+        assert after_release
+        assert site.status("ada@example.com") == "unsubscribed"
+    finally:
+        timer.cancel()
+        timer.join()
+        if not released.is_set():
+            holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_a_redirect_names_the_site_never_the_host_header(site):
