@@ -54,6 +54,7 @@ CONFIRM_SEND = {"X-Buttondown-Live-Dangerously": "true"}
 EDITOR_MODE = "<!-- buttondown-editor-mode: fancy -->\n"  # the body is HTML (see EmailInput.body)
 UNSUBSCRIBE_VARIABLE = "{{ unsubscribe_url }}"  # Buttondown's per-subscriber unsubscribe link
 MAX_RETRY_AFTER = 300.0
+LOOKUP_PAGES = 5  # of the newest emails searched for an earlier request's (a page holds tens of emails)
 _TEMPLATE_OPENER = re.compile(r"\{(?=[{%#])")
 
 
@@ -182,11 +183,11 @@ class ButtondownBackend(Backend):
             key = store.begin_remote(db, issue_id, self.name, f"digest-{issue_id}-{secrets.token_hex(8)}")
             body = request_body(rendered, issue_id, send_now=self.send_now)
             body["metadata"]["digest_key"] = key
-            answer = self._find(key, rendered.subject) if earlier else None
+            answer = self._find(key) if earlier else None
             if answer is None:
                 headers = {"X-Idempotency-Key": key, **(CONFIRM_SEND if self.send_now else {})}
                 try:
-                    answer = self._call("POST", "/emails", body, headers, adopt=lambda: self._adopt(key, rendered))
+                    answer = self._call("POST", "/emails", body, headers, adopt=lambda: self._adopt(key))
                 except Refusal as refusal:
                     if refusal.after_lost_answer or earlier:  # a refusal proves nothing about that attempt
                         raise SendError(
@@ -212,22 +213,26 @@ class ButtondownBackend(Backend):
             seconds=time.perf_counter() - started,
         )
 
-    def _find(self, key: str, subject: str) -> dict | None:
+    def _find(self, key: str) -> dict | None:
         """The email an earlier request with this key created, if Buttondown has it: by the key in its metadata,
-        among the emails with this subject."""
-        page = self._call(
-            "GET", "/emails", None, {}, query={"subject": subject[:200], "ordering": "-creation_date"}, listing=True
-        )
-        for email in page.get("results") or []:
-            if isinstance(email, dict) and email.get("id") and (email.get("metadata") or {}).get("digest_key") == key:
-                return email
+        among the most recent emails (newest first, LOOKUP_PAGES pages at most), whatever their subject: the
+        editor may have changed it at Buttondown, and a subject filter would miss it."""
+        for number in range(1, LOOKUP_PAGES + 1):
+            query = {"ordering": "-creation_date", "page": number}
+            page = self._call("GET", "/emails", None, {}, query=query, listing=True)
+            for email in page.get("results") or []:
+                ours = isinstance(email, dict) and (email.get("metadata") or {}).get("digest_key") == key
+                if ours and email.get("id"):
+                    return email
+            if not page.get("next"):
+                break
         return None
 
-    def _adopt(self, key: str, rendered: RenderedIssue) -> dict | None:
+    def _adopt(self, key: str) -> dict | None:
         """Before a POST is repeated after a lost answer: the email it created, if any. A server that ignores
         the idempotency key would otherwise create a second one. A refusal of the lookup keeps the key."""
         try:
-            return self._find(key, rendered.subject)
+            return self._find(key)
         except Refusal as refusal:
             raise SendError(
                 f"{refusal}; an earlier attempt got no answer and may have created the email: the next run "

@@ -229,13 +229,18 @@ def _after_full_disk(config: Config, db: sqlite_utils.Database, issue_id: str, f
             and store.return_to_draft_if_undelivered(db, issue_id)
         )
         issue = store.get_issue(db, issue_id) or {}
-        delivered = store.delivery_counts(db, issue_id).get(DeliveryStatus.SENT, 0)
+        counts = store.delivery_counts(db, issue_id)
     except sqlite3.Error:  # not even that could be written
         return f"{head}: {issue_id} may be left sending; {advice} and send again: it resumes"
     if returned or issue.get("status") in (None, IssueStatus.DRAFT):
         draft_path(config.drafts_dir, issue_id, RECEIPT).unlink(missing_ok=True)
         return f"{head}: nothing was delivered, {issue_id} is a draft again; {advice} and send again"
-    return f"{head}: {delivered:,} delivered before it stopped; {advice} and send again: it resumes"
+    delivered, in_flight = counts.get(DeliveryStatus.SENT, 0), counts.get(DeliveryStatus.SENDING, 0)
+    line = f"{head}: {delivered:,} delivered before it stopped; {advice} and send again: it resumes"
+    if in_flight:  # the server may have accepted them, the ledger could not record it: at most one a connection
+        verb, when = "was" if in_flight == 1 else "were", "the disk filled" if full else "the disk refused the write"
+        line += f"; {in_flight:,} {verb} in flight when {when}: a resume sends them again"
+    return line
 
 
 def _deliver(config: Config, db: sqlite_utils.Database, plan: SendPlan, backend: Backend, now: datetime) -> SendReport:
@@ -267,12 +272,19 @@ def _check_room(db: sqlite_utils.Database, plan: SendPlan) -> None:
     except OSError:
         return  # not knowable here: the writes will say
     need = ROOM_BASE + ROOM_PER_RECIPIENT * len(plan.recipients)
-    if free < need:
+    if free >= need:
+        return
+    head = (
+        f"no space left on the disk of {folder} (the database {Path(store.database_path(db)).name}): "
+        f"{free / 1e6:.1f} MB free, and a send to {len(plan.recipients):,} needs about {need / 1e6:.0f} MB"
+    )
+    if sending_began(db, plan.issue):  # a resume: what the ledger says, never "draft"
+        delivered = store.delivery_counts(db, plan.issue).get(DeliveryStatus.SENT, 0)
         raise Failed(
-            f"no space left on the disk of {folder} (the database {Path(store.database_path(db)).name}): "
-            f"{free / 1e6:.1f} MB free, and a send to {len(plan.recipients):,} needs about {need / 1e6:.0f} MB; "
-            f"nothing was sent, {plan.issue} is still a draft: free some space and send again"
+            f"{head}; nothing more was sent: {delivered:,} delivered, {plan.issue} is still being sent; "
+            f"free space on {folder} and run again to resume"
         )
+    raise Failed(f"{head}; nothing was sent, {plan.issue} is still a draft: free some space and send again")
 
 
 def dry_run_issue(

@@ -202,6 +202,8 @@ class SmtpBackend(ListBackend):
         connection = Connection(self.settings, self.password)
         try:
             while not self._stop.is_set():
+                if ledger.error is not None:  # its first failed write (a disk filling up): no new recipient
+                    raise SendError(f"database: {ledger.error}")
                 subscriber = work.take()
                 if subscriber is None:
                     return
@@ -249,8 +251,8 @@ class SmtpBackend(ListBackend):
         attempts = self.settings.max_attempts
         dropped = 0
         for attempt in range(1, attempts + 1):
-            if self._stop.is_set():
-                return True
+            if self._stop.is_set() or ledger.error is not None:
+                return True  # left pending (or as recorded) for the next run
             marked: Future | None = None
             reply: str | None = None
             try:

@@ -269,3 +269,20 @@ def test_a_server_that_ignores_the_key_and_loses_an_answer_gets_one_email(tmp_pa
         assert methods == ["POST", "GET", "POST"] and issue(tmp_path)["remote_id"] == "em_3"
     else:  # created by the request whose answer was lost: adopted, not created again
         assert methods == ["POST", "GET"] and issue(tmp_path)["remote_id"] == "em_1"
+
+
+@pytest.mark.parametrize("subject", ["Edited at Buttondown", "x" * 300])
+def test_the_lookup_after_a_lost_answer_finds_the_email_whatever_its_subject(tmp_path, api, run_cli, subject):
+    """An email whose subject changed after the lost answer (edited at Buttondown, or past the 200 characters a
+    subject filter takes) is found by the key in its metadata: a server that ignores the key mails it once."""
+    project(tmp_path, api)
+    api.slow = 1.0  # the email is created, every answer is lost
+    assert send(run_cli, tmp_path)[0] == 1
+    api.slow, api.replay = 0.0, False  # from now on a repeated key creates another email
+    (created,) = api.created.values()
+    created["subject"] = subject
+    code, _, err = send(run_cli, tmp_path)
+    assert code == 0, err
+    assert len(api.created) == 1 and issue(tmp_path)["remote_id"] == created["id"]
+    lookup = api.requests[-1]
+    assert lookup.method == "GET" and "subject" not in lookup.path

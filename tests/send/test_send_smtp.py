@@ -798,3 +798,50 @@ def test_a_disk_without_room_for_the_ledger_is_refused_before_any_write(tmp_path
     assert "no space left on the disk of" in err and str(tmp_path) in err and "still a draft" in err, err
     assert server.messages == [] and not ledger(tmp_path) and issue_row(tmp_path) is None
     assert not list((tmp_path / "drafts").glob("*.receipt.json"))
+
+
+def test_a_resumed_send_on_a_full_disk_is_refused_with_the_issues_real_state(tmp_path, server, run_cli, monkeypatch):
+    """Room is checked before a resume too, and the refusal says what the ledger says: never `draft` of an issue
+    that is being sent."""
+    make_project(tmp_path, server.port, subscribers(3))
+    server.behaviour.defer_rcpt["reader00002@example.com"] = 99  # left pending: the issue stays `sending`
+    run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert issue_row(tmp_path)["status"] == "sending" and len(server.messages) == 2
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 1 and err.count("\n") == 1
+    assert f"2 delivered, {WEEK} is still being sent; free space on {tmp_path} and run again to resume" in err, err
+    assert "draft" not in err and "nothing was sent" not in err
+    assert len(server.messages) == 2 and issue_row(tmp_path)["status"] == "sending"
+
+
+def test_a_disk_filled_during_a_send_names_the_messages_that_go_again(tmp_path, server, run_cli, monkeypatch):
+    """Another process fills the disk mid-send: the workers stop at the ledger's first failed write, so at most
+    the messages in flight (one per connection) were accepted and not recorded; the error counts them, and a
+    resume sends those, and only those, again."""
+    make_project(tmp_path, server.port, subscribers(30), smtp={"connections": 4})
+    real, calls = store.mark_delivery, []
+
+    def fills_up(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 6:
+            disk_full()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "mark_delivery", fills_up)
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 1 and err.count("\n") == 1, err
+    rows = ledger(tmp_path).values()
+    in_flight = sum(row["status"] == "sending" for row in rows)
+    recorded = sum(row["status"] == "sent" for row in rows)
+    assert 1 <= in_flight <= 4 and recorded <= 6  # a transaction may hold several rows
+    assert len(server.messages) == recorded + in_flight
+    verb = "was" if in_flight == 1 else "were"
+    assert "no space left" in err, err
+    assert f"{in_flight} {verb} in flight when the disk filled: a resume sends them again" in err, err
+    monkeypatch.setattr(store, "mark_delivery", real)
+    code, _out, err = run_cli("send", "--week", WEEK, "--yes", cwd=tmp_path)
+    assert code == 0, err
+    assert len(server.messages) == 30 + in_flight
+    assert len({message.rcpt for message in server.messages}) == 30
