@@ -148,7 +148,7 @@ class PublishSettings:
     signup_url: str | None = None  # where the archive's signup form posts; {site_url}subscribe with serve:
 
     def check(self, reader: MappingReader) -> None:
-        check_url(reader, "signup_url", self.signup_url)
+        check_url(reader, "signup_url", self.signup_url, site=True)
         folder = reader.path.resolve().parent
         site = (folder / self.dir).resolve()
         if folder == site or folder.is_relative_to(site):
@@ -244,7 +244,7 @@ def _newsletter(path: Path, reader: MappingReader | None) -> Newsletter:
             raise reader.error("list_id", f"must look like name.example.com (RFC 2919), got {list_id!r}")
         values["list_id"] = list_id
     for key in ("site_url", "archive_url", "unsubscribe_url"):
-        check_url(reader, key, values.get(key))
+        check_url(reader, key, values.get(key), site=True)
     for key in ("title", "from", "reply_to", "subject"):
         reader.one_line(key, values.get(fields[key]))
     for key in ("from", "reply_to"):

@@ -228,13 +228,15 @@ class MappingReader:
         return MappingReader(self.path, self.mapping[key], self.field_name(key))
 
 
-def check_url(reader: MappingReader, key: str, url: str | None) -> None:
-    """An http(s) URL setting, or an error naming its file, line and field."""
+def check_url(reader: MappingReader, key: str, url: str | None, *, site: bool = False) -> None:
+    """An http(s) URL setting, or an error naming its file, line and field. `site`: one of the newsletter's own
+    URLs, which every page and email is made from, held to RFC 3986's characters (a feed's or an item's link is
+    the world's, and escaped where it is written)."""
     if url is None:
         return
     if not is_http_url(url):
         raise reader.error(key, f"must be an http(s) URL, got {url!r}")
-    if unsafe := sorted(set(_NOT_IN_A_URL.findall(_PLACEHOLDER.sub("", url)))):  # {token:>9} is checked later
+    if site and (unsafe := sorted(set(_NOT_IN_A_URL.findall(_PLACEHOLDER.sub("", url))))):  # {token:>9}: later
         # RFC 3986 has no place for them unencoded; written into a page's attributes they end one ("), open a
         # tag (<) or run together (a space): the archive, the feeds and every email are made from these URLs
         shown = " ".join(repr(character) for character in unsafe)

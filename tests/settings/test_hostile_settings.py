@@ -226,3 +226,13 @@ def test_a_url_setting_with_a_character_no_url_may_hold_is_refused_at_its_line(t
         load_config(path)
     assert (error.value.line, error.value.field) == (2, "newsletter.site_url")
     assert "percent-encode it" in error.value.problem
+
+
+def test_a_feeds_own_url_keeps_what_the_world_writes_in_links(tmp_path):
+    """The rule above holds the newsletter's own URLs only: a feed's address (and an item's link, a draft's) is
+    written as the world writes it, and escaped where digest writes it."""
+    from digest.settings.config import load_config
+
+    path = tmp_path / "feeds.yaml"
+    path.write_text("feeds:\n  - url: 'https://a.example/feed?tags=a|b&q=\"x\"'\n", encoding="utf-8")
+    assert load_config(path).feeds[0].url == 'https://a.example/feed?tags=a|b&q="x"'
