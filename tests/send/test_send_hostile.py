@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import re
 from email import policy
-from urllib.parse import quote
 
 import pytest
 
@@ -41,12 +40,6 @@ def forms(mark: str) -> list[str]:
     ]
 
 
-def in_url(form: str) -> str:
-    """A form as a URL may hold it: what no URL holds unencoded (a backslash, a quote, <, a space) encoded, the
-    mark's own characters (%, _, &, #, ;) as they are."""
-    return quote(form, safe="%_&#;=")
-
-
 def test_no_form_of_a_mark_in_feed_or_editor_text_becomes_a_subscribers_value(tmp_path, server, run_cli):
     people = [
         {"email": "ada@example.com", "name": "Ada Secretname", "status": "active"},
@@ -57,9 +50,7 @@ def test_no_form_of_a_mark_in_feed_or_editor_text_becomes_a_subscribers_value(tm
     draft = read_draft(path)
     hostile = [form for mark in (UNSUBSCRIBE_URL_MARK, SUBSCRIBER_NAME_MARK) for form in forms(mark)]
     feed_items = [  # what build writes of a feed's text: escaped Markdown
-        DraftItem(
-            title=form, url=f"https://blog.example.com/f{n}?{in_url(form)}", summary=escape_markdown(form), source=form
-        )
+        DraftItem(title=form, url=f"https://blog.example.com/f{n}?{form}", summary=escape_markdown(form), source=form)
         for n, form in enumerate(hostile)
     ]
     editor_items = [  # what an editor writes: Markdown as it is
