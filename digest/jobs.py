@@ -396,6 +396,8 @@ class WeekStatus:
     held: list[str] = field(default_factory=list)  # of which the checks held back, one line each, with the reason
     errors: int = 0  # found by the checks, links as last fetched
     warnings: int = 0
+    links: int = 0  # of the email
+    unjudged_links: int = 0  # of which not in the counts: no answer kept (a failed one is not), status fetches none
     approval: str | None = None  # with approval: required: "approved", "void" (edited since) or "not approved"
     approved_at: str | None = None
     reviewed_at: str | None = None  # when the review copy was mailed
@@ -441,6 +443,7 @@ def week_status(config: Config, db: sqlite_utils.Database, issue_id: str) -> Wee
     facts.held = [f"{section}: “{item.title}”: {item.reason or 'held back'}" for section, item in draft.held_checks]
     check = check_issue(config, db, issue_id, draft=draft, fetch=False)
     facts.errors, facts.warnings = len(check.errors), len(check.warnings)
+    facts.links, facts.unjudged_links = check.links, check.unjudged
     if config.newsletter.approval == "required":
         approved = issue.get("approved_hash")
         facts.approval = "approved" if approved == draft_hash(text) else "void" if approved else "not approved"
@@ -467,8 +470,14 @@ def week_status_lines(facts: WeekStatus) -> list[str]:
         + (f" ({len(facts.held)} held back by the checks)" if facts.held else "")
     )
     lines += [f"    held back: {line}" for line in facts.held]
+    unjudged = (
+        f"; {facts.unjudged_links} of {facts.links} links not judged: no answer kept (only good ones are, for "
+        f"check.cache_hours)"
+        if facts.unjudged_links
+        else ""
+    )
     lines.append(
-        f"  checked:   {facts.errors} error(s), {facts.warnings} warning(s) (links as last fetched: "
+        f"  checked:   {facts.errors} error(s), {facts.warnings} warning(s) (links as last fetched{unjudged}: "
         f"digest check fetches them)"
     )
     if facts.approval == "approved":

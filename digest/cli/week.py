@@ -241,7 +241,10 @@ def run(
             else:
                 _print_build(step.built, prefix="build ")
         if step.held and "held" not in told:
-            say(f"held back: {len(step.held)} item(s) the checks found broken, listed in the draft under `held`:")
+            say(
+                f"held back: {len(step.held)} item(s) a feed brought that the checks found broken or that did not "
+                f"fit the email, listed in the draft under `held`:"
+            )
             for item in step.held:
                 say(f"  {item}")
         if step.approval is not None and "approval" not in told:

@@ -22,12 +22,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from pathlib import Path
 
 import sqlite_utils
 
+from digest import store
 from digest.errors import ConfigError
 from digest.issue.draft import draft_path, parse_draft, read_draft
 from digest.issue.findings import ERROR, NOTE, WARNING, Finding, short_url
@@ -54,6 +55,7 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     links: int = 0  # links of the issue
     fetched: int = 0  # of which fetched now (the others answered within check.cache_hours)
+    unjudged: int = 0  # without fetching: links with no answer kept (none yet, too old, or failed: not kept)
     seconds: float = 0.0
 
     @property
@@ -110,8 +112,11 @@ def check_issue(
     places = item_places(draft)  # an item's findings that a run may hold it back for: already sent, dead links
     report.findings += [replace(found, item=places.get(found.where)) for found in already_sent_findings(db, draft)]
     if config.check.links if links is None else links:
-        report.links, report.fetched, found = link_findings(db, config.check, issue_links(draft), now, fetch=fetch)
+        urls = issue_links(draft)
+        report.links, report.fetched, found = link_findings(db, config.check, urls, now, fetch=fetch)
         report.findings += [replace(finding, item=places.get(finding.where)) for finding in found]
+        if not fetch:
+            report.unjudged = unkept_links(db, config.check.cache_hours, urls, now)
     report.findings += example_findings(config)
     report.seconds = time.perf_counter() - started
     return report
@@ -259,6 +264,17 @@ def _key(url: str) -> str:
 
 
 # --- links: links.py fetches and judges them ------------------------------------------------
+
+
+def unkept_links(db: sqlite_utils.Database, cache_hours: float, links: Iterable[str], now: datetime) -> int:
+    """How many of the links have no answer kept within cache_hours: a check without fetching does not judge
+    them (links.py keeps only answers below 400, so a 403 a run warned of is among them)."""
+    since = store.iso(now - timedelta(hours=cache_hours))
+    return sum(
+        1
+        for url in links
+        if db.execute("SELECT 1 FROM link_checks WHERE url = ? AND checked_at >= ?", [url, since]).fetchone() is None
+    )
 
 
 def issue_links(draft: Draft) -> dict[str, str]:

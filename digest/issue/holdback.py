@@ -1,11 +1,13 @@
 """An unattended run's hold-back: the items a feed brought that the checks find broken (a dead link, a link
 already sent, an item too large for the email) leave the email for their section's `held` list in the draft,
-each with its reason, so that one bad entry of a feed never stops the week. What the editor wrote (the intro,
-the sponsor, an item added by hand, a placeholder) is never held back: its errors still stop the send."""
+each with its reason, so that one bad entry of a feed never stops the week. An email past Gmail's clip only
+because of its many feed items holds back as few of them as it takes to fit (the last of the fullest section
+first). What the editor wrote (the intro, the sponsor, an item added by hand, a placeholder) is never held
+back: its errors still stop the send."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import sqlite_utils
@@ -19,6 +21,7 @@ from digest.settings.config import Config
 from digest.urls import clean_url, url_key
 
 ITEM_BYTES = 10_000  # an item whose own text and links pass this is oversized: most take well under 1 KB
+TO_FIT = "past Gmail's clip: held back to fit (the email was {size} KB of HTML with it; Gmail clips past 102 KB)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ def hold_back(
             reasons.setdefault(finding.item, finding.message)
     held = _move(draft, reasons)
     held += _hold_oversized(config, draft, offered)
+    held += _hold_to_fit(config, draft, offered)
     if held:
         write_draft(path, draft)
     return held, report
@@ -96,3 +100,52 @@ def _hold_oversized(config: Config, draft: Draft, offered: set[str]) -> list[Hel
         held += _move(draft, {place: reason})
         size = email_bytes(config, draft)
     return held
+
+
+def _fit_order(draft: Draft, offered: set[str]) -> list[tuple[int, int]]:
+    """The feed items an email too large gives up, first to last: the last feed item of the section with the
+    most items in the email (the later section on a tie), again and again; never an item the editor added."""
+    counts = [len(section.items) for section in draft.sections]
+    feed_places = [
+        [i for i in range(len(section.items)) if _from_feed(draft, (s, i), offered)]
+        for s, section in enumerate(draft.sections)
+    ]
+    order: list[tuple[int, int]] = []
+    while True:
+        candidates = [(counts[s], s) for s in range(len(counts)) if feed_places[s]]
+        if not candidates:
+            return order
+        _, s = max(candidates)
+        order.append((s, feed_places[s].pop()))
+        counts[s] -= 1
+
+
+def _without(draft: Draft, places: list[tuple[int, int]]) -> Draft:
+    """A copy of the draft whose email leaves out the items at these places (to measure it)."""
+    gone = set(places)
+    sections = [
+        replace(section, items=[item for i, item in enumerate(section.items) if (s, i) not in gone])
+        for s, section in enumerate(draft.sections)
+    ]
+    return replace(draft, sections=sections)
+
+
+def _hold_to_fit(config: Config, draft: Draft, offered: set[str]) -> list[HeldBack]:
+    """An email past Gmail's clip only because of its many feed items (none oversized alone) holds back as
+    few of them as it takes to fit, in _fit_order's order; when even without all of them it would not fit,
+    the editor's part is too large: nothing is held back, and the size still stops the send."""
+    size = email_bytes(config, draft)
+    if size <= GMAIL_CLIP_BYTES:
+        return []
+    order = _fit_order(draft, offered)
+    if not order or email_bytes(config, _without(draft, order)) > GMAIL_CLIP_BYTES:
+        return []
+    low, high = 0, len(order)  # holding back order[:high] fits, order[:low] does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if email_bytes(config, _without(draft, order[:middle])) <= GMAIL_CLIP_BYTES:
+            high = middle
+        else:
+            low = middle
+    reason = TO_FIT.format(size=round(size / 1024))
+    return _move(draft, dict.fromkeys(order[:high], reason))

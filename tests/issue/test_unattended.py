@@ -98,3 +98,81 @@ def test_a_friday_run_holds_back_what_a_feed_brought_broken_and_sends_the_rest(f
     assert code == 0, err
     assert "3 held back by the checks" in out
     assert "Post gone" in out and "Post again" in out and "Post huge" in out
+    # the run warned of the 403 and the 429; status fetches nothing, and says those links are not in its count
+    checked = next(line for line in out.splitlines() if line.startswith("  checked:"))
+    assert "2 of 3 links not judged" in checked and "digest check fetches them" in checked, checked
+
+
+@pytest.fixture
+def crowded(tmp_path, feed_server, server, monkeypatch):
+    """A feed of 24 items each linking 4,000 characters (together past Gmail's clip, none oversized alone), a
+    second feed of 2 short items in another section, and an item the editor added by hand to the crowded one."""
+    from digest import jobs
+
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
+    monkeypatch.setattr(jobs, "current_week", lambda now, tz: LAST_WEEK)
+
+    def posts(prefix: str, count: int, length: int) -> bytes:
+        return rss(
+            [
+                {
+                    "title": f"{prefix} {n}",
+                    "link": f"https://{prefix.lower()}.example.com/{n}?q=" + "a" * length,
+                    "guid": f"{prefix}-{n}",
+                    "description": f"What happened to {prefix} {n}.",
+                    "date": format_datetime(POSTED - timedelta(minutes=n)),
+                }
+                for n in range(count)
+            ]
+        )
+
+    feed_server.routes["/long.xml"] = Route(posts("Long", 24, 4_000))
+    feed_server.routes["/short.xml"] = Route(posts("Short", 2, 10))
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(3),
+        feeds=[
+            {"name": "Long", "url": feed_server.url("/long.xml"), "section": "News"},
+            {"name": "Short", "url": feed_server.url("/short.xml"), "section": "Articles"},
+        ],
+        sections={"check": {"links": False}},
+    )
+    draft = new_draft(LAST_WEEK, "This week", ["News", "Articles"])
+    draft.intro = "Hello."
+    draft.sections[0].items.append(DraftItem(title="Editor's pick", url="https://mine.example.org/", summary="Mine."))
+    draft_path(tmp_path / "drafts", LAST_WEEK).parent.mkdir(exist_ok=True)
+    draft_path(tmp_path / "drafts", LAST_WEEK).write_text(dump_draft(draft))
+    return tmp_path
+
+
+def test_an_email_past_gmails_clip_because_of_many_feed_items_holds_back_the_last_ones_until_it_fits(
+    crowded, server, run_cli
+):
+    from digest import jobs
+    from digest.issue.checks import email_bytes
+    from digest.issue.render import GMAIL_CLIP_BYTES
+
+    code, out, err = run_cli("run", "--yes", cwd=crowded)
+    assert code == 0, (out + err)[-3000:]
+    assert sorted(server.per_recipient().values()) == [1, 1, 1]  # everyone, once
+
+    draft = read_draft(draft_path(crowded / "drafts", LAST_WEEK))
+    news, tools = draft.sections
+    assert news.held and not tools.held  # the crowded section gives way, the short one keeps its items
+    assert all("past Gmail's clip: held back to fit" in (item.reason or "") for item in news.held)
+    kept = [item.title for item in news.items]
+    assert "Editor's pick" in kept  # never the editor's
+    longs = [title for title in kept if title.startswith("Long ")]
+    in_order = [f"Long {n}" for n in range(23, -1, -1)]  # as the section lists them (oldest first)
+    assert longs + [item.title for item in news.held] == in_order  # the section's last ones went first
+    assert sorted(item.title for item in tools.items) == ["Short 0", "Short 1"]
+    config = jobs.load_config(crowded / "feeds.yaml")
+    assert email_bytes(config, draft) <= GMAIL_CLIP_BYTES
+    news.items.append(news.held[0])  # as few as it takes: one more would not fit
+    assert email_bytes(config, draft) > GMAIL_CLIP_BYTES
+
+    assert f"held back: {len(news.held)}" in out and "past Gmail's clip" in out
+    code, out, err = run_cli("status", "--week", LAST_WEEK, cwd=crowded)
+    assert code == 0, err
+    assert f"{len(news.held)} held back by the checks" in out and "Long 0" in out
