@@ -21,11 +21,12 @@ from datetime import datetime, timedelta
 import sqlite_utils
 
 from digest import store
-from digest.errors import CheckFailed, SendError
+from digest.errors import CheckFailed, Failed, SendError
 from digest.issue.checks import CheckReport, check_issue
 from digest.issue.draft import draft_path, parse_draft
 from digest.issue.render import after_body_tag, render_issue
 from digest.issue.weeks import parse_week
+from digest.models import IssueStatus
 from digest.send.base import SendPlan
 from digest.send.registry import backend_class
 from digest.settings.config import Config
@@ -157,7 +158,13 @@ def approve(
 ) -> tuple[str, CheckReport]:
     """Record the editor's approval of the draft as it is now (its hash). A draft the checks find errors in is
     refused unless `force`: then the editor accepts them (a false alarm: "TODO apps", a site that refuses
-    robots), and the run sends it as approved. Returns the hash and the checks' report."""
+    robots), and the run sends it as approved. An issue sent, or being sent, is refused: there is nothing left
+    to approve. Returns the hash and the checks' report."""
+    issue = store.get_issue(db, issue_id) or {}
+    if issue.get("status") == IssueStatus.SENT:
+        raise Failed(f"{issue_id} was already sent ({issue.get('sent_at')}): nothing to approve")
+    if issue.get("status") == IssueStatus.SENDING or issue.get("remote_id"):
+        raise Failed(f"{issue_id} is being sent already: approval no longer applies; digest send resumes it")
     path = draft_path(config.drafts_dir, issue_id)
     text = read_text_file(path, NO_DRAFT)
     draft = parse_draft(path, text)

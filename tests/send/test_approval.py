@@ -197,3 +197,30 @@ def test_with_approval_required_nothing_is_held_back_the_review_copy_lists_the_f
     assert "already sent in 2020-W10: https://blog.example.com/0/" in html
     draft = read_draft(draft_path(project / "drafts", LAST_WEEK))
     assert len(draft.items) == 2 and not draft.held_checks  # the editor decides
+
+
+def test_approving_an_issue_sent_or_being_sent_says_so_and_never_that_the_next_run_sends_it(project, server, run_cli):
+    from digest import store
+
+    require_approval(project)
+    run_cli("run", "--yes", cwd=project)
+    assert run_cli("approve", "--week", LAST_WEEK, cwd=project)[0] == 0
+    code, _, err = run_cli("run", "--yes", cwd=project)
+    assert code == 0 and len(to_subscribers(server)) == 3, err
+
+    code, out, err = run_cli("approve", "--week", LAST_WEEK, cwd=project)
+    assert code == 1 and "the next digest run sends it" not in out + err
+    sent_at = store.get_issue(store.open_db(project / "digest.db"), LAST_WEEK)["sent_at"]
+    assert f"{LAST_WEEK} was already sent ({sent_at}): nothing to approve" in err
+
+    db = store.open_db(project / "digest.db")
+    db.execute("UPDATE issues SET status = 'sending' WHERE id = ?", [LAST_WEEK])
+    db.conn.commit()
+    code, out, err = run_cli("approve", "--week", LAST_WEEK, cwd=project)
+    assert code == 1 and "the next digest run sends it" not in out + err
+    assert f"{LAST_WEEK} is being sent already: approval no longer applies; digest send resumes it" in err
+
+    db.execute("UPDATE issues SET status = 'draft', remote_id = 'em_1' WHERE id = ?", [LAST_WEEK])
+    db.conn.commit()
+    code, out, err = run_cli("approve", "--week", LAST_WEEK, cwd=project)
+    assert code == 1 and "is being sent already" in err and len(to_subscribers(server)) == 3
