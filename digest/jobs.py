@@ -21,6 +21,7 @@ from digest.errors import ConfigError, SetupError
 from digest.feeds.collect import CollectReport, FeedReport, collect
 from digest.issue.draft import add_posts, draft_path, new_draft, parse_draft, read_draft, write_atomically, write_draft
 from digest.issue.holdback import HeldBack, hold_back
+from digest.issue.links import fetched_once
 from digest.issue.render import WARN_BYTES, personalize, render_issue, size_advice
 from digest.issue.selection import new_for_issue
 from digest.issue.weeks import current_week, week_dates, week_id
@@ -269,7 +270,7 @@ def run_week(
     step = on_step or (lambda report: None)
     now = now or datetime.now(UTC)
     report = WeekReport(issue=current_week(now, config.newsletter.tz))
-    with hold(store.database_path(db)):
+    with hold(store.database_path(db)), fetched_once():  # the hold-back's link check and the send's: one fetch
         kind = backend_class(backend)
         check_backend(db, report.issue, kind.name)
         chosen = kind(config, send_now=send_now)

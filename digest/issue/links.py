@@ -5,6 +5,10 @@ A link surely gone (404, 410, a host the resolver says does not exist) is an err
 check.deadline (one deadline for the whole check) are warnings; so are a redirect to the site's home page and
 http:// where https:// answers. When most links fail the same way, the network or the resolver is the problem:
 that is said once, and those links are not judged.
+
+Within `fetched_once()` (a run: its hold-back's check, then its send's) a link is fetched at most once: a later
+check reuses the answer, even one not kept (a 403, a 429, none within check.deadline), and fetches only the links
+it has not seen (a draft changed in between is checked again, all of it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -35,16 +42,32 @@ class LinkResult:
     kind: str | None = None  # no answer, in a word: "no such host", "timed out", "TLS"... (the same way for most?)
 
 
+_FETCHED: ContextVar[dict[str, LinkResult] | None] = ContextVar("digest_links_fetched", default=None)
+
+
+@contextmanager
+def fetched_once() -> Iterator[None]:
+    """Every link check within shares its answers: a link is fetched at most once (`digest run`)."""
+    token = _FETCHED.set({})
+    try:
+        yield
+    finally:
+        _FETCHED.reset(token)
+
+
 def link_findings(
     db: sqlite_utils.Database, settings: CheckSettings, links: dict[str, str], now: datetime, *, fetch: bool = True
 ) -> tuple[int, int, list[Finding]]:
     """(links, fetched now, findings): each link fetched unless its answer is cached, the new answers kept;
     without `fetch`, a link with no cached answer is left out."""
     since = store.iso(now - timedelta(hours=settings.cache_hours))
-    results = {url: _cached(db, url, since) for url in links}
+    seen = _FETCHED.get()
+    results = {url: (seen or {}).get(url) or _cached(db, url, since) for url in links}
     stale = [url for url, result in results.items() if result is None] if fetch else []
     if stale:
         fetched = asyncio.run(_fetch_all(stale, settings))
+        if seen is not None:
+            seen.update({item.url: item for item in fetched})
         with store.transaction(db):  # only answers below 400: a link that failed is asked again next time
             db.conn.executemany(
                 "INSERT OR REPLACE INTO link_checks (url, checked_at, status, final_url, error, https_works) "
