@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from digest.errors import BadWeek, ConfigError
 from digest.issue.draft_yaml import as_prose, draft_yaml, section_yaml, with_prose
-from digest.issue.merge import splice
+from digest.issue.merge import splice, splice_held
 from digest.issue.prose import escape_markdown
 from digest.issue.selection import SelectedPost
 from digest.issue.weeks import week_dates
@@ -209,12 +209,16 @@ def write_draft(path: Path, draft: Draft) -> None:
 
 
 def merged_text(path: Path, draft: Draft) -> str | None:
-    """The existing file with what `draft` adds to it inserted as text (merge.py), or None when that is not
-    possible or would not read back as exactly `draft`. `draft` must be the file's draft with entries
-    appended (as `add_posts` does)."""
+    """The existing file with what `draft` adds to it inserted as text, or with the items `draft` holds back
+    moved as text to their section's `held` list (merge.py), or None when that is not possible or would not
+    read back as exactly `draft`. `draft` must be the file's draft with entries appended (as `add_posts`
+    does), or with items moved to the end of `held` (as holdback.py does)."""
     try:
         text = path.read_bytes().decode("utf-8")  # as it is: line ends too
-        merged = splice(text, parse_draft(path, text), draft)
+        old = parse_draft(path, text)
+        merged = splice(text, old, draft)
+        if merged is None:
+            merged = splice_held(text, old, draft)
         return merged if merged is not None and parse_draft(path, merged) == draft else None
     except (OSError, UnicodeDecodeError, ConfigError):
         return None

@@ -63,13 +63,17 @@ def _from_feed(draft: Draft, place: tuple[int, int], offered: set[str]) -> bool:
 
 
 def _move(draft: Draft, reasons: dict[tuple[int, int], str]) -> list[HeldBack]:
+    """Move the items at these places to the end of their section's `held` list, in the order of the section."""
+    moved: dict[int, list[DraftItem]] = {}
     held = []
     for (section_index, index), reason in sorted(reasons.items(), reverse=True):  # from the end: indexes stay
         section = draft.sections[section_index]
         item = section.items.pop(index)
         item.reason = reason
-        section.held.insert(0, item)
+        moved.setdefault(section_index, []).insert(0, item)
         held.append(HeldBack(section.title, item.title, item.url, reason))
+    for section_index, items in moved.items():
+        draft.sections[section_index].held.extend(items)
     return held[::-1]
 
 

@@ -5,10 +5,12 @@ and lines, not on the draft's fields.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import yaml
 
-from digest.issue.draft_yaml import group_data, held_yaml, indent, item_data, items_yaml, section_yaml
-from digest.models import Draft, DraftSection
+from digest.issue.draft_yaml import draft_yaml, group_data, held_yaml, indent, item_data, items_yaml, section_yaml
+from digest.models import Draft, DraftItem, DraftSection
 from digest.settings.yamlfile import YAML_LOADER
 
 
@@ -49,6 +51,100 @@ def splice(text: str, old: Draft, new: Draft) -> str | None:
     if "\r\n" in text:  # the editor's line ends, in what is added too
         merged = merged.replace("\r\n", "\n").replace("\n", "\r\n")
     return merged
+
+
+def splice_held(text: str, old: Draft, new: Draft) -> str | None:
+    """`text` (a draft file whose draft is `old`) with the items `new` holds back moved as text: each held item's
+    entry (its lines, from its dash to the next entry or the list's end) cut from its section's `items` and
+    appended, with a `reason:` line, to the section's `held` list (written when it lacks one); every other byte
+    stays. None when `new` is not `old` with items so moved, or the file's layout does not allow it; the caller
+    checks that the result reads back as `new`."""
+    if replace(old, sections=[]) != replace(new, sections=[]) or len(old.sections) != len(new.sections):
+        return None
+    try:
+        root = yaml.compose(text, Loader=YAML_LOADER)  # the caller parsed it: its depth, anchors and aliases are safe
+    except yaml.YAMLError:
+        return None
+    sections_node = _value_of(root, "sections")
+    if not isinstance(sections_node, yaml.SequenceNode) or len(sections_node.value) != len(old.sections):
+        return None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    edits = _TextEdits(lines)
+    for node, before, after in zip(sections_node.value, old.sections, new.sections, strict=True):
+        moved = _moved(before, after)
+        if moved is None:
+            return None
+        if moved and not _move_entries(edits, node, sections_node.start_mark.column, moved):
+            return None
+    if not edits.changed:
+        return None
+    result = edits.apply()
+    if "\r\n" in text:  # the editor's line ends, in what is added too
+        result = result.replace("\r\n", "\n").replace("\n", "\r\n")
+    return result
+
+
+def _moved(old: DraftSection, new: DraftSection) -> list[tuple[int, str]] | None:
+    """The (index in `old.items`, reason) of each item `new` moved to the end of its held list, in that list's
+    order; None when `new` differs from `old` otherwise."""
+    if (old.title, old.more, old.stale) != (new.title, new.more, new.stale):
+        return None
+    tail = _tail(old.held, new.held)
+    if tail is None:
+        return None
+    kept = iter(new.items)
+    expected = next(kept, None)
+    removed: list[int] = []
+    for index, item in enumerate(old.items):
+        if expected is not None and item == expected:
+            expected = next(kept, None)
+        else:
+            removed.append(index)
+    if expected is not None or len(removed) != len(tail):
+        return None
+    moved: list[tuple[int, str]] = []
+    for item in tail:
+        match = next((i for i in removed if _held_as(old.items[i], item)), None)
+        if match is None or item.reason is None:
+            return None
+        removed.remove(match)
+        moved.append((match, item.reason))
+    return moved
+
+
+def _held_as(item: DraftItem, held: DraftItem) -> bool:
+    return item.reason is None and replace(item, reason=held.reason) == held
+
+
+def _move_entries(edits: _TextEdits, node, column: int, moved: list[tuple[int, str]]) -> bool:
+    """Queue the cut of each moved entry of the section at `node` from its `items`, and their text (with
+    their reasons) appended to its `held`."""
+    items_node = _value_of(node, "items")
+    if not isinstance(items_node, yaml.SequenceNode) or items_node.flow_style:
+        return False
+    dash = items_node.start_mark.column
+    blocks = []
+    for index, reason in moved:
+        entry = items_node.value[index]
+        first = entry.start_mark.line
+        line = edits.lines[first]
+        if line[dash : dash + 1] != "-" or line[:dash].strip() or not isinstance(entry, yaml.MappingNode):
+            return False
+        end = _end_line(edits.lines, entry, dash)
+        if any(number in edits.replaced for number in range(first, end)):
+            return False
+        keys = entry.value[0][0].start_mark.column - dash if entry.value else 2
+        if entry.flow_style or keys <= 0:
+            return False
+        block = [text[dash:] if text.strip() else text for text in edits.lines[first:end]]
+        if any(text.strip() and text[:dash].strip() for text in edits.lines[first:end]):
+            return False
+        blocks.append("".join(block) + indent(draft_yaml({"reason": reason}), keys))
+        for number in range(first, end):
+            edits.replaced[number] = ""
+    return edits.append(node, column, "held", "".join(blocks))
 
 
 def _merge_section(edits: _TextEdits, node, column: int, old: DraftSection, new: DraftSection) -> bool:

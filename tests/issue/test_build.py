@@ -441,3 +441,78 @@ def test_items_held_back_by_the_checks_read_back_with_their_reason_and_may_be_mo
     # the editor moves it elsewhere, reason and all: the draft still reads (no unknown key refused)
     moved = text.replace("  held:\n", "  stale:\n")
     assert [item.title for item in parse_draft(path, moved).sections[0].stale] == ["Gone"]
+
+
+def _held_back(folder, text: str, moves: dict[int, str]) -> tuple:
+    """The draft of `text` with the first section's items at `moves` held back (as an unattended run does),
+    and the file write_draft leaves over `text`."""
+    from dataclasses import replace
+
+    from digest.issue.draft import parse_draft, write_draft
+
+    path_ = draft_path(folder, "2026-W14")
+    path_.write_bytes(text.encode())
+    draft = parse_draft(path_, text)
+    section = draft.sections[0]
+    held = [replace(section.items[i], reason=reason) for i, reason in sorted(moves.items())]
+    section.items = [item for i, item in enumerate(section.items) if i not in moves]
+    section.held = [*section.held, *held]
+    write_draft(path_, draft)
+    written = path_.read_bytes().decode()
+    return draft, written, parse_draft(path_, written)
+
+
+HELD_TEXT = (
+    "issue: 2026-W14\n"
+    "subject: A subject  # mine\n"
+    "sections:\n"
+    "  - title: News\n"
+    "    items:\n"
+    "      - title: One\n"
+    "        url: https://a.example.org/1\n"
+    "      # between\n"
+    "      - title: Two\n"
+    "        url: https://a.example.org/2\n"
+    "        summary: |\n"
+    "          Two lines\n"
+    "          of it.\n"
+    "      - title: Three\n"
+    "        url: https://a.example.org/3\n"
+    "    held:\n"
+    "    - title: Before\n"
+    "      reason: earlier   # an old reason\n"
+    "  - title: Tools  # untouched\n"
+    "    items: []\n"
+)
+
+
+def test_held_back_items_are_moved_as_text_to_the_end_of_an_existing_held_list(tmp_path):
+    draft, text, back = _held_back(tmp_path, HELD_TEXT, {1: "it's gone: 404", 2: "a long reason " * 12})
+    assert back == draft
+    assert text == (
+        HELD_TEXT.split("      - title: Two\n")[0]
+        + "    held:\n    - title: Before\n      reason: earlier   # an old reason\n"
+        + "    - title: Two\n      url: https://a.example.org/2\n      summary: |\n        Two lines\n        of it.\n"
+        + '      reason: "it\'s gone: 404"\n'
+        + text.split('of it.\n      reason: "it\'s gone: 404"\n')[1].split("  - title: Tools")[0]
+        + "  - title: Tools  # untouched\n    items: []\n"
+    )
+    assert "    - title: Three\n      url: https://a.example.org/3\n      reason: 'a long reason" in text
+
+
+def test_held_back_items_write_a_held_list_and_keep_crlf_line_ends(tmp_path):
+    source = HELD_TEXT.replace("    held:\n    - title: Before\n      reason: earlier   # an old reason\n", "")
+    draft, text, back = _held_back(tmp_path, source.replace("\n", "\r\n"), {0: "404"})
+    assert back == draft and "\n" not in text.replace("\r\n", "")
+    assert text.replace("\r\n", "\n") == source.replace(
+        "      - title: One\n        url: https://a.example.org/1\n", ""
+    ).replace(
+        "  - title: Tools",
+        "    held:\n    - title: One\n      url: https://a.example.org/1\n      reason: '404'\n  - title: Tools",
+    )
+
+
+def test_held_back_items_in_a_layout_the_splice_cannot_move_are_written_whole_and_read_back_right(tmp_path):
+    flow = "issue: 2026-W14\nsubject: S\nsections:\n- {title: News, items: [{title: One, url: 'https://a.example.org/1'}]}\n"
+    draft, text, back = _held_back(tmp_path, flow, {0: "404"})
+    assert back == draft and "held:" in text and "reason: '404'" in text

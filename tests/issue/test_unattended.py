@@ -176,3 +176,103 @@ def test_an_email_past_gmails_clip_because_of_many_feed_items_holds_back_the_las
     code, out, err = run_cli("status", "--week", LAST_WEEK, cwd=crowded)
     assert code == 0, err
     assert f"{len(news.held)} held back by the checks" in out and "Long 0" in out
+
+
+def test_holding_back_moves_the_entry_as_text_and_keeps_every_other_byte_the_editor_wrote(
+    tmp_path, feed_server, server, monkeypatch, run_cli
+):
+    """The editor's comments and hand formatting survive a run that holds an item back: only the held entry's
+    lines move (under `held:`, with their reason); every other line stays byte for byte."""
+    from digest import jobs
+
+    monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", "a secret of the tests, long enough")
+    monkeypatch.setattr(jobs, "current_week", lambda now, tz: LAST_WEEK)
+    feed_server.routes["/ok"] = Route(b"fine", headers={"Content-Type": "text/html"})
+    links = {name: feed_server.url(f"/{name}") for name in ("ok", "gone")}
+    feed_server.routes["/ok-too"] = Route(b"fine", headers={"Content-Type": "text/html"})
+    links["ok-too"] = feed_server.url("/ok-too")
+    feed_server.routes["/feed.xml"] = Route(
+        rss(
+            [
+                {
+                    "title": f"Post {name}",
+                    "link": link,
+                    "guid": f"new-{name}",
+                    "description": f"What happened to {name}.",
+                    "date": format_datetime(POSTED - timedelta(hours=n)),
+                }
+                for n, (name, link) in enumerate(links.items())
+            ]
+        )
+    )
+    make_project(
+        tmp_path,
+        server.port,
+        subscribers(2),
+        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
+        sections={"check": {"links": True, "private": True, "deadline": 20}},
+    )
+    for command in (["collect"], ["build", "--week", LAST_WEEK]):
+        code, out, err = run_cli(*command, cwd=tmp_path)
+        assert code == 0, (out + err)[-3000:]
+    path = draft_path(tmp_path / "drafts", LAST_WEEK)
+    subject = read_draft(path).subject
+    text = (
+        "# My own notes for this week: keep them!\n"
+        f"issue:   {LAST_WEEK}    # the week\n"
+        f"subject: {subject!r}\n"
+        "intro: |\n"
+        "    Hello,   readers.\n"
+        "\n"
+        "    A second paragraph.\n"
+        "sections:\n"
+        "# the news first\n"
+        "-   title: News   # a comment after the title\n"
+        "    items:\n"
+        f"    - title: 'Post ok'\n"
+        f"      url: {links['ok']}    # checked by hand\n"
+        "      summary: >-\n"
+        "         Folded text,\n"
+        "         on two lines.\n"
+        "    # a comment between entries, at the dashes' column\n"
+        f'    - title:    "Post gone"\n'
+        f"      url: {links['gone']}\n"
+        "      # a comment inside the entry\n"
+        "      summary: What happened to gone.\n"
+        "\n"
+        f"    -   {{title: Post ok-too, url: '{links['ok-too']}'}}\n"
+        "    # the end of the items\n"
+        "\n"
+        "# trailing words of the editor\n"
+    )
+    path.write_text(text)
+
+    code, out, err = run_cli("run", "--yes", cwd=tmp_path)
+    assert code == 0, (out + err)[-3000:]
+    assert "held back: 1" in out
+
+    after = path.read_text()
+    moved = [
+        '    - title:    "Post gone"\n',
+        f"      url: {links['gone']}\n",
+        "      # a comment inside the entry\n",
+        "      summary: What happened to gone.\n",
+    ]
+    before_lines = text.splitlines(keepends=True)
+    start = before_lines.index(moved[0])
+    kept = before_lines[:start] + before_lines[start + len(moved) :]
+    after_lines = after.splitlines(keepends=True)
+    at = after_lines.index("    held:\n")  # after the section's other keys (its last lines, comments included)
+    assert after_lines[at - 1] == "    # the end of the items\n"
+    block = after_lines[at + 1 : at + 1 + len(moved)]
+    assert block == moved  # the entry as the editor wrote it
+    reason = after_lines[at + 1 + len(moved)]
+    assert reason.startswith("      reason: ") and "404" in reason, reason
+    assert after_lines[:at] + after_lines[at + 2 + len(moved) :] == kept  # every other line, byte for byte
+    draft = read_draft(path)
+    (news,) = draft.sections
+    assert [item.title for item in news.items] == ["Post ok", "Post ok-too"]
+    assert [(item.title, item.url) for item in news.held] == [("Post gone", links["gone"])]
+    assert "answers 404" in (news.held[0].reason or "")
+    assert news.items[0].summary == "Folded text, on two lines."
+    assert draft.intro == "Hello,   readers.\n\nA second paragraph.\n"
