@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import format_datetime
 
 from .loopback import LoopbackServer, QuietHandler
 
@@ -100,3 +102,18 @@ def rss(items: list[dict], title: str = "Sample feed", link: str = "https://blog
         parts.append("</item>")
     parts.append("</channel></rss>")
     return "".join(parts).encode("utf-8")
+
+
+def linking_feed(links: dict[str, str], posted: datetime, text: str = "What happened to {name} this week.") -> bytes:
+    """A feed of one post a link, an hour apart before `posted`: `Post NAME`, guid `new-NAME`, `text` about it."""
+    items = [
+        {
+            "title": f"Post {name}",
+            "link": link.replace("&", "&amp;"),
+            "guid": f"new-{name}",
+            "description": text.format(name=name),
+            "date": format_datetime(posted - timedelta(hours=n)),
+        }
+        for n, (name, link) in enumerate(links.items())
+    ]
+    return rss(items)

@@ -94,6 +94,17 @@ def make_project(
     return config
 
 
+def make_link_checked_project(directory: Path, port: int, people: list[dict], feed_url: str) -> Path:
+    """A folder whose one feed (`Blog`, in News) is at `feed_url` and whose checks fetch every link, loopback too."""
+    return make_project(
+        directory,
+        port,
+        people,
+        feeds=[{"name": "Blog", "url": feed_url, "section": "News"}],
+        sections={"check": {"links": True, "private": True, "deadline": 20}},
+    )
+
+
 def subscribers(count: int, start: int = 0) -> list[dict]:
     return [
         {"email": f"reader{n:05d}@example.com", "name": f"Reader {n}", "status": "active"}

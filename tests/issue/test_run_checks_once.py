@@ -4,9 +4,6 @@ run two check.deadline under the send lock; a draft changed between them is stil
 
 from __future__ import annotations
 
-from datetime import timedelta
-from email.utils import format_datetime
-
 import pytest
 
 from digest import jobs, store
@@ -14,8 +11,8 @@ from digest.issue.draft import draft_path, read_draft, write_draft
 from digest.models import DraftItem
 
 from conftest import LAST_WEEK, POSTED
-from helpers.feeds import Route, rss
-from helpers.project import make_project, subscribers
+from helpers.feeds import Route, linking_feed
+from helpers.project import make_link_checked_project, subscribers
 
 
 @pytest.fixture
@@ -28,27 +25,8 @@ def week(tmp_path, feed_server, server, monkeypatch):
     feed_server.routes["/wall"] = Route(b"no robots", status=403, headers=page)
     feed_server.routes["/busy"] = Route(b"slow down", status=429, headers=page)
     links = {name: feed_server.url(f"/{name}") for name in ("ok", "wall", "busy", "gone")}
-    feed_server.routes["/feed.xml"] = Route(
-        rss(
-            [
-                {
-                    "title": f"Post {name}",
-                    "link": link,
-                    "guid": f"new-{name}",
-                    "description": f"What happened to {name} this week.",
-                    "date": format_datetime(POSTED - timedelta(hours=n)),
-                }
-                for n, (name, link) in enumerate(links.items())
-            ]
-        )
-    )
-    make_project(
-        tmp_path,
-        server.port,
-        subscribers(3),
-        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
-        sections={"check": {"links": True, "private": True, "deadline": 20}},
-    )
+    feed_server.routes["/feed.xml"] = Route(linking_feed(links, POSTED))
+    make_link_checked_project(tmp_path, server.port, subscribers(3), feed_server.url("/feed.xml"))
     return tmp_path, links
 
 

@@ -14,8 +14,8 @@ from digest.issue.draft import draft_path, dump_draft, new_draft, read_draft
 from digest.models import DraftItem
 
 from conftest import LAST_WEEK, POSTED
-from helpers.feeds import Route, rss
-from helpers.project import make_project, subscribers
+from helpers.feeds import Route, linking_feed, rss
+from helpers.project import make_link_checked_project, make_project, subscribers
 
 EARLIER = "2020-W10"
 
@@ -40,27 +40,8 @@ def friday(tmp_path, feed_server, server, monkeypatch):
         "again": feed_server.url("/again"),
         "huge": feed_server.url("/huge?q=" + "a" * 200_000),
     }
-    feed_server.routes["/feed.xml"] = Route(
-        rss(
-            [
-                {
-                    "title": f"Post {name}",
-                    "link": link.replace("&", "&amp;"),
-                    "guid": f"new-{name}",
-                    "description": f"What happened to {name} this week.",
-                    "date": format_datetime(POSTED - timedelta(hours=n)),
-                }
-                for n, (name, link) in enumerate(links.items())
-            ]
-        )
-    )
-    make_project(
-        tmp_path,
-        server.port,
-        subscribers(3),
-        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
-        sections={"check": {"links": True, "private": True, "deadline": 20}},
-    )
+    feed_server.routes["/feed.xml"] = Route(linking_feed(links, POSTED))
+    make_link_checked_project(tmp_path, server.port, subscribers(3), feed_server.url("/feed.xml"))
     earlier = new_draft(EARLIER, "Earlier", ["News"])
     earlier.sections[0].items.append(DraftItem(title="Old post", url=links["again"], summary="Sent long ago."))
     db = store.open_db(tmp_path / "digest.db")
@@ -191,27 +172,8 @@ def test_holding_back_moves_the_entry_as_text_and_keeps_every_other_byte_the_edi
     links = {name: feed_server.url(f"/{name}") for name in ("ok", "gone")}
     feed_server.routes["/ok-too"] = Route(b"fine", headers={"Content-Type": "text/html"})
     links["ok-too"] = feed_server.url("/ok-too")
-    feed_server.routes["/feed.xml"] = Route(
-        rss(
-            [
-                {
-                    "title": f"Post {name}",
-                    "link": link,
-                    "guid": f"new-{name}",
-                    "description": f"What happened to {name}.",
-                    "date": format_datetime(POSTED - timedelta(hours=n)),
-                }
-                for n, (name, link) in enumerate(links.items())
-            ]
-        )
-    )
-    make_project(
-        tmp_path,
-        server.port,
-        subscribers(2),
-        feeds=[{"name": "Blog", "url": feed_server.url("/feed.xml"), "section": "News"}],
-        sections={"check": {"links": True, "private": True, "deadline": 20}},
-    )
+    feed_server.routes["/feed.xml"] = Route(linking_feed(links, POSTED, "What happened to {name}."))
+    make_link_checked_project(tmp_path, server.port, subscribers(2), feed_server.url("/feed.xml"))
     for command in (["collect"], ["build", "--week", LAST_WEEK]):
         code, out, err = run_cli(*command, cwd=tmp_path)
         assert code == 0, (out + err)[-3000:]
