@@ -18,16 +18,9 @@ def splice(text: str, old: Draft, new: Draft) -> str | None:
     """`text` (a draft file whose draft is `old`) with what `new` adds to `old` (items, held-back posts, sections)
     inserted as text, or None when that is not possible. `new` must be `old` with entries appended (as
     `add_posts` does); the caller checks that the result reads back as `new`."""
-    try:
-        root = yaml.compose(text, Loader=YAML_LOADER)  # the caller parsed it: its depth, anchors and aliases are safe
-    except yaml.YAMLError:
+    sections_node, lines = _sections_and_lines(text)
+    if sections_node is None or sections_node.flow_style or not sections_node.value:
         return None
-    sections_node = _value_of(root, "sections")
-    if not isinstance(sections_node, yaml.SequenceNode) or sections_node.flow_style or not sections_node.value:
-        return None
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
     nodes: dict[str, yaml.MappingNode] = {}
     for node in sections_node.value:
         title = _value_of(node, "title")
@@ -45,12 +38,7 @@ def splice(text: str, old: Draft, new: Draft) -> str | None:
             edits.insert(line, indent(section_yaml(section), section_column))
         elif not _merge_section(edits, node, section_column, old_sections[section.title], section):
             return None
-    if not edits.changed:
-        return None
-    merged = edits.apply()
-    if "\r\n" in text:  # the editor's line ends, in what is added too
-        merged = merged.replace("\r\n", "\n").replace("\n", "\r\n")
-    return merged
+    return _finished(edits, text)
 
 
 def splice_held(text: str, old: Draft, new: Draft) -> str | None:
@@ -61,16 +49,9 @@ def splice_held(text: str, old: Draft, new: Draft) -> str | None:
     checks that the result reads back as `new`."""
     if replace(old, sections=[]) != replace(new, sections=[]) or len(old.sections) != len(new.sections):
         return None
-    try:
-        root = yaml.compose(text, Loader=YAML_LOADER)  # the caller parsed it: its depth, anchors and aliases are safe
-    except yaml.YAMLError:
+    sections_node, lines = _sections_and_lines(text)
+    if sections_node is None or len(sections_node.value) != len(old.sections):
         return None
-    sections_node = _value_of(root, "sections")
-    if not isinstance(sections_node, yaml.SequenceNode) or len(sections_node.value) != len(old.sections):
-        return None
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
     edits = _TextEdits(lines)
     for node, before, after in zip(sections_node.value, old.sections, new.sections, strict=True):
         moved = _moved(before, after)
@@ -78,10 +59,29 @@ def splice_held(text: str, old: Draft, new: Draft) -> str | None:
             return None
         if moved and not _move_entries(edits, node, sections_node.start_mark.column, moved):
             return None
+    return _finished(edits, text)
+
+
+def _sections_and_lines(text: str) -> tuple[yaml.SequenceNode | None, list[str]]:
+    """The draft file's `sections` list as a YAML node (None when it has none to splice into), and its lines,
+    the last one ended."""
+    try:
+        root = yaml.compose(text, Loader=YAML_LOADER)  # the caller parsed it: its depth, anchors and aliases are safe
+    except yaml.YAMLError:
+        return None, []
+    sections_node = _value_of(root, "sections")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return (sections_node if isinstance(sections_node, yaml.SequenceNode) else None), lines
+
+
+def _finished(edits: _TextEdits, text: str) -> str | None:
+    """The edited file with the editor's line ends (in what was added too), or None when nothing changed."""
     if not edits.changed:
         return None
     result = edits.apply()
-    if "\r\n" in text:  # the editor's line ends, in what is added too
+    if "\r\n" in text:
         result = result.replace("\r\n", "\n").replace("\n", "\r\n")
     return result
 
