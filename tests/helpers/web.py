@@ -92,10 +92,10 @@ class Site:
         row = self.db().execute("SELECT status FROM subscribers WHERE email = ?", [address]).fetchone()
         return row[0] if row else None
 
-    def subscribe(self, address: str, name: str = "", **fields) -> httpx.Response:
-        return self.client.post(
-            "/subscribe", data={"email": address, "name": name, **fields}, headers={"Origin": self.url.rstrip("/")}
-        )
+    def subscribe(self, address: str, name: str = "", *, client: str | None = None, **fields) -> httpx.Response:
+        """POST /subscribe from this site's form; `client`: the address the proxy names (X-Forwarded-For)."""
+        headers = {"Origin": self.url.rstrip("/")} | ({"X-Forwarded-For": client} if client else {})
+        return self.client.post("/subscribe", data={"email": address, "name": name, **fields}, headers=headers)
 
     def unsubscribe_token(self, address: str) -> str:
         return make_token(SECRET, self.config.newsletter.list_identifier, address)

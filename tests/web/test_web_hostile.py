@@ -120,24 +120,13 @@ def test_one_abuser_cannot_spend_the_hours_confirmations_and_the_refused_are_tol
     monkeypatch.setenv("DIGEST_UNSUBSCRIBE_SECRET", SECRET)
     site = Site(tmp_path, server.port, [], serve={"subscribes_per_hour": 1000, "confirmations_per_hour": 20})
     try:
-        answers = [
-            site.client.post(
-                "/subscribe",
-                data={"email": f"bogus{number}@example.com"},
-                headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": "::ffff:203.0.113.9"},
-            )
-            for number in range(50)
-        ]
+        answers = [site.subscribe(f"bogus{number}@example.com", client="::ffff:203.0.113.9") for number in range(50)]
         assert [answer.status_code for answer in answers[:2]] == [200, 200]
         for refused in answers[2:]:
             assert refused.status_code == 429 and refused.headers["Retry-After"] == "3600"
             assert "try again" in refused.text and "Check your inbox" not in refused.text
         for number in range(5):
-            real = site.client.post(
-                "/subscribe",
-                data={"email": f"person{number}@example.com"},
-                headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": f"::ffff:198.51.{100 + number}.7"},
-            )
+            real = site.subscribe(f"person{number}@example.com", client=f"::ffff:198.51.{100 + number}.7")
             assert real.status_code == 200 and "Check your inbox" in real.text
         server.wait_for(7)
         assert {message.rcpt for message in server.messages} >= {f"person{number}@example.com" for number in range(5)}
@@ -160,20 +149,12 @@ def test_one_allocation_of_many_clients_cannot_spend_the_hours_confirmations(tmp
     site = Site(tmp_path, server.port, [], serve={"subscribes_per_hour": 10, "confirmations_per_hour": 100})
     try:
         codes = [
-            site.client.post(
-                "/subscribe",
-                data={"email": f"bogus{network}x{host}@example.com"},
-                headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": f"2001:db8:0:{network}::{host}"},
-            ).status_code
+            site.subscribe(f"bogus{network}x{host}@example.com", client=f"2001:db8:0:{network}::{host}").status_code
             for network in range(10)
             for host in range(10)
         ]
         assert codes.count(200) == 10 and codes.count(429) == 90, codes
-        real = site.client.post(
-            "/subscribe",
-            data={"email": "person@example.com"},
-            headers={"Origin": site.url.rstrip("/"), "X-Forwarded-For": "198.51.100.7"},
-        )
+        real = site.subscribe("person@example.com", client="198.51.100.7")
         assert real.status_code == 200 and "Check your inbox" in real.text
         server.wait_for(11)
         assert "person@example.com" in {message.rcpt for message in server.messages}
